@@ -1,0 +1,204 @@
+"""CIFAR-10: loading, seeded nested subsets, and the brief's augmentation in two implementations.
+
+- `tensor` loader (default): all images stay on the training device as uint8; each batch is
+  cropped and flipped with a few batched tensor ops (the airbench approach), so there is no
+  DataLoader, no worker process and no host round-trip per step.
+- `torchvision` loader: the brief taken literally (torchvision transforms on PIL images,
+  torch.utils.data.Subset, DataLoader). Kept as the reference that benchmarks and equivalence
+  tests compare against.
+
+Both draw their randomness from (seed, epoch) alone, so an epoch can be replayed on resume
+without saving generator states.
+"""
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # the official archive's, as torchvision lists it
+BATCHES_DIR = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILE = "test_batch"
+NUM_TRAIN = 50_000
+PAD = 4  # RandomCrop(32, padding=4)
+CROP = 32
+NUM_OFFSETS = 2 * PAD + 1  # 9 positions per axis, 81 crops in all
+
+
+class DataError(RuntimeError):
+    """The data set is missing, corrupted or cannot be fetched; the message says what to do."""
+
+
+@dataclass
+class CIFAR10:
+    train_images: torch.Tensor  # uint8 [50000, 3, 32, 32]
+    train_labels: torch.Tensor  # int64 [50000]
+    test_images: torch.Tensor   # uint8 [10000, 3, 32, 32]
+    test_labels: torch.Tensor   # int64 [10000]
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_batch(path: str):
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except Exception as e:  # truncated pickles raise EOFError, UnpicklingError, ValueError, ...
+        raise DataError(f"CIFAR-10 batch file {path} is unreadable or corrupted "
+                        f"({type(e).__name__}: {e}). Delete it and its siblings and run again "
+                        "to re-download, or put an intact copy there.") from e
+    if len(images) != len(labels) or len(labels) == 0:
+        raise DataError(f"CIFAR-10 batch file {path} is corrupted: "
+                        f"{len(images)} images but {len(labels)} labels.")
+    return images, labels
+
+
+def download_cifar10(data_dir: str) -> None:
+    """Fetch and unpack the official archive (md5-checked) into data_dir."""
+    from torchvision.datasets.utils import download_and_extract_archive
+    download_and_extract_archive(CIFAR10_URL, download_root=data_dir, md5=CIFAR10_MD5)
+
+
+def load_cifar10(data_dir: str = "data", download: bool = True) -> CIFAR10:
+    """All of CIFAR-10 from data_dir/cifar-10-batches-py (the official python layout), fetched
+    first if absent."""
+    folder = os.path.join(data_dir, BATCHES_DIR)
+    paths = [os.path.join(folder, name) for name in TRAIN_FILES + [TEST_FILE]]
+    if not all(os.path.exists(p) for p in paths):
+        if not download:
+            raise DataError(f"CIFAR-10 not found: expected {folder}/ with {TRAIN_FILES + [TEST_FILE]}.")
+        try:
+            download_cifar10(data_dir)
+        except Exception as e:
+            raise DataError(
+                f"CIFAR-10 was not found in {folder}/ and could not be downloaded from "
+                f"{CIFAR10_URL} ({type(e).__name__}: {e}). On a machine without internet, "
+                f"copy the official python-version files (data_batch_1..5, test_batch, "
+                f"batches.meta) into {folder}/, or unpack cifar-10-python.tar.gz into "
+                f"{data_dir}/, then run again; --data_dir points elsewhere.") from e
+        missing = [p for p in paths if not os.path.exists(p)]
+        if missing:
+            raise DataError(f"The downloaded archive did not contain {missing}.")
+    train = [_read_batch(p) for p in paths[:-1]]
+    test_images, test_labels = _read_batch(paths[-1])
+    return CIFAR10(torch.from_numpy(np.concatenate([x for x, _ in train])),
+                   torch.from_numpy(np.concatenate([y for _, y in train])),
+                   torch.from_numpy(test_images), torch.from_numpy(test_labels))
+
+
+def subset_indices(num_available: int, dataset_size: int, subset_seed: int = 0) -> np.ndarray:
+    """The first D images of one fixed permutation: subsets of one subset_seed are nested, so D is
+    the only thing that changes along a data sweep."""
+    if not 1 <= dataset_size <= num_available:
+        raise ValueError(f"dataset_size must be in 1..{num_available}, got {dataset_size}")
+    return np.random.default_rng(subset_seed).permutation(num_available)[:dataset_size]
+
+
+def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """Short hash of exactly the training examples used, so runs on different data never mix."""
+    h = hashlib.sha256(images.cpu().contiguous().numpy().tobytes())
+    h.update(labels.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Randomness of one epoch (order and augmentation) is a function of (seed, epoch) only;
+    the prime keeps streams distinct for any seed < 1e6 and epoch < 1e6."""
+    return seed * 1_000_003 + epoch
+
+
+def epoch_generator(seed: int, epoch: int, device="cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(epoch_seed(seed, epoch))
+    return g
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor pipeline: uint8 on the device, augmentation as one gather per batch
+
+
+def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+              flip: torch.Tensor) -> torch.Tensor:
+    """Crop the 32x32 window at (dy, dx) of each zero-padded (40x40) image, mirrored where flip.
+    images uint8 [B, C, 32, 32]; dy, dx int64 [B] in 0..8; flip bool [B]."""
+    padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD))
+    ar = torch.arange(CROP, device=images.device)
+    rows = dy[:, None] + ar                                       # [B, 32]
+    cols = dx[:, None] + torch.where(flip[:, None], CROP - 1 - ar, ar)  # mirrored columns if flip
+    b = torch.arange(len(images), device=images.device)[:, None, None, None]
+    c = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def sample_crop_flip(n: int, generator: torch.Generator):
+    """Offsets uniform over the 81 positions and a fair coin per image, as RandomCrop(32, 4) and
+    RandomHorizontalFlip draw them."""
+    dy = torch.randint(NUM_OFFSETS, (n,), generator=generator, device=generator.device)
+    dx = torch.randint(NUM_OFFSETS, (n,), generator=generator, device=generator.device)
+    flip = torch.rand(n, generator=generator, device=generator.device) < 0.5
+    return dy, dx, flip
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float in [0, 1], as ToTensor does; the brief uses no normalisation."""
+    return images.float().div_(255)
+
+
+def tensor_batches(images, labels, batch_size, seed, epoch, augment=True):
+    """One epoch of augmented (x, y) batches from device-resident uint8 tensors, last batch
+    partial (DataLoader's drop_last=False)."""
+    g = epoch_generator(seed, epoch, images.device)
+    order = torch.randperm(len(images), generator=g, device=images.device)
+    if augment:
+        dy, dx, flip = sample_crop_flip(len(images), g)
+    for start in range(0, len(images), batch_size):
+        idx = order[start:start + batch_size]
+        x = crop_flip(images[idx], dy[idx], dx[idx], flip[idx]) if augment else images[idx]
+        yield to_float(x), labels[idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference pipeline: the brief literally
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """CIFAR-10 arrays served as PIL images through a torchvision transform, as
+    torchvision.datasets.CIFAR10 does (which itself refuses files whose md5 is not official)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.images = images.permute(0, 2, 3, 1).numpy()  # HWC for PIL
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def torchvision_batches(images, labels, indices, batch_size, seed, epoch, train=True,
+                        num_workers=0):
+    """One epoch of (x, y) batches through torchvision transforms and a DataLoader."""
+    from torchvision import transforms
+    ops = [transforms.RandomCrop(CROP, padding=PAD), transforms.RandomHorizontalFlip()] if train else []
+    dataset = ArrayDataset(images, labels, transforms.Compose(ops + [transforms.ToTensor()]))
+    if indices is not None:
+        dataset = torch.utils.data.Subset(dataset, indices.tolist())
+    # Worker processes seed their transforms from the loader's generator; without workers the
+    # transforms draw from torch's global RNG, so that is re-seeded here. Either way an epoch is a
+    # function of (seed, epoch, num_workers).
+    torch.manual_seed(epoch_seed(seed, epoch))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train,
+                                         generator=epoch_generator(seed, epoch),
+                                         num_workers=num_workers)
+    yield from loader

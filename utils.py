@@ -1,0 +1,100 @@
+"""Small helpers shared by the scripts: seeding, code version, and safe results files.
+
+Results files are shared by many processes (a sweep finishes runs concurrently) and hold days of
+GPU time, so: every write happens under a file lock, a row is written whole in one call, a file
+that must change shape is replaced atomically (temp file + rename), and nothing is truncated.
+"""
+import csv
+import io
+import os
+import random
+import subprocess
+import tempfile
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+
+def set_seed(seed: int, deterministic: bool = True) -> None:
+    """Seed every RNG; with `deterministic`, make CUDA kernels reproducible (the brief's default)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+    if deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; read when CUDA first initialises.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def git_version() -> str:
+    """Commit of the code that produced a result, '+dirty' when it had uncommitted changes."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        run = lambda *args: subprocess.run(["git", *args], cwd=here, capture_output=True,
+                                           text=True, timeout=5, check=True).stdout.strip()
+        return run("rev-parse", "--short=12", "HEAD") + ("+dirty" if run("status", "--porcelain", "-uno") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def atomic_write(path: str, data, mode: str = "w") -> None:
+    """Write a whole file or nothing: readers see the old or the new version, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _csv_text(rows, columns, header=True) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="raise")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv(path: str, rows: list, columns: list) -> None:
+    atomic_write(path, _csv_text(rows, columns))
+
+
+def read_csv(path: str) -> list:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def file_lock(path: str) -> FileLock:
+    return FileLock(path + ".lock")
+
+
+def append_row(path: str, row: dict) -> None:
+    """Append one row to a CSV shared by many processes.
+
+    The header is written once. A row with columns the file does not have yet (the code gained a
+    field) makes the file be rewritten atomically with the union of columns, old rows kept."""
+    with file_lock(path):
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            return write_csv(path, [row], list(row))
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f))
+        new = [k for k in row if k not in columns]
+        if new:
+            return write_csv(path, read_csv(path) + [row], columns + new)
+        line = _csv_text([row], columns, header=False)
+        with open(path, "a") as f:
+            f.write(line)  # one call, whole row
+            f.flush()
+            os.fsync(f.fileno())
