@@ -291,7 +291,10 @@ def train(cfg: Config) -> dict:
 def _train_locked(cfg, name, device, stem) -> dict:
     set_seed(cfg.seed, cfg.deterministic)
     cifar = data.load_cifar10(cfg.data_dir)
-    indices = data.subset_indices(data.NUM_TRAIN, cfg.dataset_size, cfg.subset_seed)
+    if cfg.dataset_size > len(cifar.train_labels):
+        raise ConfigError(f"--dataset_size {cfg.dataset_size} exceeds the {len(cifar.train_labels)} "
+                          f"training images in {cfg.data_dir}")
+    indices = data.subset_indices(len(cifar.train_labels), cfg.dataset_size, cfg.subset_seed)
     train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
     fingerprint = data.fingerprint(train_x, train_y)
     test_x, test_y = cifar.test_images, cifar.test_labels
