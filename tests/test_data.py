@@ -1,0 +1,110 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+import data
+from conftest import write_synthetic_cifar10
+
+
+def test_subsets_are_deterministic_and_nested():
+    small = data.subset_indices(50_000, 1_000, subset_seed=0)
+    large = data.subset_indices(50_000, 20_000, subset_seed=0)
+    assert np.array_equal(small, data.subset_indices(50_000, 1_000, subset_seed=0))
+    assert np.array_equal(large[:1_000], small)
+    assert len(set(large)) == 20_000
+    assert not np.array_equal(small, data.subset_indices(50_000, 1_000, subset_seed=1))
+    for bad in (0, 50_001):
+        with pytest.raises(ValueError, match="dataset_size"):
+            data.subset_indices(50_000, bad)
+
+
+def random_images(n, seed=0):
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def test_crop_flip_equals_torchvision_pad_crop_flip():
+    images = random_images(16)
+    dy, dx, flip = data.sample_crop_flip(16, torch.Generator().manual_seed(1))
+    out = data.crop_flip(images, dy, dx, flip)
+    for i in range(16):
+        ref = TF.crop(TF.pad(images[i], data.PAD, fill=0), int(dy[i]), int(dx[i]), 32, 32)
+        ref = TF.hflip(ref) if flip[i] else ref
+        assert torch.equal(out[i], ref)
+
+
+def test_every_augmented_image_is_a_window_of_the_padded_image():
+    images = random_images(4, seed=2)
+    g = data.epoch_generator(seed=3, epoch=1)
+    x, _ = next(data.tensor_batches(images, torch.arange(4), 4, seed=3, epoch=1))
+    order = torch.randperm(4, generator=g)  # tensor_batches draws the order first
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4)).float() / 255
+    for k, i in enumerate(order.tolist()):
+        windows = [padded[i, :, a:a + 32, b:b + 32] for a in range(9) for b in range(9)]
+        windows += [w.flip(-1) for w in windows]
+        assert any(torch.equal(x[k], w) for w in windows)
+
+
+def test_offsets_uniform_over_81_positions_and_fair_flips():
+    n = 81 * 400
+    dy, dx, flip = data.sample_crop_flip(n, torch.Generator().manual_seed(0))
+    counts = torch.bincount(dy * 9 + dx, minlength=81).double()
+    # Pearson chi-square with 80 degrees of freedom: mean 80, sd 12.6; 140 is ~4.7 sd out.
+    chi2 = (((counts - n / 81) ** 2) / (n / 81)).sum().item()
+    assert counts.min() > 0 and chi2 < 140
+    assert abs(flip.double().mean().item() - 0.5) < 4 * 0.5 / n ** 0.5
+
+
+def test_tensor_batches_same_seed_same_batches_and_cover_each_image_once():
+    images, labels = random_images(50), torch.arange(50)
+    run = lambda seed, epoch: list(data.tensor_batches(images, labels, 16, seed, epoch))
+    a, b, c = run(0, 1), run(0, 1), run(0, 2)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert not torch.equal(a[0][1], c[0][1])
+    assert [len(y) for _, y in a] == [16, 16, 16, 2]
+    assert sorted(torch.cat([y for _, y in a]).tolist()) == list(range(50))
+    assert a[0][0].dtype == torch.float32 and 0 <= a[0][0].min() and a[0][0].max() <= 1
+
+
+def test_torchvision_reference_pipeline_is_seeded():
+    images, labels = random_images(20), torch.arange(20)
+    indices = np.arange(5, 15)
+    run = lambda: list(data.torchvision_batches(images, labels, indices, 4, seed=0, epoch=1))
+    a, b = run(), run()
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    assert sorted(torch.cat([y for _, y in a]).tolist()) == list(range(5, 15))
+
+
+def test_load_synthetic_layout(tmp_path):
+    cifar = data.load_cifar10(write_synthetic_cifar10(str(tmp_path), per_batch=10, num_test=7))
+    assert cifar.train_images.shape == (50, 3, 32, 32) and cifar.train_images.dtype == torch.uint8
+    assert cifar.test_labels.shape == (7,)
+
+
+def test_truncated_batch_is_named(tmp_path):
+    root = write_synthetic_cifar10(str(tmp_path), per_batch=10, num_test=7)
+    path = os.path.join(root, "cifar-10-batches-py", "data_batch_3")
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(data.DataError, match="data_batch_3"):
+        data.load_cifar10(root)
+
+
+def test_offline_download_failure_explains_what_to_do(tmp_path, monkeypatch):
+    def offline(data_dir):
+        raise OSError("Temporary failure in name resolution")
+    monkeypatch.setattr(data, "download_cifar10", offline)
+    with pytest.raises(data.DataError) as err:
+        data.load_cifar10(str(tmp_path / "nowhere"))
+    message = str(err.value)
+    assert "cifar-10-batches-py" in message and "could not be downloaded" in message
+    assert "name resolution" in message and "--data_dir" in message
+
+
+def test_fingerprint_tells_subsets_apart():
+    images, labels = random_images(10), torch.arange(10)
+    assert data.fingerprint(images, labels) == data.fingerprint(images.clone(), labels.clone())
+    assert data.fingerprint(images[:9], labels[:9]) != data.fingerprint(images, labels)

@@ -1,0 +1,57 @@
+import csv
+import multiprocessing
+import os
+
+import pytest
+
+from utils import append_row, atomic_write, read_csv
+
+WRITERS, ROWS_EACH = 4, 40
+
+
+def _append_many(path, writer):
+    for i in range(ROWS_EACH):
+        # Long fields make a torn or interleaved write visible as a broken row.
+        append_row(path, {"run_name": f"w{writer}_r{i}", "payload": "x" * 2000, "value": i * 0.5})
+
+
+def test_concurrent_appends_leave_every_row_whole(tmp_path):
+    path = str(tmp_path / "final_data.csv")
+    procs = [multiprocessing.get_context("spawn").Process(target=_append_many, args=(path, w))
+             for w in range(WRITERS)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    with open(path, newline="") as f:
+        lines = list(csv.reader(f))
+    assert lines[0] == ["run_name", "payload", "value"]
+    body = lines[1:]
+    assert len(body) == WRITERS * ROWS_EACH
+    assert all(len(row) == 3 and row[1] == "x" * 2000 for row in body)
+    assert sorted(row[0] for row in body) == sorted(f"w{w}_r{i}" for w in range(WRITERS)
+                                                    for i in range(ROWS_EACH))
+
+
+def test_new_columns_widen_the_file_and_keep_old_rows(tmp_path):
+    path = str(tmp_path / "final_data.csv")
+    append_row(path, {"run_name": "a", "N": 1})
+    append_row(path, {"run_name": "b", "N": 2, "val_loss": 0.5})
+    append_row(path, {"N": 3, "run_name": "c"})
+    assert read_csv(path) == [{"run_name": "a", "N": "1", "val_loss": ""},
+                              {"run_name": "b", "N": "2", "val_loss": "0.5"},
+                              {"run_name": "c", "N": "3", "val_loss": ""}]
+
+
+def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "summary.json"
+    path.write_text("old")
+
+    class Boom:
+        def __str__(self):
+            raise RuntimeError("disk full")
+    with pytest.raises(TypeError):
+        atomic_write(str(path), Boom())  # fails inside the write
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["summary.json"]  # no temp file left behind
