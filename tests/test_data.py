@@ -108,3 +108,17 @@ def test_fingerprint_tells_subsets_apart():
     images, labels = random_images(10), torch.arange(10)
     assert data.fingerprint(images, labels) == data.fingerprint(images.clone(), labels.clone())
     assert data.fingerprint(images[:9], labels[:9]) != data.fingerprint(images, labels)
+
+
+def test_offsets_match_torchvision_random_crop_distribution():
+    """Two-sample chi-square between our sampler and torchvision's RandomCrop on padded images."""
+    from torchvision import transforms
+    torch.manual_seed(0)
+    n = 81 * 100
+    padded = torch.zeros(3, 40, 40)
+    theirs = torch.tensor([transforms.RandomCrop.get_params(padded, (32, 32))[:2] for _ in range(n)])
+    dy, dx, _ = data.sample_crop_flip(n, torch.Generator().manual_seed(1))
+    a = torch.bincount(theirs[:, 0] * 9 + theirs[:, 1], minlength=81).double()
+    b = torch.bincount(dy * 9 + dx, minlength=81).double()
+    chi2 = (((a - b) ** 2) / (a + b)).sum().item()  # ~chi2(80) if both are the same distribution
+    assert a.min() > 0 and b.min() > 0 and chi2 < 140

@@ -1,0 +1,163 @@
+"""Benchmark the training pipelines against the brief's, on the current device.
+
+    python bench.py                                  # timed epochs, the default sizes, all pipelines
+    python bench.py --full --seeds 3                 # + whole 100-epoch runs of the brief's recipe
+    python bench.py --device cpu --sizes 32x2 --dataset_size 5000 --pipelines brief,default
+
+Each measurement is a real train.train() call (same code path as train.py) in a temporary results
+folder: `--warmup` epochs (compilation, cuDNN autotuning, allocator growth) then `--epochs` timed
+epochs, whose GPU-synchronised training times come from the per-epoch CSV. Prints a table and
+appends it, with device, torch version, date and command, to Notes/benchmarks.md.
+"""
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import pandas as pd
+import torch
+
+import train
+
+# Pipelines compared. "brief" is seed document 000 literally: torchvision transforms + DataLoader.
+PIPELINES = {
+    "brief": dict(loader="torchvision"),
+    "default": dict(loader="tensor"),
+    "fast": dict(loader="tensor", precision="bf16", channels_last=True, deterministic=False,
+                 compile="reduce-overhead"),
+}
+# Dense peak TFLOP/s from NVIDIA's H100/H200 datasheets (SXM; no sparsity). fp32 convolutions run
+# on TF32 tensor cores by default in PyTorch (cudnn.allow_tf32), so fp32 is compared with TF32 peak.
+PEAK_TFLOPS = {"H100": {"bf16": 989.4, "fp32": 494.7}, "H200": {"bf16": 989.4, "fp32": 494.7}}
+BRIEF_EPOCHS, BRIEF_TEST_FREQ = 100, 5  # the recipe projected to and run by --full
+NO_EVAL = 10 ** 6  # test_freq for timed runs: evaluate only at the final epochs
+
+
+def peak_tflops(device_name: str, precision: str):
+    for key, peaks in PEAK_TFLOPS.items():
+        if key in device_name:
+            return peaks[precision]
+    return None
+
+
+def pipeline_config(pipeline, device, **overrides):
+    options = {**PIPELINES[pipeline], "device": device, "quiet": True, **overrides}
+    if pipeline == "brief" and device.startswith("cuda"):
+        options["num_workers"] = min(8, os.cpu_count() or 1)  # the baseline issue 3 measured
+    if options.get("compile") == "reduce-overhead" and not device.startswith("cuda"):
+        options["compile"] = "default"  # CUDA graphs need CUDA
+    return train.Config(**options)
+
+
+def time_epochs(cfg, warmup, epochs):
+    """Per-epoch training seconds and evaluation seconds after warm-up."""
+    with tempfile.TemporaryDirectory() as results:
+        cfg = train.Config(**{**vars(cfg), "num_epochs": warmup + epochs, "test_freq": NO_EVAL,
+                              "results_dir": results})
+        summary = train.train(cfg)
+        rows = pd.read_csv(os.path.join(results, "runs", summary["run_name"] + ".csv"))
+    timed = rows.iloc[warmup:]
+    return summary, timed["epoch_time_s"].mean(), rows["eval_time_s"][rows["test_loss"].notna()].iloc[-1]
+
+
+def projected_run_s(epoch_s, eval_s, num_epochs=BRIEF_EPOCHS, test_freq=BRIEF_TEST_FREQ):
+    evals = sum(train.is_eval_epoch(e, train.Config(num_epochs=num_epochs, test_freq=test_freq))
+                for e in range(1, num_epochs + 1))
+    return num_epochs * epoch_s + evals * eval_s
+
+
+def timed_table(args, device, device_name):
+    rows = []
+    for size in args.sizes:
+        width, depth = map(int, size.split("x"))
+        for pipeline in args.pipelines:
+            cfg = pipeline_config(pipeline, device, width=width, depth=depth,
+                                  dataset_size=args.dataset_size, data_dir=args.data_dir)
+            summary, epoch_s, eval_s = time_epochs(cfg, args.warmup, args.epochs)
+            tflops = 3 * summary["flops_per_image"] * args.dataset_size / epoch_s / 1e12
+            peak = peak_tflops(device_name, cfg.precision)
+            rows.append(dict(size=size, pipeline=pipeline, epoch_s=epoch_s, eval_s=eval_s,
+                             projected_100_epochs_s=projected_run_s(epoch_s, eval_s),
+                             images_per_s=args.dataset_size / epoch_s, tflops=tflops,
+                             mfu=tflops / peak if peak else float("nan")))
+            print(f"  {size} {pipeline}: {epoch_s:.3f} s/epoch", file=sys.stderr)
+    table = pd.DataFrame(rows)
+    brief = table[table.pipeline == "brief"].set_index("size")["epoch_s"]
+    table["speedup_vs_brief"] = [brief.get(s, float("nan")) / e for s, e in zip(table["size"], table["epoch_s"])]
+    return table
+
+
+def full_runs(args, device):
+    """The brief's whole recipe per pipeline and seed: end-to-end seconds and final loss."""
+    rows = []
+    for pipeline in [p for p in args.pipelines if p != "brief"]:  # brief: projected, ~4 min a run
+        for seed in range(args.seeds):
+            cfg = pipeline_config(pipeline, device, seed=seed, data_dir=args.data_dir)
+            with tempfile.TemporaryDirectory() as results:
+                start = time.perf_counter()
+                summary = train.train(train.Config(**{**vars(cfg), "results_dir": results}))
+                end_to_end_s = time.perf_counter() - start
+            rows.append(dict(pipeline=pipeline, seed=seed, end_to_end_s=end_to_end_s,
+                             run_wall_s=summary["wall_time_s"],
+                             final_test_loss_avg_last5=summary["final_test_loss_avg_last5"],
+                             final_test_acc_avg_last5=summary["final_test_acc_avg_last5"]))
+            print(f"  full {pipeline} seed {seed}: {end_to_end_s:.1f} s, loss "
+                  f"{summary['final_test_loss_avg_last5']:.4f}", file=sys.stderr)
+    return pd.DataFrame(rows)
+
+
+def mean_std(values):
+    values = list(values)
+    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.4f} ± {sd:.4f} (n={len(values)})"
+
+
+def report(args, device_name, timed, full) -> str:
+    lines = [f"## {time.strftime('%Y-%m-%d %H:%M')} · {device_name} · torch {torch.__version__} "
+             f"· code {train.git_version()}", "",
+             f"`python {' '.join(sys.argv)}` (D={args.dataset_size}, batch 256, "
+             f"{args.warmup} warm-up + {args.epochs} timed epochs)", "",
+             timed.to_markdown(index=False, floatfmt=".4g"), ""]
+    if full is not None and len(full):
+        lines += [f"Whole runs (width 32, depth 2, D=50,000, {BRIEF_EPOCHS} epochs, test every "
+                  f"{BRIEF_TEST_FREQ} + last 5):", "", full.to_markdown(index=False, floatfmt=".4g"), ""]
+        for pipeline, group in full.groupby("pipeline"):
+            lines.append(f"- {pipeline}: final_test_loss_avg_last5 "
+                         f"{mean_std(group.final_test_loss_avg_last5)}, end-to-end s "
+                         f"{mean_std(group.end_to_end_s)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--sizes", type=lambda s: s.split(","), default=["32x2", "128x4", "8x1"],
+                        help="widthxdepth, comma-separated")
+    parser.add_argument("--pipelines", type=lambda s: s.split(","), default=list(PIPELINES))
+    parser.add_argument("--dataset_size", type=int, default=50_000)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--full", action="store_true", help="also run the whole recipe")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of each --full run")
+    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--notes", default="Notes/benchmarks.md", help="'' to not append")
+    args = parser.parse_args()
+    unknown = set(args.pipelines) - set(PIPELINES)
+    if unknown:
+        parser.error(f"unknown pipelines {sorted(unknown)}; choose from {list(PIPELINES)}")
+    device = str(train.resolve_device(args.device))
+    device_name = train.device_name(torch.device(device))
+    timed = timed_table(args, device, device_name)
+    full = full_runs(args, device) if args.full else None
+    text = report(args, device_name, timed, full)
+    print(text)
+    if args.notes:
+        with open(args.notes, "a") as f:
+            f.write("\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    main()

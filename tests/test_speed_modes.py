@@ -1,0 +1,53 @@
+"""Every speed mode trains end to end and writes the same records; the benchmark runs."""
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import bench
+import train
+from conftest import REPO
+from test_train import TINY
+
+TINY_NO_DEVICE = {k: v for k, v in TINY.items() if k != "device"}
+
+
+@pytest.mark.parametrize("pipeline", list(bench.PIPELINES))
+def test_every_pipeline_writes_the_same_schema(pipeline, data_dir, tmp_path):
+    reference = train.train(bench.pipeline_config("default", "cpu", **TINY_NO_DEVICE, data_dir=data_dir,
+                                                  results_dir=str(tmp_path / "default")))
+    cfg = bench.pipeline_config(pipeline, "cpu", **TINY_NO_DEVICE, data_dir=data_dir,
+                                results_dir=str(tmp_path / pipeline))
+    summary = train.train(cfg)
+    assert summary.keys() == reference.keys()
+    for field in ("loader", "precision", "channels_last", "compile", "deterministic"):
+        assert summary[field] == getattr(cfg, field)  # the record says which levers were used
+    rows = lambda d, s: pd.read_csv(tmp_path / d / "runs" / (s["run_name"] + ".csv"))
+    assert list(rows(pipeline, summary).columns) == list(rows("default", reference).columns)
+    assert summary["status"] == "finished" and summary["final_test_loss_avg_last5"] > 0
+
+
+def test_bench_prints_and_records_a_table(data_dir, tmp_path):
+    notes = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes", "4x1",
+                           "--dataset_size", "200", "--warmup", "1", "--epochs", "1",
+                           "--pipelines", "brief,default", "--data_dir", data_dir,
+                           "--notes", str(notes)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = notes.read_text()
+    assert "| 4x1    | brief" in text and "| 4x1    | default" in text and "speedup_vs_brief" in text
+    assert text.strip() in proc.stdout
+
+
+def test_projection_counts_the_briefs_evaluations():
+    # 100 epochs, test every 5 plus the last 5: 20 + 4 evaluations.
+    assert bench.projected_run_s(epoch_s=1.0, eval_s=0.5) == 100 + 24 * 0.5
+
+
+def test_unknown_pipeline_is_refused():
+    proc = subprocess.run([sys.executable, "bench.py", "--pipelines", "brief,turbo"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown pipelines ['turbo']" in proc.stderr
