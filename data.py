@@ -27,6 +27,7 @@ NUM_TRAIN = 50_000
 PAD = 4  # RandomCrop(32, padding=4)
 CROP = 32
 NUM_OFFSETS = 2 * PAD + 1  # 9 positions per axis, 81 crops in all
+AUGMENT_CHUNK = 10_000  # images per gather: bounds the padded copy to ~50 MB
 
 
 class DataError(RuntimeError):
@@ -154,15 +155,21 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 
 def tensor_batches(images, labels, batch_size, seed, epoch, augment=True):
     """One epoch of augmented (x, y) batches from device-resident uint8 tensors, last batch
-    partial (DataLoader's drop_last=False)."""
+    partial (DataLoader's drop_last=False). The epoch is augmented up front in a few large
+    gathers: per-step work is then one slice, because at these model sizes a training step is
+    bound by kernel launches, not arithmetic."""
     g = epoch_generator(seed, epoch, images.device)
     order = torch.randperm(len(images), generator=g, device=images.device)
     if augment:
         dy, dx, flip = sample_crop_flip(len(images), g)
+        epoch_images = torch.cat([crop_flip(images[idx], dy[idx], dx[idx], flip[idx])
+                                  for idx in order.split(AUGMENT_CHUNK)])
+    else:
+        epoch_images = images[order]
+    epoch_labels = labels[order]
     for start in range(0, len(images), batch_size):
-        idx = order[start:start + batch_size]
-        x = crop_flip(images[idx], dy[idx], dx[idx], flip[idx]) if augment else images[idx]
-        yield to_float(x), labels[idx]
+        yield (to_float(epoch_images[start:start + batch_size]),
+               epoch_labels[start:start + batch_size])
 
 
 # ---------------------------------------------------------------------------------------------
