@@ -51,8 +51,8 @@ def pipeline_config(pipeline, device, **overrides):
     options = {**PIPELINES[pipeline], "device": device, "quiet": True, **overrides}
     if pipeline == "brief" and device.startswith("cuda"):
         options["num_workers"] = min(8, os.cpu_count() or 1)  # the baseline issue 3 measured
-    if options.get("compile") == "reduce-overhead" and not device.startswith("cuda"):
-        options["compile"] = "default"  # CUDA graphs need CUDA
+    if options.get("compile", "off") != "off" and not device.startswith("cuda"):
+        options["compile"] = "default"  # CUDA graphs and GPU autotuning need CUDA
     return train.Config(**options)
 
 

@@ -14,7 +14,8 @@ from test_train import TINY
 TINY_NO_DEVICE = {k: v for k, v in TINY.items() if k != "device"}
 
 
-@pytest.mark.parametrize("pipeline", list(bench.PIPELINES))
+# "compiled" differs from "fast" only in a CUDA-only compile mode: on CPU both compile the same way.
+@pytest.mark.parametrize("pipeline", [p for p in bench.PIPELINES if p != "compiled"])
 def test_every_pipeline_writes_the_same_schema(pipeline, data_dir, tmp_path):
     reference = train.train(bench.pipeline_config("default", "cpu", **TINY_NO_DEVICE, data_dir=data_dir,
                                                   results_dir=str(tmp_path / "default")))
