@@ -115,7 +115,8 @@ class AirbenchConfig:
     output_scale: float = hp(1 / 9, "multiplier of the final layer's logits", min=0.0)
     bn_momentum: float = hp(0.6, "share of BN running stats kept per step", min=0.0, max=1.0)
     whiten_eps: float = hp(5e-4, "eps added to patch-covariance eigenvalues", min=0.0)
-    whiten_init_images: int = hp(5000, "training images whose patches set the whitening (at most D are used)", min=1)
+    whiten_init_images: int = hp(5000, "training images whose patches set the whitening "
+                                       "(at most D are used)", min=1)
     whiten_bias_epochs: float = hp(3.0, "epochs during which the whitening bias trains", min=0.0)
     lookahead_every: int = hp(5, "steps between lookahead (EMA) syncs", min=1)
     lookahead_decay: float = hp(0.95 ** 5, "EMA decay per sync at the end (x progress**3)",
