@@ -109,9 +109,11 @@ class AirbenchConfig:
     weight_decay: float = hp(0.0153, "weight decay per 1024 examples, same normalisation as lr",
                              min=0.0)
     bias_lr_scale: float = hp(64.0, "lr multiplier of biases (their decay divided by it)", min=0.0)
-    label_smoothing: float = hp(0.2, "label smoothing (initial value if annealed)", min=0.0, max=1.0)
+    label_smoothing: float = hp(0.2, "label smoothing (initial value if annealed)",
+                                min=0.0, max=1.0)
     warmup_frac: float = hp(0.2, "fraction of steps of linear lr warm-up", min=0.0, max=1.0)
-    warmup_start: float = hp(0.2, "lr factor at step 0 (rises to 1 over the warm-up)", min=0.0, max=1.0)
+    warmup_start: float = hp(0.2, "lr factor at step 0 (rises to 1 over the warm-up)",
+                             min=0.0, max=1.0)
     output_scale: float = hp(1 / 9, "multiplier of the final layer's logits", min=0.0)
     bn_momentum: float = hp(0.6, "share of BN running stats kept per step", min=0.0, max=1.0)
     whiten_eps: float = hp(5e-4, "eps added to patch-covariance eigenvalues", min=0.0)
@@ -189,8 +191,8 @@ def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
 
 class Block(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, bn_keep: float):
-        super().__init__(conv3x3(c_in, c_out), nn.MaxPool2d(2), BatchNorm(c_out, bn_keep), nn.GELU(),
-                         conv3x3(c_out, c_out), BatchNorm(c_out, bn_keep), nn.GELU())
+        super().__init__(conv3x3(c_in, c_out), nn.MaxPool2d(2), BatchNorm(c_out, bn_keep),
+                         nn.GELU(), conv3x3(c_out, c_out), BatchNorm(c_out, bn_keep), nn.GELU())
 
 
 class AirbenchNet(nn.Module):

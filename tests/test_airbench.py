@@ -143,6 +143,19 @@ def test_network_widths_and_frozen_parameters():
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_param_groups_cover_each_parameter_once_with_decoupled_hyperparameters():
+    net, cfg = ab.AirbenchNet(width=0.125), ab.AirbenchConfig()
+    groups = ab.param_groups(net, cfg)
+    grouped = [id(p) for params, _, _ in groups.values() for p in params]
+    assert sorted(grouped) == sorted(id(p) for p in net.parameters() if p.requires_grad
+                                     or p is net.whiten.weight)
+    (lr, wd), (blr, bwd) = groups["weights"][1:], groups["biases"][1:]
+    assert blr == pytest.approx(cfg.bias_lr_scale * lr) and blr * bwd == pytest.approx(lr * wd)
+    # the SGD lr times the momentum gain 1 + 1/(1-m) is the same for any momentum
+    lr_high = ab.param_groups(net, ab.AirbenchConfig(momentum=1 - 0.15 / 2))["weights"][1]
+    assert lr * (1 + 1 / 0.15) == pytest.approx(lr_high * (1 + 2 / 0.15))
+
+
 def test_bad_flags_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="--batch_size 1024 exceeds --dataset_size 100"):
         ab.validate_airbench(ab.AirbenchConfig(dataset_size=100, results_dir=str(tmp_path)))
@@ -165,7 +178,8 @@ def test_tiny_cpu_run_writes_the_usual_rows(tmp_path):
     assert row["status"] == "finished" and row["model"] == "airbench94"
     assert row["D"] == "256" and row["width"] == "0.0625" and row["depth"] == "2"
     assert float(row["epochs"]) == pytest.approx(1.5)  # 4 steps/epoch, 6 steps of 64 / 256
-    assert 0 <= float(row["tta_val_acc"]) <= 1 and math.isfinite(float(row["final_test_loss_avg_last5"]))
+    assert 0 <= float(row["tta_val_acc"]) <= 1
+    assert math.isfinite(float(row["final_test_loss_avg_last5"]))
     assert int(row["N"]) > 0 and float(row["C"]) == int(row["N"]) * 256 * 1.5
     assert float(row["train_time_s"]) <= float(row["wall_time_s"])
     epochs = list(csv.DictReader(open(tmp_path / "runs" / f"{row['run_name']}.csv")))
