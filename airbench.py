@@ -220,9 +220,12 @@ class AirbenchNet(nn.Module):
 
 
 def image_patches(images: torch.Tensor, kernel: int = WHITEN_KERNEL) -> torch.Tensor:
-    """All kernel x kernel patches as rows [B * positions, C * kernel**2], in conv weight order."""
-    cols = F.unfold(images, kernel)  # [B, C*k*k, L]
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    """All kernel x kernel patches as rows [B * positions, C * kernel**2], in conv weight order
+    (channel, row, column). Shifted slices rather than F.unfold, whose CPU im2col took seconds."""
+    h, w = images.shape[-2] - kernel + 1, images.shape[-1] - kernel + 1
+    shifts = torch.stack([images[:, :, i:i + h, j:j + w]
+                          for i in range(kernel) for j in range(kernel)], dim=2)
+    return shifts.flatten(1, 2).permute(0, 2, 3, 1).reshape(-1, shifts.shape[1] * kernel ** 2)
 
 
 @torch.no_grad()
