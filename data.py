@@ -127,16 +127,27 @@ def epoch_generator(seed: int, epoch: int, device="cpu") -> torch.Generator:
 
 
 def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
-              flip: torch.Tensor) -> torch.Tensor:
-    """Crop the 32x32 window at (dy, dx) of each zero-padded (40x40) image, mirrored where flip.
-    images uint8 [B, C, 32, 32]; dy, dx int64 [B] in 0..8; flip bool [B]."""
-    padded = torch.nn.functional.pad(images, (PAD, PAD, PAD, PAD))
+              flip: torch.Tensor, pad: int = PAD, reflect: bool = False) -> torch.Tensor:
+    """Crop the 32x32 window at (dy, dx) of each padded (32+2*pad square) image, mirrored where
+    flip. images uint8 [B, C, 32, 32]; dy, dx int64 [B] in 0..2*pad; flip bool [B]. Zero padding
+    (RandomCrop's), or reflect padding (airbench's translate) read through an index table."""
     ar = torch.arange(CROP, device=images.device)
     rows = dy[:, None] + ar                                       # [B, 32]
     cols = dx[:, None] + torch.where(flip[:, None], CROP - 1 - ar, ar)  # mirrored columns if flip
+    if reflect:
+        table = reflect_index(images.shape[-1], pad, images.device)
+        padded, rows, cols = images, table[rows], table[cols]
+    else:
+        padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
     b = torch.arange(len(images), device=images.device)[:, None, None, None]
     c = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
     return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def reflect_index(size: int, pad: int, device=None) -> torch.Tensor:
+    """Source index of each position of a reflect-padded axis (np.pad mode='reflect')."""
+    i = torch.arange(-pad, size + pad, device=device).abs()
+    return torch.where(i > size - 1, 2 * (size - 1) - i, i)
 
 
 def sample_crop_flip(n: int, generator: torch.Generator):

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 import data
 from model import MODELS, build_model, count_params, forward_flops_per_image
-from utils import append_row, atomic_write, file_lock, git_version, set_seed, write_csv
+from utils import (append_row, atomic_write, file_lock, git_version, parser_from_dataclass,
+                   set_seed, write_csv)
 
 LAST_K = 5  # the brief's final metric averages the last 5 test evaluations (= last 5 epochs)
 
@@ -83,7 +84,7 @@ class ConfigError(ValueError):
 def validate(cfg: Config) -> None:
     """Refuse bad input before any data is read or any file written."""
     errors = []
-    for f in fields(Config):
+    for f in fields(type(cfg)):
         value, m = getattr(cfg, f.name), f.metadata
         if not isinstance(value, f.type) or (f.type is int and isinstance(value, bool)):
             if not (f.type is float and isinstance(value, int) and not isinstance(value, bool)):
@@ -140,7 +141,7 @@ def resolve_device(name: str) -> torch.device:
 def config_id(cfg: Config) -> str:
     """Hash of every setting that can change what is learned, except the seed: rows sharing it
     are seeds of one configuration."""
-    keys = {f.name: getattr(cfg, f.name) for f in fields(Config)
+    keys = {f.name: getattr(cfg, f.name) for f in fields(type(cfg))
             if f.metadata["result"] and f.name != "seed"}
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
 
@@ -401,17 +402,7 @@ def run_experiment(seed, batch_size, num_epochs, test_freq, width, depth, datase
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(Config):
-        m = f.metadata
-        if f.type is bool:
-            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
-                                default=f.default, help=m["help"])
-        else:
-            parser.add_argument(f"--{f.name}", type=f.type, default=f.default,
-                                choices=m["choices"], help=m["help"])
-    return parser
+    return parser_from_dataclass(Config, __doc__.split("\n\n")[0])
 
 
 def parse_config(argv=None) -> Config:

@@ -4,7 +4,9 @@ Results files are shared by many processes (a sweep finishes runs concurrently) 
 GPU time, so: every write happens under a file lock, a row is written whole in one call, a file
 that must change shape is replaced atomically (temp file + rename), and nothing is truncated.
 """
+import argparse
 import csv
+import dataclasses
 import io
 import os
 import random
@@ -98,3 +100,19 @@ def append_row(path: str, row: dict) -> None:
             f.write(line)  # one call, whole row
             f.flush()
             os.fsync(f.fileno())
+
+
+def parser_from_dataclass(cls, description: str = "") -> argparse.ArgumentParser:
+    """One flag per field of a hyperparameter dataclass whose fields carry help/choices metadata
+    (train.hp): the dataclass stays the single table and the CLI is derived from it."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        if f.type is bool:
+            parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
+                                default=f.default, help=m["help"])
+        else:
+            parser.add_argument(f"--{f.name}", type=f.type, default=f.default,
+                                choices=m["choices"], help=m["help"])
+    return parser
