@@ -12,7 +12,8 @@ bars: every fit sees one point per configuration and every bootstrap resamples c
 all seeds of one (N, D) enter or leave a resample together.
 
 Plans: grouped by what was held fixed. Configurations are split by training recipe first (the
-context: model, batch_size, lr, momentum, weight_decay, subset_seed). Within one context:
+context: model, bn, optimizer, batch_size, lr, scheduler, momentum, betas, weight_decay, augment,
+normalize, subset_seed; those a CSV lacks are ignored). Within one context:
   - width plan (x = N): configurations sharing (depth, D, epochs) with >= 3 distinct N;
   - depth plan (x = N): sharing (width, D, epochs), >= 3 distinct N;
   - data plan (x = D): sharing (width, depth, epochs), >= 3 distinct D;
@@ -54,7 +55,8 @@ NUMERIC = ("width", "depth", "seed", "N", "D", "epochs", "C", "flops_per_image",
            "budget", "batch_size", "lr", "momentum", "weight_decay", "subset_seed",
            "final_test_loss_avg_last5", "final_test_acc_avg_last5", "best_test_loss",
            "best_test_acc", "final_train_loss", "final_train_acc")
-CONTEXT = ("model", "batch_size", "lr", "momentum", "weight_decay", "subset_seed")
+CONTEXT = ("model", "bn", "optimizer", "batch_size", "lr", "scheduler", "momentum", "betas",
+           "weight_decay", "augment", "normalize", "subset_seed")
 X_COLUMNS = ("N", "D", "C", "total_flops")
 PLANS = (("N", "width", ("depth", "D", "epochs")),
          ("N", "depth", ("width", "D", "epochs")),

@@ -28,6 +28,9 @@ PAD = 4  # RandomCrop(32, padding=4)
 CROP = 32
 NUM_OFFSETS = 2 * PAD + 1  # 9 positions per axis, 81 crops in all
 AUGMENT_CHUNK = 10_000  # images per gather: bounds the padded copy to ~50 MB
+# Per-channel mean and std of CIFAR-10's training pixels in [0, 1], as seed document 004 lists them.
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
 
 
 class DataError(RuntimeError):
@@ -98,9 +101,23 @@ def load_cifar10(data_dir: str = "data", download: bool = True) -> CIFAR10:
 def subset_indices(num_available: int, dataset_size: int, subset_seed: int = 0) -> np.ndarray:
     """The first D images of one fixed permutation: subsets of one subset_seed are nested, so D is
     the only thing that changes along a data sweep."""
-    if not 1 <= dataset_size <= num_available:
-        raise ValueError(f"dataset_size must be in 1..{num_available}, got {dataset_size}")
-    return np.random.default_rng(subset_seed).permutation(num_available)[:dataset_size]
+    return split_indices(num_available, dataset_size, 0, subset_seed)[0]
+
+
+def val_count(val_size: float, num_available: int) -> int:
+    """Validation images asked for: a count, or a fraction (< 1) of the training images."""
+    return round(val_size * num_available) if val_size < 1 else int(val_size)
+
+
+def split_indices(num_available: int, dataset_size: int, num_val: int = 0, subset_seed: int = 0):
+    """(train, val) indices. The validation images are the last num_val of the subset_seed
+    permutation, carved off before subsetting; the D training images are the first D of the rest,
+    so they are the same nested subsets as without a validation split."""
+    if not 0 <= num_val < num_available or not 1 <= dataset_size <= num_available - num_val:
+        raise ValueError(f"dataset_size {dataset_size} + val_size {num_val} must fit in the "
+                         f"{num_available} training images, each at least 1 (val_size 0 or more)")
+    order = np.random.default_rng(subset_seed).permutation(num_available)
+    return order[:dataset_size], order[num_available - num_val:]
 
 
 def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
@@ -159,12 +176,23 @@ def sample_crop_flip(n: int, generator: torch.Generator):
     return dy, dx, flip
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float in [0, 1], as ToTensor does; the brief uses no normalisation."""
-    return images.float().div_(255)
+def to_float(images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+    """uint8 -> float in [0, 1], as ToTensor does (the brief uses no normalisation); with
+    normalize, then per-channel (x - MEAN) / STD as transforms.Normalize does."""
+    x = images.float().div_(255)
+    if normalize:
+        mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1) for v in (MEAN, STD))
+        x = x.sub_(mean).div_(std)
+    return x
 
 
-def tensor_batches(images, labels, batch_size, seed, epoch, augment=True):
+def eval_batches(images, labels, batch_size, normalize=False):
+    """Unaugmented batches in order (test and validation sets)."""
+    return ((to_float(images[i:i + batch_size], normalize), labels[i:i + batch_size])
+            for i in range(0, len(images), batch_size))
+
+
+def tensor_batches(images, labels, batch_size, seed, epoch, augment=True, normalize=False):
     """One epoch of augmented (x, y) batches from device-resident uint8 tensors, last batch
     partial (DataLoader's drop_last=False). The epoch is augmented up front in a few large
     gathers: per-step work is then one slice, because at these model sizes a training step is
@@ -179,7 +207,7 @@ def tensor_batches(images, labels, batch_size, seed, epoch, augment=True):
         epoch_images = images[order]
     epoch_labels = labels[order]
     for start in range(0, len(images), batch_size):
-        yield (to_float(epoch_images[start:start + batch_size]),
+        yield (to_float(epoch_images[start:start + batch_size], normalize),
                epoch_labels[start:start + batch_size])
 
 
@@ -205,11 +233,15 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 
 def torchvision_batches(images, labels, indices, batch_size, seed, epoch, train=True,
-                        num_workers=0):
-    """One epoch of (x, y) batches through torchvision transforms and a DataLoader."""
+                        num_workers=0, augment=True, normalize=False):
+    """One epoch of (x, y) batches through torchvision transforms and a DataLoader; train=False
+    serves the images in order, unaugmented."""
     from torchvision import transforms
-    ops = [transforms.RandomCrop(CROP, padding=PAD), transforms.RandomHorizontalFlip()] if train else []
-    dataset = ArrayDataset(images, labels, transforms.Compose(ops + [transforms.ToTensor()]))
+    ops = []
+    if train and augment:
+        ops = [transforms.RandomCrop(CROP, padding=PAD), transforms.RandomHorizontalFlip()]
+    ops += [transforms.ToTensor()] + ([transforms.Normalize(MEAN, STD)] if normalize else [])
+    dataset = ArrayDataset(images, labels, transforms.Compose(ops))
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, indices.tolist())
     # Worker processes seed their transforms from the loader's generator; without workers the

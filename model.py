@@ -1,8 +1,21 @@
-"""Networks for the scaling study, and their size N and cost in FLOPs without training.
+"""Networks of the lab, and their size N and cost in FLOPs without training.
 
-The brief's CNN (seed document 000): three stages of `depth` ConvBlocks at width, 2*width and
-4*width channels, MaxPool2d(2) after stages 1 and 2, global average pool, Linear(4*width -> 10).
-ConvBlock = Conv3x3(padding 1, with bias, as nn.Conv2d defaults) + BatchNorm2d + ReLU.
+Every network takes the same two size knobs, `width` (channels of the first stage; stage s has
+width*2**s) and `depth` (blocks per stage), so any of them can join a width or depth sweep, and
+has `features(x)`, the pooled representation the classifier reads.
+
+- cnn (seed document 000, the scaling study): three stages of `depth` ConvBlocks, MaxPool2d(2)
+  after stages 1 and 2, global average pool, Linear(4*width -> 10). ConvBlock = Conv3x3(padding 1,
+  with bias, as nn.Conv2d defaults) + BatchNorm2d + ReLU.
+- resnet8 (seed document 004): He et al.'s CIFAR ResNet (6n+2 layers, n = depth): a 3x3 conv,
+  three stages of `depth` BasicBlocks (two 3x3 convs, BatchNorm, identity shortcut), the 2nd and
+  3rd stage starting with stride 2, global average pool, fc. At width 16, depth 1 it is ResNet-8
+  (8 weighted layers). Shortcuts that change shape subsample and zero-pad channels (He et al.'s
+  option A), so they add no weighted layer and no parameter.
+- simplecnn (seed document 002, the CPU speedrun): three stages of `depth` Conv3x3 (+ optional
+  BatchNorm) + ReLU, each followed by MaxPool2d(2), then flatten -> Linear(16*4*width ->
+  8*width) -> ReLU -> Linear(-> 10). Document 002 names no exact architecture; this is the
+  conventional small conv-pool-fc network it describes, without BatchNorm unless `bn`.
 
     python model.py --width 32 --depth 2      # prints N and forward FLOPs per image
 """
@@ -52,15 +65,92 @@ class ScalingCNN(nn.Module):
         return self.head(self.body(x))
 
 
-# name -> factory(width, depth). Every model of the lab takes the same two size knobs, so any of
-# them can join a width or depth sweep.
-MODELS = {"cnn": ScalingCNN}
+class BasicBlock(nn.Module):
+    """Two 3x3 conv + BN, ReLU after the sum with the shortcut (He et al. 2016)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.stride, self.extra_channels = stride, c_out - c_in
+
+    def shortcut(self, x):
+        if self.stride > 1:
+            x = x[:, :, ::self.stride, ::self.stride]
+        if self.extra_channels:
+            x = nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+        return x
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-def build_model(name: str = "cnn", width: int = 32, depth: int = 2) -> nn.Module:
+class ResNet(nn.Module):
+    """CIFAR ResNet with 6*depth+2 layers; width 16, depth 1 is ResNet-8."""
+
+    def __init__(self, width: int = 16, depth: int = 1, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(IMAGE_SHAPE[0], width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        blocks, c_in = [], width
+        for stage in range(NUM_STAGES):
+            c_out = width * 2 ** stage
+            for i in range(depth):
+                blocks.append(BasicBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1))
+                c_in = c_out
+        self.stages = nn.Sequential(*blocks)
+        self.pool = GlobalAvgPool()
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def features(self, x):
+        return self.pool(self.stages(self.stem(x)))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+class SimpleCNN(nn.Module):
+    """Conv-pool stages and a two-layer classifier, BatchNorm only with `bn` (document 002)."""
+
+    def __init__(self, width: int = 32, depth: int = 1, bn: bool = False,
+                 num_classes: int = NUM_CLASSES):
+        super().__init__()
+        layers, c_in = [], IMAGE_SHAPE[0]
+        for stage in range(NUM_STAGES):
+            c_out = width * 2 ** stage
+            for i in range(depth):
+                layers += [nn.Conv2d(c_in, c_out, 3, padding=1)]
+                layers += [nn.BatchNorm2d(c_out)] if bn else []
+                layers += [nn.ReLU(inplace=True)]
+                c_in = c_out
+            layers.append(nn.MaxPool2d(2))
+        side = IMAGE_SHAPE[1] // 2 ** NUM_STAGES
+        self.body = nn.Sequential(*layers, nn.Flatten(),
+                                  nn.Linear(c_in * side * side, 8 * width), nn.ReLU(inplace=True))
+        self.head = nn.Linear(8 * width, num_classes)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+# name -> (factory, default width, default depth). `bn` is simplecnn's switch; the others always
+# have BatchNorm.
+MODELS = {"cnn": (ScalingCNN, 32, 2), "resnet8": (ResNet, 16, 1), "simplecnn": (SimpleCNN, 32, 1)}
+
+
+def build_model(name: str = "cnn", width: int = 32, depth: int = 2, bn: bool = False) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
-    return MODELS[name](width=width, depth=depth)
+    if bn and name != "simplecnn":
+        raise ValueError(f"bn is a switch of simplecnn only; {name} always has BatchNorm")
+    options = dict(bn=bn) if name == "simplecnn" else {}
+    return MODELS[name][0](width=width, depth=depth, **options)
 
 
 def count_params(model: nn.Module) -> int:
@@ -68,18 +158,45 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def conv_block_params(c_in: int, c_out: int) -> int:
-    return 9 * c_in * c_out + c_out + 2 * c_out  # 3x3 conv weight + bias, BN gamma + beta
+def conv_params(c_in: int, c_out: int, bias: bool = True, bn: bool = True) -> int:
+    return 9 * c_in * c_out + c_out * bias + 2 * c_out * bn  # 3x3 weight, bias, BN gamma + beta
+
+
+def stage_channels(width: int, depth: int, first: int = IMAGE_SHAPE[0]):
+    """(c_in, c_out) of each of the NUM_STAGES * depth 3x3 convs of a plain stack."""
+    pairs, c_in = [], first
+    for stage in range(NUM_STAGES):
+        for _ in range(depth):
+            pairs.append((c_in, width * 2 ** stage))
+            c_in = width * 2 ** stage
+    return pairs
 
 
 def cnn_num_params(width: int, depth: int) -> int:
     """Closed-form N of ScalingCNN, so sweeps can plan without building models."""
-    n, c_in = 0, IMAGE_SHAPE[0]
-    for stage in range(NUM_STAGES):
-        c = width * 2 ** stage
-        n += conv_block_params(c_in, c) + (depth - 1) * conv_block_params(c, c)
-        c_in = c
-    return n + c_in * NUM_CLASSES + NUM_CLASSES
+    convs = sum(conv_params(a, b) for a, b in stage_channels(width, depth))
+    return convs + 4 * width * NUM_CLASSES + NUM_CLASSES
+
+
+def resnet_num_params(width: int, depth: int) -> int:
+    """Closed-form N of ResNet: the stem, two convs per block (no bias), the fc."""
+    convs = sum(conv_params(a, b, bias=False) + conv_params(b, b, bias=False)
+                for a, b in stage_channels(width, depth, first=width))
+    stem = conv_params(IMAGE_SHAPE[0], width, bias=False)
+    return stem + convs + 4 * width * NUM_CLASSES + NUM_CLASSES
+
+
+def simplecnn_num_params(width: int, depth: int, bn: bool = False) -> int:
+    convs = sum(conv_params(a, b, bn=bn) for a, b in stage_channels(width, depth))
+    flat = 4 * width * (IMAGE_SHAPE[1] // 2 ** NUM_STAGES) ** 2
+    return convs + flat * 8 * width + 8 * width + 8 * width * NUM_CLASSES + NUM_CLASSES
+
+
+def num_params(name: str, width: int, depth: int, bn: bool = False) -> int:
+    """Closed-form N of any model of the lab (equal to count_params of the built model; tested)."""
+    if name == "simplecnn":
+        return simplecnn_num_params(width, depth, bn)
+    return {"cnn": cnn_num_params, "resnet8": resnet_num_params}[name](width, depth)
 
 
 def forward_flops_per_image(model: nn.Module) -> int:
@@ -97,10 +214,13 @@ def forward_flops_per_image(model: nn.Module) -> int:
 def main():
     parser = argparse.ArgumentParser(description="Report N and FLOPs of a model without training.")
     parser.add_argument("--model", default="cnn", choices=sorted(MODELS))
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--width", type=int, default=None, help="default: the model's (32, 16, 32)")
+    parser.add_argument("--depth", type=int, default=None, help="default: the model's (2, 1, 1)")
+    parser.add_argument("--bn", action="store_true", help="BatchNorm in simplecnn")
     args = parser.parse_args()
-    model = build_model(args.model, args.width, args.depth)
+    _, width, depth = MODELS[args.model]
+    args.width, args.depth = args.width or width, args.depth or depth
+    model = build_model(args.model, args.width, args.depth, args.bn)
     print(f"{args.model} width={args.width} depth={args.depth}: N={count_params(model):,} "
           f"forward_flops_per_image={forward_flops_per_image(model):,}")
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 import train
 from data import NUM_TRAIN
-from model import build_model, cnn_num_params, count_params
+from model import num_params
 from utils import file_lock, read_csv, write_csv
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -59,11 +59,6 @@ class Planned:
 # Planning
 
 
-def num_params(model: str, width: int, depth: int) -> int:
-    """N without training: closed form for the brief's CNN, a CPU build otherwise."""
-    return cnn_num_params(width, depth) if model == "cnn" else count_params(build_model(model, width, depth))
-
-
 def plan_points(args) -> tuple:
     """(list of train.py flag dicts, list of dropped-point reasons) for the chosen plan."""
     seeds, dropped = args.seeds, []
@@ -90,7 +85,7 @@ def compute_points(args) -> tuple:
     for budget in args.budgets:
         for width in args.widths:
             for depth in args.depths:
-                N = num_params(base.model, width, depth)
+                N = num_params(base.model, width, depth, base.bn)
                 if args.tradeoff == "data":
                     D, E = round(budget / (N * epochs)), epochs
                 else:
@@ -331,7 +326,7 @@ def main(argv=None):
     if args.dry_run:
         for run in runs:
             c = run.cfg
-            N = num_params(c.model, c.width, c.depth)
+            N = num_params(c.model, c.width, c.depth, c.bn)
             print(f"{printable(run)}  # N={N} D={c.dataset_size} epochs={c.num_epochs} "
                   f"C={N * c.dataset_size * c.num_epochs:.4g}")
         return

@@ -4,10 +4,14 @@
 
 Every hyperparameter is a field of `Config` below; the command-line flags, the columns of
 results/final_data.csv and the run name are all generated from it, so a new knob is one line.
-Writes results/runs/<run_name>.csv (one row per epoch), results/runs/<run_name>.json (the summary,
-written atomically) and appends the summary to results/final_data.csv.
+`--preset NAME` fills the defaults of a study (PRESETS; `--list_presets` shows them) and flags
+given on the command line override it. Writes results/runs/<run_name>.csv (one row per epoch),
+results/runs/<run_name>.json (the summary, written atomically) and appends the summary to
+results/final_data.csv.
 """
 import argparse
+import contextlib
+import importlib.util
 import io
 import hashlib
 import json
@@ -24,8 +28,8 @@ from tqdm import tqdm
 
 import data
 from model import MODELS, build_model, count_params, forward_flops_per_image
-from utils import (append_row, atomic_write, file_lock, git_version, parser_from_dataclass,
-                   set_seed, write_csv)
+from utils import (append_row, atomic_write, file_lock, git_version, given_args,
+                   parser_from_dataclass, set_seed, write_csv)
 
 LAST_K = 5  # the brief's final metric averages the last 5 test evaluations (= last 5 epochs)
 
@@ -37,22 +41,59 @@ def hp(default, help, *, min=None, max=None, choices=None, result=True):
                                                 result=result))
 
 
+# Studies of the seed documents: name -> (what it is, the defaults it sets). Flags given on the
+# command line override them; width, depth and dataset_size left unset take the model's defaults.
+PRESETS = {
+    "none": ("the scaling study's recipe (seed documents 000/001): Config's defaults", {}),
+    "resnet8_sgd": ("document 004: ResNet-8, SGD, constant lr, 10% validation, normalised", dict(
+        model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="sgd", lr=0.1,
+        momentum=0.9, weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True, seed=42)),
+    "resnet8_adamw": ("document 004: ResNet-8, AdamW, constant lr, 10% validation, normalised", dict(
+        model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="adamw", lr=1e-3,
+        betas=(0.9, 0.999), weight_decay=5e-4, scheduler="none", val_size=0.1, normalize=True,
+        seed=42)),
+    "speedrun_cpu": ("document 002's best CPU setting: simplecnn without BN, no augmentation", dict(
+        model="simplecnn", bn=False, optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=0.0,
+        scheduler="none", num_epochs=10, batch_size=64, augment=False, test_freq=1, device="cpu")),
+}
+
+# Flags that mean something only beside another setting: given without it, they are refused.
+ONLY_WITH = {"momentum": ("optimizer", "sgd"), "betas": ("optimizer", "adamw"),
+             "num_workers": ("loader", "torchvision")}
+
+
 @dataclass
 class Config:
     # --- what is trained: the scaling knobs (seed document 000) ---
     model: str = hp("cnn", "network family (model.py)", choices=sorted(MODELS))
-    width: int = hp(32, "base channels; stage s has width*2**s", min=1)
-    depth: int = hp(2, "ConvBlocks per stage", min=1)
+    width: int = hp(32, "channels of the first stage; stage s has width*2**s (unset: the "
+                        "model's default, cnn 32, resnet8 16, simplecnn 32)", min=1)
+    depth: int = hp(2, "blocks per stage (unset: the model's default, cnn 2, resnet8 1, "
+                       "simplecnn 1)", min=1)
+    bn: bool = hp(False, "BatchNorm in simplecnn (cnn and resnet8 always have it)")
     dataset_size: int = hp(50_000, "D: training images, the first D of the subset_seed "
-                                   "permutation (nested across D)", min=1, max=data.NUM_TRAIN)
-    subset_seed: int = hp(0, "seed of the fixed permutation that picks the D images", min=0)
+                                   "permutation (nested across D; unset with --val_size: all "
+                                   "that the split leaves)", min=1, max=data.NUM_TRAIN)
+    val_size: float = hp(0.0, "validation images carved off the 50,000 before subsetting: a "
+                              "count, or a fraction < 1 (0.1 = 5,000); test set untouched",
+                         min=0.0, max=data.NUM_TRAIN - 1)
+    subset_seed: int = hp(0, "seed of the fixed permutation that picks the D (and validation) "
+                             "images", min=0)
     seed: int = hp(0, "seed of init, data order and augmentation", min=0)
+    augment: bool = hp(True, "RandomCrop(32, padding 4) + horizontal flip of training images "
+                             "(--no_augment: none)")
+    normalize: bool = hp(False, "per-channel (x - mean) / std of CIFAR-10 (document 004); the "
+                                "brief uses pixels in [0, 1]")
     # --- how it is trained: SGD + cosine, the brief's recipe ---
-    num_epochs: int = hp(100, "epochs; cosine schedule reaches 0 at the end", min=1)
-    batch_size: int = hp(256, "images per SGD step", min=1)
-    lr: float = hp(0.1, "peak learning rate (epoch 0), cosine-annealed per epoch", min=0.0)
-    momentum: float = hp(0.9, "SGD momentum", min=0.0, max=1.0)
-    weight_decay: float = hp(5e-4, "L2 weight decay (SGD's coupled form)", min=0.0)
+    num_epochs: int = hp(100, "epochs; a cosine schedule reaches 0 at the end", min=1)
+    batch_size: int = hp(256, "images per step", min=1)
+    optimizer: str = hp("sgd", "sgd (the brief's) or adamw", choices=["sgd", "adamw"])
+    lr: float = hp(0.1, "peak learning rate (epoch 0)", min=0.0)
+    scheduler: str = hp("cosine", "cosine: annealed to 0 over num_epochs, stepped per epoch; "
+                                  "none: constant", choices=["cosine", "none"])
+    momentum: float = hp(0.9, "SGD momentum (sgd only)", min=0.0, max=1.0)
+    betas: tuple = hp((0.9, 0.999), "AdamW's beta1 beta2 (adamw only)", min=0.0, max=0.999999)
+    weight_decay: float = hp(5e-4, "weight decay: SGD's coupled L2, AdamW's decoupled", min=0.0)
     # --- how fast: levers that change speed, not what a run should converge to ---
     loader: str = hp("tensor", "tensor: uint8 data on the device, batched crop/flip; "
                                "torchvision: the brief's DataLoader pipeline (reference)",
@@ -74,6 +115,13 @@ class Config:
     device: str = hp("auto", "auto (cuda if available), cpu, cuda, cuda:N, mps", result=False)
     resume: bool = hp(False, "continue from this configuration's checkpoint if there is one", result=False)
     keep_checkpoints: bool = hp(False, "keep the per-epoch checkpoint after the run finishes", result=False)
+    log_grad_norms: bool = hp(False, "per-layer gradient norms (mean over the epoch's steps) as "
+                                     "grad_norm_<layer> columns of the per-epoch CSV", result=False)
+    save_model: bool = hp(False, "final weights and metrics.json under runs/<run_name>/", result=False)
+    trackio: str = hp("", "trackio project to log per-epoch metrics to (pip install trackio; "
+                          "stored under $TRACKIO_DIR; trackio show opens the dashboard)", result=False)
+    preset: str = hp("none", "defaults of a study (--list_presets); explicit flags override",
+                     choices=sorted(PRESETS), result=False)
     quiet: bool = hp(False, "no progress bar or summary line", result=False)
 
 
@@ -81,9 +129,9 @@ class ConfigError(ValueError):
     """Invalid configuration; the message names each bad flag and its valid range."""
 
 
-def validate(cfg: Config) -> None:
-    """Refuse bad input before any data is read or any file written."""
-    errors = []
+def validate(cfg, errors=()) -> None:
+    """Refuse bad input before any data is read or any file written (any hp dataclass)."""
+    errors = list(errors)
     for f in fields(type(cfg)):
         value, m = getattr(cfg, f.name), f.metadata
         if not isinstance(value, f.type) or (f.type is int and isinstance(value, bool)):
@@ -93,12 +141,33 @@ def validate(cfg: Config) -> None:
         if m["choices"] and value not in m["choices"]:
             errors.append(f"--{f.name} must be one of {m['choices']}, got {value!r}")
         lo, hi = m["min"], m["max"]
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-            errors.append(f"--{f.name} must be {bounds}, got {value!r}")
+        for v in (value if isinstance(value, tuple) else (value,)):
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+                errors.append(f"--{f.name} must be {bounds}, got {value!r}")
+                break
+    if isinstance(cfg, Config):
+        errors += _combination_errors(cfg)
     errors += _device_errors(cfg.device) + _writable_errors(cfg.results_dir)
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def _combination_errors(cfg: Config) -> list:
+    errors = []
+    if cfg.bn and cfg.model != "simplecnn":
+        errors.append(f"--bn is a switch of --model simplecnn; {cfg.model} always has BatchNorm")
+    if cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size):
+        errors.append(f"--val_size must be a whole number of images or a fraction < 1, got {cfg.val_size}")
+    num_val = data.val_count(cfg.val_size, data.NUM_TRAIN)
+    if num_val < data.NUM_TRAIN and cfg.dataset_size + num_val > data.NUM_TRAIN:
+        errors.append(f"--dataset_size {cfg.dataset_size} + --val_size {num_val} images exceed the "
+                      f"{data.NUM_TRAIN:,} training images; use --dataset_size <= "
+                      f"{data.NUM_TRAIN - num_val} (or leave it unset)")
+    if cfg.trackio and importlib.util.find_spec("trackio") is None:
+        errors.append("--trackio needs the trackio package, which is not installed: "
+                      "pip install trackio (or drop --trackio)")
+    return errors
 
 
 def _device_errors(name: str) -> list:
@@ -148,8 +217,14 @@ def config_id(cfg: Config) -> str:
 
 def run_name(cfg: Config) -> str:
     """Readable and unique: the same configuration always gets the same name."""
+    optimizer = "" if cfg.optimizer == "sgd" else f"_{cfg.optimizer}"
     return (f"{cfg.model}_w{cfg.width}_d{cfg.depth}_D{cfg.dataset_size}_e{cfg.num_epochs}"
-            f"_s{cfg.seed}_{config_id(cfg)}")
+            f"_s{cfg.seed}{optimizer}_{config_id(cfg)}")
+
+
+def epoch_lr(epoch: int, cfg: Config) -> float:
+    """Learning rate of 0-based epoch `epoch`."""
+    return cosine_lr(epoch, cfg.num_epochs, cfg.lr) if cfg.scheduler == "cosine" else cfg.lr
 
 
 def cosine_lr(epoch: int, num_epochs: int, base_lr: float) -> float:
@@ -164,11 +239,21 @@ def is_eval_epoch(epoch: int, cfg: Config) -> bool:
     return epoch % cfg.test_freq == 0 or epoch > cfg.num_epochs - LAST_K
 
 
+def last5_and_best(rows: list, split: str) -> dict:
+    """final_<split>_{loss,acc}_avg_last5 (mean of the last 5 evaluations) and best_<split>_*;
+    NaN where that split was never evaluated."""
+    evals = [r for r in rows if r[f"{split}_loss"] != ""]
+    last, nan = evals[-LAST_K:], float("nan")
+    out = {}
+    for metric, best in (("loss", min), ("acc", max)):
+        key = f"{split}_{metric}"
+        out[f"final_{key}_avg_last5"] = sum(r[key] for r in last) / len(last) if last else nan
+        out[f"best_{key}"] = best((r[key] for r in evals), default=nan)
+    return out
+
+
 def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int,
-              fingerprint: str, device: torch.device) -> dict:
-    evals = [r for r in rows if r["test_loss"] != ""]
-    last = evals[-LAST_K:]
-    mean = lambda key: sum(r[key] for r in last) / len(last) if last else float("nan")
+              fingerprint: str, device: torch.device, num_val: int = 0) -> dict:
     epochs, D = len(rows), cfg.dataset_size
     row = dict(
         run_name=run_name(cfg), config_id=config_id(cfg), status=status, model=cfg.model,
@@ -176,14 +261,14 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         C=N * D * epochs,  # the brief's compute proxy
         flops_per_image=flops_per_image,
         total_flops=3 * flops_per_image * D * epochs,  # forward + backward ~ 3x forward
-        final_test_loss_avg_last5=mean("test_loss"), final_test_acc_avg_last5=mean("test_acc"),
-        best_test_loss=min((r["test_loss"] for r in evals), default=float("nan")),
-        best_test_acc=max((r["test_acc"] for r in evals), default=float("nan")),
+        **last5_and_best(rows, "test"),
         final_train_loss=rows[-1]["train_loss"] if rows else float("nan"),
-        final_train_acc=rows[-1]["train_acc"] if rows else float("nan"))
-    row.update({f.name: getattr(cfg, f.name) for f in fields(Config) if f.metadata["result"]})
+        final_train_acc=rows[-1]["train_acc"] if rows else float("nan"),
+        val_images=num_val, **last5_and_best(rows, "val"))
+    row.update({f.name: " ".join(map(str, v)) if isinstance(v, tuple) else v
+                for f in fields(Config) if f.metadata["result"] for v in [getattr(cfg, f.name)]})
     row.update(
-        test_freq=cfg.test_freq,
+        test_freq=cfg.test_freq, preset=cfg.preset,
         train_time_s=sum(r["epoch_time_s"] for r in rows),
         wall_time_s=sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows),
         device=str(device), device_name=device_name(device), torch_version=torch.__version__,
@@ -216,8 +301,12 @@ def memory_format(cfg: Config):
 
 def make_optimizer(model, cfg: Config, device: torch.device):
     # fused: one kernel updates every parameter instead of one launch per tensor (CUDA only).
+    fused = device.type == "cuda" or None
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                 weight_decay=cfg.weight_decay, fused=fused)
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None)
+                           weight_decay=cfg.weight_decay, fused=fused)
 
 
 def compiled(model, cfg: Config):
@@ -234,23 +323,76 @@ def mark_step(cfg: Config) -> None:
 def train_batches(cfg, images, labels, indices, epoch, device):
     if cfg.loader == "torchvision":
         return data.torchvision_batches(images, labels, indices, cfg.batch_size, cfg.seed, epoch,
-                                        train=True, num_workers=cfg.num_workers)
-    return data.tensor_batches(images, labels, cfg.batch_size, cfg.seed, epoch)
+                                        train=True, num_workers=cfg.num_workers,
+                                        augment=cfg.augment, normalize=cfg.normalize)
+    return data.tensor_batches(images, labels, cfg.batch_size, cfg.seed, epoch,
+                               augment=cfg.augment, normalize=cfg.normalize)
 
 
 def test_batches(cfg, images, labels):
+    """Unaugmented batches of an evaluation set (test or validation)."""
     if cfg.loader == "torchvision":
         return data.torchvision_batches(images, labels, None, cfg.eval_batch_size, cfg.seed, 0,
-                                        train=False, num_workers=cfg.num_workers)
-    return ((data.to_float(images[i:i + cfg.eval_batch_size]), labels[i:i + cfg.eval_batch_size])
-            for i in range(0, len(images), cfg.eval_batch_size))
+                                        train=False, num_workers=cfg.num_workers,
+                                        normalize=cfg.normalize)
+    return data.eval_batches(images, labels, cfg.eval_batch_size, cfg.normalize)
+
+
+class GradNorms:
+    """Per-layer gradient norms (all parameters of a module together), summed over an epoch's
+    steps on the device: a few kernels per step and no host sync."""
+
+    def __init__(self, model, enabled: bool):
+        self.params = [p for p in model.parameters() if p.requires_grad] if enabled else []
+        names = [n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad]
+        self.layers = list(dict.fromkeys(names))
+        device = self.params[0].device if self.params else "cpu"
+        self.layer_of = torch.tensor([self.layers.index(n) for n in names], device=device)
+        self.reset()
+
+    def reset(self):
+        self.total, self.steps = 0.0, 0
+
+    def update(self):
+        if not self.params:
+            return
+        norms = torch.stack(torch._foreach_norm([p.grad for p in self.params]))
+        sq = torch.zeros(len(self.layers), device=norms.device)
+        sq.index_add_(0, self.layer_of, norms.float() ** 2)
+        self.total = self.total + sq.sqrt()
+        self.steps += 1
+
+    def epoch_means(self) -> dict:
+        """{grad_norm_<layer>: mean over the epoch's steps}, then reset."""
+        if not self.params or not self.steps:
+            return {}
+        means = (self.total / self.steps).tolist()
+        self.reset()
+        return {f"grad_norm_{layer}": v for layer, v in zip(self.layers, means)}
+
+
+@contextlib.contextmanager
+def tracker(cfg: Config, name: str, resuming: bool):
+    """log(row) to trackio when --trackio is set (a no-op otherwise); finish() always runs, also
+    when training fails, so trackio's background thread flushes what was logged. A resumed run
+    continues its trackio run."""
+    if not cfg.trackio:
+        yield lambda row: None
+        return
+    import trackio
+    trackio.init(project=cfg.trackio, name=name, config=asdict(cfg),
+                 resume="allow" if resuming else "never")
+    try:
+        yield lambda row: trackio.log({k: v for k, v in row.items() if v != ""}, step=row["epoch"])
+    finally:
+        trackio.finish()
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop
 
 
-def train_epoch(model, optimizer, batches, cfg, device):
+def train_epoch(model, optimizer, batches, cfg, device, grad_norms):
     """One pass over the data; loss and accuracy are summed on the device so that no step waits
     for the host."""
     model.train()
@@ -266,6 +408,7 @@ def train_epoch(model, optimizer, batches, cfg, device):
             loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        grad_norms.update()
         optimizer.step()
         loss_sum += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
@@ -275,6 +418,7 @@ def train_epoch(model, optimizer, batches, cfg, device):
 
 @torch.no_grad()
 def evaluate(model, batches, cfg, device):
+    """(loss, accuracy) over an evaluation set; ("", "") for an empty one."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -287,7 +431,7 @@ def evaluate(model, batches, cfg, device):
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    return loss_sum.item() / seen, correct.item() / seen
+    return (loss_sum.item() / seen, correct.item() / seen) if seen else ("", "")
 
 
 def train(cfg: Config) -> dict:
@@ -303,25 +447,41 @@ def train(cfg: Config) -> dict:
         raise ConfigError(f"{name} is already being trained by another process") from None
 
 
-def _train_locked(cfg, name, device, stem) -> dict:
-    set_seed(cfg.seed, cfg.deterministic)
+def load_splits(cfg: Config, device: torch.device, stem: str):
+    """Train, validation and test tensors (on the device for the tensor loader), the training
+    indices and the fingerprint of the training images. The split's indices are saved beside the
+    run's CSV."""
     cifar = data.load_cifar10(cfg.data_dir)
-    if cfg.dataset_size > len(cifar.train_labels):
-        raise ConfigError(f"--dataset_size {cfg.dataset_size} exceeds the {len(cifar.train_labels)} "
-                          f"training images in {cfg.data_dir}")
-    indices = data.subset_indices(len(cifar.train_labels), cfg.dataset_size, cfg.subset_seed)
+    available = len(cifar.train_labels)
+    num_val = data.val_count(cfg.val_size, available)
+    if cfg.dataset_size + num_val > available:
+        raise ConfigError(f"--dataset_size {cfg.dataset_size} + {num_val} validation images "
+                          f"exceed the {available} training images in {cfg.data_dir}")
+    indices, val_indices = data.split_indices(available, cfg.dataset_size, num_val, cfg.subset_seed)
     train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
     fingerprint = data.fingerprint(train_x, train_y)
+    if num_val:
+        atomic_write(stem + ".split.json", json.dumps(dict(
+            subset_seed=cfg.subset_seed, train_indices=indices.tolist(),
+            val_indices=val_indices.tolist())) + "\n")
+    val_x, val_y = cifar.train_images[val_indices], cifar.train_labels[val_indices]
     test_x, test_y = cifar.test_images, cifar.test_labels
-    if cfg.loader == "tensor":  # the whole data set lives on the device as uint8
-        train_x, train_y, test_x, test_y = (t.to(device) for t in (train_x, train_y, test_x, test_y))
-    elif cfg.loader == "torchvision":  # the brief's pipeline indexes the full set with a Subset
+    if cfg.loader == "torchvision":  # the brief's pipeline indexes the full set with a Subset
         train_x, train_y = cifar.train_images, cifar.train_labels
+    else:  # the whole data set lives on the device as uint8
+        train_x, train_y, val_x, val_y, test_x, test_y = (
+            t.to(device) for t in (train_x, train_y, val_x, val_y, test_x, test_y))
+    return (train_x, train_y), (val_x, val_y), (test_x, test_y), indices, fingerprint
 
+
+def _train_locked(cfg, name, device, stem) -> dict:
+    set_seed(cfg.seed, cfg.deterministic)
+    (train_x, train_y), val_set, test_set, indices, fingerprint = load_splits(cfg, device, stem)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.width, cfg.depth).to(device, memory_format=memory_format(cfg))
+    model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn)
+    model = model.to(device, memory_format=memory_format(cfg))
     N, flops_per_image = count_params(model), forward_flops_per_image(model)
-    optimizer = make_optimizer(model, cfg, device)
+    optimizer, grad_norms = make_optimizer(model, cfg, device), GradNorms(model, cfg.log_grad_norms)
     rows, ckpt_path = [], stem + ".ckpt.pt"
     if cfg.resume and os.path.exists(ckpt_path):
         rows = load_checkpoint(ckpt_path, model, optimizer)
@@ -330,34 +490,47 @@ def _train_locked(cfg, name, device, stem) -> dict:
     status = "finished"
     bar = tqdm(range(len(rows) + 1, cfg.num_epochs + 1), desc=name, initial=len(rows),
                total=cfg.num_epochs, disable=cfg.quiet or not sys.stderr.isatty(), leave=False)
-    for epoch in bar:
-        lr = cosine_lr(epoch - 1, cfg.num_epochs, cfg.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        t0 = time.perf_counter()
-        batches = train_batches(cfg, train_x, train_y, indices, epoch, device)
-        train_loss, train_acc = train_epoch(step_model, optimizer, batches, cfg, device)
-        sync(device)
-        t1 = time.perf_counter()
-        test_loss, test_acc = "", ""
-        if is_eval_epoch(epoch, cfg):
-            test_loss, test_acc = evaluate(step_model, test_batches(cfg, test_x, test_y), cfg, device)
-        sync(device)
-        rows.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
-                         test_loss=test_loss, test_acc=test_acc, lr=lr,
-                         epoch_time_s=t1 - t0, eval_time_s=time.perf_counter() - t1))
-        write_csv(stem + ".csv", rows, list(rows[0]))
-        if not math.isfinite(train_loss):
-            status = "diverged"
-            break
-        save_checkpoint(ckpt_path, model, optimizer, rows, cfg)
-        bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
-                        test_loss=test_loss if test_loss == "" else f"{test_loss:.3f}")
+    with tracker(cfg, name, resuming=bool(rows)) as log:
+        for epoch in bar:
+            lr = epoch_lr(epoch - 1, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            batches = train_batches(cfg, train_x, train_y, indices, epoch, device)
+            train_loss, train_acc = train_epoch(step_model, optimizer, batches, cfg, device, grad_norms)
+            sync(device)
+            t1 = time.perf_counter()
+            (test_loss, test_acc), (val_loss, val_acc) = ("", ""), ("", "")
+            if is_eval_epoch(epoch, cfg):
+                test_loss, test_acc = evaluate(step_model, test_batches(cfg, *test_set), cfg, device)
+                val_loss, val_acc = evaluate(step_model, test_batches(cfg, *val_set), cfg, device)
+            sync(device)
+            rows.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
+                             test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_time_s=t1 - t0,
+                             eval_time_s=time.perf_counter() - t1, val_loss=val_loss,
+                             val_acc=val_acc, **grad_norms.epoch_means()))
+            write_csv(stem + ".csv", rows, list(rows[0]))
+            log(rows[-1])
+            if not math.isfinite(train_loss):
+                status = "diverged"
+                break
+            save_checkpoint(ckpt_path, model, optimizer, rows, cfg)
+            bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
+                            test_loss=test_loss if test_loss == "" else f"{test_loss:.3f}")
     bar.close()
+    return finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprint,
+                      device, len(val_set[1]))
 
-    summary = summarize(cfg, rows, status, N, flops_per_image, fingerprint, device)
+
+def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprint, device,
+               num_val) -> dict:
+    """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up."""
+    summary = summarize(cfg, rows, status, N, flops_per_image, fingerprint, device, num_val)
     atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
+    if cfg.save_model:
+        save_model(stem, model, summary, cfg)
     append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary)
+    ckpt_path = stem + ".ckpt.pt"
     if not cfg.keep_checkpoints and os.path.exists(ckpt_path):
         os.remove(ckpt_path)
     if not cfg.quiet:
@@ -365,6 +538,15 @@ def _train_locked(cfg, name, device, stem) -> dict:
               f"final_test_acc_avg_last5={summary['final_test_acc_avg_last5']:.4f} N={N:,} "
               f"D={summary['D']:,} epochs={summary['epochs']} wall_time_s={summary['wall_time_s']:.1f}")
     return summary
+
+
+def save_model(stem, model, summary, cfg):
+    """runs/<run_name>/model.pt (the state_dict) and metrics.json (summary + configuration)."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write(os.path.join(stem, "model.pt"), buf.getvalue(), mode="wb")
+    atomic_write(os.path.join(stem, "metrics.json"),
+                 json.dumps(dict(summary=summary, config=asdict(cfg)), indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,28 +573,69 @@ def load_checkpoint(path, model, optimizer) -> list:
 # Entry points
 
 
-def run_experiment(seed, batch_size, num_epochs, test_freq, width, depth, dataset_size, **options):
-    """The brief's signature; `options` are any other Config fields. Returns the summary row."""
-    unknown = set(options) - {f.name for f in fields(Config)}
+def make_config(given: dict) -> Config:
+    """The Config of the settings a user gave: the preset fills what was not given, then the
+    model's default width and depth, then (with a validation split) dataset_size = all that the
+    split leaves, then Config's defaults. Validated; flags that need another setting are refused."""
+    unknown = set(given) - {f.name for f in fields(Config)}
     if unknown:
         raise ConfigError(f"unknown options {sorted(unknown)}; see python train.py --help")
-    return train(Config(seed=seed, batch_size=batch_size, num_epochs=num_epochs,
-                        test_freq=test_freq, width=width, depth=depth,
-                        dataset_size=dataset_size, **options))
+    preset = given.get("preset", "none")
+    if preset not in PRESETS:
+        raise ConfigError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    values = {**PRESETS[preset][1], **given}
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    model = values.get("model", Config.model)
+    if model in MODELS:
+        values.setdefault("width", MODELS[model][1])
+        values.setdefault("depth", MODELS[model][2])
+    val_size = values.get("val_size")
+    if isinstance(val_size, (int, float)) and "dataset_size" not in values:
+        values["dataset_size"] = max(1, data.NUM_TRAIN - data.val_count(val_size, data.NUM_TRAIN))
+    cfg = Config(**values)
+    errors = [f"--{flag} applies only with --{key} {needed}, not --{key} {getattr(cfg, key)}"
+              for flag, (key, needed) in ONLY_WITH.items()
+              if flag in given and getattr(cfg, key) != needed]
+    validate(cfg, errors)
+    return cfg
+
+
+def run_experiment(seed, batch_size, num_epochs, test_freq, width, depth, dataset_size, **options):
+    """The brief's signature; `options` are any other Config fields (preset="..." included).
+    Returns the summary row."""
+    return train(make_config(dict(options, seed=seed, batch_size=batch_size, num_epochs=num_epochs,
+                                  test_freq=test_freq, width=width, depth=depth,
+                                  dataset_size=dataset_size)))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return parser_from_dataclass(Config, __doc__.split("\n\n")[0])
+    parser = parser_from_dataclass(Config, __doc__.split("\n\n")[0])
+    parser.add_argument("--list_presets", action="store_true", help="show the presets and exit")
+    return parser
+
+
+def as_flag(name: str, value) -> str:
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no_{name}"
+    return f"--{name} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
+
+
+def presets_text() -> str:
+    flags = lambda values: " ".join(as_flag(k, v) for k, v in values.items()) or "(no flags)"
+    return "\n".join(f"{name}: {about}\n    {flags(values)}" for name, (about, values) in PRESETS.items())
 
 
 def parse_config(argv=None) -> Config:
     parser = build_parser()
-    cfg = Config(**vars(parser.parse_args(argv)))
+    given = given_args(parser, argv, [f.name for f in fields(Config)] + ["list_presets"])
+    if given.pop("list_presets", False):
+        print(presets_text())
+        parser.exit()
     try:
-        validate(cfg)
+        return make_config(given)
     except ConfigError as e:
         parser.error(str(e))
-    return cfg
 
 
 def main(argv=None):

@@ -49,6 +49,7 @@ def atomic_write(path: str, data, mode: str = "w") -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from collaborators
         with os.fdopen(fd, mode) as f:
             f.write(data)
             f.flush()
@@ -58,6 +59,12 @@ def atomic_write(path: str, data, mode: str = "w") -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _csv_text(rows, columns, header=True) -> str:
@@ -104,7 +111,8 @@ def append_row(path: str, row: dict) -> None:
 
 def parser_from_dataclass(cls, description: str = "") -> argparse.ArgumentParser:
     """One flag per field of a hyperparameter dataclass whose fields carry help/choices metadata
-    (train.hp): the dataclass stays the single table and the CLI is derived from it."""
+    (train.hp): the dataclass stays the single table and the CLI is derived from it. A bool field
+    X gets --X, --no-X and --no_X; a tuple field takes as many values as its default has."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(cls):
@@ -112,7 +120,20 @@ def parser_from_dataclass(cls, description: str = "") -> argparse.ArgumentParser
         if f.type is bool:
             parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
                                 default=f.default, help=m["help"])
+            parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
+                                help=argparse.SUPPRESS)
+        elif f.type is tuple:
+            parser.add_argument(f"--{f.name}", type=type(f.default[0]), nargs=len(f.default),
+                                default=f.default, help=m["help"])
         else:
             parser.add_argument(f"--{f.name}", type=f.type, default=f.default,
                                 choices=m["choices"], help=m["help"])
     return parser
+
+
+def given_args(parser: argparse.ArgumentParser, argv, names) -> dict:
+    """Only the flags given on the command line, without defaults: a dest absent from the
+    namespace argparse is handed gets its default, one already there does not."""
+    unset = object()
+    namespace = parser.parse_args(argv, namespace=argparse.Namespace(**{n: unset for n in names}))
+    return {k: v for k, v in vars(namespace).items() if v is not unset}

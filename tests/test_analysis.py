@@ -268,6 +268,17 @@ def test_plans_are_recognised_from_what_was_held_fixed(tmp_path):
     assert len(found) == 4 and np.allclose(found, planned, rtol=0.05), found
 
 
+def test_runs_of_different_optimizers_never_share_a_curve(tmp_path):
+    sgd = make_runs(WIDTH_PLAN).assign(optimizer="sgd")
+    adamw = make_runs(WIDTH_PLAN, seed=1).assign(optimizer="adamw")  # same lr: only the optimizer differs
+    adamw["config_id"] = adamw["config_id"] + "a"
+    adamw["run_name"] = adamw["run_name"] + "a"
+    runs = loaded(tmp_path, pd.concat([sgd, adamw]))
+    widths = [g for g in analysis.plan_groups(runs.configs) if g.plan == "width"]
+    assert len(widths) == 2 and all(len(g.configs) == len(WIDTHS) for g in widths)
+    assert {g.configs["optimizer"].nunique() for g in widths} == {1}
+
+
 # ---------------------------------------------------------------------------------------------
 # Single-variable laws
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from model import (MODELS, NUM_CLASSES, ScalingCNN, build_model, cnn_num_params, count_params,
-                   forward_flops_per_image)
+from model import (MODELS, NUM_CLASSES, ResNet, ScalingCNN, SimpleCNN, build_model,
+                   cnn_num_params, count_params, forward_flops_per_image, num_params)
 
 SIZES = [(1, 1), (4, 1), (4, 3), (8, 2), (32, 2), (48, 4)]
 
@@ -54,3 +54,61 @@ def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown model"):
         build_model("vgg", 4, 1)
     assert "cnn" in MODELS
+
+
+# --- the networks of the other studies (seed documents 002 and 004)
+
+ALL_MODELS = [(name, w, d, bn) for name in MODELS for w, d in [(4, 1), (8, 2), (16, 1)]
+              for bn in ([False, True] if name == "simplecnn" else [False])]
+
+
+@pytest.mark.parametrize("name,width,depth,bn", ALL_MODELS)
+def test_every_model_shapes_and_closed_form_N(name, width, depth, bn):
+    model = build_model(name, width, depth, bn)
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, NUM_CLASSES)
+    assert model.features(x).ndim == 2
+    assert num_params(name, width, depth, bn) == count_params(model)
+
+
+def weighted_layers(model):
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def test_resnet8_is_he_et_al_6n_plus_2():
+    model = build_model("resnet8", *MODELS["resnet8"][1:])
+    assert len(weighted_layers(model)) == 8  # 6n + 2 at n = 1
+    assert count_params(model) == 75_290  # option-A shortcuts: no projection parameters
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 16, 32, 32, 64, 64]
+    assert [c.stride[0] for c in convs] == [1, 1, 1, 2, 1, 2, 1]
+    assert all(c.bias is None for c in convs)  # BatchNorm follows every conv
+    assert len(weighted_layers(ResNet(16, depth=2))) == 14  # the 2-blocks-per-stage variant
+    assert model.fc.in_features == 64
+
+
+def test_resnet_shortcut_is_identity_where_shapes_match():
+    """With zeroed second convs and BN shifts, a block passes relu(shortcut) through: identity in
+    place, subsampled and zero-padded where the stage changes."""
+    block = ResNet(4, 1).stages[1]  # 4 -> 8 channels, stride 2
+    torch.nn.init.zeros_(block.bn2.weight)
+    x = torch.rand(1, 4, 8, 8)
+    out = block(x)
+    assert torch.equal(out[:, :4], x[:, :, ::2, ::2]) and torch.equal(out[:, 4:], torch.zeros(1, 4, 4, 4))
+
+
+def test_intermediate_activations_are_reachable_with_hooks():
+    model, seen = ResNet(8, 1), {}
+    for name, module in model.stages.named_children():
+        module.register_forward_hook(lambda m, i, o, name=name: seen.update({name: o.shape}))
+    model(torch.randn(2, 3, 32, 32))
+    assert seen == {"0": (2, 8, 32, 32), "1": (2, 16, 16, 16), "2": (2, 32, 8, 8)}
+
+
+def test_simplecnn_has_batchnorm_only_when_asked():
+    plain, with_bn = SimpleCNN(8, 1), SimpleCNN(8, 1, bn=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == 3
+    assert sum(isinstance(m, nn.MaxPool2d) for m in plain.modules()) == 3
+    with pytest.raises(ValueError, match="simplecnn"):
+        build_model("cnn", 4, 1, bn=True)

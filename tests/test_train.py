@@ -96,20 +96,23 @@ def test_same_seed_gives_identical_epochs(data_dir, tmp_path, loader):
     assert a["data_fingerprint"] == c["data_fingerprint"]
 
 
-def test_resumed_run_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
-    full = tiny_run(data_dir, tmp_path / "full", num_epochs=4)
-
-    real_save, saved = train.save_checkpoint, []
+def killed_then_resumed(data_dir, results_dir, monkeypatch, **overrides):
+    """A run killed right after epoch 2's checkpoint, then resumed; returns its summary."""
+    real_save = train.save_checkpoint
     def save_then_crash(path, model, optimizer, rows, cfg):
         real_save(path, model, optimizer, rows, cfg)
-        saved.append(len(rows))
         if len(rows) == 2:
             raise KeyboardInterrupt("killed after epoch 2")
     monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        tiny_run(data_dir, tmp_path / "resumed", num_epochs=4)
+        tiny_run(data_dir, results_dir, **overrides)
     monkeypatch.setattr(train, "save_checkpoint", real_save)
-    resumed = tiny_run(data_dir, tmp_path / "resumed", num_epochs=4, resume=True)
+    return tiny_run(data_dir, results_dir, resume=True, **overrides)
+
+
+def test_resumed_run_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
+    full = tiny_run(data_dir, tmp_path / "full", num_epochs=4)
+    resumed = killed_then_resumed(data_dir, tmp_path / "resumed", monkeypatch, num_epochs=4)
 
     pd.testing.assert_frame_equal(epoch_rows(tmp_path / "full", full),
                                   epoch_rows(tmp_path / "resumed", resumed))
@@ -143,6 +146,16 @@ BAD_FLAGS = [
     (["--width", "four"], "invalid int value"),
     (["--loader", "dali"], "invalid choice"),
     (["--no_such_flag", "1"], "unrecognized arguments"),
+    # combinations (documents 002 and 004's flags)
+    (["--betas", "0.9", "0.99"], "--betas applies only with --optimizer adamw"),
+    (["--optimizer", "adamw", "--momentum", "0.5"], "--momentum applies only with --optimizer sgd"),
+    (["--val_size", "5000", "--dataset_size", "46000"], "exceed the 50,000 training images"),
+    (["--val_size", "50000"], "--val_size must be in"),
+    (["--val_size", "12.5"], "whole number of images or a fraction"),
+    (["--bn"], "--bn is a switch of --model simplecnn"),
+    (["--model", "resnet8", "--optimizer", "adamw", "--betas", "0.9", "1.5"], "--betas must be in"),
+    (["--preset", "resnet9"], "invalid choice"),
+    (["--scheduler", "step"], "invalid choice"),
 ]
 
 
