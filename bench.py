@@ -3,15 +3,22 @@
     python bench.py                                  # timed epochs, the default sizes, all pipelines
     python bench.py --full --seeds 3                 # + whole 100-epoch runs of the brief's recipe
     python bench.py --device cpu --sizes 32x2 --dataset_size 5000 --pipelines brief,default
+    python bench.py --sweep_jobs 1,2,4,8             # sweep.py's width plan, K trainings per GPU
 
 Each measurement is a real train.train() call (same code path as train.py) in a temporary results
 folder: `--warmup` epochs (compilation, cuDNN autotuning, allocator growth) then `--epochs` timed
 epochs, whose GPU-synchronised training times come from the per-epoch CSV. Prints a table and
 appends it, with device, torch version, date and command, to Notes/benchmarks.md.
+
+`--sweep_jobs` instead times whole `sweep.py width` runs (3 seeds, the fast pipeline's flags by
+default; `--sweep_args` replaces the plan's arguments) once per K = trainings at once per GPU,
+each into a fresh results folder: packing small models onto one GPU is the point of --jobs.
 """
 import argparse
 import os
+import shlex
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,16 +120,48 @@ def full_runs(args, device):
     return pd.DataFrame(rows)
 
 
+def sweep_args_default() -> str:
+    """The width plan at 3 seeds, every run in the fast pipeline."""
+    flags = " ".join(train.as_flag(k, v) for k, v in PIPELINES["fast"].items())
+    return f"--seeds 0,1,2 -- {flags}"
+
+
+def sweep_table(args) -> pd.DataFrame:
+    """Wall seconds of `sweep.py width` for each --jobs K, each into a fresh results folder."""
+    rows = []
+    for jobs in args.sweep_jobs:
+        with tempfile.TemporaryDirectory() as results:
+            plan_args = shlex.split(args.sweep_args)
+            split = plan_args.index("--") if "--" in plan_args else len(plan_args)
+            command = [sys.executable, "sweep.py", "width", *plan_args[:split], "--jobs", str(jobs),
+                       "--results_dir", results, *(plan_args[split:] or ["--"]),
+                       "--data_dir", os.path.abspath(args.data_dir)]
+            start = time.perf_counter()
+            proc = subprocess.run(command, cwd=os.path.dirname(os.path.abspath(__file__)),
+                                  capture_output=True, text=True)
+            wall_s = time.perf_counter() - start
+            if proc.returncode != 0:
+                sys.exit(f"error: {shlex.join(command)} failed:\n{proc.stderr[-2000:]}")
+            runs = len(pd.read_csv(os.path.join(results, "final_data.csv")))
+        rows.append(dict(jobs=jobs, runs=runs, wall_s=wall_s, s_per_run=wall_s / runs,
+                         runs_per_min=60 * runs / wall_s))
+        print(f"  --jobs {jobs}: {runs} runs in {wall_s:.1f} s", file=sys.stderr)
+    return pd.DataFrame(rows)
+
+
 def mean_std(values):
     values = list(values)
     sd = statistics.stdev(values) if len(values) > 1 else float("nan")
     return f"{statistics.mean(values):.4f} ± {sd:.4f} (n={len(values)})"
 
 
+def heading(device_name) -> str:
+    return (f"## {time.strftime('%Y-%m-%d %H:%M')} · {device_name} · torch {torch.__version__} "
+            f"· code {train.git_version()}\n\n`python {shlex.join(sys.argv)}`")
+
+
 def report(args, device_name, timed, full) -> str:
-    lines = [f"## {time.strftime('%Y-%m-%d %H:%M')} · {device_name} · torch {torch.__version__} "
-             f"· code {train.git_version()}", "",
-             f"`python {' '.join(sys.argv)}` (D={args.dataset_size}, batch 256, "
+    lines = [heading(device_name) + f" (D={args.dataset_size}, batch 256, "
              f"{args.warmup} warm-up + {args.epochs} timed epochs)", "",
              timed.to_markdown(index=False, floatfmt=".4g"), ""]
     if full is not None and len(full):
@@ -150,15 +189,21 @@ def main():
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each --full run")
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--notes", default="Notes/benchmarks.md", help="'' to not append")
+    parser.add_argument("--sweep_jobs", type=lambda s: [int(k) for k in s.split(",")],
+                        default=None, help="time sweep.py's width plan at these --jobs instead")
+    parser.add_argument("--sweep_args", default=sweep_args_default(),
+                        help="sweep.py width arguments, train.py flags after --")
     args = parser.parse_args()
     unknown = set(args.pipelines) - set(PIPELINES)
     if unknown:
         parser.error(f"unknown pipelines {sorted(unknown)}; choose from {list(PIPELINES)}")
     device = str(train.resolve_device(args.device))
     device_name = train.device_name(torch.device(device))
-    timed = timed_table(args, device, device_name)
-    full = full_runs(args, device) if args.full else None
-    text = report(args, device_name, timed, full)
+    if args.sweep_jobs:
+        text = f"{heading(device_name)}\n\n{sweep_table(args).to_markdown(index=False, floatfmt='.4g')}\n"
+    else:
+        full = full_runs(args, device) if args.full else None
+        text = report(args, device_name, timed_table(args, device, device_name), full)
     print(text)
     if args.notes:
         with open(args.notes, "a") as f:

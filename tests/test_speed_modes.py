@@ -52,3 +52,22 @@ def test_unknown_pipeline_is_refused():
     proc = subprocess.run([sys.executable, "bench.py", "--pipelines", "brief,turbo"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown pipelines ['turbo']" in proc.stderr
+
+
+def test_sweep_benchmark_times_the_width_plan_per_jobs(data_dir, tmp_path):
+    notes = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, "bench.py", "--sweep_jobs", "1,2", "--sweep_args",
+                           "--widths 4,8 --seeds 0 -- --depth 1 --dataset_size 100 --num_epochs 1 "
+                           "--test_freq 1 --device cpu", "--data_dir", data_dir,
+                           "--notes", str(notes)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    table = [line for line in notes.read_text().splitlines() if line.startswith("|")]
+    assert "jobs" in table[0] and "wall_s" in table[0]
+    jobs_and_runs = [[cell.strip() for cell in row.split("|")[1:3]] for row in table[2:]]
+    assert jobs_and_runs == [["1", "2"], ["2", "2"]]
+
+
+def test_sweep_benchmark_defaults_to_the_fast_pipeline():
+    assert train.parse_config(bench.sweep_args_default().split("-- ")[1].split()) == \
+        train.Config(**bench.PIPELINES["fast"])
