@@ -267,6 +267,9 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         val_images=num_val, **last5_and_best(rows, "val"))
     row.update({f.name: " ".join(map(str, v)) if isinstance(v, tuple) else v
                 for f in fields(Config) if f.metadata["result"] for v in [getattr(cfg, f.name)]})
+    for flag, (key, needed) in ONLY_WITH.items():  # e.g. no momentum recorded for AdamW
+        if flag in row and getattr(cfg, key) != needed:
+            row[flag] = ""
     row.update(
         test_freq=cfg.test_freq, preset=cfg.preset,
         train_time_s=sum(r["epoch_time_s"] for r in rows),

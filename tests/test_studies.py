@@ -130,6 +130,8 @@ def test_sgd_and_adamw_are_deterministic_and_differ(data_dir, tmp_path):
                                   epoch_rows(tmp_path / "sgd1", sgd[1]))
     a, b = epoch_rows(tmp_path / "sgd0", sgd[0]), epoch_rows(tmp_path / "adamw", adamw)
     assert not np.allclose(a["train_loss"], b["train_loss"])
+    assert (sgd[0]["betas"], adamw["momentum"]) == ("", "")  # unused settings are not recorded
+    assert (sgd[0]["momentum"], adamw["betas"]) == (0.9, "0.9 0.999")
     assert sgd[0]["run_name"] != adamw["run_name"] and "_adamw_" in adamw["run_name"]
 
 
