@@ -394,16 +394,15 @@ def load_data(cfg: AirbenchConfig, device: torch.device):
     cifar = data.load_cifar10(cfg.data_dir)
     idx = data.subset_indices(data.NUM_TRAIN, cfg.dataset_size, cfg.subset_seed)
     train_x, train_y = cifar.train_images[idx], cifar.train_labels[idx]
-    fingerprint = data.fingerprint(train_x, train_y)
     tensors = (train_x, train_y, cifar.test_images, cifar.test_labels)
-    return tuple(t.to(device) for t in tensors), fingerprint
+    return tuple(t.to(device) for t in tensors), data.fingerprints(cifar, train_x, train_y)
 
 
 def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
     """One run; returns the summary row (also written under results/ when record)."""
     validate_airbench(cfg)
     device = resolve_device(cfg.device)
-    (train_x, train_y, test_x, test_y), fingerprint = loaded or load_data(cfg, device)
+    (train_x, train_y, test_x, test_y), fingerprints = loaded or load_data(cfg, device)
     set_seed(cfg.seed, cfg.deterministic)
     precision = precision_of(cfg, device)
     fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
@@ -480,7 +479,7 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
     tta_val_acc = evaluate(net, test_x, test_y, cfg, precision, device, cfg.tta_level)[1]
     eval_time_s += time.perf_counter() - t_tta
     summary = summarize(cfg, rows, status, N, flops_per_image, step, tta_val_acc, train_time_s,
-                        eval_time_s, fingerprint, device)
+                        eval_time_s, fingerprints, device)
     if record:
         atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
         append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary)
@@ -491,7 +490,7 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
 
 
 def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, train_time_s,
-              eval_time_s, fingerprint, device) -> dict:
+              eval_time_s, fingerprints, device) -> dict:
     """One row in final_data.csv's format (train.summarize's columns where they apply)."""
     last = rows[-LAST_K:]
     mean = lambda key: sum(r[key] for r in last) / len(last) if last else float("nan")
@@ -513,7 +512,7 @@ def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, train_t
     row.update(train_time_s=train_time_s, wall_time_s=train_time_s + eval_time_s,
                device=str(device), device_name=device_name(device),
                torch_version=torch.__version__, code_version=git_version(),
-               data_fingerprint=fingerprint, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+               **fingerprints, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return row
 
 

@@ -50,7 +50,7 @@ DEFAULT_LOSS = "final_test_loss_avg_last5"
 LOSS_ALIASES = {"error": "1 - final_test_acc_avg_last5", "best_error": "1 - best_test_acc"}
 REQUIRED = ("run_name", "config_id", "status", "model", "width", "depth", "seed", "N", "D",
             "epochs", "C", "data_fingerprint")
-TEXT = ("run_name", "config_id", "status", "model", "data_fingerprint")
+TEXT = ("run_name", "config_id", "status", "model", "data_fingerprint", "source_fingerprint")
 NUMERIC = ("width", "depth", "seed", "N", "D", "epochs", "C", "flops_per_image", "total_flops",
            "budget", "batch_size", "lr", "momentum", "weight_decay", "subset_seed",
            "final_test_loss_avg_last5", "final_test_acc_avg_last5", "best_test_loss",
@@ -179,12 +179,24 @@ def select(rows, *, where=None, model=None, notes) -> pd.DataFrame:
 
 
 def check_fingerprints(rows, allow_mixed_data: bool) -> None:
-    counts = rows.data_fingerprint.fillna("(missing)").value_counts()
-    if len(counts) > 1 and not allow_mixed_data:
+    """Refuse runs on different copies of the data set: distinct source_fingerprint values, or
+    (rows written before that column existed) distinct data_fingerprint values for one training
+    subset (D, subset_seed). data_fingerprint alone differs with D by design."""
+    if allow_mixed_data:
+        return
+    if "source_fingerprint" in rows.columns:
+        _refuse_mixed(rows.source_fingerprint.dropna().value_counts(), "source_fingerprint")
+    subset = [c for c in ("D", "subset_seed") if c in rows.columns]
+    for _, same_subset in rows.groupby(subset, dropna=False):
+        _refuse_mixed(same_subset.data_fingerprint.fillna("(missing)").value_counts(),
+                      "data_fingerprint", f" for the same D and subset_seed")
+
+
+def _refuse_mixed(counts, column: str, where: str = "") -> None:
+    if len(counts) > 1:
         listed = ", ".join(f"{fp} ({n} runs)" for fp, n in counts.items())
-        raise AnalysisError(f"runs on different training data (data_fingerprint {listed}); select "
-                            f"one with --where \"data_fingerprint == '...'\" or pass "
-                            f"--allow-mixed-data")
+        raise AnalysisError(f"runs on different training data ({column} {listed}{where}); select "
+                            f"one with --where \"{column} == '...'\" or pass --allow-mixed-data")
 
 
 def loss_values(rows, spec: str) -> pd.Series:

@@ -120,11 +120,21 @@ def split_indices(num_available: int, dataset_size: int, num_val: int = 0, subse
     return order[:dataset_size], order[num_available - num_val:]
 
 
-def fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """Short hash of exactly the training examples used, so runs on different data never mix."""
-    h = hashlib.sha256(images.cpu().contiguous().numpy().tobytes())
-    h.update(labels.cpu().contiguous().numpy().tobytes())
+def fingerprint(*tensors: torch.Tensor) -> str:
+    """Short sha256 of the tensors' bytes, in order."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(memoryview(t.cpu().contiguous().numpy()).cast("B"))
     return h.hexdigest()[:16]
+
+
+def fingerprints(cifar: CIFAR10, train_images, train_labels) -> dict:
+    """data_fingerprint: exactly the training examples used (differs with D and subset_seed).
+    source_fingerprint: the whole data set, training and test, so runs on different copies of
+    CIFAR-10 (the official one, a re-encoded one) never mix silently, whatever their D."""
+    return dict(data_fingerprint=fingerprint(train_images, train_labels),
+                source_fingerprint=fingerprint(cifar.train_images, cifar.train_labels,
+                                               cifar.test_images, cifar.test_labels))
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

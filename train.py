@@ -253,7 +253,7 @@ def last5_and_best(rows: list, split: str) -> dict:
 
 
 def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int,
-              fingerprint: str, device: torch.device, num_val: int = 0) -> dict:
+              fingerprints: dict, device: torch.device, num_val: int = 0) -> dict:
     epochs, D = len(rows), cfg.dataset_size
     row = dict(
         run_name=run_name(cfg), config_id=config_id(cfg), status=status, model=cfg.model,
@@ -275,7 +275,7 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         train_time_s=sum(r["epoch_time_s"] for r in rows),
         wall_time_s=sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows),
         device=str(device), device_name=device_name(device), torch_version=torch.__version__,
-        code_version=git_version(), data_fingerprint=fingerprint,
+        code_version=git_version(), **fingerprints,
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return row
 
@@ -452,8 +452,8 @@ def train(cfg: Config) -> dict:
 
 def load_splits(cfg: Config, device: torch.device, stem: str):
     """Train, validation and test tensors (on the device for the tensor loader), the training
-    indices and the fingerprint of the training images. The split's indices are saved beside the
-    run's CSV."""
+    indices and the data fingerprints (data.fingerprints). The split's indices are saved beside
+    the run's CSV."""
     cifar = data.load_cifar10(cfg.data_dir)
     available = len(cifar.train_labels)
     num_val = data.val_count(cfg.val_size, available)
@@ -462,7 +462,7 @@ def load_splits(cfg: Config, device: torch.device, stem: str):
                           f"exceed the {available} training images in {cfg.data_dir}")
     indices, val_indices = data.split_indices(available, cfg.dataset_size, num_val, cfg.subset_seed)
     train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
-    fingerprint = data.fingerprint(train_x, train_y)
+    fingerprints = data.fingerprints(cifar, train_x, train_y)
     if num_val:
         atomic_write(stem + ".split.json", json.dumps(dict(
             subset_seed=cfg.subset_seed, train_indices=indices.tolist(),
@@ -474,12 +474,12 @@ def load_splits(cfg: Config, device: torch.device, stem: str):
     else:  # the whole data set lives on the device as uint8
         train_x, train_y, val_x, val_y, test_x, test_y = (
             t.to(device) for t in (train_x, train_y, val_x, val_y, test_x, test_y))
-    return (train_x, train_y), (val_x, val_y), (test_x, test_y), indices, fingerprint
+    return (train_x, train_y), (val_x, val_y), (test_x, test_y), indices, fingerprints
 
 
 def _train_locked(cfg, name, device, stem) -> dict:
     set_seed(cfg.seed, cfg.deterministic)
-    (train_x, train_y), val_set, test_set, indices, fingerprint = load_splits(cfg, device, stem)
+    (train_x, train_y), val_set, test_set, indices, fingerprints = load_splits(cfg, device, stem)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn)
     model = model.to(device, memory_format=memory_format(cfg))
@@ -521,14 +521,14 @@ def _train_locked(cfg, name, device, stem) -> dict:
             bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
                             test_loss=test_loss if test_loss == "" else f"{test_loss:.3f}")
     bar.close()
-    return finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprint,
+    return finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints,
                       device, len(val_set[1]))
 
 
-def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprint, device,
+def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints, device,
                num_val) -> dict:
     """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up."""
-    summary = summarize(cfg, rows, status, N, flops_per_image, fingerprint, device, num_val)
+    summary = summarize(cfg, rows, status, N, flops_per_image, fingerprints, device, num_val)
     atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
     if cfg.save_model:
         save_model(stem, model, summary, cfg)

@@ -77,7 +77,8 @@ def make_runs(points, *, seeds=(0, 1, 2), noise=0.02, seed=0, loss_fn=None, erro
                 batch_size=256, lr=0.1, momentum=0.9, weight_decay=5e-4, loader="tensor",
                 precision="fp32", channels_last=False, compile="off", deterministic=True,
                 test_freq=5, train_time_s=1.0, wall_time_s=1.2, device="cpu", device_name="cpu",
-                torch_version="2.4.0", code_version="abc", data_fingerprint=fingerprint,
+                torch_version="2.4.0", code_version="abc", source_fingerprint=fingerprint,
+                data_fingerprint=f"{fingerprint}-D{D}",  # as train.py: the D images differ
                 timestamp="2025-01-01T00:00:00+0000"))
     return pd.DataFrame(rows)
 
@@ -149,6 +150,7 @@ def single(result, x, group, form):
 WIDTHS = (4, 6, 8, 12, 16, 24, 32, 48, 64)          # N from 4.8e3 to 1.1e6
 WIDTH_PLAN = [(w, 2, 50000, EPOCHS) for w in WIDTHS]
 WIDTH_GROUP = "width: depth=2 D=50000 epochs=20"
+DATA_PLAN = [(32, 2, D, EPOCHS) for D in (1000, 2000, 4000, 8000, 16000, 32000, 50000)]
 # A 32-start grid around the truth for the tests that refit many data sets (the default 5400-start
 # grid takes ~1 s per fit); it reaches the same optimum as the default grid to 1e-7 on this law.
 SMALL_GRID = dict(a=[2.0, 8.0], b=[0.0, 4.0], e=[-2.0, 0.0], alpha=[0.2, 0.8], beta=[0.2, 0.8])
@@ -183,7 +185,25 @@ def test_mixed_fingerprints_refused_unless_allowed(tmp_path):
         loaded(tmp_path, frame)
     assert "aaa (12 runs)" in str(refused.value) and "bbb (15 runs)" in str(refused.value)
     assert len(loaded(tmp_path, frame, allow_mixed_data=True).configs) == len(WIDTH_PLAN)
-    assert len(loaded(tmp_path, frame, where="data_fingerprint == 'aaa'").configs) == 4
+    assert len(loaded(tmp_path, frame, where="source_fingerprint == 'aaa'").configs) == 4
+
+
+def test_a_data_sweep_on_one_data_set_is_not_mixed_data(tmp_path):
+    """Every D has its own data_fingerprint; only the source tells data sets apart."""
+    frame = make_runs(DATA_PLAN)
+    assert frame.data_fingerprint.nunique() == len(DATA_PLAN)
+    runs = loaded(tmp_path, frame)
+    assert [g.plan for g in analysis.plan_groups(runs.configs)].count("data") == 1
+
+
+def test_rows_without_source_fingerprint_are_checked_per_subset(tmp_path):
+    legacy = pd.concat([make_runs(DATA_PLAN, fingerprint="aaa"),
+                        make_runs(DATA_PLAN[:1], fingerprint="bbb", seeds=(5,))])
+    legacy = legacy.drop(columns="source_fingerprint")
+    legacy["run_name"] = legacy["run_name"] + legacy.index.astype(str)
+    with pytest.raises(AnalysisError, match="for the same D and subset_seed"):
+        loaded(tmp_path, legacy)
+    assert len(loaded(tmp_path, legacy.iloc[:-1]).configs) == len(DATA_PLAN)
 
 
 def test_selection_options(tmp_path):

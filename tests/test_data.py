@@ -110,6 +110,17 @@ def test_fingerprint_tells_subsets_apart():
     assert data.fingerprint(images[:9], labels[:9]) != data.fingerprint(images, labels)
 
 
+def test_source_fingerprint_names_the_data_set_not_the_subset(synthetic_data_dir, tmp_path):
+    cifar = data.load_cifar10(synthetic_data_dir)
+    small, large = (data.fingerprints(cifar, cifar.train_images[:n], cifar.train_labels[:n])
+                    for n in (100, 400))
+    assert small["source_fingerprint"] == large["source_fingerprint"]
+    assert small["data_fingerprint"] != large["data_fingerprint"]
+    other = data.load_cifar10(write_synthetic_cifar10(str(tmp_path), seed=1))
+    assert data.fingerprints(other, other.train_images[:100], other.train_labels[:100]) \
+        ["source_fingerprint"] != small["source_fingerprint"]
+
+
 def test_offsets_match_torchvision_random_crop_distribution():
     """Two-sample chi-square between our sampler and torchvision's RandomCrop on padded images."""
     from torchvision import transforms
