@@ -452,8 +452,8 @@ def train(cfg: Config) -> dict:
 
 def load_splits(cfg: Config, device: torch.device, stem: str):
     """Train, validation and test tensors (on the device for the tensor loader), the training
-    indices and the data fingerprints (data.fingerprints). The split's indices are saved beside
-    the run's CSV."""
+    indices and the data fingerprints (data.fingerprints). The split's indices are saved in
+    runs/<run_name>/ (not runs/*.json, which sweep.py reads as summaries)."""
     cifar = data.load_cifar10(cfg.data_dir)
     available = len(cifar.train_labels)
     num_val = data.val_count(cfg.val_size, available)
@@ -464,7 +464,7 @@ def load_splits(cfg: Config, device: torch.device, stem: str):
     train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
     fingerprints = data.fingerprints(cifar, train_x, train_y)
     if num_val:
-        atomic_write(stem + ".split.json", json.dumps(dict(
+        atomic_write(os.path.join(stem, "split.json"), json.dumps(dict(
             subset_seed=cfg.subset_seed, train_indices=indices.tolist(),
             val_indices=val_indices.tolist())) + "\n")
     val_x, val_y = cifar.train_images[val_indices], cifar.train_labels[val_indices]

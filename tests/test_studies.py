@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data
+import sweep
 import train
 from conftest import REPO
 from model import build_model
@@ -114,10 +115,11 @@ def test_validation_is_logged_per_evaluation_and_summarised(data_dir, tmp_path):
     last5 = rows["val_loss"].dropna().tail(5).mean()
     assert summary["final_val_loss_avg_last5"] == pytest.approx(last5)
     assert summary["best_val_acc"] == pytest.approx(rows["val_acc"].max())
-    split = json.loads((tmp_path / "runs" / (summary["run_name"] + ".split.json")).read_text())
+    split = json.loads((tmp_path / "runs" / summary["run_name"] / "split.json").read_text())
     available = len(data.load_cifar10(data_dir).train_labels)
     train_idx, val_idx = data.split_indices(available, 300, 100, 0)
     assert split["train_indices"] == train_idx.tolist() and split["val_indices"] == val_idx.tolist()
+    assert sweep.collect(str(tmp_path)) == 1  # the split file is not taken for a summary
     plain = tiny_run(data_dir, tmp_path / "plain", dataset_size=300)
     assert plain["data_fingerprint"] == summary["data_fingerprint"]  # the split keeps the D images
     assert np.isnan(plain["final_val_loss_avg_last5"]) and plain["val_images"] == 0
