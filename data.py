@@ -10,6 +10,7 @@
 Both draw their randomness from (seed, epoch) alone, so an epoch can be replayed on resume
 without saving generator states.
 """
+import functools
 import hashlib
 import os
 import pickle
@@ -191,9 +192,16 @@ def to_float(images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     normalize, then per-channel (x - MEAN) / STD as transforms.Normalize does."""
     x = images.float().div_(255)
     if normalize:
-        mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1) for v in (MEAN, STD))
+        mean, std = mean_std(x.device)
         x = x.sub_(mean).div_(std)
     return x
+
+
+@functools.lru_cache
+def mean_std(device: torch.device):
+    """MEAN and STD as [3, 1, 1] tensors, made once per device: a copy to the GPU per batch would
+    wait on the host."""
+    return tuple(torch.tensor(v, device=device).view(-1, 1, 1) for v in (MEAN, STD))
 
 
 def eval_batches(images, labels, batch_size, normalize=False):
