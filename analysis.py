@@ -189,7 +189,7 @@ def check_fingerprints(rows, allow_mixed_data: bool) -> None:
     subset = [c for c in ("D", "subset_seed") if c in rows.columns]
     for _, same_subset in rows.groupby(subset, dropna=False):
         _refuse_mixed(same_subset.data_fingerprint.fillna("(missing)").value_counts(),
-                      "data_fingerprint", f" for the same D and subset_seed")
+                      "data_fingerprint", " for the same D and subset_seed")
 
 
 def _refuse_mixed(counts, column: str, where: str = "") -> None:

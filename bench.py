@@ -128,11 +128,10 @@ def sweep_args_default() -> str:
 
 def sweep_table(args) -> pd.DataFrame:
     """Wall seconds of `sweep.py width` for each --jobs K, each into a fresh results folder."""
-    rows = []
+    rows, plan_args = [], shlex.split(args.sweep_args)
+    split = plan_args.index("--") if "--" in plan_args else len(plan_args)
     for jobs in args.sweep_jobs:
         with tempfile.TemporaryDirectory() as results:
-            plan_args = shlex.split(args.sweep_args)
-            split = plan_args.index("--") if "--" in plan_args else len(plan_args)
             command = [sys.executable, "sweep.py", "width", *plan_args[:split], "--jobs", str(jobs),
                        "--results_dir", results, *(plan_args[split:] or ["--"]),
                        "--data_dir", os.path.abspath(args.data_dir)]

@@ -115,8 +115,8 @@ def split_indices(num_available: int, dataset_size: int, num_val: int = 0, subse
     permutation, carved off before subsetting; the D training images are the first D of the rest,
     so they are the same nested subsets as without a validation split."""
     if not 0 <= num_val < num_available or not 1 <= dataset_size <= num_available - num_val:
-        raise ValueError(f"dataset_size {dataset_size} + val_size {num_val} must fit in the "
-                         f"{num_available} training images, each at least 1 (val_size 0 or more)")
+        raise ValueError(f"dataset_size {dataset_size} (>= 1) + {num_val} validation images "
+                         f"must fit in the {num_available} training images")
     order = np.random.default_rng(subset_seed).permutation(num_available)
     return order[:dataset_size], order[num_available - num_val:]
 

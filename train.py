@@ -346,11 +346,13 @@ class GradNorms:
     steps on the device: a few kernels per step and no host sync."""
 
     def __init__(self, model, enabled: bool):
-        self.params = [p for p in model.parameters() if p.requires_grad] if enabled else []
-        names = [n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.requires_grad]
-        self.layers = list(dict.fromkeys(names))
-        device = self.params[0].device if self.params else "cpu"
-        self.layer_of = torch.tensor([self.layers.index(n) for n in names], device=device)
+        named = [(n.rsplit(".", 1)[0], p) for n, p in model.named_parameters()
+                 if p.requires_grad and enabled]
+        self.params = [p for _, p in named]
+        self.layers = list(dict.fromkeys(layer for layer, _ in named))
+        if named:
+            self.layer_of = torch.tensor([self.layers.index(layer) for layer, _ in named],
+                                         device=self.params[0].device)
         self.reset()
 
     def reset(self):
@@ -366,8 +368,8 @@ class GradNorms:
         self.steps += 1
 
     def epoch_means(self) -> dict:
-        """{grad_norm_<layer>: mean over the epoch's steps}, then reset."""
-        if not self.params or not self.steps:
+        """{grad_norm_<layer>: mean over the epoch's steps}, then reset; {} when disabled."""
+        if not self.steps:
             return {}
         means = (self.total / self.steps).tolist()
         self.reset()
@@ -421,7 +423,6 @@ def train_epoch(model, optimizer, batches, cfg, device, grad_norms):
 
 @torch.no_grad()
 def evaluate(model, batches, cfg, device):
-    """(loss, accuracy) over an evaluation set; ("", "") for an empty one."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -434,7 +435,7 @@ def evaluate(model, batches, cfg, device):
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    return (loss_sum.item() / seen, correct.item() / seen) if seen else ("", "")
+    return loss_sum.item() / seen, correct.item() / seen
 
 
 def train(cfg: Config) -> dict:
@@ -457,10 +458,10 @@ def load_splits(cfg: Config, device: torch.device, stem: str):
     cifar = data.load_cifar10(cfg.data_dir)
     available = len(cifar.train_labels)
     num_val = data.val_count(cfg.val_size, available)
-    if cfg.dataset_size + num_val > available:
-        raise ConfigError(f"--dataset_size {cfg.dataset_size} + {num_val} validation images "
-                          f"exceed the {available} training images in {cfg.data_dir}")
-    indices, val_indices = data.split_indices(available, cfg.dataset_size, num_val, cfg.subset_seed)
+    try:
+        indices, val_indices = data.split_indices(available, cfg.dataset_size, num_val, cfg.subset_seed)
+    except ValueError as e:  # fewer images in data_dir than validate() could assume
+        raise ConfigError(f"--{e} in {cfg.data_dir}") from None
     train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
     fingerprints = data.fingerprints(cifar, train_x, train_y)
     if num_val:
@@ -506,7 +507,8 @@ def _train_locked(cfg, name, device, stem) -> dict:
             (test_loss, test_acc), (val_loss, val_acc) = ("", ""), ("", "")
             if is_eval_epoch(epoch, cfg):
                 test_loss, test_acc = evaluate(step_model, test_batches(cfg, *test_set), cfg, device)
-                val_loss, val_acc = evaluate(step_model, test_batches(cfg, *val_set), cfg, device)
+                if len(val_set[1]):
+                    val_loss, val_acc = evaluate(step_model, test_batches(cfg, *val_set), cfg, device)
             sync(device)
             rows.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
                              test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_time_s=t1 - t0,
