@@ -8,7 +8,9 @@
 Each measurement is a real train.train() call (same code path as train.py) in a temporary results
 folder: `--warmup` epochs (compilation, cuDNN autotuning, allocator growth) then `--epochs` timed
 epochs, whose GPU-synchronised training times come from the per-epoch CSV. Prints a table and
-appends it, with device, torch version, date and command, to Notes/benchmarks.md.
+appends it, with device, torch version, date and command, to results/benchmarks.md (--notes):
+copy the tables worth keeping into Notes/benchmarks.md by hand, so that benchmarking does not
+dirty the tracked tree and mark every later run's code_version '+dirty'.
 
 `--sweep_jobs` instead times whole `sweep.py width` runs (3 seeds, the fast pipeline's flags by
 default; `--sweep_args` replaces the plan's arguments) once per K = trainings at once per GPU,
@@ -174,7 +176,7 @@ def report(args, device_name, timed, full) -> str:
     return "\n".join(lines)
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", type=lambda s: s.split(","), default=["32x2", "128x4", "8x1"],
@@ -187,11 +189,17 @@ def main():
     parser.add_argument("--full", action="store_true", help="also run the whole recipe")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each --full run")
     parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--notes", default="Notes/benchmarks.md", help="'' to not append")
+    parser.add_argument("--notes", default=os.path.join("results", "benchmarks.md"),
+                        help="markdown file the table is appended to; '' to not append")
     parser.add_argument("--sweep_jobs", type=lambda s: [int(k) for k in s.split(",")],
                         default=None, help="time sweep.py's width plan at these --jobs instead")
     parser.add_argument("--sweep_args", default=sweep_args_default(),
                         help="sweep.py width arguments, train.py flags after --")
+    return parser
+
+
+def main():
+    parser = build_parser()
     args = parser.parse_args()
     unknown = set(args.pipelines) - set(PIPELINES)
     if unknown:
@@ -205,6 +213,7 @@ def main():
         text = report(args, device_name, timed_table(args, device, device_name), full)
     print(text)
     if args.notes:
+        os.makedirs(os.path.dirname(os.path.abspath(args.notes)), exist_ok=True)
         with open(args.notes, "a") as f:
             f.write("\n" + text + "\n")
 

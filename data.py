@@ -25,6 +25,7 @@ BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
 NUM_TRAIN = 50_000
+NUM_CLASSES = 10
 PAD = 4  # RandomCrop(32, padding=4)
 CROP = 32
 NUM_OFFSETS = 2 * PAD + 1  # 9 positions per axis, 81 crops in all
@@ -63,6 +64,10 @@ def _read_batch(path: str):
     if len(images) != len(labels) or len(labels) == 0:
         raise DataError(f"CIFAR-10 batch file {path} is corrupted: "
                         f"{len(images)} images but {len(labels)} labels.")
+    bad = (labels < 0) | (labels >= NUM_CLASSES)
+    if bad.any():
+        raise DataError(f"CIFAR-10 batch file {path} is corrupted: label {labels[bad][0]} of image "
+                        f"{int(bad.argmax())} is outside 0..{NUM_CLASSES - 1}.")
     return images, labels
 
 

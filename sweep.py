@@ -11,13 +11,17 @@
 
 Every run is a `train.py --resume --quiet` subprocess with its own log under results/logs/, so a
 crash stays inside its run. A configuration that already has a row in final_data.csv is skipped
-(--force reruns it); an interrupted one resumes from its last epoch.
+(--force reruns it); an interrupted one resumes from its last epoch. Ctrl-C or SIGTERM stops the
+sweep and its trainings cleanly (rerun the same command to resume); trainings also stop by
+themselves when the sweep is SIGKILLed.
 """
 import argparse
 import glob
 import json
+import math
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +34,7 @@ from tqdm import tqdm
 import train
 from data import NUM_TRAIN
 from model import num_params
-from utils import file_lock, read_csv, write_csv
+from utils import PARENT_PID_ENV, file_lock, read_csv, write_csv
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 PLANS = ["width", "depth", "data", "compute", "grid"]
@@ -113,7 +117,11 @@ def plan(args) -> tuple:
         flags = [f"--{k}={v}" for k, v in point.items()]
         if args.num_epochs and "num_epochs" not in point:
             flags.append(f"--num_epochs={args.num_epochs}")
-        argv = args.extra + flags  # the plan's values win over extra flags
+        clash = sorted(k for k in point if k in args.extra_given and args.extra_given[k] != point[k])
+        if clash:
+            raise PlanError(f"--{clash[0]} after -- would be overridden by the {args.plan} plan, "
+                            f"which sets it for every run; use sweep.py's own option before --")
+        argv = args.extra + flags + (["--force"] if args.force else [])
         try:
             cfg = train.parse_config(argv)
         except SystemExit:  # train.py's parser has printed which flag and why
@@ -147,20 +155,54 @@ def finished_names(results_dir: str) -> set:
                     for p in glob.glob(os.path.join(results_dir, "runs", "*.json"))}
 
 
-def run_one(cmd: list, log_path: str, env: dict) -> int:
-    """One training in its own process, output to its log. Shared by every launcher."""
+# Trainings running now, and whether the sweep was told to stop (SIGINT/SIGTERM).
+RUNNING, STOP, RUNNING_LOCK = set(), threading.Event(), threading.Lock()
+
+
+def run_one(cmd: list, log_path: str, env: dict):
+    """One training in its own process, output to its log; its exit code, or None when the sweep
+    was stopped before it started. Shared by every launcher. The child gets a session of its own,
+    so a terminal's Ctrl-C reaches only the sweep, which stops the children itself."""
+    if STOP.is_set():
+        return None
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**(env or os.environ), PARENT_PID_ENV: str(os.getpid())})
+        with RUNNING_LOCK:
+            RUNNING.add(proc)
+        if STOP.is_set():  # stopped between the check above and the start
+            proc.terminate()
+        try:
+            return proc.wait()
+        finally:
+            with RUNNING_LOCK:
+                RUNNING.discard(proc)
 
 
-def gpu_env(gpu) -> dict:
-    """The environment of a run pinned to one GPU (gpu=None: leave the device choice to it)."""
+def stop_on_signals() -> None:
+    """On SIGINT or SIGTERM: launch nothing more and SIGTERM the running trainings, which save
+    nothing half-done (their last finished epoch is in their checkpoint)."""
+    def stop(signum, frame):
+        STOP.set()
+        STOP.signum = signum
+        with RUNNING_LOCK:
+            for proc in RUNNING:
+                proc.terminate()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
+def gpu_env(gpu, jobs: int = 1) -> dict:
+    """The environment of a run pinned to one GPU (gpu=None: leave the device choice to it). On
+    the CPU, `jobs` runs at once share the cores instead of each starting one thread per core."""
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    else:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
     return env
 
 
@@ -177,11 +219,11 @@ def launch_local(runs, results_dir, jobs, gpus, skipped=0, quiet=False) -> dict:
             gpu = free.pop()
             counts["running"] += 1
             bar.set_postfix(counts)
-        code = run_one(command(run), log_path(results_dir, run.name), gpu_env(gpu))
+        code = run_one(command(run), log_path(results_dir, run.name), gpu_env(gpu, len(slots)))
         with lock:
             free.append(gpu)
             counts["running"] -= 1
-            counts["failed"] += code != 0
+            counts["failed"] += code not in (0, None)
             bar.update()
             bar.set_postfix(counts)
         return code
@@ -252,8 +294,8 @@ def int_list(text):
 
 def float_list(text):
     values = [float(v) for v in text.split(",") if v.strip()]
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError("needs positive values")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError("needs positive finite values")
     return values
 
 
@@ -271,7 +313,7 @@ def build_parser():
     p.add_argument("--tradeoff", choices=["data", "epochs"], default="data",
                    help="compute plan: N traded against D (epochs fixed) or against epochs (D fixed)")
     p.add_argument("--tolerance", type=float, default=0.1, help="compute plan: max |C - budget| / budget")
-    p.add_argument("--results_dir", default="results")
+    p.add_argument("--results_dir", default=None, help="default results (or --results_dir given after --)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--force", action="store_true", help="rerun configurations that have a row")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once per GPU (in all on CPU)")
@@ -291,7 +333,13 @@ def parse_args(argv=None):
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     parser = build_parser()
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    args.extra = extra + [f"--results_dir={args.results_dir}"]
+    args.extra_given = extra_flags(parser, extra, args)
+    if "results_dir" in args.extra_given:
+        args.results_dir = args.extra_given.pop("results_dir")
+        args.extra = extra
+    else:
+        args.results_dir = args.results_dir or "results"
+        args.extra = extra + [f"--results_dir={args.results_dir}"]
     if args.plan == "collect":
         return args
     base = train.parse_config(args.extra)  # bad extra flags fail here, before anything runs
@@ -305,6 +353,20 @@ def parse_args(argv=None):
     if not 0 < args.tolerance < 1:
         parser.error("--tolerance must be in (0, 1)")
     return args
+
+
+def extra_flags(parser, extra: list, args) -> dict:
+    """The train.py flags typed after --, refused where sweep.py owns the setting: the sweep reads
+    finished runs from its results folder and decides itself what is rerun."""
+    given = train.typed_flags(train.build_parser(), extra) if extra else {}
+    if "results_dir" in given and args.results_dir not in (None, given["results_dir"]):
+        parser.error(f"--results_dir {args.results_dir} before -- and {given['results_dir']} after "
+                     f"it disagree; give it once, before --")
+    for flag in ("force", "resume", "quiet"):
+        if flag in given:
+            parser.error(f"--{flag} after -- is sweep.py's to set"
+                         + (": put --force before --" if flag == "force" else ""))
+    return given
 
 
 def visible_gpus():
@@ -335,11 +397,25 @@ def main(argv=None):
     print(f"{args.plan} plan: {len(runs)} runs, {len(runs) - len(todo)} skipped (already have a "
           f"row), {len(todo)} to run", file=sys.stderr)
     if args.launcher == "local":
+        stop_on_signals()
         codes = launch_local(todo, args.results_dir, args.jobs, args.gpus or visible_gpus(),
                              skipped=len(runs) - len(todo))
     else:
         codes = launch_submitit(todo, args.results_dir, args)
+    if STOP.is_set():
+        report_stopped(codes)
     report(codes, args.results_dir)
+
+
+def report_stopped(codes: dict):
+    """What a stopped sweep leaves: finished runs are kept, stopped ones resume on a rerun."""
+    finished = sum(code == 0 for code in codes.values())
+    started = sum(code is not None for code in codes.values())
+    print(f"stopped by {signal.Signals(STOP.signum).name}: {finished} finished, "
+          f"{started - finished} stopped (they resume from their last epoch), "
+          f"{len(codes) - started} not started; rerun the same command to continue",
+          file=sys.stderr)
+    sys.exit(128 + STOP.signum)
 
 
 def report(codes: dict, results_dir: str):

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -27,11 +28,13 @@ from filelock import Timeout
 from tqdm import tqdm
 
 import data
-from model import MODELS, build_model, count_params, forward_flops_per_image
-from utils import (append_row, atomic_write, file_lock, git_version, given_args,
-                   parser_from_dataclass, set_seed, write_csv)
+from model import MODELS, build_model, count_params, forward_flops_per_image, num_params
+from utils import (ResultsFileError, append_row, atomic_write, csv_tail_error, exit_with_parent,
+                   file_lock, git_version, given_args, parser_from_dataclass, read_csv, set_seed,
+                   write_csv)
 
 LAST_K = 5  # the brief's final metric averages the last 5 test evaluations (= last 5 epochs)
+MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
 
 
 def hp(default, help, *, min=None, max=None, choices=None, result=True):
@@ -47,11 +50,12 @@ PRESETS = {
     "none": ("the scaling study's recipe (seed documents 000/001): Config's defaults", {}),
     "resnet8_sgd": ("document 004: ResNet-8, SGD, constant lr, 10% validation, normalised", dict(
         model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="sgd", lr=0.1,
-        momentum=0.9, weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True, seed=42)),
+        momentum=0.9, weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True, seed=42,
+        subset_seed=42)),
     "resnet8_adamw": ("document 004: ResNet-8, AdamW, constant lr, 10% validation, normalised", dict(
         model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="adamw", lr=1e-3,
-        betas=(0.9, 0.999), weight_decay=5e-4, scheduler="none", val_size=0.1, normalize=True,
-        seed=42)),
+        betas=(0.9, 0.999), weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True,
+        seed=42, subset_seed=42)),
     "speedrun_cpu": ("document 002's best CPU setting: simplecnn without BN, no augmentation", dict(
         model="simplecnn", bn=False, optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=0.0,
         scheduler="none", num_epochs=10, batch_size=64, augment=False, test_freq=1, device="cpu")),
@@ -78,8 +82,8 @@ class Config:
                               "count, or a fraction < 1 (0.1 = 5,000); test set untouched",
                          min=0.0, max=data.NUM_TRAIN - 1)
     subset_seed: int = hp(0, "seed of the fixed permutation that picks the D (and validation) "
-                             "images", min=0)
-    seed: int = hp(0, "seed of init, data order and augmentation", min=0)
+                             "images", min=0, max=MAX_SEED)
+    seed: int = hp(0, "seed of init, data order and augmentation", min=0, max=MAX_SEED)
     augment: bool = hp(True, "RandomCrop(32, padding 4) + horizontal flip of training images "
                              "(--no_augment: none)")
     normalize: bool = hp(False, "per-channel (x - mean) / std of CIFAR-10 (document 004); the "
@@ -114,6 +118,8 @@ class Config:
     results_dir: str = hp("results", "where runs/ and final_data.csv go", result=False)
     device: str = hp("auto", "auto (cuda if available), cpu, cuda, cuda:N, mps", result=False)
     resume: bool = hp(False, "continue from this configuration's checkpoint if there is one", result=False)
+    force: bool = hp(False, "retrain a configuration that already has a summary (replacing its "
+                            "row); without it such a run is skipped", result=False)
     keep_checkpoints: bool = hp(False, "keep the per-epoch checkpoint after the run finishes", result=False)
     log_grad_norms: bool = hp(False, "per-layer gradient norms (mean over the epoch's steps) as "
                                      "grad_norm_<layer> columns of the per-epoch CSV", result=False)
@@ -142,12 +148,15 @@ def validate(cfg, errors=()) -> None:
             errors.append(f"--{f.name} must be one of {m['choices']}, got {value!r}")
         lo, hi = m["min"], m["max"]
         for v in (value if isinstance(value, tuple) else (value,)):
+            if isinstance(v, float) and not math.isfinite(v):  # NaN passes every comparison
+                errors.append(f"--{f.name} must be a finite number, got {value!r}")
+                break
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
                 errors.append(f"--{f.name} must be {bounds}, got {value!r}")
                 break
-    if isinstance(cfg, Config):
-        errors += _combination_errors(cfg)
+    if isinstance(cfg, Config) and not errors:  # combinations assume each value is in range
+        errors += _combination_errors(cfg) + _results_file_errors(cfg.results_dir)
     errors += _device_errors(cfg.device) + _writable_errors(cfg.results_dir)
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
@@ -197,6 +206,18 @@ def _writable_errors(path: str) -> list:
     return []
 
 
+def _results_file_errors(results_dir: str) -> list:
+    """runs/ and final_data.csv are written only after training: check them before it."""
+    runs, final = os.path.join(results_dir, "runs"), os.path.join(results_dir, "final_data.csv")
+    errors = []
+    if os.path.exists(runs) and (not os.path.isdir(runs) or not os.access(runs, os.W_OK | os.X_OK)):
+        errors.append(f"--results_dir: {runs} is not a writable folder")
+    if os.path.exists(final):
+        tail = csv_tail_error(final)
+        errors += [f"--results_dir: {tail}"] if tail else []
+    return errors
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -212,6 +233,8 @@ def config_id(cfg: Config) -> str:
     are seeds of one configuration."""
     keys = {f.name: getattr(cfg, f.name) for f in fields(type(cfg))
             if f.metadata["result"] and f.name != "seed"}
+    if getattr(cfg, "loader", None) == "torchvision":  # workers draw the transforms' random stream
+        keys["num_workers"] = cfg.num_workers
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -259,6 +282,7 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         run_name=run_name(cfg), config_id=config_id(cfg), status=status, model=cfg.model,
         width=cfg.width, depth=cfg.depth, seed=cfg.seed, N=N, D=D, epochs=epochs,
         C=N * D * epochs,  # the brief's compute proxy
+        steps=epochs * math.ceil(D / cfg.batch_size),  # optimiser steps (last batch partial)
         flops_per_image=flops_per_image,
         total_flops=3 * flops_per_image * D * epochs,  # forward + backward ~ 3x forward
         **last5_and_best(rows, "test"),
@@ -274,6 +298,7 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         test_freq=cfg.test_freq, preset=cfg.preset,
         train_time_s=sum(r["epoch_time_s"] for r in rows),
         wall_time_s=sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows),
+        num_workers=cfg.num_workers if cfg.loader == "torchvision" else "",
         device=str(device), device_name=device_name(device), torch_version=torch.__version__,
         code_version=git_version(), **fingerprints,
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -439,23 +464,78 @@ def evaluate(model, batches, cfg, device):
 
 
 def train(cfg: Config) -> dict:
-    """Train one configuration end to end; returns the summary row."""
+    """Train one configuration end to end; returns the summary row. A configuration that already
+    has a summary is not trained again (unless cfg.force): its summary is returned."""
     validate(cfg)
     name, device = run_name(cfg), resolve_device(cfg.device)
-    runs_dir = os.path.join(cfg.results_dir, "runs")
-    os.makedirs(runs_dir, exist_ok=True)
+    stem = os.path.join(cfg.results_dir, "runs", name)
+    done = finished_summary(cfg, stem)
+    if done:
+        return done
+    cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    lock = file_lock(stem)
     try:  # two processes on one configuration would interleave its files
-        with file_lock(os.path.join(runs_dir, name)).acquire(timeout=0):
-            return _train_locked(cfg, name, device, os.path.join(runs_dir, name))
+        lock.acquire(timeout=0)
     except Timeout:
         raise ConfigError(f"{name} is already being trained by another process") from None
+    try:
+        # Another process may have finished it while this one loaded the data.
+        return finished_summary(cfg, stem) or _train_guarded(cfg, name, device, stem, cifar)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock.lock_file)  # removed while held: no stale lock file is left behind
+        lock.release()
 
 
-def load_splits(cfg: Config, device: torch.device, stem: str):
+def finished_summary(cfg: Config, stem: str):
+    """The summary of a run that finished (or diverged) earlier, or None (also with cfg.force).
+    Repairs what a kill between the summary and the clean-up left: the row in final_data.csv and
+    the checkpoint."""
+    if not os.path.exists(stem + ".json"):
+        return None
+    if cfg.force:
+        with contextlib.suppress(FileNotFoundError):  # the old run's: retraining starts afresh
+            os.remove(stem + ".ckpt.pt")
+        return None
+    with open(stem + ".json") as f:
+        summary = json.load(f)
+    final = os.path.join(cfg.results_dir, "final_data.csv")
+    if not os.path.exists(final) or summary["run_name"] not in {r.get("run_name") for r in read_csv(final)}:
+        append_row(final, summary, key="run_name")
+    if not cfg.keep_checkpoints and os.path.exists(stem + ".ckpt.pt"):
+        os.remove(stem + ".ckpt.pt")
+    if not cfg.quiet:
+        print(f"{summary['run_name']}: already {summary['status']} ({stem}.json), skipped; "
+              f"--force retrains it")
+    return summary
+
+
+def _train_guarded(cfg, name, device, stem, cifar) -> dict:
+    """_train_locked, with running out of memory and --deterministic's refusals turned into
+    messages that name the configuration and the way out."""
+    try:
+        return _train_locked(cfg, name, device, stem, cifar)
+    except RuntimeError as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, torch.cuda.OutOfMemoryError) or any(
+                text in message for text in ("out of memory", "can't allocate memory")):
+            N = num_params(cfg.model, cfg.width, cfg.depth, cfg.bn)
+            raise ConfigError(
+                f"{cfg.model} width {cfg.width} depth {cfg.depth} (N={N:,}) at batch size "
+                f"{cfg.batch_size} does not fit in {device} memory ({message[:200]}); use a "
+                f"smaller --width, --depth or --batch_size") from None
+        if "does not have a deterministic implementation" in message:
+            raise ConfigError(f"--deterministic: {message[:300]}. Run with --no_deterministic "
+                              f"(results then differ between reruns at the last bits)") from None
+        raise
+
+
+def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
     """Train, validation and test tensors (on the device for the tensor loader), the training
     indices and the data fingerprints (data.fingerprints). The split's indices are saved in
     runs/<run_name>/ (not runs/*.json, which sweep.py reads as summaries)."""
-    cifar = data.load_cifar10(cfg.data_dir)
+    cifar = cifar or data.load_cifar10(cfg.data_dir)
     available = len(cifar.train_labels)
     num_val = data.val_count(cfg.val_size, available)
     try:
@@ -478,9 +558,9 @@ def load_splits(cfg: Config, device: torch.device, stem: str):
     return (train_x, train_y), (val_x, val_y), (test_x, test_y), indices, fingerprints
 
 
-def _train_locked(cfg, name, device, stem) -> dict:
+def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
     set_seed(cfg.seed, cfg.deterministic)
-    (train_x, train_y), val_set, test_set, indices, fingerprints = load_splits(cfg, device, stem)
+    (train_x, train_y), val_set, test_set, indices, fingerprints = load_splits(cfg, device, stem, cifar)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn)
     model = model.to(device, memory_format=memory_format(cfg))
@@ -514,9 +594,9 @@ def _train_locked(cfg, name, device, stem) -> dict:
                              test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_time_s=t1 - t0,
                              eval_time_s=time.perf_counter() - t1, val_loss=val_loss,
                              val_acc=val_acc, **grad_norms.epoch_means()))
-            write_csv(stem + ".csv", rows, list(rows[0]))
+            write_csv(stem + ".csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
             log(rows[-1])
-            if not math.isfinite(train_loss):
+            if diverged(model, train_loss, test_loss, val_loss):
                 status = "diverged"
                 break
             save_checkpoint(ckpt_path, model, optimizer, rows, cfg)
@@ -527,6 +607,16 @@ def _train_locked(cfg, name, device, stem) -> dict:
                       device, len(val_set[1]))
 
 
+def diverged(model, *losses) -> bool:
+    """A run has diverged once a loss (training or evaluation; '' = not evaluated) or any
+    parameter or buffer is non-finite: a huge lr can leave the mean training loss finite while the
+    weights are already inf. One isfinite over all of them on the device, one sync per epoch."""
+    if not all(math.isfinite(v) for v in losses if v != ""):
+        return True
+    state = [t.detach().flatten() for t in model.state_dict().values() if t.is_floating_point()]
+    return not bool(torch.cat(state).isfinite().all())
+
+
 def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints, device,
                num_val) -> dict:
     """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up."""
@@ -534,7 +624,7 @@ def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerp
     atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
     if cfg.save_model:
         save_model(stem, model, summary, cfg)
-    append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary)
+    append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary, key="run_name")
     ckpt_path = stem + ".ckpt.pt"
     if not cfg.keep_checkpoints and os.path.exists(ckpt_path):
         os.remove(ckpt_path)
@@ -568,10 +658,16 @@ def save_checkpoint(path, model, optimizer, rows, cfg):
 
 
 def load_checkpoint(path, model, optimizer) -> list:
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return state["rows"]
+    try:
+        state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return list(state["rows"])
+    except Exception as e:  # truncated, random bytes, empty, another architecture, ...
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"checkpoint {path} is damaged or belongs to another configuration "
+                          f"({type(e).__name__}: {detail}); delete it to train this run from its "
+                          f"first epoch, or run without --resume") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -596,7 +692,7 @@ def make_config(given: dict) -> Config:
         values.setdefault("width", MODELS[model][1])
         values.setdefault("depth", MODELS[model][2])
     val_size = values.get("val_size")
-    if isinstance(val_size, (int, float)) and "dataset_size" not in values:
+    if isinstance(val_size, (int, float)) and math.isfinite(val_size) and "dataset_size" not in values:
         values["dataset_size"] = max(1, data.NUM_TRAIN - data.val_count(val_size, data.NUM_TRAIN))
     cfg = Config(**values)
     errors = [f"--{flag} applies only with --{key} {needed}, not --{key} {getattr(cfg, key)}"
@@ -631,9 +727,14 @@ def presets_text() -> str:
     return "\n".join(f"{name}: {about}\n    {flags(values)}" for name, (about, values) in PRESETS.items())
 
 
+def typed_flags(parser, argv) -> dict:
+    """{field: value} of the flags typed in argv, without defaults."""
+    return given_args(parser, argv, [f.name for f in fields(Config)] + ["list_presets"])
+
+
 def parse_config(argv=None) -> Config:
     parser = build_parser()
-    given = given_args(parser, argv, [f.name for f in fields(Config)] + ["list_presets"])
+    given = typed_flags(parser, argv)
     if given.pop("list_presets", False):
         print(presets_text())
         parser.exit()
@@ -643,12 +744,28 @@ def parse_config(argv=None) -> Config:
         parser.error(str(e))
 
 
+class Stopped(BaseException):
+    """SIGTERM (kill, timeout, Slurm, a stopping sweep) raised in the main thread, so the run
+    stops like on Ctrl-C: files closed, the finished epochs kept in the checkpoint."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
 def main(argv=None):
     cfg = parse_config(argv)
+    exit_with_parent()
+    signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         train(cfg)
-    except (data.DataError, ConfigError) as e:
+    except (data.DataError, ConfigError, ResultsFileError) as e:
         sys.exit(f"error: {e}")
+    except (KeyboardInterrupt, Stopped) as e:
+        signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
+        print(f"{run_name(cfg)}: stopped by {signal.Signals(signum).name}; the epochs it finished "
+              f"are in its checkpoint: rerun with --resume to continue", file=sys.stderr)
+        sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

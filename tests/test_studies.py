@@ -39,10 +39,12 @@ def test_preset_fills_defaults_and_explicit_flags_override(tmp_path):
     assert (cfg.batch_size, cfg.test_freq, cfg.optimizer, cfg.momentum, cfg.weight_decay,
             cfg.scheduler, cfg.normalize) == (128, 10, "sgd", 0.9, 1e-4, "none", True)
     assert (cfg.val_size, cfg.dataset_size) == (0.1, 45_000)  # 10% carved off, the rest trains
+    assert (cfg.seed, cfg.subset_seed) == (42, 42)  # document 004 seeds the split with 42 too
 
     adamw = train.parse_config(["--preset", "resnet8_adamw", "--width", "32", "--no_normalize"])
-    assert (adamw.optimizer, adamw.lr, adamw.betas, adamw.weight_decay) == \
-        ("adamw", 1e-3, (0.9, 0.999), 5e-4)
+    # Document 004's config gives weight_decay 0.0001 for both optimisers.
+    assert (adamw.optimizer, adamw.lr, adamw.betas, adamw.weight_decay, adamw.subset_seed) == \
+        ("adamw", 1e-3, (0.9, 0.999), 1e-4, 42)
     assert (adamw.width, adamw.normalize) == (32, False)
 
     cpu = train.parse_config(["--preset", "speedrun_cpu"])

@@ -1,0 +1,336 @@
+"""Bad runs, reruns, damaged files and killed sweeps (issue 17): each test failed before its fix."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+import data
+import sweep
+import train
+import utils
+from conftest import REPO, write_synthetic_cifar10
+from test_train import TINY, tiny_run
+from utils import ResultsFileError, append_row, read_csv
+
+SLOW_FLAGS = ["--depth=1", "--dataset_size=500", "--num_epochs=300", "--test_freq=1000",
+              "--batch_size=32", "--device=cpu"]
+
+
+# --- 1. appends never corrupt final_data.csv
+
+
+def test_append_after_a_missing_final_newline_keeps_the_file_readable(tmp_path):
+    path = tmp_path / "final_data.csv"
+    path.write_text("run_name,N\na,1")  # an editor saved it without the last newline
+    append_row(str(path), {"run_name": "b", "N": 2})
+    assert read_csv(str(path)) == [{"run_name": "a", "N": "1"}, {"run_name": "b", "N": "2"}]
+
+
+def test_append_after_a_torn_row_is_refused_and_the_file_left_alone(tmp_path):
+    path = tmp_path / "final_data.csv"
+    path.write_text("run_name,N,loss\na,1,0.5\nb,2")  # a write cut off by a crash
+    with pytest.raises(ResultsFileError, match=r"final_data.csv: line 3 .*not a whole row"):
+        append_row(str(path), {"run_name": "c", "N": 3, "loss": 0.1})
+    assert path.read_text() == "run_name,N,loss\na,1,0.5\nb,2"
+
+
+def test_a_torn_final_data_csv_is_refused_before_training(tmp_path):
+    (tmp_path / "final_data.csv").write_text("run_name,N,loss\na,1,0.5\nb,2")
+    with pytest.raises(SystemExit):
+        train.parse_config(["--results_dir", str(tmp_path)])
+
+
+# --- 2. a finished run is not trained twice
+
+
+def test_rerun_of_a_finished_run_is_skipped_and_force_retrains_it(data_dir, tmp_path, monkeypatch,
+                                                                   capsys):
+    first = tiny_run(data_dir, tmp_path, quiet=False)
+    monkeypatch.setattr(train, "_train_locked", lambda *a, **k: pytest.fail("trained again"))
+    again = tiny_run(data_dir, tmp_path, resume=True, quiet=False)
+    assert again["timestamp"] == first["timestamp"] and "already finished" in capsys.readouterr().out
+    assert len(read_csv(str(tmp_path / "final_data.csv"))) == 1
+    monkeypatch.undo()
+    forced = tiny_run(data_dir, tmp_path, resume=True, force=True)
+    rows = read_csv(str(tmp_path / "final_data.csv"))
+    assert [r["timestamp"] for r in rows] == [forced["timestamp"]]  # replaced, not duplicated
+
+
+def test_kill_between_summary_and_cleanup_does_not_cause_a_rerun(data_dir, tmp_path, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed after the summary was written")
+    monkeypatch.setattr(train, "append_row", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(data_dir, tmp_path, keep_checkpoints=False)
+    monkeypatch.undo()
+    name = train.run_name(train.Config(**{**TINY, "data_dir": data_dir}))
+    assert (tmp_path / "runs" / f"{name}.ckpt.pt").exists()
+    monkeypatch.setattr(train, "_train_locked", lambda *a, **k: pytest.fail("trained again"))
+    tiny_run(data_dir, tmp_path, resume=True)
+    assert [r["run_name"] for r in read_csv(str(tmp_path / "final_data.csv"))] == [name]
+    assert not (tmp_path / "runs" / f"{name}.ckpt.pt").exists()
+
+
+# --- 3. killing a sweep stops its trainings
+
+
+def processes_mentioning(text: str) -> list:
+    """Pids of live processes whose command line contains text (Linux /proc)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        if text in cmdline and int(pid) != os.getpid() and not zombie:
+            pids.append(int(pid))
+    return pids
+
+
+def wait_for(condition, timeout_s=60):
+    deadline = time.time() + timeout_s
+    while not condition():
+        if time.time() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def start_sweep(data_dir, results, widths):
+    argv = [sys.executable, "sweep.py", "width", "--widths", widths, "--jobs", "2",
+            "--results_dir", str(results), "--", *SLOW_FLAGS, f"--data_dir={data_dir}"]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    started = lambda: len(list((results / "runs").glob("*.ckpt.pt"))) == len(widths.split(","))
+    assert wait_for(started), "the sweep's trainings did not start"
+    return proc
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_stops_the_sweep_and_its_trainings_cleanly(data_dir, tmp_path):
+    results = tmp_path / "results"
+    proc = start_sweep(data_dir, results, "2,3")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM: 0 finished, 2 stopped" in err and "Traceback" not in err
+    assert wait_for(lambda: not processes_mentioning(str(results)), 10)
+    for log in (results / "logs").glob("*.log"):
+        text = log.read_text()
+        assert "Traceback" not in text and "stopped by SIGTERM" in text
+    assert len(list((results / "runs").glob("*.ckpt.pt"))) == 2  # they resume on a rerun
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_trainings_do_not_outlive_a_sigkilled_sweep(data_dir, tmp_path):
+    results = tmp_path / "results"
+    proc = start_sweep(data_dir, results, "2")
+    proc.kill()
+    proc.wait()
+    assert wait_for(lambda: not processes_mentioning(str(results)), 15)
+
+
+def test_sigterm_stops_train_py_without_a_traceback(data_dir, tmp_path):
+    argv = [sys.executable, "train.py", "--width=2", *SLOW_FLAGS, f"--data_dir={data_dir}",
+            f"--results_dir={tmp_path}", "--quiet"]
+    proc = subprocess.Popen(argv, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: len(list((tmp_path / "runs").glob("*.ckpt.pt"))) == 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err and "rerun with --resume" in err
+
+
+# --- 4. non-finite values are refused, divergence is caught wherever it shows
+
+
+NON_FINITE = [["--lr", "nan"], ["--lr", "inf"], ["--momentum", "nan"], ["--weight_decay", "nan"],
+              ["--weight_decay", "inf"], ["--val_size", "nan"], ["--val_size", "inf"],
+              ["--optimizer", "adamw", "--betas", "nan", "nan"]]
+
+
+@pytest.mark.parametrize("argv", NON_FINITE)
+def test_non_finite_values_are_refused_naming_the_flag(argv, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_config(argv + ["--results_dir", str(tmp_path / "r")])
+    assert exit_.value.code == 2
+    flag = argv[-3] if argv[-1] == "nan" and argv[-2] == "nan" else argv[-2]
+    assert f"{flag} must be a finite number" in capsys.readouterr().err
+
+
+def test_divergence_is_seen_in_the_parameters_and_the_evaluation_losses():
+    model = torch.nn.Linear(2, 2)
+    assert not train.diverged(model, 1.0, "", 2.0)
+    assert train.diverged(model, 1.0, float("inf"), "")  # test loss
+    assert train.diverged(model, 1.0, "", float("nan"))  # validation loss
+    with torch.no_grad():
+        model.weight[0, 0] = float("inf")
+    assert train.diverged(model, 1.0, "", "")  # a finite training loss does not clear it
+
+
+@pytest.mark.parametrize("lr,dataset_size", [(1e6, 256), (1000.0, 2000)])
+def test_a_huge_lr_is_never_recorded_as_finished_with_a_non_finite_loss(data_dir, tmp_path, lr,
+                                                                         dataset_size):
+    summary = tiny_run(data_dir, tmp_path, lr=lr, dataset_size=dataset_size, num_epochs=3,
+                       test_freq=1)
+    assert summary["status"] == "diverged"
+    assert read_csv(str(tmp_path / "final_data.csv"))[0]["status"] == "diverged"
+
+
+# --- 5. messages, not tracebacks
+
+
+def test_out_of_memory_names_the_configuration(data_dir, tmp_path, monkeypatch):
+    def too_big(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3e11 bytes")
+    monkeypatch.setattr(train, "build_model", too_big)
+    with pytest.raises(train.ConfigError, match=r"cnn width 4 depth 1 \(N=.*does not fit in cpu memory"):
+        tiny_run(data_dir, tmp_path)
+
+
+def test_a_nondeterministic_op_is_refused_with_the_way_out(data_dir, tmp_path, monkeypatch):
+    utils.set_seed(0, True)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()  # fail, not warn
+
+    def no_kernel(*args, **kwargs):
+        raise RuntimeError("max_unpool2d does not have a deterministic implementation, but you set ...")
+    monkeypatch.setattr(train, "build_model", no_kernel)
+    with pytest.raises(train.ConfigError, match="--no_deterministic"):
+        tiny_run(data_dir, tmp_path)
+
+
+def test_unwritable_runs_folder_and_a_folder_named_final_data_csv_are_refused(tmp_path):
+    (tmp_path / "a" / "final_data.csv").mkdir(parents=True)
+    with pytest.raises(train.ConfigError, match="final_data.csv is not a writable file"):
+        train.make_config(dict(results_dir=str(tmp_path / "a")))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "runs").write_text("a file where the runs folder goes")
+    with pytest.raises(train.ConfigError, match="runs is not a writable folder"):
+        train.make_config(dict(results_dir=str(tmp_path / "b")))
+
+
+def test_labels_outside_0_to_9_are_a_data_error(tmp_path):
+    import pickle
+    root = write_synthetic_cifar10(str(tmp_path))
+    path = os.path.join(root, "cifar-10-batches-py", "data_batch_2")
+    with open(path, "rb") as f:
+        batch = pickle.load(f)
+    batch["labels"][7] = 10
+    with open(path, "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(data.DataError, match=r"data_batch_2 is corrupted: label 10 of image 7"):
+        data.load_cifar10(root)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "architecture"])
+def test_a_damaged_checkpoint_is_named_with_what_to_do(data_dir, tmp_path, damage):
+    cfg = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path),
+                          "resume": True, "keep_checkpoints": True})
+    ckpt = tmp_path / "runs" / f"{train.run_name(cfg)}.ckpt.pt"
+    ckpt.parent.mkdir(parents=True)
+    if damage == "architecture":
+        other = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path / "o"),
+                                "model": "resnet8", "keep_checkpoints": True})
+        train.train(other)
+        ckpt.write_bytes((tmp_path / "o" / "runs" / f"{train.run_name(other)}.ckpt.pt").read_bytes())
+    else:
+        ckpt.write_bytes({"truncated": b"PK\x03\x04" + b"\0" * 20, "random": os.urandom(500),
+                          "empty": b""}[damage])
+    with pytest.raises(train.ConfigError, match=f"checkpoint {ckpt} is damaged.*delete it"):
+        train.train(cfg)
+
+
+def test_seed_beyond_numpy_range_is_refused(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        train.parse_config(["--seed", str(2 ** 32), "--results_dir", str(tmp_path / "r")])
+    assert "--seed must be in 0..4294967295" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("budget", ["inf", "nan"])
+def test_non_finite_budgets_are_refused(budget, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        sweep.parse_args(["compute", "--budgets", budget, "--results_dir", str(tmp_path)])
+    assert exit_.value.code == 2 and "positive finite" in capsys.readouterr().err
+
+
+# --- 7. sweep.py's own flags after --
+
+
+def test_results_dir_after_the_separator_is_honoured(tmp_path):
+    args = sweep.parse_args(["width", "--widths", "4", "--", f"--results_dir={tmp_path}"])
+    assert args.results_dir == str(tmp_path)
+    (run,), _ = sweep.plan(args)
+    assert run.cfg.results_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("extra,message", [(["--width=8"], "--width after -- would be overridden"),
+                                           (["--force"], "put --force before --"),
+                                           (["--seed=3"], "--seed after -- would be overridden")])
+def test_plan_owned_flags_after_the_separator_are_refused(extra, message, tmp_path, capsys):
+    with pytest.raises((SystemExit, sweep.PlanError), match=None) as caught:
+        sweep.plan(sweep.parse_args(["width", "--widths", "4,16", "--results_dir", str(tmp_path),
+                                     "--", *extra]))
+    shown = str(caught.value) + capsys.readouterr().err
+    assert message in shown
+
+
+# --- 9. smaller ones
+
+
+def test_no_stale_lock_after_a_run_or_an_offline_failure(data_dir, tmp_path):
+    tiny_run(data_dir, tmp_path / "ok")
+    assert not list((tmp_path / "ok" / "runs").glob("*.lock"))
+    with pytest.raises(data.DataError):
+        tiny_run(str(tmp_path / "no_data"), tmp_path / "offline", device="cpu")
+    assert not (tmp_path / "offline").exists()
+
+
+def test_help_spells_bool_flags_as_the_readme_does():
+    text = train.build_parser().format_help()
+    assert "--no_bn" in text and "--no-bn" not in text
+    assert train.parse_config(["--no-augment"]).augment is False  # the old spelling still works
+
+
+def test_num_workers_is_part_of_the_configuration_for_the_torchvision_loader():
+    tv = dict(loader="torchvision")
+    assert train.config_id(train.Config(**tv, num_workers=0)) != train.config_id(train.Config(**tv, num_workers=4))
+    assert train.config_id(train.Config(num_workers=0)) == train.config_id(train.Config(num_workers=4))
+
+
+def test_resume_with_grad_norms_newly_switched_on(data_dir, tmp_path):
+    first = tiny_run(data_dir, tmp_path, num_epochs=4, keep_checkpoints=True)
+    stem = tmp_path / "runs" / first["run_name"]
+    os.remove(f"{stem}.json")  # as if killed after epoch 2
+    state = torch.load(f"{stem}.ckpt.pt", weights_only=False)
+    state["rows"] = state["rows"][:2]
+    torch.save(state, f"{stem}.ckpt.pt")
+    again = tiny_run(data_dir, tmp_path, num_epochs=4, resume=True, log_grad_norms=True)
+    rows = pd.read_csv(f"{stem}.csv")
+    assert again["status"] == "finished"
+    assert rows["grad_norm_head"].isna().tolist() == [True, True, False, False]
+
+
+def test_cpu_jobs_share_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert sweep.gpu_env(None, jobs=2)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert "OMP_NUM_THREADS" not in sweep.gpu_env(0, jobs=2)  # a GPU run keeps torch's default
+
+
+def test_summary_records_optimiser_steps(data_dir, tmp_path):
+    summary = tiny_run(data_dir, tmp_path, dataset_size=300, batch_size=64, num_epochs=3)
+    assert summary["steps"] == 3 * 5  # ceil(300 / 64) = 5 steps an epoch
+
+
+def test_bench_tables_go_under_results_by_default():
+    import bench
+    assert bench.build_parser().parse_args([]).notes == os.path.join("results", "benchmarks.md")
