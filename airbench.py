@@ -483,8 +483,9 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
                            device=device) < 0.5
     name, stem = run_name(cfg), os.path.join(cfg.results_dir, "runs", run_name(cfg))
 
-    whitening_images = model.normalize(data.to_float(train_x[:cfg.whiten_init_images]))
-    _, whiten_time_s = timed(device, init_whitening, model.whiten, whitening_images, cfg.whiten_eps)
+    _, whiten_time_s = timed(device, lambda: init_whitening(
+        model.whiten, model.normalize(data.to_float(train_x[:cfg.whiten_init_images])),
+        cfg.whiten_eps))
     lookahead = Lookahead(model)
     rows, step, status = [], 0, "finished"
     padded, train_time_s = timed(device, augment_source, train_x, base_flip, cfg.translate_pad)
@@ -580,24 +581,26 @@ def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, times, 
 
 def command_of(cfg: AirbenchConfig) -> str:
     """The command line that reproduces cfg: every setting that differs from the default."""
-    flags = [as_flag(f.name, getattr(cfg, f.name)) for f in fields(AirbenchConfig)
-             if getattr(cfg, f.name) != f.default]
-    return shlex.join(["python", "airbench.py"]) + "".join(f" {flag}" for flag in flags)
+    changed = [(f.name, getattr(cfg, f.name)) for f in fields(AirbenchConfig)
+               if getattr(cfg, f.name) != f.default]
+    flags = [as_flag(name, value) if isinstance(value, bool)
+             else f"--{name} {shlex.quote(str(value))}" for name, value in changed]
+    return " ".join(["python airbench.py", *flags])
 
 
 def results_table(cfg: AirbenchConfig, rows: list, device: torch.device) -> str:
     """Markdown: heading (date, device, torch, commit), the command, mean ± std over the runs."""
     def mean_std(key, digits):
         values = [r[key] for r in rows]
-        std = statistics.stdev(values) if len(values) > 1 else float("nan")
-        return f"{statistics.mean(values):.{digits}f} ± {std:.{digits}f}"
+        std = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.{digits}f}{std}"
 
     return "\n".join([
         f"## airbench94 · {time.strftime('%Y-%m-%d %H:%M %Z')} · {device_name(device)} · "
         f"torch {torch.__version__} · code {git_version()}", "",
         f"`{command_of(cfg)}` (seeds {cfg.seed}..{cfg.seed + cfg.runs - 1}"
         f"{', after 1 warm-up run' if cfg.runs > 1 else ''})", "",
-        "| n | tta_val_acc | time_s | train_time_s | final val_acc (no TTA) | config_id |",
+        "| n | tta_val_acc | time_s | train_time_s | final_test_acc_avg_last5 (no TTA) | config_id |",
         "|---|---|---|---|---|---|",
         f"| {len(rows)} | {mean_std('tta_val_acc', 4)} | {mean_std('time_s', 3)} | "
         f"{mean_std('train_time_s', 3)} | {mean_std('final_test_acc_avg_last5', 4)} "
