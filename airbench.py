@@ -181,6 +181,11 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
     if cfg.batch_size > cfg.dataset_size:
         errors.append(f"--batch_size {cfg.batch_size} exceeds --dataset_size {cfg.dataset_size} "
                       "(the last partial batch is dropped, so no step would run)")
+    elif total_steps_of(cfg) < cfg.lookahead_every:
+        errors.append(f"{total_steps_of(cfg)} steps (--num_epochs {cfg.num_epochs:g} x "
+                      f"{cfg.dataset_size // cfg.batch_size} steps per epoch) < --lookahead_every "
+                      f"{cfg.lookahead_every}: the final lookahead sync would reset the network to "
+                      "its initial weights")
     for name in ("lr", "bias_lr_scale"):
         if getattr(cfg, name) <= 0:  # each group's torch weight decay is wd / (its lr)
             errors.append(f"--{name} must be > 0 (weight decay is decoupled as wd / lr), "
@@ -190,6 +195,11 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
         errors.append(f"--notes {cfg.notes!r}: {folder} is not a writable folder")
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def total_steps_of(cfg: AirbenchConfig) -> int:
+    """Steps of the run: the last partial batch of each epoch is dropped, the last epoch partial."""
+    return math.ceil(cfg.num_epochs * (cfg.dataset_size // cfg.batch_size))
 
 
 def config_id(cfg: AirbenchConfig) -> str:
@@ -477,7 +487,7 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
     net = torch.compile(model) if cfg.compile else model
 
     steps_per_epoch = cfg.dataset_size // cfg.batch_size
-    total_steps = math.ceil(cfg.num_epochs * steps_per_epoch)
+    total_steps = total_steps_of(cfg)
     optimizer = make_optimizer(param_groups(model, cfg), cfg, device)
     base_flip = torch.rand(len(train_x), generator=data.epoch_generator(cfg.seed, -2, device),
                            device=device) < 0.5

@@ -48,7 +48,7 @@ def test_defaults_are_the_papers_values():
     assert ab.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
     assert ab.CIFAR10_STD == (0.2470, 0.2435, 0.2616)
     # 48 steps per epoch, the last partial batch dropped; 9.9 epochs round up to 476 steps
-    assert math.ceil(cfg.num_epochs * (50_000 // cfg.batch_size)) == 476
+    assert ab.total_steps_of(cfg) == 476
     # the number: ~2.0e-3 decay per step, ~680x the lr * wd the old code applied
     assert WD_PER_STEP == pytest.approx(1.996e-3, rel=1e-3)
     assert WD_PER_STEP / (11.5 / KILOSTEP_SCALE * WD_PER_STEP) == pytest.approx(682, rel=1e-2)
@@ -275,6 +275,10 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path):
     base = dict(results_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="--batch_size 1024 exceeds --dataset_size 100"):
         ab.validate_airbench(ab.AirbenchConfig(dataset_size=100, **base))
+    with pytest.raises(ConfigError, match=r"4 steps \(--num_epochs 2 x 2 steps per epoch\) < "
+                                          "--lookahead_every 5: the final lookahead sync would"):
+        ab.validate_airbench(ab.AirbenchConfig(dataset_size=128, batch_size=64, num_epochs=2,
+                                               **base))
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         ab.validate_airbench(ab.AirbenchConfig(lr=0.0, **base))
     with pytest.raises(ConfigError, match="--bias_lr_scale must be > 0"):
@@ -334,6 +338,7 @@ def test_tiny_run_freezes_whitening_bias_after_epoch_3_and_times_like_the_paper(
 def test_tiny_run_of_the_variants(tmp_path, data_dir):
     notes = tmp_path / "notes.md"
     row, epochs = tiny_run(tmp_path, data_dir, "--num_epochs", "1.5", "--tta_level", "0",
+                           "--lookahead_every", "2",
                            "--label_smoothing_final", "0.0", "--whiten_unfreeze_epoch", "2",
                            "--translate_schedule", "cyclic", "--notes", str(notes))
     assert float(row["epochs"]) == pytest.approx(1.5)  # 2 steps/epoch, 3 steps of 64 / 128
