@@ -111,6 +111,23 @@ def test_frozen_whitening_layer_drops_out_of_the_backward_pass():
     assert net.whiten(net.normalize(x)).grad_fn is None  # frozen: autograd stops above it
 
 
+def test_frozen_whitening_bias_is_left_alone_by_sgd_despite_momentum_and_decay():
+    net, cfg = ab.AirbenchNet(width=0.125), ab.AirbenchConfig()
+    optimizer = ab.make_optimizer(ab.param_groups(net, cfg), cfg, torch.device("cpu"))
+    x = torch.rand(8, 3, 32, 32)
+    net(x).square().sum().backward()
+    optimizer.step()  # epoch 1-3: the bias moves and gains a momentum buffer
+    assert net.whiten.bias.abs().sum() > 0
+    net.whiten.bias.requires_grad_(False)
+    frozen = net.whiten.bias.detach().clone()
+    head = net.head.weight.detach().clone()
+    optimizer.zero_grad(set_to_none=True)
+    net(x).square().sum().backward()
+    optimizer.step()
+    assert net.whiten.bias.grad is None and torch.equal(net.whiten.bias, frozen)
+    assert not torch.equal(net.head.weight, head)  # the rest still trains
+
+
 def test_param_groups_bn_biases_scaled_everything_else_ordinary():
     net, cfg = ab.AirbenchNet(width=0.125), ab.AirbenchConfig()
     groups = ab.param_groups(net, cfg)
