@@ -10,62 +10,78 @@ the lab, with seed document 003's three variants as flags.
 Why a script of its own rather than a train.py preset: the recipe differs from train.py's loop in
 almost everything (frozen whitening layer, per-step schedule, parameter groups with decoupled
 hyperparameters, lookahead, label smoothing, TTA, fractional epochs). It shares data.py (loading,
-subsets, fingerprint, the batched crop/flip gather), utils.py (seeding, results writers, the
+subsets, fingerprint, the batched crop gather), utils.py (seeding, results writers, the
 dataclass -> argparse helper) and train.py's validation, config_id and row format, so its rows
 land in results/final_data.csv beside the scaling runs.
 
-The method, as written here from the paper's description (not from the reference code):
-- Network: inputs normalised by CIFAR-10 channel statistics; a 2x2 conv (no padding) with 24
-  filters = the 12 eigenvectors of the training-patch covariance scaled by 1/sqrt(eigenvalue+eps),
-  and their negatives, so the first layer whitens patches; its weights are frozen and its bias is
-  trained for the first 3 epochs only; GELU; three blocks of widths 64/256/256 (times --width),
-  each conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU; global max pool; a linear
-  layer without bias whose output is scaled by 1/9. BatchNorm keeps 0.6 of its running statistics
-  per step (torch momentum 0.4) and trains only its bias (scale fixed at 1). Convolutions start
-  as partial identities (dirac) on top of the default init.
-- Optimiser: Nesterov SGD, momentum 0.85, summed (not averaged) loss with label smoothing 0.2. The
-  learning rate is given per 1024 examples and normalised by the momentum's gain, so lr, momentum
-  and weight decay can be tuned independently: SGD lr = lr / (1024 * (1 + 1/(1 - momentum))), SGD
-  weight decay = weight_decay * batch_size / (1024 * (1 + 1/(1 - momentum))) (the normalisation
-  under which the published 11.5 / 0.0153 were tuned, as we understand it). Biases (BN and the
-  whitening bias) get 64x the lr and 1/64 the decay, so their per-step shrinkage is unchanged.
-- Schedule, per step: linear warm-up from 0.2x to the peak over the first 20% of steps, then
-  linear decay to 0 at the last step. 9.9 epochs at batch 1024, the last batch of each epoch
-  dropped (a partial epoch at the end).
-- Lookahead: every 5 steps the weights (and BN statistics) are pulled into an exponential moving
-  average and reset to it; the EMA's decay grows as 0.95**5 * progress**3 (no averaging early,
-  when weights move fast), and after the last step the network takes the average's value.
-- Augmentation: translation by up to 2 pixels with reflect padding, drawn per image; horizontal
-  flip drawn at random per image for epoch 1, then alternated: every later epoch flips exactly
-  the images the previous epoch did not (each image is seen both ways every two epochs).
-- TTA: level 0 = the image; 1 = the image and its mirror (logits averaged); 2 = level 1 weighted
-  1/2, plus the image and mirror shifted by one pixel up-left and down-right (reflect padding),
-  weighted 1/8 each.
-- Timing as the paper's: GPU-synchronised wall clock of whitening init + training steps; loading
-  the data to the device and the per-epoch evaluations are excluded.
+The recipe, checked value by value against the paper and its released script (the paper-era
+`legacy/airbench94.py`, which the paper states is equivalent to `airbench94_compiled.py`, in
+github.com/KellerJordan/cifar10-airbench); tests/test_airbench.py asserts each value:
+- Network: inputs normalised by the CIFAR-10 channel statistics; a 2x2 conv (no padding, with
+  bias) of 24 filters = the 12 eigenvectors of the uncentred second-moment matrix of the 2x2
+  patches of the first 5,000 training images, largest eigenvalue first, each divided by
+  sqrt(eigenvalue + 5e-4), then the same 12 negated. Its weights are frozen; its bias starts at 0
+  and trains in epochs 1-3 only, then is frozen by requires_grad=False (so the backward pass stops
+  at the first block). GELU; three blocks of widths 64/256/256 (times --width), each conv3x3 ->
+  maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU; max pool over the final 3x3; a linear layer
+  without bias whose logits are multiplied by 1/9. BatchNorm: eps 1e-12, keeps 0.6 of its running
+  statistics per step (torch momentum 0.4), scale fixed at 1, only the bias trains. The 3x3 convs
+  have torch's default init, then their first c_in output filters are set to the identity (dirac):
+  with fewer outputs than inputs (--width < 0.375) the whole first conv is a partial identity.
+- Optimiser: Nesterov SGD, momentum 0.85, batch 1024, the last partial batch of an epoch dropped,
+  9.9 epochs (ceil(48 * 9.9) = 476 steps on 50,000 images), label smoothing 0.2 on the summed (not
+  averaged) cross-entropy. lr 11.5 and weight decay 0.0153 are per 1024 examples: with
+  kilostep_scale = 1024 * (1 + 1/(1 - momentum)), torch lr = lr / kilostep_scale and the decay
+  shrinks every weight by wd = weight_decay * batch_size / kilostep_scale (~2.0e-3) per step times
+  the lr factor, whatever its lr: torch SGD shrinks by lr * weight_decay, so each group gets
+  weight_decay = wd / (its lr). BatchNorm biases get 64x the lr (not the decay); everything else,
+  the whitening bias included, is one ordinary group.
+- Schedule, per step s (0-based, the factor of update s+1): linear from 0.2 at s = 0 to 1 at
+  s = int(0.23 * total_steps), then linear to 0.07 at s = total_steps (so the last update,
+  s = total_steps - 1, uses 0.07 + 0.93 / (total_steps - warm-up steps)).
+- Lookahead: an EMA of every float tensor of the state (weights and BN statistics); after every
+  5th step the EMA moves towards the weights with decay 0.95**5 * (step / total_steps)**3 and the
+  weights are reset to it (no averaging early, strong at the end); after the last step the
+  weights take the EMA's value (decay 1).
+- Augmentation: a random half of the images is mirrored once per run; every odd epoch (2nd, 4th,
+  ... counted from 1) mirrors all of them (alternating flip: each image is seen both ways every
+  two epochs); translation by up to 2 pixels in each axis with reflect padding, drawn uniformly
+  per image per epoch; a fresh random order per epoch.
+- TTA level 2: logits of the image and its mirror (1/4 each) and of the image shifted one pixel
+  up-left and one pixel down-right, reflect-padded, each with its mirror (1/8 each); level 1 the
+  image and its mirror; 0 the image. Evaluated in batches of 2,000.
+- Timing (`time_s`, the paper's): GPU-synchronised wall clock of the whitening init + the training
+  epochs (augmentation, steps, lookahead) + the final TTA evaluation; loading the data onto the
+  device and the per-epoch plain evaluations are excluded. `train_time_s` is the training epochs
+  alone. --runs > 1 first makes one unrecorded warm-up run (compilation, cuDNN autotuning).
 
-Deviations and choices of ours (documented so results are read correctly):
-- The whitening covariance is centred (patch mean subtracted) and the bias initialised to
-  -W @ mean, so whitened outputs start zero-mean with covariance eigenvalue/(eigenvalue+eps).
-- Precision on CUDA is bf16 autocast with channels_last (the reference uses fp16 weights);
-  CPU runs fp32.
-- Evaluation happens every epoch (val_loss, val_acc without TTA, on the 10,000 test images, as
-  the paper evaluates on the test set), so final_test_{loss,acc}_avg_last5 are the means of the
-  last 5 epochs' (which are during the lr decay: read tta_val_acc as the run's result).
+Where we deliberately differ (results read correctly only with these in mind):
+- Precision on CUDA is bf16 autocast with channels_last (the reference stores weights in fp16,
+  BatchNorm in fp32); CPU runs fp32. The whitening eigendecomposition runs in float64.
+- The reference snapshots its EMA before the whitening init, so its first sync mixes ~1e-6 of the
+  random init back into the whitening weights; ours snapshots after the init.
+- The whitening uses the first 5,000 of the D images of the --subset_seed permutation (the
+  reference: the first 5,000 in file order), so a D-subset run needs no other images.
+- Per-epoch evaluation (val_loss: plain cross-entropy, val_acc without TTA, on the 10,000 test
+  images as the paper evaluates) and the train loss/accuracy mean over the epoch's steps (the
+  reference logs the last batch); final_test_{loss,acc}_avg_last5 average the last 5 epochs,
+  which are during the lr decay: read tta_val_acc as the run's result.
+- The later revision of the reference airbench94.py (EMA started at epoch 3 and copied back
+  after every epoch) is not the paper's method and is not followed.
 - No checkpoints/--resume: a run lasts seconds on a GPU.
 - N counts trainable parameters at the start (frozen whitening weights and BN scales excluded),
   as model.count_params defines N; depth is recorded as 2 (convs per block).
 
-Document 003's variants: --translate_schedule cyclic (one (dy, dx) per epoch for every image,
-cycling through a seeded permutation of the 25 offsets), --label_smoothing_final (linear anneal
-per step from --label_smoothing to this value; logged per epoch as label_smoothing, the value at
-the epoch's last step), --whiten_unfreeze_epoch (whitening weights trainable from that epoch on,
-in their own parameter group with the conv weights' lr and decay; logged per epoch as
-whiten_trainable).
+Document 003's variants: --translate_schedule cyclic (epoch e uses one (dy, dx) for every image,
+cycling through a seeded permutation of the 25 offsets: the epoch is one slice of the padded
+training set, no per-image gather), --label_smoothing_final (linear per step, progress = step /
+total_steps, from --label_smoothing at step 0), --whiten_unfreeze_epoch k (whitening weights
+trainable from epoch k on, counted from 1, with the ordinary group's lr and decay).
 """
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -77,20 +93,22 @@ from torch import nn
 
 import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image
-from train import (ConfigError, device_name, hp, resolve_device, sync, validate)
+from train import (ConfigError, as_flag, device_name, hp, resolve_device, sync, validate)
 from train import config_id as _config_id
-from utils import append_row, atomic_write, git_version, parser_from_dataclass, set_seed, write_csv
+from utils import (append_row, atomic_write, file_lock, git_version, parser_from_dataclass,
+                   set_seed, write_csv)
 
 MODEL_NAME = "airbench94"
 BLOCK_WIDTHS = (64, 256, 256)  # the paper's three blocks, multiplied by --width
 CONVS_PER_BLOCK = 2            # recorded as `depth` so rows join the scaling table
 WHITEN_KERNEL = 2              # 2x2 patches: 3*2*2 = 12 dimensions, 24 filters (+/-)
 LR_REFERENCE_BATCH = 1024      # lr and weight decay are quoted per 1024 examples
-# Channel statistics of the CIFAR-10 training set (the usual published values); fixed constants so
-# a D-subset run normalises exactly like a full run.
+# Channel statistics of the CIFAR-10 training set, the reference's constants; fixed so a D-subset
+# run normalises exactly like a full run.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 LAST_K = 5
+BENCHMARKS_FILE = "airbench_benchmarks.md"  # under --results_dir unless --notes names a file
 
 
 @dataclass
@@ -104,32 +122,38 @@ class AirbenchConfig:
     # --- the recipe (paper's values) ---
     num_epochs: float = hp(9.9, "epochs, fractional: the last one stops part-way", min=0.01)
     batch_size: int = hp(1024, "images per step (last partial batch of an epoch dropped)", min=1)
-    lr: float = hp(11.5, "peak lr per 1024 examples, normalised by momentum gain", min=0.0)
+    lr: float = hp(11.5, "peak lr per 1024 examples, divided by kilostep_scale for torch", min=0.0)
     momentum: float = hp(0.85, "Nesterov momentum", min=0.0, max=0.999)
-    weight_decay: float = hp(0.0153, "weight decay per 1024 examples, same normalisation as lr",
-                             min=0.0)
-    bias_lr_scale: float = hp(64.0, "lr multiplier of biases (their decay divided by it)", min=0.0)
+    weight_decay: float = hp(0.0153, "weight decay per 1024 examples, decoupled from the lr: "
+                                     "shrink per step = this * batch / kilostep_scale", min=0.0)
+    bias_lr_scale: float = hp(64.0, "lr multiplier of BatchNorm biases (not their decay)",
+                              min=0.0)
     label_smoothing: float = hp(0.2, "label smoothing (initial value if annealed)",
                                 min=0.0, max=1.0)
-    warmup_frac: float = hp(0.2, "fraction of steps of linear lr warm-up", min=0.0, max=1.0)
+    warmup_frac: float = hp(0.23, "fraction of steps of linear lr warm-up", min=0.0, max=1.0)
     warmup_start: float = hp(0.2, "lr factor at step 0 (rises to 1 over the warm-up)",
                              min=0.0, max=1.0)
+    lr_end: float = hp(0.07, "lr factor at step total_steps (linear decay from 1 after warm-up)",
+                       min=0.0, max=1.0)
     output_scale: float = hp(1 / 9, "multiplier of the final layer's logits", min=0.0)
     bn_momentum: float = hp(0.6, "share of BN running stats kept per step", min=0.0, max=1.0)
-    whiten_eps: float = hp(5e-4, "eps added to patch-covariance eigenvalues", min=0.0)
+    bn_eps: float = hp(1e-12, "BatchNorm eps", min=0.0)
+    whiten_eps: float = hp(5e-4, "eps added to patch second-moment eigenvalues", min=0.0)
     whiten_init_images: int = hp(5000, "training images whose patches set the whitening "
                                        "(at most D are used)", min=1)
-    whiten_bias_epochs: float = hp(3.0, "epochs during which the whitening bias trains", min=0.0)
+    whiten_bias_epochs: int = hp(3, "the whitening bias trains in epochs 1..this, then is frozen",
+                                 min=0)
     lookahead_every: int = hp(5, "steps between lookahead (EMA) syncs", min=1)
-    lookahead_decay: float = hp(0.95 ** 5, "EMA decay per sync at the end (x progress**3)",
-                                min=0.0, max=1.0)
+    ema_decay_base: float = hp(0.95, "EMA decay per step: a sync uses base**lookahead_every "
+                                     "* (step / total_steps)**ema_decay_pow", min=0.0, max=1.0)
+    ema_decay_pow: float = hp(3.0, "power of training progress in the EMA decay", min=0.0)
     translate_pad: int = hp(2, "max translation in pixels (reflect padding)", min=0, max=16)
     tta_level: int = hp(2, "0: none, 1: + mirror, 2: + mirror + 1-pixel shifts", min=0, max=2)
     # --- document 003's variants ---
     translate_schedule: str = hp("random", "random: per-image offsets (paper); cyclic: one offset "
                                            "per epoch for all images", choices=["random", "cyclic"])
-    label_smoothing_final: float = hp(-1.0, "anneal label smoothing linearly to this by the last "
-                                            "step; negative: constant", min=-1.0, max=1.0)
+    label_smoothing_final: float = hp(-1.0, "anneal label smoothing linearly (step / total_steps) "
+                                            "to this; negative: constant", min=-1.0, max=1.0)
     whiten_unfreeze_epoch: int = hp(0, "whitening weights trainable from this epoch (counted "
                                        "from 1); 0: frozen throughout (paper)", min=0)
     # --- speed levers ---
@@ -142,7 +166,10 @@ class AirbenchConfig:
                    min=1, result=False)
     eval_batch_size: int = hp(2000, "images per evaluation batch", min=1, result=False)
     data_dir: str = hp("data", "holds cifar-10-batches-py/", result=False)
-    results_dir: str = hp("results", "where runs/ and final_data.csv go", result=False)
+    results_dir: str = hp("results", "where runs/, final_data.csv and "
+                                     f"{BENCHMARKS_FILE} go", result=False)
+    notes: str = hp("", "markdown file the mean/std table is appended to instead of "
+                        f"<results_dir>/{BENCHMARKS_FILE}", result=False)
     device: str = hp("auto", "auto (cuda if available), cpu, cuda, cuda:N", result=False)
     quiet: bool = hp(False, "no per-epoch lines", result=False)
 
@@ -154,8 +181,25 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
     if cfg.batch_size > cfg.dataset_size:
         errors.append(f"--batch_size {cfg.batch_size} exceeds --dataset_size {cfg.dataset_size} "
                       "(the last partial batch is dropped, so no step would run)")
+    elif total_steps_of(cfg) < cfg.lookahead_every:
+        errors.append(f"{total_steps_of(cfg)} steps (--num_epochs {cfg.num_epochs:g} x "
+                      f"{cfg.dataset_size // cfg.batch_size} steps per epoch) < --lookahead_every "
+                      f"{cfg.lookahead_every}: the final lookahead sync would reset the network to "
+                      "its initial weights")
+    for name in ("lr", "bias_lr_scale"):
+        if getattr(cfg, name) <= 0:  # each group's torch weight decay is wd / (its lr)
+            errors.append(f"--{name} must be > 0 (weight decay is decoupled as wd / lr), "
+                          f"got {getattr(cfg, name)}")
+    folder = os.path.dirname(os.path.abspath(cfg.notes)) if cfg.notes else ""
+    if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
+        errors.append(f"--notes {cfg.notes!r}: {folder} is not a writable folder")
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+def total_steps_of(cfg: AirbenchConfig) -> int:
+    """Steps of the run: the last partial batch of each epoch is dropped, the last epoch partial."""
+    return math.ceil(cfg.num_epochs * (cfg.dataset_size // cfg.batch_size))
 
 
 def config_id(cfg: AirbenchConfig) -> str:
@@ -176,27 +220,28 @@ class BatchNorm(nn.BatchNorm2d):
     """BN with the scale frozen at 1 (only the bias trains); `keep` is the share of the running
     statistics kept per step (torch's momentum is 1 - keep)."""
 
-    def __init__(self, channels: int, keep: float, eps: float = 1e-12):
+    def __init__(self, channels: int, keep: float, eps: float):
         super().__init__(channels, eps=eps, momentum=1 - keep)
         self.weight.requires_grad_(False)
 
 
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
     conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-    with torch.no_grad():  # partial identity: the block starts close to passing its input on
-        k = min(c_in, c_out)
-        nn.init.dirac_(conv.weight[:k, :k])
+    with torch.no_grad():  # implicit residual: the first c_in filters pass their input on
+        nn.init.dirac_(conv.weight[:c_in])
     return conv
 
 
 class Block(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, bn_keep: float):
-        super().__init__(conv3x3(c_in, c_out), nn.MaxPool2d(2), BatchNorm(c_out, bn_keep),
-                         nn.GELU(), conv3x3(c_out, c_out), BatchNorm(c_out, bn_keep), nn.GELU())
+    def __init__(self, c_in: int, c_out: int, bn_keep: float, bn_eps: float):
+        super().__init__(conv3x3(c_in, c_out), nn.MaxPool2d(2), BatchNorm(c_out, bn_keep, bn_eps),
+                         nn.GELU(), conv3x3(c_out, c_out), BatchNorm(c_out, bn_keep, bn_eps),
+                         nn.GELU())
 
 
 class AirbenchNet(nn.Module):
-    def __init__(self, width: float = 1.0, bn_keep: float = 0.6, output_scale: float = 1 / 9):
+    def __init__(self, width: float = 1.0, bn_keep: float = 0.6, output_scale: float = 1 / 9,
+                 bn_eps: float = 1e-12):
         super().__init__()
         widths = [max(1, round(w * width)) for w in BLOCK_WIDTHS]
         c_whiten = 2 * IMAGE_SHAPE[0] * WHITEN_KERNEL ** 2
@@ -204,7 +249,8 @@ class AirbenchNet(nn.Module):
         self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, -1, 1, 1))
         self.whiten = nn.Conv2d(IMAGE_SHAPE[0], c_whiten, WHITEN_KERNEL, padding=0, bias=True)
         self.whiten.weight.requires_grad_(False)
-        self.blocks = nn.Sequential(*[Block(c_in, c_out, bn_keep) for c_in, c_out
+        nn.init.zeros_(self.whiten.bias)
+        self.blocks = nn.Sequential(*[Block(c_in, c_out, bn_keep, bn_eps) for c_in, c_out
                                       in zip([c_whiten] + widths[:-1], widths)])
         self.head = nn.Linear(widths[-1], NUM_CLASSES, bias=False)
         self.output_scale = output_scale
@@ -215,7 +261,7 @@ class AirbenchNet(nn.Module):
     def forward(self, x):
         """x: float images in [0, 1]."""
         x = F.gelu(self.whiten(self.normalize(x)))
-        x = self.blocks(x).amax(dim=(2, 3))  # global max pool (3x3 at the end)
+        x = self.blocks(x).amax(dim=(2, 3))  # MaxPool2d(3) over the final 3x3
         return self.head(x) * self.output_scale
 
 
@@ -230,38 +276,43 @@ def image_patches(images: torch.Tensor, kernel: int = WHITEN_KERNEL) -> torch.Te
 
 @torch.no_grad()
 def init_whitening(layer: nn.Conv2d, images: torch.Tensor, eps: float) -> None:
-    """Set the 2x2 conv to whiten the patches of `images` (normalised floats): filters are the
-    covariance eigenvectors divided by sqrt(eigenvalue + eps), then the same negated."""
+    """Set the 2x2 conv's weights to whiten the patches of `images` (normalised floats): filters
+    are the eigenvectors of the patches' uncentred second moment, largest eigenvalue first,
+    divided by sqrt(eigenvalue + eps), then the same negated. The bias is left as it is (0)."""
     patches = image_patches(images.float())
-    mean = patches.mean(0)
-    centred = patches - mean
-    cov = (centred.T.double() @ centred.double()) / len(centred)
-    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    moment = (patches.T @ patches / len(patches)).double()
+    eigenvalues, eigenvectors = torch.linalg.eigh(moment)  # ascending
+    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.flip(1)
     w = (eigenvectors.T / (eigenvalues[:, None] + eps).sqrt()).float()  # [12, 12]
-    w = torch.cat([w, -w])
-    layer.weight.copy_(w.view_as(layer.weight))
-    layer.bias.copy_(-(w @ mean))
+    layer.weight.copy_(torch.cat([w, -w]).view_as(layer.weight))
 
 
 # ---------------------------------------------------------------------------------------------
 # Schedules (pure functions of the step, so tests can check them)
 
 
-def lr_factor(step: int, total_steps: int, warmup_frac: float, warmup_start: float) -> float:
-    """Linear warm-up from warmup_start to 1 over warmup_frac of the steps, then linear to 0."""
-    warm = int(warmup_frac * total_steps)
+def lr_factor(step: int, total_steps: int, cfg: AirbenchConfig) -> float:
+    """Factor of the lr at 0-based step `step`: warmup_start -> 1 linearly over the first
+    int(warmup_frac * total_steps) steps, then 1 -> lr_end linearly at step total_steps."""
+    warm = int(cfg.warmup_frac * total_steps)
     if step < warm:
-        return warmup_start + (1 - warmup_start) * step / warm
-    return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+        return cfg.warmup_start + (1 - cfg.warmup_start) * step / warm
+    return 1 + (cfg.lr_end - 1) * (step - warm) / (total_steps - warm)
 
 
 def label_smoothing_at(step: int, total_steps: int, cfg: AirbenchConfig) -> float:
-    """Constant, or linear from --label_smoothing at step 0 to --label_smoothing_final at the
-    last step (document 003's dynamic smoothing)."""
+    """Constant, or linear in progress = step / total_steps from --label_smoothing (document
+    003's dynamic smoothing; the last step, total_steps - 1, stops 1/total_steps short)."""
     if cfg.label_smoothing_final < 0:
         return cfg.label_smoothing
-    progress = step / max(1, total_steps - 1)
+    progress = step / total_steps
     return cfg.label_smoothing + (cfg.label_smoothing_final - cfg.label_smoothing) * progress
+
+
+def lookahead_decay(step: int, total_steps: int, cfg: AirbenchConfig) -> float:
+    """EMA decay at the sync after `step` steps: no averaging early, when weights move fast."""
+    base = cfg.ema_decay_base ** cfg.lookahead_every
+    return base * (step / total_steps) ** cfg.ema_decay_pow
 
 
 def translate_offsets(pad: int) -> list:
@@ -276,27 +327,30 @@ def cyclic_offset(epoch: int, pad: int, seed: int) -> tuple:
     return offsets[order[epoch % len(offsets)]]
 
 
-def alternating_flip(base_flip: torch.Tensor, epoch: int) -> torch.Tensor:
-    """Epoch 0 flips a random half (base_flip); each later epoch flips the complement of the
-    previous one, so every image is seen both ways in every two consecutive epochs."""
-    return base_flip ^ bool(epoch % 2)
+def augment_source(images: torch.Tensor, base_flip: torch.Tensor, pad: int) -> torch.Tensor:
+    """What every epoch cuts from, made once per run: uint8 images with the random half
+    (base_flip) mirrored, reflect-padded by `pad` [n, C, 32 + 2 pad, 32 + 2 pad]."""
+    flipped = torch.where(base_flip[:, None, None, None], images.flip(-1), images)
+    table = data.reflect_index(images.shape[-1], pad, images.device)
+    return flipped[:, :, table][:, :, :, table]
 
 
-def epoch_images(images, labels, epoch: int, base_flip, cfg: AirbenchConfig):
-    """One epoch's shuffled, translated, flipped uint8 images and their labels (a single gather;
-    the whole epoch fits on the device)."""
-    g = data.epoch_generator(cfg.seed, epoch, images.device)
-    n = len(images)
-    order = torch.randperm(n, generator=g, device=images.device)
-    span = 2 * cfg.translate_pad + 1
+def epoch_images(padded, labels, epoch: int, cfg: AirbenchConfig):
+    """One epoch's shuffled, translated, flipped uint8 images [n, C, 32, 32] and their labels.
+    Odd epochs (0-based) mirror every image: with the base flip this is the alternating flip."""
+    g = data.epoch_generator(cfg.seed, epoch, padded.device)
+    n, size = len(padded), padded.shape[-1] - 2 * cfg.translate_pad
+    order = torch.randperm(n, generator=g, device=padded.device)
     if cfg.translate_schedule == "cyclic":
-        dy, dx = (torch.full((n,), o, device=images.device)
-                  for o in cyclic_offset(epoch, cfg.translate_pad, cfg.seed))
+        dy, dx = cyclic_offset(epoch, cfg.translate_pad, cfg.seed)
+        x = padded[:, :, dy:dy + size, dx:dx + size]  # one slice: the variant's speed
     else:
-        dy, dx = (torch.randint(span, (n,), generator=g, device=images.device) for _ in range(2))
-    flip = alternating_flip(base_flip, epoch)[order]
-    x = data.crop_flip(images[order], dy, dx, flip, pad=cfg.translate_pad, reflect=True)
-    return x, labels[order]
+        dy, dx = (torch.randint(2 * cfg.translate_pad + 1, (n,), generator=g, device=padded.device)
+                  for _ in range(2))
+        no_flip = torch.zeros(n, dtype=torch.bool, device=padded.device)
+        x = data.crop_flip(padded, dy, dx, no_flip, pad=0, reflect=True)  # already padded
+    x = x[order]
+    return (x.flip(-1) if epoch % 2 else x), labels[order]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,23 +358,31 @@ def epoch_images(images, labels, epoch: int, base_flip, cfg: AirbenchConfig):
 
 
 def param_groups(model: AirbenchNet, cfg: AirbenchConfig) -> dict:
-    """name -> (params, base lr, weight decay) with the decoupled normalisation (module doc)."""
-    scale = LR_REFERENCE_BATCH * (1 + 1 / (1 - cfg.momentum))
-    lr, wd = cfg.lr / scale, cfg.weight_decay * cfg.batch_size / scale
-    blr, bwd = lr * cfg.bias_lr_scale, wd / cfg.bias_lr_scale if cfg.bias_lr_scale else 0.0
-    weights = [p for n, p in model.named_parameters() if p.ndim > 1 and not n.startswith("whiten")]
-    biases = [m.bias for m in model.modules() if isinstance(m, BatchNorm)]
-    return dict(weights=([*weights], lr, wd), biases=(biases, blr, bwd),
-                whiten_bias=([model.whiten.bias], blr, bwd),
-                whiten_weight=([model.whiten.weight], lr, wd))
+    """name -> (params, torch lr, torch weight decay), the reference's two groups: BatchNorm
+    biases at bias_lr_scale x the lr, everything else (whitening bias and, trainable or not, its
+    weights) at the lr. Both shrink by wd per step (module docstring)."""
+    kilostep_scale = LR_REFERENCE_BATCH * (1 + 1 / (1 - cfg.momentum))
+    lr = cfg.lr / kilostep_scale
+    wd = cfg.weight_decay * cfg.batch_size / kilostep_scale
+    norm_biases = [m.bias for m in model.modules() if isinstance(m, BatchNorm)]
+    bn_ids = {id(p) for m in model.modules() if isinstance(m, BatchNorm) for p in m.parameters()}
+    other = [p for p in model.parameters() if id(p) not in bn_ids]
+    bias_lr = lr * cfg.bias_lr_scale
+    return dict(norm_biases=(norm_biases, bias_lr, wd / bias_lr), other=(other, lr, wd / lr))
 
 
 def make_optimizer(groups: dict, cfg: AirbenchConfig, device: torch.device) -> torch.optim.SGD:
     # foreach updates all tensors in a few kernels instead of one per parameter (CUDA only).
+    # Parameters with requires_grad=False get no .grad, and SGD skips them (decay included).
     return torch.optim.SGD([dict(params=p, lr=lr, weight_decay=wd, name=name, base_lr=lr)
                             for name, (p, lr, wd) in groups.items()],
                            momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                            foreach=device.type == "cuda")
+
+
+def set_lr_factor(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
 
 
 class Lookahead:
@@ -335,10 +397,11 @@ class Lookahead:
         torch._foreach_lerp_(self.ema, self.state, 1 - decay)
         torch._foreach_copy_(self.state, self.ema)
 
-
-def lookahead_decay(step: int, total_steps: int, cfg: AirbenchConfig) -> float:
-    """Decay at a sync: grows as progress**3; the final sync copies the average (decay 1)."""
-    return 1.0 if step >= total_steps else cfg.lookahead_decay * (step / total_steps) ** 3
+    def after_step(self, step: int, total_steps: int, cfg: AirbenchConfig) -> None:
+        if step % cfg.lookahead_every == 0:
+            self.sync(lookahead_decay(step, total_steps, cfg))
+        if step == total_steps:
+            self.sync(1.0)  # the trained network is the average
 
 
 def tta_views(x: torch.Tensor, level: int) -> list:
@@ -392,10 +455,22 @@ def evaluate(model, images, labels, cfg, precision, device, level=0):
 
 def load_data(cfg: AirbenchConfig, device: torch.device):
     cifar = data.load_cifar10(cfg.data_dir)
-    idx = data.subset_indices(data.NUM_TRAIN, cfg.dataset_size, cfg.subset_seed)
+    try:
+        idx = data.subset_indices(len(cifar.train_labels), cfg.dataset_size, cfg.subset_seed)
+    except ValueError as e:  # fewer images in data_dir than validate() could assume
+        raise ConfigError(f"--{e} in {cfg.data_dir}") from None
     train_x, train_y = cifar.train_images[idx], cifar.train_labels[idx]
     tensors = (train_x, train_y, cifar.test_images, cifar.test_labels)
     return tuple(t.to(device) for t in tensors), data.fingerprints(cifar, train_x, train_y)
+
+
+def timed(device: torch.device, fn, *args):
+    """(fn's result, GPU-synchronised seconds it took)."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn(*args)
+    sync(device)
+    return out, time.perf_counter() - start
 
 
 def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
@@ -406,29 +481,30 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
     set_seed(cfg.seed, cfg.deterministic)
     precision = precision_of(cfg, device)
     fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
-    model = AirbenchNet(cfg.width, cfg.bn_momentum, cfg.output_scale).to(device, memory_format=fmt)
+    model = AirbenchNet(cfg.width, cfg.bn_momentum, cfg.output_scale, cfg.bn_eps)
+    model = model.to(device, memory_format=fmt)
     N, flops_per_image = count_params(model), forward_flops_per_image(model)
     net = torch.compile(model) if cfg.compile else model
 
     steps_per_epoch = cfg.dataset_size // cfg.batch_size
-    total_steps = math.ceil(cfg.num_epochs * steps_per_epoch)
-    whiten_bias_steps = math.ceil(cfg.whiten_bias_epochs * steps_per_epoch)
-    groups = param_groups(model, cfg)
-    optimizer = make_optimizer(groups, cfg, device)
+    total_steps = total_steps_of(cfg)
+    optimizer = make_optimizer(param_groups(model, cfg), cfg, device)
     base_flip = torch.rand(len(train_x), generator=data.epoch_generator(cfg.seed, -2, device),
                            device=device) < 0.5
     name, stem = run_name(cfg), os.path.join(cfg.results_dir, "runs", run_name(cfg))
 
-    sync(device)
-    t0 = time.perf_counter()
-    init_whitening(model.whiten, model.normalize(data.to_float(train_x[:cfg.whiten_init_images])),
-                   cfg.whiten_eps)
+    _, whiten_time_s = timed(device, lambda: init_whitening(
+        model.whiten, model.normalize(data.to_float(train_x[:cfg.whiten_init_images])),
+        cfg.whiten_eps))
     lookahead = Lookahead(model)
-    train_time_s, eval_time_s, rows, step, status = 0.0, 0.0, [], 0, "finished"
+    rows, step, status = [], 0, "finished"
+    padded, train_time_s = timed(device, augment_source, train_x, base_flip, cfg.translate_pad)
     for epoch in range(math.ceil(total_steps / steps_per_epoch)):
-        whiten_trainable = 0 < cfg.whiten_unfreeze_epoch <= epoch + 1
-        model.whiten.weight.requires_grad_(whiten_trainable)
-        x_epoch, y_epoch = epoch_images(train_x, train_y, epoch, base_flip, cfg)
+        sync(device)
+        t0 = time.perf_counter()
+        model.whiten.bias.requires_grad_(epoch < cfg.whiten_bias_epochs)
+        model.whiten.weight.requires_grad_(0 < cfg.whiten_unfreeze_epoch <= epoch + 1)
+        x_epoch, y_epoch = epoch_images(padded, train_y, epoch, cfg)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
@@ -437,11 +513,8 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
             x = x.contiguous(memory_format=fmt)
             y = y_epoch[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             smoothing = label_smoothing_at(step, total_steps, cfg)
-            factor = lr_factor(step, total_steps, cfg.warmup_frac, cfg.warmup_start)
-            for group in optimizer.param_groups:
-                on = {"whiten_bias": step < whiten_bias_steps,
-                      "whiten_weight": whiten_trainable}.get(group["name"], True)
-                group["lr"] = group["base_lr"] * factor if on else 0.0
+            factor = lr_factor(step, total_steps, cfg)
+            set_lr_factor(optimizer, factor)
             with autocast(precision, device):
                 logits = net(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing,
@@ -450,47 +523,46 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
             loss.backward()
             optimizer.step()
             step += 1
-            if step % cfg.lookahead_every == 0 or step == total_steps:
-                lookahead.sync(lookahead_decay(step, total_steps, cfg))
+            lookahead.after_step(step, total_steps, cfg)
             loss_sum += loss.detach()
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
         sync(device)
-        t1 = time.perf_counter()
-        train_time_s += t1 - t0
-        val_loss, val_acc = evaluate(net, test_x, test_y, cfg, precision, device)
+        train_time_s += time.perf_counter() - t0
+        (val_loss, val_acc), eval_time_s = timed(device, evaluate, net, test_x, test_y, cfg,
+                                                 precision, device)
         train_loss = loss_sum.item() / seen
         rows.append(dict(epoch=epoch + 1, steps=step, train_loss=train_loss,
                          train_acc=correct.item() / seen, val_loss=val_loss, val_acc=val_acc,
                          lr_factor=factor, label_smoothing=smoothing,
-                         whiten_trainable=whiten_trainable, train_time_s=train_time_s))
+                         whiten_bias_trainable=model.whiten.bias.requires_grad,
+                         whiten_trainable=model.whiten.weight.requires_grad,
+                         train_time_s=train_time_s, eval_time_s=eval_time_s))
         if not cfg.quiet:
             print(f"{name} epoch {epoch + 1}: train_loss={train_loss:.4f} "
                   f"val_acc={val_acc:.4f} train_time_s={train_time_s:.2f}", flush=True)
         if record:
             write_csv(stem + ".csv", rows, list(rows[0]))
-        sync(device)
-        t0 = time.perf_counter()
-        eval_time_s += t0 - t1
         if not math.isfinite(train_loss):
             status = "diverged"
             break
-    t_tta = time.perf_counter()
-    tta_val_acc = evaluate(net, test_x, test_y, cfg, precision, device, cfg.tta_level)[1]
-    eval_time_s += time.perf_counter() - t_tta
-    summary = summarize(cfg, rows, status, N, flops_per_image, step, tta_val_acc, train_time_s,
-                        eval_time_s, fingerprints, device)
+    (_, tta_val_acc), tta_time_s = timed(device, evaluate, net, test_x, test_y, cfg, precision,
+                                         device, cfg.tta_level)
+    times = dict(time_s=whiten_time_s + train_time_s + tta_time_s, whiten_time_s=whiten_time_s,
+                 train_time_s=train_time_s, tta_time_s=tta_time_s)
+    summary = summarize(cfg, rows, status, N, flops_per_image, step, tta_val_acc, times,
+                        fingerprints, device)
     if record:
         atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
         append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary)
     if not cfg.quiet:
-        print(f"{name}: {status}, tta_val_acc={tta_val_acc:.4f} train_time_s={train_time_s:.3f}",
-              flush=True)
+        print(f"{name}: {status}, tta_val_acc={tta_val_acc:.4f} time_s={times['time_s']:.3f} "
+              f"train_time_s={train_time_s:.3f}", flush=True)
     return summary
 
 
-def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, train_time_s,
-              eval_time_s, fingerprints, device) -> dict:
+def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, times, fingerprints,
+              device) -> dict:
     """One row in final_data.csv's format (train.summarize's columns where they apply)."""
     last = rows[-LAST_K:]
     mean = lambda key: sum(r[key] for r in last) / len(last) if last else float("nan")
@@ -509,26 +581,62 @@ def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, train_t
         final_train_acc=rows[-1]["train_acc"] if rows else float("nan"))
     row.update({f.name: getattr(cfg, f.name) for f in fields(AirbenchConfig)
                 if f.metadata["result"] and f.name not in row})
-    row.update(train_time_s=train_time_s, wall_time_s=train_time_s + eval_time_s,
+    # wall_time_s: the paper's time_s plus the per-epoch plain evaluations.
+    row.update(**times, wall_time_s=times["time_s"] + sum(r["eval_time_s"] for r in rows),
                device=str(device), device_name=device_name(device),
                torch_version=torch.__version__, code_version=git_version(),
                **fingerprints, timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return row
 
 
+def command_of(cfg: AirbenchConfig) -> str:
+    """The command line that reproduces cfg: every setting that differs from the default."""
+    changed = [(f.name, getattr(cfg, f.name)) for f in fields(AirbenchConfig)
+               if getattr(cfg, f.name) != f.default]
+    flags = [as_flag(name, value) if isinstance(value, bool)
+             else f"--{name} {shlex.quote(str(value))}" for name, value in changed]
+    return " ".join(["python airbench.py", *flags])
+
+
+def results_table(cfg: AirbenchConfig, rows: list, device: torch.device) -> str:
+    """Markdown: heading (date, device, torch, commit), the command, mean ± std over the runs."""
+    def mean_std(key, digits):
+        values = [r[key] for r in rows]
+        std = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+        return f"{statistics.mean(values):.{digits}f}{std}"
+
+    return "\n".join([
+        f"## airbench94 · {time.strftime('%Y-%m-%d %H:%M %Z')} · {device_name(device)} · "
+        f"torch {torch.__version__} · code {git_version()}", "",
+        f"`{command_of(cfg)}` (seeds {cfg.seed}..{cfg.seed + cfg.runs - 1}"
+        f"{', after 1 warm-up run' if cfg.runs > 1 else ''})", "",
+        "| n | tta_val_acc | time_s | train_time_s | final_test_acc_avg_last5 (no TTA) | config_id |",
+        "|---|---|---|---|---|---|",
+        f"| {len(rows)} | {mean_std('tta_val_acc', 4)} | {mean_std('time_s', 3)} | "
+        f"{mean_std('train_time_s', 3)} | {mean_std('final_test_acc_avg_last5', 4)} "
+        f"| {rows[0]['config_id']} |", ""])
+
+
+def append_text(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with file_lock(path), open(path, "a") as f:
+        f.write("\n" + text)
+
+
 def bench(cfg: AirbenchConfig) -> list:
     """cfg.runs seeds after one unrecorded warm-up run (compilation, cudnn autotuning, allocator);
-    prints mean and std of tta_val_acc and train_time_s."""
+    prints mean and std of tta_val_acc and time_s and appends them to the benchmarks file."""
     validate_airbench(cfg)
-    loaded = load_data(cfg, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    loaded = load_data(cfg, device)
     if cfg.runs > 1:
         train(replace(cfg, quiet=True), loaded, record=False)
     rows = [train(replace(cfg, seed=cfg.seed + k), loaded) for k in range(cfg.runs)]
-    if cfg.runs > 1:
-        for key in ("tta_val_acc", "train_time_s"):
-            values = [r[key] for r in rows]
-            print(f"{key}: mean={statistics.mean(values):.4f} std={statistics.stdev(values):.4f} "
-                  f"over {len(values)} runs")
+    table = results_table(cfg, rows, device)
+    path = cfg.notes or os.path.join(cfg.results_dir, BENCHMARKS_FILE)
+    append_text(path, table)
+    if not cfg.quiet:
+        print(table + f"appended to {path}", flush=True)
     return rows
 
 

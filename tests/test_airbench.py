@@ -1,17 +1,19 @@
-"""airbench.py on CPU: whitening init, schedules, TTA, augmentation, and a tiny end-to-end run."""
+"""airbench.py on CPU: the paper's values, whitening init, schedules, decoupled weight decay, TTA,
+augmentation, freezing, timing and tiny end-to-end runs on the synthetic data set."""
 import csv
 import math
 import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import airbench as ab
-import data
 from train import ConfigError
 
-DATA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
-HAVE_DATA = os.path.exists(os.path.join(DATA_DIR, data.BATCHES_DIR, data.TEST_FILE))
+# The reference's derived quantities at its defaults (50,000 images, batch 1024, momentum 0.85).
+KILOSTEP_SCALE = 1024 * (1 + 1 / (1 - 0.85))
+WD_PER_STEP = 0.0153 * 1024 / KILOSTEP_SCALE
 
 
 def correlated_images(n=64, seed=0):
@@ -19,45 +21,192 @@ def correlated_images(n=64, seed=0):
     whitening has real work to do."""
     g = torch.Generator().manual_seed(seed)
     base = torch.rand(n, 1, 8, 8, generator=g)
-    smooth = torch.nn.functional.interpolate(base, size=32, mode="bilinear", align_corners=False)
+    smooth = F.interpolate(base, size=32, mode="bilinear", align_corners=False)
     return smooth.repeat(1, 3, 1, 1) + 0.05 * torch.rand(n, 3, 32, 32, generator=g)
 
 
-def patch_covariance(outputs):
+def second_moment(outputs):
+    """Uncentred second moment of the channels over all positions, as the reference whitens."""
     rows = outputs.permute(0, 2, 3, 1).reshape(-1, outputs.shape[1]).double()
-    rows = rows - rows.mean(0)
     return rows.T @ rows / len(rows)
 
 
-def test_whitening_gives_identity_covariance_on_training_patches():
+def raw_patches(images):
+    return F.unfold(images, 2).view(len(images), 12, 31, 31)
+
+
+def test_defaults_are_the_papers_values():
+    cfg = ab.AirbenchConfig()
+    assert (cfg.batch_size, cfg.num_epochs, cfg.lr, cfg.momentum) == (1024, 9.9, 11.5, 0.85)
+    assert (cfg.weight_decay, cfg.bias_lr_scale, cfg.label_smoothing) == (0.0153, 64.0, 0.2)
+    assert (cfg.warmup_frac, cfg.warmup_start, cfg.lr_end) == (0.23, 0.2, 0.07)
+    assert (cfg.bn_momentum, cfg.bn_eps, cfg.output_scale) == (0.6, 1e-12, 1 / 9)
+    assert (cfg.whiten_eps, cfg.whiten_init_images, cfg.whiten_bias_epochs) == (5e-4, 5000, 3)
+    assert (cfg.lookahead_every, cfg.ema_decay_base, cfg.ema_decay_pow) == (5, 0.95, 3.0)
+    assert (cfg.translate_pad, cfg.tta_level, cfg.eval_batch_size) == (2, 2, 2000)
+    assert ab.BLOCK_WIDTHS == (64, 256, 256) and ab.WHITEN_KERNEL == 2
+    assert ab.CIFAR10_MEAN == (0.4914, 0.4822, 0.4465)
+    assert ab.CIFAR10_STD == (0.2470, 0.2435, 0.2616)
+    # 48 steps per epoch, the last partial batch dropped; 9.9 epochs round up to 476 steps
+    assert ab.total_steps_of(cfg) == 476
+    # the issue's number: ~2.0e-3 decay per step, ~680x the lr * wd the old code applied
+    assert WD_PER_STEP == pytest.approx(1.996e-3, rel=1e-3)
+    assert WD_PER_STEP / (11.5 / KILOSTEP_SCALE * WD_PER_STEP) == pytest.approx(682, rel=1e-2)
+
+
+def test_whitening_gives_identity_second_moment_largest_eigenvalue_first():
     images = correlated_images()
-    raw = patch_covariance(torch.nn.functional.unfold(images, 2).view(len(images), 12, 31, 31))
-    assert raw.diagonal().max() / raw.diagonal().min() < 10 and torch.linalg.cond(raw) > 1e3
-    layer = torch.nn.Conv2d(3, 24, 2)
+    raw = second_moment(raw_patches(images))
+    assert torch.linalg.cond(raw) > 1e3  # strongly correlated before
+    layer = ab.AirbenchNet(width=0.125).whiten
     ab.init_whitening(layer, images, eps=1e-9)
     with torch.no_grad():
         out = layer(images)
-    cov = patch_covariance(out[:, :12])
-    assert torch.allclose(cov, torch.eye(12, dtype=cov.dtype), atol=1e-3)
-    # the other 12 filters are the negatives, and the bias centres the outputs
-    assert torch.allclose(out[:, 12:], -out[:, :12], atol=1e-5)
-    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-3
+    assert torch.equal(layer.bias, torch.zeros(24))  # the bias starts at 0
+    assert torch.allclose(second_moment(out[:, :12]), torch.eye(12, dtype=torch.float64),
+                          atol=1e-3)
+    assert torch.allclose(out[:, 12:], -out[:, :12], atol=1e-5)  # the other 12 are negatives
+    # filter k is eigenvector k / sqrt(eigenvalue k): largest eigenvalue first = smallest norm
+    norms = layer.weight[:12].flatten(1).norm(dim=1)
+    assert torch.all(norms[1:] >= norms[:-1])
 
 
 def test_whitening_eps_shrinks_only_the_small_directions():
     images = correlated_images()
     eps = 5e-4
-    layer = torch.nn.Conv2d(3, 24, 2)
+    layer = ab.AirbenchNet(width=0.125).whiten
     ab.init_whitening(layer, images, eps=eps)
     with torch.no_grad():
-        cov = patch_covariance(layer(images)[:, :12])
-    off = cov - torch.diag(cov.diagonal())
-    assert off.abs().max() < 1e-3  # still decorrelated
-    eigenvalues = torch.linalg.eigvalsh(patch_covariance(
-        torch.nn.functional.unfold(images, 2).view(len(images), 12, 31, 31)))
-    expected = (eigenvalues / (eigenvalues + eps)).sort().values
-    assert torch.allclose(cov.diagonal().sort().values, expected, atol=1e-3)
-    assert expected[-1] > 0.99 and expected[0] < 0.9  # eps damps only the near-null directions
+        moment = second_moment(layer(images)[:, :12])
+    assert (moment - torch.diag(moment.diagonal())).abs().max() < 1e-3  # still decorrelated
+    eigenvalues = torch.linalg.eigvalsh(second_moment(raw_patches(images))).flip(0)
+    expected = eigenvalues / (eigenvalues + eps)  # in the filters' order, largest first
+    assert torch.allclose(moment.diagonal(), expected, atol=1e-3)
+    assert expected[0] > 0.99 and expected[-1] < 0.9  # eps damps only the near-null directions
+
+
+def test_network_init_and_frozen_parameters():
+    net = ab.AirbenchNet(width=0.25)
+    convs = [m for m in net.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 64, 64, 64, 64]
+    # identity init of the first c_in filters; with 16 outputs from 24 inputs the whole weight
+    # is a partial identity (the reference's dirac_ on weight[:c_in])
+    dirac = lambda c_out, c_in: torch.nn.init.dirac_(torch.empty(c_out, c_in, 3, 3))
+    assert torch.equal(convs[0].weight, dirac(16, 24))
+    assert torch.equal(convs[1].weight, dirac(16, 16))
+    assert torch.equal(convs[2].weight[:16], dirac(16, 16)) and convs[2].weight[16:].abs().sum() > 0
+    assert not net.whiten.weight.requires_grad and net.whiten.bias.requires_grad
+    assert net.head.bias is None and net.output_scale == pytest.approx(1 / 9)
+    bns = [m for m in net.modules() if isinstance(m, ab.BatchNorm)]
+    assert all(b.eps == 1e-12 and b.momentum == pytest.approx(0.4) for b in bns)
+    assert all(not b.weight.requires_grad and b.bias.requires_grad for b in bns)
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_frozen_whitening_layer_drops_out_of_the_backward_pass():
+    net = ab.AirbenchNet(width=0.125)
+    x = torch.rand(2, 3, 32, 32)
+    assert net.whiten(net.normalize(x)).grad_fn is not None  # bias trainable: backward runs
+    net.whiten.bias.requires_grad_(False)
+    assert net.whiten(net.normalize(x)).grad_fn is None  # frozen: autograd stops above it
+
+
+def test_frozen_whitening_bias_is_left_alone_by_sgd_despite_momentum_and_decay():
+    net, cfg = ab.AirbenchNet(width=0.125), ab.AirbenchConfig()
+    optimizer = ab.make_optimizer(ab.param_groups(net, cfg), cfg, torch.device("cpu"))
+    x = torch.rand(8, 3, 32, 32)
+    net(x).square().sum().backward()
+    optimizer.step()  # epoch 1-3: the bias moves and gains a momentum buffer
+    assert net.whiten.bias.abs().sum() > 0
+    net.whiten.bias.requires_grad_(False)
+    frozen = net.whiten.bias.detach().clone()
+    head = net.head.weight.detach().clone()
+    optimizer.zero_grad(set_to_none=True)
+    net(x).square().sum().backward()
+    optimizer.step()
+    assert net.whiten.bias.grad is None and torch.equal(net.whiten.bias, frozen)
+    assert not torch.equal(net.head.weight, head)  # the rest still trains
+
+
+def test_param_groups_bn_biases_scaled_everything_else_ordinary():
+    net, cfg = ab.AirbenchNet(width=0.125), ab.AirbenchConfig()
+    groups = ab.param_groups(net, cfg)
+    bn_biases = [m.bias for m in net.modules() if isinstance(m, ab.BatchNorm)]
+    assert [id(p) for p in groups["norm_biases"][0]] == [id(p) for p in bn_biases]
+    other = {id(p) for p in groups["other"][0]}
+    assert id(net.whiten.bias) in other and id(net.whiten.weight) in other
+    trained = {id(p) for p in net.parameters() if p.requires_grad}
+    assert trained | {id(net.whiten.weight)} == other | {id(p) for p in bn_biases}
+    assert groups["other"][1] == pytest.approx(11.5 / KILOSTEP_SCALE)
+    assert groups["norm_biases"][1] == pytest.approx(64 * groups["other"][1])
+
+
+@pytest.mark.parametrize("lr", [11.5, 3.0])
+def test_weight_shrink_per_step_is_the_recipes_whatever_the_lr(lr):
+    """One SGD step on zero gradients shrinks every parameter of both groups by the same factor:
+    wd = 0.0153 * batch / kilostep_scale (times 1 + momentum on Nesterov's first step)."""
+    torch.manual_seed(0)
+    net, cfg = ab.AirbenchNet(width=0.125), ab.AirbenchConfig(lr=lr)
+    groups = ab.param_groups(net, cfg)
+    for params, group_lr, weight_decay in groups.values():
+        assert group_lr * weight_decay == pytest.approx(WD_PER_STEP)
+    optimizer = ab.make_optimizer(groups, cfg, torch.device("cpu"))
+    trained = [p for p in net.parameters() if p.requires_grad]
+    with torch.no_grad():
+        net.whiten.bias.fill_(0.5)  # zero at init: give it something to shrink
+    before = [p.detach().clone() for p in trained]
+    for p in trained:
+        p.grad = torch.zeros_like(p)
+    ab.set_lr_factor(optimizer, 1.0)
+    optimizer.step()
+    for p, p0 in zip(trained, before):
+        nonzero = p0 != 0
+        assert torch.allclose(p[nonzero] / p0[nonzero],
+                              torch.full_like(p0[nonzero], 1 - (1 + 0.85) * WD_PER_STEP))
+
+
+def test_lr_schedule_points():
+    cfg = ab.AirbenchConfig()
+    total = 476
+    warm = int(0.23 * total)
+    f = [ab.lr_factor(s, total, cfg) for s in range(total + 1)]
+    assert f[0] == pytest.approx(0.2) and f[warm] == pytest.approx(1) and max(f) == f[warm]
+    assert f[total] == pytest.approx(0.07)  # the schedule's end point
+    assert f[total - 1] == pytest.approx(0.07 + 0.93 / (total - warm))  # the last update's
+    assert all(a < b for a, b in zip(f[:warm], f[1:warm + 1]))
+    assert all(a > b for a, b in zip(f[warm:], f[warm + 1:]))
+    assert f[warm // 2] == pytest.approx(0.2 + 0.8 * (warm // 2) / warm)  # linear
+
+
+def test_label_smoothing_anneal_progress_is_step_over_total_steps():
+    cfg = ab.AirbenchConfig(label_smoothing=0.2, label_smoothing_final=0.0)
+    total = 97
+    values = [ab.label_smoothing_at(s, total, cfg) for s in range(total)]
+    assert values[0] == pytest.approx(0.2) and values[-1] == pytest.approx(0.2 / total)
+    assert values[48] == pytest.approx(0.2 * (1 - 48 / total))
+    constant = ab.AirbenchConfig(label_smoothing=0.2)
+    assert {ab.label_smoothing_at(s, total, constant) for s in range(total)} == {0.2}
+
+
+def test_lookahead_decay_and_final_sync():
+    cfg = ab.AirbenchConfig()
+    assert ab.lookahead_decay(476, 476, cfg) == pytest.approx(0.95 ** 5)
+    assert ab.lookahead_decay(238, 476, cfg) == pytest.approx(0.95 ** 5 / 8)
+    model = torch.nn.Linear(2, 2)
+    look = ab.Lookahead(model)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    look.sync(0.5)  # halfway between the average (start) and the weights (start + 1)
+    assert torch.allclose(model.weight, start + 0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    look.after_step(7, 10, cfg)  # not a multiple of 5, not the last step: nothing happens
+    assert torch.allclose(model.weight, start + 1.5)
+    # the last step, a multiple of 5: the reference syncs with decay(10) and then copies the EMA
+    d = ab.lookahead_decay(10, 10, cfg)
+    look.after_step(10, 10, cfg)
+    assert torch.allclose(model.weight, start + 0.5 + (1 - d) * 1.0)
 
 
 def test_cyclic_schedule_visits_every_offset_once_per_cycle():
@@ -69,39 +218,59 @@ def test_cyclic_schedule_visits_every_offset_once_per_cycle():
     assert ab.cyclic_offset(len(offsets) + 4, pad, 3) == cycle[4]
 
 
-def test_cyclic_epoch_applies_one_offset_to_every_image():
-    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
-    labels = torch.arange(16)
+def reflect_shift(images, dy, dx, pad=2):
+    """Each image translated by (dy - pad, dx - pad), reflect-padded: the reference's crop."""
+    padded = F.pad(images.float(), (pad,) * 4, mode="reflect")
+    return padded[:, :, dy:dy + 32, dx:dx + 32]
+
+
+@pytest.mark.parametrize("epoch", [2, 3])
+def test_cyclic_epoch_equals_shifting_every_image_by_the_epochs_offset(epoch):
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g)
+    base_flip = torch.rand(16, generator=g) < 0.5
     cfg = ab.AirbenchConfig(translate_schedule="cyclic", seed=1)
-    no_flip = torch.zeros(16, dtype=torch.bool)
-    dy, dx = ab.cyclic_offset(2, cfg.translate_pad, cfg.seed)
-    x, y = ab.epoch_images(images, labels, 2, no_flip, cfg)  # epoch 2: no image flipped
-    padded = torch.nn.functional.pad(images[y].float(), (2, 2, 2, 2), mode="reflect")
-    assert torch.equal(x.float(), padded[:, :, dy:dy + 32, dx:dx + 32])
+    padded = ab.augment_source(images, base_flip, cfg.translate_pad)
+    x, y = ab.epoch_images(padded, torch.arange(16), epoch, cfg)
+    dy, dx = ab.cyclic_offset(epoch, cfg.translate_pad, cfg.seed)
+    oriented = torch.where(base_flip[:, None, None, None], images.flip(-1), images)
+    expected = reflect_shift(oriented[y], dy, dx)
+    expected = expected.flip(-1) if epoch % 2 else expected  # odd epochs mirror every image
+    assert sorted(y.tolist()) == list(range(16)) and not torch.equal(y, torch.arange(16))
+    assert torch.equal(x.float(), expected)
 
 
-def test_alternating_flip_complements_each_epoch():
-    base = torch.rand(1000, generator=torch.Generator().manual_seed(0)) < 0.5
-    assert 0.4 < base.float().mean() < 0.6
-    for epoch in range(1, 5):
-        assert torch.equal(ab.alternating_flip(base, epoch), ~ab.alternating_flip(base, epoch - 1))
+def test_random_translation_draws_every_offset_per_image():
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    cfg = ab.AirbenchConfig(seed=2)
+    padded = ab.augment_source(images, torch.zeros(n, dtype=torch.bool), cfg.translate_pad)
+    x, y = ab.epoch_images(padded, torch.arange(n), 0, cfg)
+    offsets = ab.translate_offsets(2)
+    candidates = torch.stack([reflect_shift(images[y], dy, dx) for dy, dx in offsets])
+    matches = (candidates == x.float()).flatten(2).all(2)  # [offset, image]
+    assert torch.equal(matches.sum(0), torch.ones(n, dtype=torch.long))  # each image: one offset
+    counts = matches.sum(1).float()
+    assert counts.min() > 0 and counts.max() < 3 * counts.mean()  # all 25, roughly uniform
 
 
-def test_label_smoothing_anneal_hits_its_endpoints():
-    cfg = ab.AirbenchConfig(label_smoothing=0.2, label_smoothing_final=0.0)
-    total = 97
-    values = [ab.label_smoothing_at(s, total, cfg) for s in range(total)]
-    assert values[0] == pytest.approx(0.2) and values[-1] == pytest.approx(0.0)
-    assert all(a > b for a, b in zip(values, values[1:]))
-    constant = ab.AirbenchConfig(label_smoothing=0.2)
-    assert {ab.label_smoothing_at(s, total, constant) for s in range(total)} == {0.2}
-
-
-def test_lr_schedule_warms_up_then_decays_to_zero():
-    total = 100
-    f = [ab.lr_factor(s, total, 0.2, 0.2) for s in range(total + 1)]
-    assert f[0] == pytest.approx(0.2) and max(f) == pytest.approx(1) and f[20] == pytest.approx(1)
-    assert f[-1] == 0 and all(a <= b for a, b in zip(f[:20], f[1:21]))
+def test_alternating_flip_mirrors_every_image_each_next_epoch():
+    g = torch.Generator().manual_seed(0)
+    n = 1000
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    base_flip = torch.rand(n, generator=g) < 0.5
+    cfg = ab.AirbenchConfig(translate_pad=0)  # no translation: flips alone are visible
+    padded = ab.augment_source(images, base_flip, 0)
+    by_image = []
+    for epoch in range(4):
+        x, y = ab.epoch_images(padded, torch.arange(n), epoch, cfg)
+        by_image.append(x[torch.argsort(y)])
+    mirrored_once = torch.where(base_flip[:, None, None, None], images.flip(-1), images)
+    assert torch.equal(by_image[0], mirrored_once)
+    assert 0.4 < base_flip.float().mean() < 0.6
+    for epoch in range(1, 4):
+        assert torch.equal(by_image[epoch], by_image[epoch - 1].flip(-1))
 
 
 def test_tta_averages_the_listed_views():
@@ -110,7 +279,7 @@ def test_tta_averages_the_listed_views():
     model = lambda v: torch.stack([v[:, 0, 0, 0], v[:, 1, 5, 30], v[:, 2, 31, 3]], 1)
     assert torch.equal(ab.tta_logits(model, x, 0), model(x))
     assert torch.allclose(ab.tta_logits(model, x, 1), (model(x) + model(x.flip(-1))) / 2)
-    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     up_left, down_right = padded[..., :32, :32], padded[..., 2:, 2:]
     assert torch.equal(up_left[..., 1:, 1:], x[..., :31, :31])
     expected = (0.25 * (model(x) + model(x.flip(-1)))
@@ -119,72 +288,88 @@ def test_tta_averages_the_listed_views():
     assert sum(w for w, _ in ab.tta_views(x, 2)) == pytest.approx(1)
 
 
-def test_lookahead_final_sync_returns_the_average():
-    model = torch.nn.Linear(2, 2)
-    look = ab.Lookahead(model)
-    start = model.weight.detach().clone()
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    look.sync(0.5)  # halfway between the average (start) and the weights (start + 1)
-    assert torch.allclose(model.weight, start + 0.5)
-    with torch.no_grad():
-        model.weight.add_(10.0)
-    look.sync(ab.lookahead_decay(10, 10, ab.AirbenchConfig()))  # last step: decay 1
-    assert torch.allclose(model.weight, start + 0.5)
-
-
-def test_network_widths_and_frozen_parameters():
-    net = ab.AirbenchNet(width=0.25)
-    convs = [m for m in net.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [16, 16, 64, 64, 64, 64]
-    assert not net.whiten.weight.requires_grad and net.whiten.bias.requires_grad
-    bns = [m for m in net.modules() if isinstance(m, ab.BatchNorm)]
-    assert all(not b.weight.requires_grad and b.bias.requires_grad for b in bns)
-    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-
-
-def test_param_groups_cover_each_parameter_once_with_decoupled_hyperparameters():
-    net, cfg = ab.AirbenchNet(width=0.125), ab.AirbenchConfig()
-    groups = ab.param_groups(net, cfg)
-    grouped = [id(p) for params, _, _ in groups.values() for p in params]
-    assert sorted(grouped) == sorted(id(p) for p in net.parameters() if p.requires_grad
-                                     or p is net.whiten.weight)
-    (lr, wd), (blr, bwd) = groups["weights"][1:], groups["biases"][1:]
-    assert blr == pytest.approx(cfg.bias_lr_scale * lr) and blr * bwd == pytest.approx(lr * wd)
-    # the SGD lr times the momentum gain 1 + 1/(1-m) is the same for any momentum
-    lr_high = ab.param_groups(net, ab.AirbenchConfig(momentum=1 - 0.15 / 2))["weights"][1]
-    assert lr * (1 + 1 / 0.15) == pytest.approx(lr_high * (1 + 2 / 0.15))
-
-
 def test_bad_flags_are_refused_before_anything_runs(tmp_path):
+    base = dict(results_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="--batch_size 1024 exceeds --dataset_size 100"):
-        ab.validate_airbench(ab.AirbenchConfig(dataset_size=100, results_dir=str(tmp_path)))
-    with pytest.raises(SystemExit):
-        ab.parse_config(["--translate_schedule", "spiral"])
-    with pytest.raises(SystemExit):
-        ab.parse_config(["--tta_level", "3"])
+        ab.validate_airbench(ab.AirbenchConfig(dataset_size=100, **base))
+    with pytest.raises(ConfigError, match=r"4 steps \(--num_epochs 2 x 2 steps per epoch\) < "
+                                          "--lookahead_every 5: the final lookahead sync would"):
+        ab.validate_airbench(ab.AirbenchConfig(dataset_size=128, batch_size=64, num_epochs=2,
+                                               **base))
+    with pytest.raises(ConfigError, match="--lr must be > 0"):
+        ab.validate_airbench(ab.AirbenchConfig(lr=0.0, **base))
+    with pytest.raises(ConfigError, match="--bias_lr_scale must be > 0"):
+        ab.validate_airbench(ab.AirbenchConfig(bias_lr_scale=0.0, **base))
+    with pytest.raises(ConfigError, match="--notes .* is not a writable folder"):
+        ab.validate_airbench(ab.AirbenchConfig(notes=str(tmp_path / "no" / "such.md"), **base))
+    for argv in (["--translate_schedule", "spiral"], ["--tta_level", "3"], ["--lr", "0"]):
+        with pytest.raises(SystemExit):
+            ab.parse_config(argv)
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.skipif(not HAVE_DATA, reason="CIFAR-10 not in data/")
-def test_tiny_cpu_run_writes_the_usual_rows(tmp_path):
-    ab.main(["--dataset_size", "256", "--batch_size", "64", "--width", "0.0625",
-             "--num_epochs", "1.5", "--tta_level", "0", "--label_smoothing_final", "0.0",
-             "--whiten_unfreeze_epoch", "2", "--translate_schedule", "cyclic",
-             "--device", "cpu", "--data_dir", DATA_DIR, "--results_dir", str(tmp_path), "--quiet"])
-    rows = list(csv.DictReader(open(tmp_path / "final_data.csv")))
+def test_dataset_larger_than_the_data_folder_is_refused(tmp_path, synthetic_data_dir):
+    with pytest.raises(SystemExit, match="--dataset_size 600 .* 500 training images"):
+        ab.main(["--dataset_size", "600", "--batch_size", "64", "--device", "cpu",
+                 "--data_dir", synthetic_data_dir, "--results_dir", str(tmp_path)])
+    assert not os.listdir(tmp_path)
+
+
+def tiny_run(tmp_path, data_dir, *flags):
+    ab.main(["--dataset_size", "128", "--batch_size", "64", "--width", "0.0625",
+             "--device", "cpu", "--data_dir", data_dir, "--results_dir", str(tmp_path / "results"),
+             "--quiet", *flags])
+    rows = list(csv.DictReader(open(tmp_path / "results" / "final_data.csv")))
     assert len(rows) == 1
-    row = rows[0]
+    run_csv = tmp_path / "results" / "runs" / f"{rows[0]['run_name']}.csv"
+    epochs = list(csv.DictReader(open(run_csv)))
+    return rows[0], epochs
+
+
+def test_tiny_run_freezes_whitening_bias_after_epoch_3_and_times_like_the_paper(tmp_path, data_dir):
+    row, epochs = tiny_run(tmp_path, data_dir, "--num_epochs", "4", "--tta_level", "1")
     assert row["status"] == "finished" and row["model"] == "airbench94"
-    assert row["D"] == "256" and row["width"] == "0.0625" and row["depth"] == "2"
-    assert float(row["epochs"]) == pytest.approx(1.5)  # 4 steps/epoch, 6 steps of 64 / 256
+    assert row["D"] == "128" and row["width"] == "0.0625" and row["depth"] == "2"
+    assert [e["whiten_bias_trainable"] for e in epochs] == ["True", "True", "True", "False"]
+    assert {e["whiten_trainable"] for e in epochs} == {"False"}
+    assert [int(e["steps"]) for e in epochs] == [2, 4, 6, 8]
+    factors = [float(e["lr_factor"]) for e in epochs]  # at each epoch's last step, of 8
+    assert factors[-1] == pytest.approx(0.07 + 0.93 / (8 - int(0.23 * 8)))
+    t = {k: float(row[k]) for k in ("time_s", "whiten_time_s", "train_time_s", "tta_time_s",
+                                    "wall_time_s")}
+    assert t["time_s"] == pytest.approx(t["whiten_time_s"] + t["train_time_s"] + t["tta_time_s"])
+    assert min(t.values()) > 0 and t["time_s"] < t["wall_time_s"]
+    assert float(epochs[-1]["train_time_s"]) == pytest.approx(t["train_time_s"])
+    assert t["wall_time_s"] == pytest.approx(t["time_s"] + sum(float(e["eval_time_s"])
+                                                               for e in epochs))
     assert 0 <= float(row["tta_val_acc"]) <= 1
     assert math.isfinite(float(row["final_test_loss_avg_last5"]))
-    assert int(row["N"]) > 0 and float(row["C"]) == int(row["N"]) * 256 * 1.5
-    assert float(row["train_time_s"]) <= float(row["wall_time_s"])
-    epochs = list(csv.DictReader(open(tmp_path / "runs" / f"{row['run_name']}.csv")))
-    assert [e["epoch"] for e in epochs] == ["1", "2"] and [e["steps"] for e in epochs] == ["4", "6"]
-    assert [e["whiten_trainable"] for e in epochs] == ["False", "True"]
-    assert float(epochs[-1]["label_smoothing"]) == pytest.approx(0.0)
-    assert float(epochs[0]["train_time_s"]) < float(epochs[1]["train_time_s"])
-    assert (tmp_path / "runs" / f"{row['run_name']}.json").exists()
+    assert int(row["N"]) > 0 and float(row["C"]) == int(row["N"]) * 128 * 4
+    assert (tmp_path / "results" / "runs" / f"{row['run_name']}.json").exists()
+    table = open(tmp_path / "results" / ab.BENCHMARKS_FILE).read()  # under results_dir by default
+    assert "· cpu ·" in table and row["code_version"] in table
+    assert f"| 1 | {float(row['tta_val_acc']):.4f} | {float(row['time_s']):.3f} |" in table
+    assert "`python airbench.py --width 0.0625 --dataset_size 128 --num_epochs 4" in table
+
+
+def test_tiny_run_of_the_variants(tmp_path, data_dir):
+    notes = tmp_path / "notes.md"
+    row, epochs = tiny_run(tmp_path, data_dir, "--num_epochs", "1.5", "--tta_level", "0",
+                           "--lookahead_every", "2",
+                           "--label_smoothing_final", "0.0", "--whiten_unfreeze_epoch", "2",
+                           "--translate_schedule", "cyclic", "--notes", str(notes))
+    assert float(row["epochs"]) == pytest.approx(1.5)  # 2 steps/epoch, 3 steps of 64 / 128
+    assert [e["steps"] for e in epochs] == ["2", "3"]
+    assert [e["whiten_trainable"] for e in epochs] == ["False", "True"]  # from epoch 2 on
+    assert [float(e["label_smoothing"]) for e in epochs] == pytest.approx([0.2 * 2 / 3, 0.2 / 3])
+    assert notes.exists() and not (tmp_path / "results" / ab.BENCHMARKS_FILE).exists()
+    assert "--translate_schedule cyclic" in notes.read_text()
+
+
+def test_results_table_reports_mean_and_std_over_runs():
+    rows = [dict(tta_val_acc=a, time_s=t, train_time_s=t - 1, final_test_acc_avg_last5=a - 0.01,
+                 config_id="abc") for a, t in ((0.94, 3.0), (0.92, 3.2), (0.93, 3.1))]
+    table = ab.results_table(ab.AirbenchConfig(runs=3), rows, torch.device("cpu"))
+    assert ("| 3 | 0.9300 ± 0.0100 | 3.100 ± 0.100 | 2.100 ± 0.100 | 0.9200 ± 0.0100 | abc |"
+            in table)
+    assert "`python airbench.py --runs 3` (seeds 0..2, after 1 warm-up run)" in table
