@@ -79,7 +79,8 @@ import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image
 from train import (ConfigError, device_name, hp, resolve_device, sync, validate)
 from train import config_id as _config_id
-from utils import append_row, atomic_write, git_version, parser_from_dataclass, set_seed, write_csv
+from utils import (append_row, atomic_write, config_yaml, git_version, parser_from_dataclass,
+                   set_seed, settings_given, write_csv)
 
 MODEL_NAME = "airbench94"
 BLOCK_WIDTHS = (64, 256, 256)  # the paper's three blocks, multiplied by --width
@@ -533,12 +534,17 @@ def bench(cfg: AirbenchConfig) -> list:
 
 
 def parse_config(argv=None) -> AirbenchConfig:
+    """Defaults < --config FILE.yaml < flags typed on the command line, as in train.py."""
     parser = parser_from_dataclass(AirbenchConfig, __doc__.split("\n\n")[0])
-    cfg = AirbenchConfig(**vars(parser.parse_args(argv)))
+    given, print_config, path = settings_given(parser, argv, AirbenchConfig)
+    cfg = AirbenchConfig(**given)
     try:
         validate_airbench(cfg)
     except ConfigError as e:
-        parser.error(str(e))
+        parser.error(f"{e}\n  (settings from {path} and the command line)" if path else str(e))
+    if print_config:
+        print(config_yaml(cfg), end="")
+        parser.exit()
     return cfg
 
 

@@ -31,8 +31,9 @@ from tqdm import tqdm
 
 import data
 from model import MODELS, build_model, count_params, forward_flops_per_image
-from utils import (ConfigFileError, append_row, atomic_write, config_yaml, file_lock, git_version,
-                   given_args, parser_from_dataclass, read_config_file, set_seed, write_csv)
+from utils import (append_row, atomic_write, config_yaml, file_lock,
+                   git_version, parser_from_dataclass, read_config_file, set_seed, settings_given,
+                   write_csv)
 
 LAST_K = 5  # the brief's final metric averages the last 5 test evaluations (= last 5 epochs)
 # An experiment name becomes a folder name under runs/: no separators, no hidden or parent folders.
@@ -675,34 +676,19 @@ def presets_text() -> str:
 
 
 def parse_config(argv=None) -> Config:
-    parser = add_config_file_flags(build_parser())
-    given = given_args(parser, argv, [f.name for f in fields(Config)] +
-                       ["list_presets", "config", "print_config"])
+    parser = build_parser()
+    given, print_config, path = settings_given(parser, argv, Config, ["list_presets"])
     if given.pop("list_presets", False):
         print(presets_text())
         parser.exit()
-    print_config, path = given.pop("print_config", False), given.pop("config", None)
-    try:  # preset < config file < command line: the file is applied as if typed first
-        cfg = make_config({**(read_config_file(path, Config) if path else {}), **given})
-    except ConfigFileError as e:
-        parser.error(str(e))
+    try:
+        cfg = make_config(given)
     except ConfigError as e:
         parser.error(f"{e}\n  (settings from {path} and the command line)" if path else str(e))
     if print_config:
         print(config_text(cfg), end="")
         parser.exit()
     return cfg
-
-
-def add_config_file_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """--config and --print_config, shared with airbench.py. Not Config fields: they say where
-    settings come from, not what they are."""
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of settings (keys "
-                        "are these flags' names), applied after --preset and before the flags "
-                        "typed on the command line")
-    parser.add_argument("--print_config", action="store_true", help="print the resolved "
-                        "configuration as a --config file and exit (nothing runs)")
-    return parser
 
 
 def main(argv=None):

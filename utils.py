@@ -213,3 +213,29 @@ def config_yaml(cfg, skip=()) -> str:
         text = yaml.safe_dump({f.name: value}, default_flow_style=True, width=10 ** 6).strip()
         lines.append(f"{text[1:-1]}  # {f.metadata['help']}")  # strip the flow mapping's braces
     return "\n".join(lines) + "\n"
+
+
+def add_config_file_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--config and --print_config. Not fields of the table: they say where settings come from,
+    not what they are."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of settings (keys "
+                        "are these flags' names), applied after --preset and before the flags "
+                        "typed on the command line")
+    parser.add_argument("--print_config", action="store_true", help="print the resolved "
+                        "configuration as a --config file and exit (nothing runs)")
+    return parser
+
+
+def settings_given(parser, argv, cls, extra=()) -> tuple:
+    """(settings, print_config, config path or None): the --config file's settings overridden by
+    the flags typed on the command line; defaults left out. Adds --config and --print_config to
+    parser; a bad file exits via parser.error."""
+    add_config_file_flags(parser)
+    given = given_args(parser, argv, [f.name for f in dataclasses.fields(cls)] +
+                       ["config", "print_config", *extra])
+    print_config, path = given.pop("print_config", False), given.pop("config", None)
+    try:
+        from_file = read_config_file(path, cls) if path else {}
+    except ConfigFileError as e:
+        parser.error(str(e))
+    return {**from_file, **given}, print_config, path

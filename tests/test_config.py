@@ -132,3 +132,23 @@ def test_experiment_name_names_the_saved_model_folder_and_one_configuration(data
 def test_bad_experiment_name_is_refused(capsys):
     err = parse_fails(["--experiment_name", "../elsewhere"], capsys)
     assert "--experiment_name must be letters, digits" in err
+
+
+def test_airbench_reads_the_same_kind_of_config_file(tmp_path, capsys):
+    import airbench
+    path = tmp_path / "a.yaml"
+    path.write_text("width: 1\nnum_epochs: 2\ntranslate_schedule: cyclic\n")
+    cfg = airbench.parse_config(["--config", str(path), "--num_epochs", "3", "--device", "cpu"])
+    assert (cfg.width, cfg.num_epochs, cfg.translate_schedule) == (1.0, 3.0, "cyclic")
+    assert airbench.run_name(cfg) == airbench.run_name(airbench.parse_config(
+        ["--width", "1", "--num_epochs", "3", "--translate_schedule", "cyclic", "--device", "cpu"]))
+    with pytest.raises(SystemExit) as exit_:
+        airbench.parse_config(["--config", str(path), "--print_config"])
+    assert exit_.value.code == 0
+    path.write_text(capsys.readouterr().out)
+    assert airbench.parse_config(["--config", str(path)]) == airbench.parse_config(
+        ["--width", "1", "--num_epochs", "2", "--translate_schedule", "cyclic"])
+    path.write_text("widht: 1\n")
+    with pytest.raises(SystemExit):
+        airbench.parse_config(["--config", str(path)])
+    assert f"config file {path}: unknown key(s) ['widht']" in capsys.readouterr().err
