@@ -205,6 +205,10 @@ def plan(args) -> tuple:
             runs[run.name] = run
     if not runs:
         raise PlanError("no feasible configuration" + (":\n  " + "\n  ".join(dropped) if dropped else ""))
+    named = {r.cfg.experiment_name for r in runs.values()} - {""}
+    if named and len(runs) > 1:  # train.py would refuse every run after the first
+        raise PlanError(f"--experiment_name {named.pop()} names one configuration; this plan has "
+                        f"{len(runs)} (sweeps are named by their run_names)")
     return list(runs.values()), dropped
 
 
@@ -539,9 +543,9 @@ def parse_args(argv=None):
     if args.plan == "study":
         fixed = [f"--{k}" for k in STUDY_FIXED if getattr(args, k) is not None]
         if fixed:
-            parser.error(f"the study's plan is fixed (STUDY_SUBPLANS in sweep.py), {', '.join(fixed)} "
-                         f"cannot change it; run the single plans for other grids (train.py settings for every "
-                         f"run go after --, e.g. -- --precision=bf16)")
+            parser.error(f"the study's plan is fixed (STUDY_SUBPLANS in sweep.py), "
+                         f"{', '.join(fixed)} cannot change it; run the single plans for other "
+                         f"grids (settings of every run go after --, e.g. -- --precision=bf16)")
     grid_lists(args, parser)
     if args.plan == "study":
         args.num_epochs = STUDY_EPOCHS
