@@ -31,10 +31,11 @@ def test_lr_by_momentum_grid_plans_four_runs_with_their_values(tmp_path):
 
 def test_grid_takes_a_list_of_every_numeric_or_choice_field_of_config(tmp_path):
     flags = sweep.build_parser()._option_string_actions
-    for f in fields(train.Config):
-        sweepable = f.metadata["result"] and f.name != "seed" and (
-            f.type in (int, float, bool) or bool(f.metadata["choices"]))
-        assert (f"--{f.name}" in flags) == sweepable, f.name
+    sweepable = {f.name for f in fields(train.Config) if f.metadata["result"] and f.name != "seed"
+                 and (f.type in (int, float, bool) or f.metadata["choices"])}
+    assert {"model", "lr", "momentum", "weight_decay", "optimizer", "batch_size", "augment"} <= sweepable
+    assert {f.name for f in sweep.GRID_FIELDS} == sweepable
+    assert all(flags[f"--{name}"].metavar == "V1,V2" for name in sweepable)
     runs, _ = planned(["grid", "--optimizer", "sgd,adamw", "--momentum", "0.8,0.9",
                        "--augment", "true,false", "--num_epochs", "3,4", "--batch_size", "64"], tmp_path)
     # momentum applies to SGD only: sgd x 2 momenta + adamw once, x 2 augment x 2 epochs
