@@ -24,7 +24,7 @@ def test_lr_by_momentum_grid_plans_four_runs_with_their_values(tmp_path):
     base = train.Config()
     assert {(r.cfg.width, r.cfg.depth, r.cfg.dataset_size, r.cfg.weight_decay, r.cfg.seed)
             for r in runs} == {(base.width, base.depth, base.dataset_size, base.weight_decay, 0)}
-    assert len({r.cfg and train.config_id(r.cfg) for r in runs}) == 4  # four configurations
+    assert len({train.config_id(r.cfg) for r in runs}) == 4  # four configurations
     # The commands are train.py's own: parsed again they give the planned Configs.
     assert [train.parse_config(r.argv) for r in runs] == [r.cfg for r in runs]
 
