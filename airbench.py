@@ -536,8 +536,8 @@ def bench(cfg: AirbenchConfig) -> list:
 def parse_config(argv=None) -> AirbenchConfig:
     """Defaults < --config FILE.yaml < flags typed on the command line, as in train.py."""
     parser = parser_from_dataclass(AirbenchConfig, __doc__.split("\n\n")[0])
-    given, print_config, path = settings_given(parser, argv, AirbenchConfig)
-    cfg = AirbenchConfig(**given)
+    from_file, typed, print_config, path = settings_given(parser, argv, AirbenchConfig)
+    cfg = AirbenchConfig(**{**from_file, **typed})
     try:
         validate_airbench(cfg)
     except ConfigError as e:

@@ -677,12 +677,16 @@ def presets_text() -> str:
 
 def parse_config(argv=None) -> Config:
     parser = build_parser()
-    given, print_config, path = settings_given(parser, argv, Config, ["list_presets"])
-    if given.pop("list_presets", False):
+    from_file, typed, print_config, path = settings_given(parser, argv, Config, ["list_presets"])
+    if typed.pop("list_presets", False):
         print(presets_text())
         parser.exit()
+    # A file's setting that needs one the command line changed (the file's momentum, a typed
+    # --optimizer adamw) no longer applies, as a preset's would not.
+    from_file = {k: v for k, v in from_file.items() if not (
+        k in ONLY_WITH and ONLY_WITH[k][0] in typed and typed[ONLY_WITH[k][0]] != ONLY_WITH[k][1])}
     try:
-        cfg = make_config(given)
+        cfg = make_config({**from_file, **typed})
     except ConfigError as e:
         parser.error(f"{e}\n  (settings from {path} and the command line)" if path else str(e))
     if print_config:

@@ -227,9 +227,9 @@ def add_config_file_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def settings_given(parser, argv, cls, extra=()) -> tuple:
-    """(settings, print_config, config path or None): the --config file's settings overridden by
-    the flags typed on the command line; defaults left out. Adds --config and --print_config to
-    parser; a bad file exits via parser.error."""
+    """(file's settings, typed settings, print_config, config path or None); the typed win when
+    merged, defaults are left out. Adds --config and --print_config to parser; a bad file exits
+    via parser.error."""
     add_config_file_flags(parser)
     given = given_args(parser, argv, [f.name for f in dataclasses.fields(cls)] +
                        ["config", "print_config", *extra])
@@ -238,4 +238,4 @@ def settings_given(parser, argv, cls, extra=()) -> tuple:
         from_file = read_config_file(path, cls) if path else {}
     except ConfigFileError as e:
         parser.error(str(e))
-    return {**from_file, **given}, print_config, path
+    return from_file, given, print_config, path
