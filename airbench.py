@@ -483,6 +483,7 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
                         eval_time_s, fingerprints, device)
     if record:
         atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
+        atomic_write(stem + ".yaml", config_yaml(replace(cfg, runs=1)))  # --config repeats this seed
         append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary)
     if not cfg.quiet:
         print(f"{name}: {status}, tta_val_acc={tta_val_acc:.4f} train_time_s={train_time_s:.3f}",

@@ -158,3 +158,21 @@ def test_airbench_reads_the_same_kind_of_config_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         airbench.parse_config(["--config", str(path)])
     assert f"config file {path}: unknown key(s) ['widht']" in capsys.readouterr().err
+
+
+def test_airbench_saves_the_config_of_each_recorded_run(data_dir, tmp_path):
+    import airbench
+    import data
+    cfg = airbench.parse_config(["--dataset_size", "256", "--batch_size", "64", "--width", "0.0625",
+                                 "--num_epochs", "1", "--tta_level", "0", "--runs", "2", "--seed", "3",
+                                 "--device", "cpu", "--results_dir", str(tmp_path), "--quiet"])
+    # The data loaded by hand: airbench.load_data assumes all 50,000 training images.
+    cifar = data.load_cifar10(data_dir)
+    idx = data.subset_indices(len(cifar.train_labels), cfg.dataset_size, cfg.subset_seed)
+    x, y = cifar.train_images[idx], cifar.train_labels[idx]
+    summary = airbench.train(cfg, ((x, y, cifar.test_images, cifar.test_labels),
+                                   data.fingerprints(cifar, x, y)))
+    saved = tmp_path / "runs" / (summary["run_name"] + ".yaml")
+    again = airbench.parse_config(["--config", str(saved)])
+    assert again == dataclasses.replace(cfg, runs=1)  # this seed alone, not the --runs batch
+    assert airbench.run_name(again) == summary["run_name"]
