@@ -48,10 +48,11 @@ DEFAULT_WIDTHS = [4, 8, 16, 32, 64, 128]   # doubling
 DEFAULT_DEPTHS = [1, 2, 3, 4, 5, 6]
 DEFAULT_DATASET_SIZES = [50_000, 25_000, 12_500, 6_250, 3_125, 1_562]  # halving
 DEFAULT_BUDGETS = [1e11, 3e11, 1e12]  # C = N*D*epochs: 3-4 widths of 4..128 per budget at 100 epochs, D<=50k
-# Fields of train.Config the grid plan takes a comma list of: everything numeric or a choice that
-# can change what is learned (seed has --seeds; tuples such as betas stay single values after --).
-GRID_FIELDS = [f for f in fields(train.Config) if f.metadata["result"] and f.name != "seed"
-               and (f.type in (int, float, bool) or f.metadata["choices"])]
+# Fields of train.Config the grid plan takes a comma list of: every number and choice (preset
+# included), and the switches that can change what is learned. seed has --seeds; tuples such as
+# betas stay single values after --.
+GRID_FIELDS = [f for f in fields(train.Config) if f.name != "seed" and (
+    f.type in (int, float) or f.metadata["choices"] or f.type is bool and f.metadata["result"])]
 GRID_ALIASES = {"width": "widths", "depth": "depths", "dataset_size": "dataset_sizes"}
 
 # `sweep.py study`: the brief's four plans and a grid for the joint L(N, D), 100 epochs, the
@@ -122,7 +123,7 @@ def grid_points(args) -> list:
                 **args.grid_values)
     points = []
     for values in itertools.product(*axes.values()):
-        point = dict(zip(axes, values))
+        point = {k: v for k, v in zip(axes, values) if v is not None}
         for flag, (key, needed) in train.ONLY_WITH.items():
             if flag in point and key in point and point[key] != needed:
                 del point[flag]
@@ -554,8 +555,12 @@ def parse_args(argv=None):
     args.tradeoff = args.tradeoff or "data"
     args.min_dataset_size = args.min_dataset_size or 1
     args.dataset_sizes_given = args.dataset_sizes is not None
-    # A grid of other settings (lr x momentum) is at the base model unless widths are given.
-    ladder = args.plan in ("width", "compute") or args.plan == "grid" and not args.grid_values
+    if args.plan == "grid" and args.grid_values:
+        # A grid of other settings (lr x momentum, presets) leaves the size to train.py (or the
+        # preset) unless it is given: None = no flag.
+        args.widths, args.depths = args.widths or [None], args.depths or [None]
+        args.dataset_sizes = args.dataset_sizes or [None]
+    ladder = args.plan in ("width", "compute", "grid")
     args.widths = args.widths or (DEFAULT_WIDTHS if ladder else [base.width])
     args.depths = args.depths or (DEFAULT_DEPTHS if args.plan == "depth" else [base.depth])
     args.dataset_sizes = args.dataset_sizes or (DEFAULT_DATASET_SIZES if args.plan == "data" else

@@ -31,9 +31,10 @@ def test_lr_by_momentum_grid_plans_four_runs_with_their_values(tmp_path):
 
 def test_grid_takes_a_list_of_every_numeric_or_choice_field_of_config(tmp_path):
     flags = sweep.build_parser()._option_string_actions
-    sweepable = {f.name for f in fields(train.Config) if f.metadata["result"] and f.name != "seed"
-                 and (f.type in (int, float, bool) or f.metadata["choices"])}
-    assert {"model", "lr", "momentum", "weight_decay", "optimizer", "batch_size", "augment"} <= sweepable
+    sweepable = {f.name for f in fields(train.Config) if f.name != "seed" and (
+        f.type in (int, float) or f.metadata["choices"] or f.type is bool and f.metadata["result"])}
+    assert {"model", "lr", "momentum", "weight_decay", "optimizer", "batch_size", "augment",
+            "preset", "test_freq"} <= sweepable and "quiet" not in sweepable
     assert {f.name for f in sweep.GRID_FIELDS} == sweepable
     assert all(flags[f"--{name}"].metavar == "V1,V2" for name in sweepable)
     runs, _ = planned(["grid", "--optimizer", "sgd,adamw", "--momentum", "0.8,0.9",
@@ -43,6 +44,11 @@ def test_grid_takes_a_list_of_every_numeric_or_choice_field_of_config(tmp_path):
     assert {(r.cfg.optimizer, r.cfg.momentum) for r in runs} == {("sgd", 0.8), ("sgd", 0.9), ("adamw", 0.9)}
     assert {(r.cfg.augment, r.cfg.num_epochs, r.cfg.batch_size) for r in runs} == \
         set(itertools.product([True, False], [3, 4], [64]))
+    # Document 004's comparison as a grid: each preset sets its own model size and data.
+    runs, _ = planned(["grid", "--preset", "resnet8_sgd,resnet8_adamw", "--seeds", "0,1"], tmp_path)
+    assert sorted((r.cfg.optimizer, r.cfg.seed) for r in runs) == \
+        [("adamw", 0), ("adamw", 1), ("sgd", 0), ("sgd", 1)]
+    assert {(r.cfg.model, r.cfg.width, r.cfg.dataset_size) for r in runs} == {("resnet8", 16, 45_000)}
     runs, _ = planned(["grid", "--width", "4,8", "--depth", "1"], tmp_path)  # aliases of --widths
     assert sorted((r.cfg.width, r.cfg.depth) for r in runs) == [(4, 1), (8, 1)]
 
