@@ -312,7 +312,8 @@ def size_report(plan_name: str, runs: list, bench_notes: str) -> list:
         lines.append(f"projected GPU time: unknown, no GPU figures {where}in {bench_notes} yet "
                      f"(python bench.py on a GPU measures them); plan with the FLOP total above")
     else:
-        lines.append(f"projected GPU time: {seconds / 3600:.2f} h of training, one run at a time "
+        lines.append(f"projected GPU time: {seconds / 3600:.2f} h ({seconds / 60:,.0f} min) of "
+                     f"training, one run at a time "
                      f"(evaluation and start-up not included), from the {pipeline} pipeline's "
                      f"TFLOP/s in {bench_notes}: {figures[0]}")
     return lines
