@@ -31,9 +31,8 @@ from tqdm import tqdm
 
 import data
 from model import MODELS, build_model, count_params, forward_flops_per_image
-from utils import (append_row, atomic_write, config_yaml, file_lock,
-                   git_version, parser_from_dataclass, read_config_file, set_seed, settings_given,
-                   write_csv)
+from utils import (ConfigFileError, append_row, atomic_write, config_yaml, file_lock, git_version,
+                   parser_from_dataclass, read_config_file, set_seed, settings_given, write_csv)
 
 LAST_K = 5  # the brief's final metric averages the last 5 test evaluations (= last 5 epochs)
 # An experiment name becomes a folder name under runs/: no separators, no hidden or parent folders.
@@ -475,7 +474,10 @@ def claim_experiment(cfg: Config, runs_dir: str, name: str) -> None:
     path = os.path.join(folder, "config.yaml")
     with file_lock(folder):
         if os.path.exists(path):
-            owner = run_name(Config(**read_config_file(path, Config)))
+            try:
+                owner = run_name(Config(**read_config_file(path, Config)))
+            except ConfigFileError as e:
+                raise ConfigError(f"--experiment_name {cfg.experiment_name}: {e}") from None
             if owner != name:
                 raise ConfigError(
                     f"--experiment_name {cfg.experiment_name} already names run {owner} ({path}); "

@@ -177,6 +177,8 @@ def read_config_file(path: str, cls) -> dict:
             loaded = yaml.safe_load(f)
     except OSError as e:
         raise ConfigFileError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"config file {path} is not a text file") from None
     except yaml.YAMLError as e:
         raise ConfigFileError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(loaded, dict):
