@@ -457,7 +457,7 @@ def field_list(f):
             try:
                 value = {"true": True, "false": False}[v.lower()] if f.type is bool else f.type(v)
             except (KeyError, ValueError):
-                raise argparse.ArgumentTypeError(f"{v!r} is not a {f.type.__name__}") from None
+                raise argparse.ArgumentTypeError(f"{v!r} is not of type {f.type.__name__}") from None
             if f.metadata["choices"] and value not in f.metadata["choices"]:
                 raise argparse.ArgumentTypeError(f"{v!r} is not one of {f.metadata['choices']}")
             values.append(value)

@@ -54,9 +54,9 @@ def test_grid_takes_a_list_of_every_numeric_or_choice_field_of_config(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["grid", "--lr", "fast"], "argument --lr: 'fast' is not a float"),
+    (["grid", "--lr", "fast"], "argument --lr: 'fast' is not of type float"),
     (["grid", "--optimizer", "sgd,adam"], "'adam' is not one of ['sgd', 'adamw']"),
-    (["grid", "--batch_size", "64.5"], "'64.5' is not a int"),
+    (["grid", "--batch_size", "64.5"], "'64.5' is not of type int"),
     (["grid", "--lr", "0.1,-1"], "--lr must be >= 0"),  # train.py's own validation
     (["grid", "--width", "8", "--widths", "8"], "--width and --widths are the same list"),
     (["width", "--lr", "0.1,0.2"], "lists of train.py settings are for the grid plan"),
