@@ -93,10 +93,11 @@ from torch import nn
 
 import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image
-from train import (ConfigError, as_flag, device_name, hp, resolve_device, sync, validate)
+from train import (MAX_SEED, ConfigError, as_flag, device_name, hp, resolve_device, sync,
+                   validate)
 from train import config_id as _config_id
-from utils import (append_row, atomic_write, file_lock, git_version, parser_from_dataclass,
-                   set_seed, write_csv)
+from utils import (append_row, atomic_write, config_yaml, file_lock, git_version,
+                   parser_from_dataclass, set_seed, settings_given, write_csv)
 
 MODEL_NAME = "airbench94"
 BLOCK_WIDTHS = (64, 256, 256)  # the paper's three blocks, multiplied by --width
@@ -117,8 +118,9 @@ class AirbenchConfig:
     width: float = hp(1.0, "multiplier of the three block widths 64/256/256", min=0.01)
     dataset_size: int = hp(50_000, "D: training images (the first D of the subset_seed "
                                    "permutation, as in train.py)", min=1, max=data.NUM_TRAIN)
-    subset_seed: int = hp(0, "seed of the permutation that picks the D images", min=0)
-    seed: int = hp(0, "seed of init, data order and augmentation (first of --runs seeds)", min=0)
+    subset_seed: int = hp(0, "seed of the permutation that picks the D images", min=0, max=MAX_SEED)
+    seed: int = hp(0, "seed of init, data order and augmentation (first of --runs seeds)", min=0,
+                   max=MAX_SEED)
     # --- the recipe (paper's values) ---
     num_epochs: float = hp(9.9, "epochs, fractional: the last one stops part-way", min=0.01)
     batch_size: int = hp(1024, "images per step (last partial batch of an epoch dropped)", min=1)
@@ -554,6 +556,7 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
                         fingerprints, device)
     if record:
         atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
+        atomic_write(stem + ".yaml", config_yaml(replace(cfg, runs=1)))  # --config repeats this seed
         append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary)
     if not cfg.quiet:
         print(f"{name}: {status}, tta_val_acc={tta_val_acc:.4f} time_s={times['time_s']:.3f} "
@@ -641,12 +644,17 @@ def bench(cfg: AirbenchConfig) -> list:
 
 
 def parse_config(argv=None) -> AirbenchConfig:
+    """Defaults < --config FILE.yaml < flags typed on the command line, as in train.py."""
     parser = parser_from_dataclass(AirbenchConfig, __doc__.split("\n\n")[0])
-    cfg = AirbenchConfig(**vars(parser.parse_args(argv)))
+    from_file, typed, print_config, path = settings_given(parser, argv, AirbenchConfig)
+    cfg = AirbenchConfig(**{**from_file, **typed})
     try:
         validate_airbench(cfg)
     except ConfigError as e:
-        parser.error(str(e))
+        parser.error(f"{e}\n  (settings from {path} and the command line)" if path else str(e))
+    if print_config:
+        print(config_yaml(cfg), end="")
+        parser.exit()
     return cfg
 
 

@@ -5,6 +5,8 @@
     python sweep.py data                                   # model fixed, D halving from 50,000
     python sweep.py compute --budgets 1e11,3e11,1e12 --tradeoff data   # N*D*epochs ~ const
     python sweep.py grid --widths 8,16,32 --dataset_sizes 5000,50000  # for the joint L(N, D) fit
+    python sweep.py grid --lr 0.015,0.02,0.025 --momentum 0.8,0.9,0.95  # any field of train.Config
+    python sweep.py study --dry_run                        # the whole scaling study: size, FLOPs
     python sweep.py width --dry_run                        # one train.py command per line
     python sweep.py width -- --num_epochs 50 --precision bf16   # extra train.py flags after --
     python sweep.py collect                                # rebuild final_data.csv from runs/*.json
@@ -16,10 +18,13 @@ sweep and its trainings cleanly (rerun the same command to resume); trainings al
 themselves when the sweep is SIGKILLed.
 """
 import argparse
+import functools
 import glob
+import itertools
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -27,21 +32,51 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+import torch
 from tqdm import tqdm
 
+import bench
 import train
 from data import NUM_TRAIN
-from model import num_params
+from model import build_model, forward_flops_per_image, num_params
 from utils import PARENT_PID_ENV, file_lock, read_csv, write_csv
 
-TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-PLANS = ["width", "depth", "data", "compute", "grid"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAIN_PY = os.path.join(HERE, "train.py")
+BENCH_NOTES = os.path.join(HERE, "Notes", "benchmarks.md")  # bench.py appends its tables there
+PLANS = ["width", "depth", "data", "compute", "grid", "study"]
 DEFAULT_WIDTHS = [4, 8, 16, 32, 64, 128]   # doubling
 DEFAULT_DEPTHS = [1, 2, 3, 4, 5, 6]
 DEFAULT_DATASET_SIZES = [50_000, 25_000, 12_500, 6_250, 3_125, 1_562]  # halving
 DEFAULT_BUDGETS = [1e11, 3e11, 1e12]  # C = N*D*epochs: 3-4 widths of 4..128 per budget at 100 epochs, D<=50k
+# Fields of train.Config the grid plan takes a comma list of: every number and choice (preset
+# included), and the switches that can change what is learned. seed has --seeds; tuples such as
+# betas stay single values after --.
+GRID_FIELDS = [f for f in fields(train.Config) if f.name != "seed" and (
+    f.type in (int, float) or f.metadata["choices"] or f.type is bool and f.metadata["result"])]
+GRID_ALIASES = {"width": "widths", "depth": "depths", "dataset_size": "dataset_sizes"}
+
+# `sweep.py study`: the brief's four plans and a grid for the joint L(N, D), 100 epochs, the
+# brief's recipe (train.Config's defaults: depth 2, width 32, D = 50,000 where fixed). Points
+# shared by several plans (32x2 at D = 50,000 is in four) run once.
+STUDY_EPOCHS = 100
+STUDY_SUBPLANS = {
+    "width": dict(widths=DEFAULT_WIDTHS, seeds=[0, 1, 2]),
+    "depth": dict(depths=DEFAULT_DEPTHS, seeds=[0, 1, 2]),
+    "data": dict(dataset_sizes=DEFAULT_DATASET_SIZES, seeds=[0, 1, 2]),
+    "grid": dict(widths=[8, 16, 32, 64], dataset_sizes=[50_000, 25_000, 12_500, 6_250, 3_125],
+                 seeds=[0, 1]),
+    # IsoFLOP budgets half a decade apart, N traded against D at 100 epochs. Widths on a
+    # sqrt(2)-step ladder (N ~ width^2, so N steps ~2x) give every budget 5-6 sizes with
+    # 1,000 <= D <= 50,000 at depth 2; D >= 1,000 (100 images a class) keeps the smallest
+    # subsets out of the pure-memorisation regime.
+    "compute": dict(budgets=[1e10, 3e10, 1e11, 3e11, 1e12],
+                    widths=[4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128], min_dataset_size=1_000,
+                    seeds=[0, 1]),
+}
+STUDY_MIN_SIZES_PER_BUDGET = 5
 
 
 class PlanError(ValueError):
@@ -53,6 +88,7 @@ class Planned:
     cfg: train.Config
     argv: list  # train.py flags that produce cfg
     budget: float = float("nan")  # compute plan only
+    plans: tuple = ()  # study: the sub-plans this run serves
 
     @property
     def name(self):
@@ -73,11 +109,48 @@ def plan_points(args) -> tuple:
     elif args.plan == "data":
         points = [dict(dataset_size=n) for n in args.dataset_sizes]
     elif args.plan == "grid":
-        points = [dict(width=w, depth=d, dataset_size=n) for w in args.widths
-                  for d in args.depths for n in args.dataset_sizes]
+        points = grid_points(args)
+    elif args.plan == "study":
+        return study_points(args)
     else:
         points, dropped = compute_points(args)
     return [dict(p, seed=s) for p in points for s in seeds], dropped
+
+
+def grid_points(args) -> list:
+    """The cartesian product of widths x depths x dataset_sizes x every field list given. A
+    setting that applies only beside another (momentum with sgd) is left out of the points where
+    the grid sets that other one differently, so `--optimizer sgd,adamw --momentum 0.8,0.9` plans
+    three configurations, not four with two AdamW duplicates."""
+    axes = dict(width=args.widths, depth=args.depths, dataset_size=args.dataset_sizes,
+                **args.grid_values)
+    points = []
+    for values in itertools.product(*axes.values()):
+        point = {k: v for k, v in zip(axes, values) if v is not None}
+        for flag, (key, needed) in train.ONLY_WITH.items():
+            if flag in point and key in point and point[key] != needed:
+                del point[flag]
+        if point not in points:
+            points.append(point)
+    return points
+
+
+def study_points(args) -> tuple:
+    """Every sub-plan of STUDY_SUBPLANS, tagged with its name; plan() merges shared points."""
+    points, dropped = [], []
+    for name, settings in STUDY_SUBPLANS.items():
+        sub = argparse.Namespace(**{**vars(args), "plan": name, "num_epochs": STUDY_EPOCHS,
+                                    "tradeoff": "data", "dataset_sizes_given": False,
+                                    "widths": [train.Config.width], "depths": [train.Config.depth],
+                                    "dataset_sizes": [train.Config.dataset_size],
+                                    "grid_values": {}, **settings})
+        sub_points, sub_dropped = plan_points(sub)
+        points += [dict(p, plan=name, depth=p.get("depth", train.Config.depth),
+                        width=p.get("width", train.Config.width),
+                        dataset_size=p.get("dataset_size", train.Config.dataset_size))
+                   for p in sub_points]
+        dropped += sub_dropped
+    return points, dropped
 
 
 def compute_points(args) -> tuple:
@@ -95,8 +168,9 @@ def compute_points(args) -> tuple:
                 else:
                     D, E = fixed_D, round(budget / (N * fixed_D))
                 where = f"budget {budget:.3g}, width {width}, depth {depth} (N={N:,})"
-                if not 1 <= D <= NUM_TRAIN:
-                    dropped.append(f"{where}: needs D={D:,}, outside 1..{NUM_TRAIN:,}")
+                if not args.min_dataset_size <= D <= NUM_TRAIN:
+                    dropped.append(f"{where}: needs D={D:,}, outside "
+                                   f"{args.min_dataset_size:,}..{NUM_TRAIN:,}")
                 elif E < 1:
                     dropped.append(f"{where}: needs {budget / (N * D):.2f} epochs, below one")
                 elif abs(N * D * E - budget) > args.tolerance * budget:
@@ -111,10 +185,12 @@ def compute_points(args) -> tuple:
 def plan(args) -> tuple:
     """Planned runs (validated by train.py's own parser) and the reasons points were dropped."""
     points, dropped = plan_points(args)
-    runs = []
+    runs = {}
     for point in points:
         budget = point.pop("budget", float("nan"))
-        flags = [f"--{k}={v}" for k, v in point.items()]
+        tag = point.pop("plan", None)
+        flags = [train.as_flag(k, v) if isinstance(v, bool) else f"--{k}={v}"
+                 for k, v in point.items()]
         if args.num_epochs and "num_epochs" not in point:
             flags.append(f"--num_epochs={args.num_epochs}")
         clash = sorted(k for k in point if k in args.extra_given and args.extra_given[k] != point[k])
@@ -126,13 +202,128 @@ def plan(args) -> tuple:
             cfg = train.parse_config(argv)
         except SystemExit:  # train.py's parser has printed which flag and why
             raise PlanError(f"planned run {shlex.join(argv)} is invalid (see above)") from None
-        runs.append(Planned(cfg, argv, budget))
+        run = Planned(cfg, argv, budget, (tag,) if tag else ())
+        if run.name in runs and tag is None:
+            raise PlanError("the plan repeats configurations; check the grid values for duplicates")
+        if run.name in runs:  # the study: one run serves every sub-plan that contains it
+            shared = runs[run.name]
+            shared.plans += (tag,) if tag not in shared.plans else ()
+            shared.budget = budget if math.isnan(shared.budget) else shared.budget
+        else:
+            runs[run.name] = run
     if not runs:
         raise PlanError("no feasible configuration" + (":\n  " + "\n  ".join(dropped) if dropped else ""))
-    names = [r.name for r in runs]
-    if len(set(names)) != len(names):
-        raise PlanError("the plan repeats configurations; check the grid values for duplicates")
-    return runs, dropped
+    named = {r.cfg.experiment_name for r in runs.values()} - {""}
+    if named and len(runs) > 1:  # train.py would refuse every run after the first
+        raise PlanError(f"--experiment_name {named.pop()} names one configuration; this plan has "
+                        f"{len(runs)} (sweeps are named by their run_names)")
+    return list(runs.values()), dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# Size of a plan: image-epochs, training FLOPs and GPU time projected from bench.py's figures
+
+
+@functools.lru_cache(maxsize=None)
+def flops_per_image(model: str, width: int, depth: int, bn: bool) -> int:
+    """model.forward_flops_per_image of the network built on the meta device (no memory, no
+    arithmetic: the counter sees shapes only, same count as a real forward)."""
+    with torch.device("meta"):
+        net = build_model(model, width, depth, bn)
+    return forward_flops_per_image(net)
+
+
+def training_flops(cfg: train.Config) -> int:
+    """train.summarize's total_flops: backward ~ 2x forward."""
+    return 3 * flops_per_image(cfg.model, cfg.width, cfg.depth, cfg.bn) * cfg.dataset_size * cfg.num_epochs
+
+
+def gpu_bench_figures(path: str):
+    """(heading, {(size, pipeline): TFLOP/s}) of the latest bench.py timed table in `path` that was
+    measured on a GPU (a heading `## date · device · torch ...` whose device is not cpu or mps),
+    or None when there is none."""
+    if not os.path.exists(path):
+        return None
+    latest = None
+    with open(path) as f:
+        sections = re.split(r"^## ", f.read(), flags=re.M)[1:]
+    for section in sections:
+        heading, *lines = section.splitlines()
+        parts = [p.strip() for p in heading.split("·")]
+        if len(parts) < 3 or parts[1] in ("cpu", "mps"):
+            continue
+        table = [[c.strip() for c in l.strip().strip("|").split("|")] for l in lines if l.startswith("|")]
+        if not table or not {"size", "pipeline", "tflops"} <= set(table[0]):
+            continue
+        col = {name: i for i, name in enumerate(table[0])}
+        figures = {}
+        for row in table[2:]:  # after the header and the |---| line
+            try:
+                figures[(row[col["size"]], row[col["pipeline"]])] = float(row[col["tflops"]])
+            except (ValueError, IndexError):
+                continue
+        if figures:
+            latest = (heading.strip(), figures)
+    return latest
+
+
+def bench_pipeline(cfg: train.Config) -> str:
+    """The bench.py pipeline whose settings cfg has (the most specific one that matches)."""
+    matches = [name for name, settings in bench.PIPELINES.items()
+               if all(getattr(cfg, k) == v for k, v in settings.items())]
+    return max(matches, key=lambda name: len(bench.PIPELINES[name]), default="default")
+
+
+def projected_gpu_s(runs, figures: dict, pipeline: str):
+    """Training seconds of the runs one after another: each run's FLOPs over the TFLOP/s bench.py
+    measured for this pipeline at the size nearest in FLOPs per image (small models are
+    launch-bound, so a single figure for all sizes would be wrong by several x). None without a
+    figure for the pipeline."""
+    measured = {size: tflops for (size, name), tflops in figures.items()
+                if name == pipeline and re.fullmatch(r"\d+x\d+", size) and tflops > 0}
+    if not measured:
+        return None
+    size_flops = {size: flops_per_image("cnn", *map(int, size.split("x")), False) for size in measured}
+    total_s = 0.0
+    for run in runs:
+        c = run.cfg
+        f = flops_per_image(c.model, c.width, c.depth, c.bn)
+        nearest = min(measured, key=lambda size: abs(math.log(size_flops[size] / f)))
+        total_s += training_flops(c) / (measured[nearest] * 1e12)
+    return total_s
+
+
+def size_report(plan_name: str, runs: list, bench_notes: str) -> list:
+    """Lines saying how big a plan is and, from GPU bench figures when there are any, how long."""
+    lines = [f"{plan_name} plan: {len(runs)} runs"]
+    if any(r.plans for r in runs):
+        tags = [t for r in runs for t in r.plans]
+        counts = ", ".join(f"{name} {tags.count(name)}" for name in PLANS if name in tags)
+        lines[0] += (f" ({counts}; {len(tags) - len(runs)} of those are points shared by several "
+                     f"plans, run once)")
+    budgets = {}
+    for r in runs:
+        if not math.isnan(r.budget):
+            budgets.setdefault(r.budget, set()).add((r.cfg.width, r.cfg.depth))
+    if budgets:
+        lines.append("compute budgets: " + ", ".join(f"C={b:.3g} {len(sizes)} model sizes"
+                                                     for b, sizes in sorted(budgets.items())))
+    flops = sum(training_flops(r.cfg) for r in runs)
+    lines.append(f"{sum(r.cfg.dataset_size * r.cfg.num_epochs for r in runs):,} image-epochs, "
+                 f"{flops:.3g} training FLOPs (3 x forward_flops_per_image x D x epochs)")
+    figures = gpu_bench_figures(bench_notes)
+    pipeline = bench_pipeline(runs[0].cfg)
+    seconds = projected_gpu_s(runs, figures[1], pipeline) if figures else None
+    if seconds is None:
+        where = f"for the {pipeline} pipeline " if figures else ""
+        lines.append(f"projected GPU time: unknown, no GPU figures {where}in {bench_notes} yet "
+                     f"(python bench.py on a GPU measures them); plan with the FLOP total above")
+    else:
+        lines.append(f"projected GPU time: {seconds / 3600:.2f} h ({seconds / 60:,.0f} min) of "
+                     f"training, one run at a time "
+                     f"(evaluation and start-up not included), from the {pipeline} pipeline's "
+                     f"TFLOP/s in {bench_notes}: {figures[0]}")
+    return lines
 
 
 def command(run: Planned) -> list:
@@ -299,19 +490,38 @@ def float_list(text):
     return values
 
 
+def field_list(f):
+    """argparse type of a comma list of one train.Config field's values."""
+    def parse(text):
+        values = []
+        for v in (v.strip() for v in text.split(",")):
+            try:
+                value = {"true": True, "false": False}[v.lower()] if f.type is bool else f.type(v)
+            except (KeyError, ValueError):
+                raise argparse.ArgumentTypeError(f"{v!r} is not of type {f.type.__name__}") from None
+            if f.metadata["choices"] and value not in f.metadata["choices"]:
+                raise argparse.ArgumentTypeError(f"{v!r} is not one of {f.metadata['choices']}")
+            values.append(value)
+        return values
+    return parse
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Flags after -- go to every train.py run.")
     p.add_argument("plan", choices=PLANS + ["collect"])
-    p.add_argument("--widths", type=int_list, default=None, help=f"default {DEFAULT_WIDTHS} (width, compute, grid plans)")
+    p.add_argument("--widths", type=int_list, default=None, help=f"default {DEFAULT_WIDTHS} (width, compute, grid plans; a grid given other lists: train.py's width)")
     p.add_argument("--depths", type=int_list, default=None, help=f"default {DEFAULT_DEPTHS} (depth plan), else the train.py depth")
     p.add_argument("--dataset_sizes", type=int_list, default=None, help=f"default {DEFAULT_DATASET_SIZES} (data plan)")
-    p.add_argument("--seeds", type=int_list, default=[0])
-    p.add_argument("--num_epochs", type=int, default=None, help="epochs of every run (default: train.py's)")
-    p.add_argument("--budgets", type=float_list, default=DEFAULT_BUDGETS, help="compute plan: C = N*D*epochs")
-    p.add_argument("--tradeoff", choices=["data", "epochs"], default="data",
-                   help="compute plan: N traded against D (epochs fixed) or against epochs (D fixed)")
+    p.add_argument("--seeds", type=int_list, default=None, help="default 0")
+    p.add_argument("--budgets", type=float_list, default=None,
+                   help=f"compute plan: C = N*D*epochs, default {DEFAULT_BUDGETS}")
+    p.add_argument("--tradeoff", choices=["data", "epochs"], default=None,
+                   help="compute plan: N traded against D (epochs fixed, the default) or against "
+                        "epochs (D fixed)")
+    p.add_argument("--min_dataset_size", type=int, default=None,
+                   help="compute plan: smallest D a budget may ask for (default 1)")
     p.add_argument("--tolerance", type=float, default=0.1, help="compute plan: max |C - budget| / budget")
     p.add_argument("--results_dir", default=None, help="default results (or --results_dir given after --)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
@@ -325,7 +535,43 @@ def build_parser():
     p.add_argument("--cpus_per_task", type=int, default=4)
     p.add_argument("--max_concurrent", type=int, default=32, help="slurm array tasks at once")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the array and report")
+    p.add_argument("--bench_notes", default=BENCH_NOTES,
+                   help="--dry_run: bench.py's tables, for the projected GPU time")
+    grid = p.add_argument_group("lists of train.py settings (grid plan; --num_epochs also takes "
+                                "one value for every plan)")
+    for f in GRID_FIELDS:
+        grid.add_argument(f"--{f.name}", type=field_list(f), default=None, metavar="V1,V2",
+                          help=f"{f.metadata['help']} (default: train.py's)")
     return p
+
+
+def grid_lists(args, parser) -> None:
+    """args.grid_values = {field: values} of the field lists given (grid plan only; widths,
+    depths and dataset_sizes have their own lists), args.num_epochs one value or None."""
+    values = {f.name: getattr(args, f.name) for f in GRID_FIELDS if getattr(args, f.name) is not None}
+    epochs = values.pop("num_epochs", None)
+    args.num_epochs, args.grid_values = None, {}
+    if args.plan == "grid":
+        for name, plural in GRID_ALIASES.items():
+            if name in values and getattr(args, plural) is not None:
+                parser.error(f"--{name} and --{plural} are the same list; give one")
+            if name in values:
+                setattr(args, plural, values.pop(name))
+        if epochs and len(epochs) > 1:
+            values["num_epochs"] = epochs
+        args.grid_values = values
+    elif values:
+        given = ", ".join(f"--{k}" for k in values)
+        parser.error(f"{given}: lists of train.py settings are for the grid plan; a value for "
+                     f"every run of the {args.plan} plan goes after --, e.g. -- --{next(iter(values))}=V")
+    elif epochs and len(epochs) > 1:
+        parser.error("--num_epochs takes one value except in the grid plan")
+    if epochs and len(epochs) == 1:
+        args.num_epochs = epochs[0]
+
+
+STUDY_FIXED = ["widths", "depths", "dataset_sizes", "seeds", "budgets", "tradeoff",
+               "min_dataset_size"] + [f.name for f in GRID_FIELDS]
 
 
 def parse_args(argv=None):
@@ -343,8 +589,27 @@ def parse_args(argv=None):
     if args.plan == "collect":
         return args
     base = train.parse_config(args.extra)  # bad extra flags fail here, before anything runs
+    if args.plan == "study":
+        fixed = [f"--{k}" for k in STUDY_FIXED if getattr(args, k) is not None]
+        if fixed:
+            parser.error(f"the study's plan is fixed (STUDY_SUBPLANS in sweep.py), "
+                         f"{', '.join(fixed)} cannot change it; run the single plans for other "
+                         f"grids (settings of every run go after --, e.g. -- --precision=bf16)")
+    grid_lists(args, parser)
+    if args.plan == "study":
+        args.num_epochs = STUDY_EPOCHS
+    args.seeds = args.seeds or [0]
+    args.budgets = args.budgets or DEFAULT_BUDGETS
+    args.tradeoff = args.tradeoff or "data"
+    args.min_dataset_size = args.min_dataset_size or 1
     args.dataset_sizes_given = args.dataset_sizes is not None
-    args.widths = args.widths or (DEFAULT_WIDTHS if args.plan in ("width", "compute", "grid") else [base.width])
+    if args.plan == "grid" and args.grid_values:
+        # A grid of other settings (lr x momentum, presets) leaves the size to train.py (or the
+        # preset) unless it is given: None = no flag.
+        args.widths, args.depths = args.widths or [None], args.depths or [None]
+        args.dataset_sizes = args.dataset_sizes or [None]
+    ladder = args.plan in ("width", "compute", "grid")
+    args.widths = args.widths or (DEFAULT_WIDTHS if ladder else [base.width])
     args.depths = args.depths or (DEFAULT_DEPTHS if args.plan == "depth" else [base.depth])
     args.dataset_sizes = args.dataset_sizes or (DEFAULT_DATASET_SIZES if args.plan == "data" else
                                                 [base.dataset_size])
@@ -358,11 +623,11 @@ def parse_args(argv=None):
 def extra_flags(parser, extra: list, args) -> dict:
     """The train.py flags typed after --, refused where sweep.py owns the setting: the sweep reads
     finished runs from its results folder and decides itself what is rerun."""
-    given = train.typed_flags(train.build_parser(), extra) if extra else {}
+    given = train.typed_flags(extra) if extra else {}
     if "results_dir" in given and args.results_dir not in (None, given["results_dir"]):
         parser.error(f"--results_dir {args.results_dir} before -- and {given['results_dir']} after "
                      f"it disagree; give it once, before --")
-    for flag in ("force", "resume", "quiet"):
+    for flag in ("force", "resume", "quiet", "print_config", "list_presets"):
         if flag in given:
             parser.error(f"--{flag} after -- is sweep.py's to set"
                          + (": put --force before --" if flag == "force" else ""))
@@ -383,14 +648,21 @@ def main(argv=None):
         runs, dropped = plan(args)
     except PlanError as e:
         sys.exit(f"error: {e}")
-    for reason in dropped:
-        print(f"dropped {reason}", file=sys.stderr)
+    if args.plan == "study" and dropped:  # by design: the ladder is wider than any one budget
+        print(f"{len(dropped)} (budget, width) pairs of the study's compute plan need D outside "
+              f"{STUDY_SUBPLANS['compute']['min_dataset_size']:,}..{NUM_TRAIN:,} and are left out",
+              file=sys.stderr)
+    else:
+        for reason in dropped:
+            print(f"dropped {reason}", file=sys.stderr)
     if args.dry_run:
         for run in runs:
             c = run.cfg
             N = num_params(c.model, c.width, c.depth, c.bn)
             print(f"{printable(run)}  # N={N} D={c.dataset_size} epochs={c.num_epochs} "
                   f"C={N * c.dataset_size * c.num_epochs:.4g}")
+        for line in size_report(args.plan, runs, args.bench_notes):  # stdout stays runnable
+            print(f"# {line}", file=sys.stderr)
         return
     done = set() if args.force else finished_names(args.results_dir)
     todo = [r for r in runs if r.name not in done]

@@ -4,9 +4,11 @@
 
 Every hyperparameter is a field of `Config` below; the command-line flags, the columns of
 results/final_data.csv and the run name are all generated from it, so a new knob is one line.
-`--preset NAME` fills the defaults of a study (PRESETS; `--list_presets` shows them) and flags
-given on the command line override it. Writes results/runs/<run_name>.csv (one row per epoch),
-results/runs/<run_name>.json (the summary, written atomically) and appends the summary to
+`--preset NAME` fills the defaults of a study (PRESETS; `--list_presets` shows them), then
+`--config FILE.yaml` (a mapping of Config fields), then the flags given on the command line;
+`--print_config` prints the resolved Config as such a file. Writes results/runs/<run_name>.csv
+(one row per epoch), results/runs/<run_name>.json (the summary, written atomically),
+results/runs/<run_name>.yaml (the resolved Config) and appends the summary to
 results/final_data.csv.
 """
 import argparse
@@ -17,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -29,12 +32,14 @@ from tqdm import tqdm
 
 import data
 from model import MODELS, build_model, count_params, forward_flops_per_image, num_params
-from utils import (ResultsFileError, append_row, atomic_write, csv_tail_error, exit_with_parent,
-                   file_lock, git_version, given_args, parser_from_dataclass, read_csv, set_seed,
-                   write_csv)
+from utils import (ConfigFileError, ResultsFileError, append_row, atomic_write, config_yaml,
+                   csv_tail_error, exit_with_parent, file_lock, git_version, parser_from_dataclass,
+                   read_config_file, read_csv, set_seed, settings_given, write_csv)
 
 LAST_K = 5  # the brief's final metric averages the last 5 test evaluations (= last 5 epochs)
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
+# An experiment name becomes a folder name under runs/: no separators, no hidden or parent folders.
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 def hp(default, help, *, min=None, max=None, choices=None, result=True):
@@ -123,7 +128,11 @@ class Config:
     keep_checkpoints: bool = hp(False, "keep the per-epoch checkpoint after the run finishes", result=False)
     log_grad_norms: bool = hp(False, "per-layer gradient norms (mean over the epoch's steps) as "
                                      "grad_norm_<layer> columns of the per-epoch CSV", result=False)
-    save_model: bool = hp(False, "final weights and metrics.json under runs/<run_name>/", result=False)
+    save_model: bool = hp(False, "final weights and metrics.json under runs/<run_name>/ "
+                                 "(runs/<experiment_name>/ when named)", result=False)
+    experiment_name: str = hp("", "a name of your choice for this run (document 004's "
+                                  "sgd_seed42): recorded in the summary, names the folder of "
+                                  "--save_model; one name, one configuration", result=False)
     trackio: str = hp("", "trackio project to log per-epoch metrics to (pip install trackio; "
                           "stored under $TRACKIO_DIR; trackio show opens the dashboard)", result=False)
     preset: str = hp("none", "defaults of a study (--list_presets); explicit flags override",
@@ -173,6 +182,9 @@ def _combination_errors(cfg: Config) -> list:
         errors.append(f"--dataset_size {cfg.dataset_size} + --val_size {num_val} images exceed the "
                       f"{data.NUM_TRAIN:,} training images; use --dataset_size <= "
                       f"{data.NUM_TRAIN - num_val} (or leave it unset)")
+    if cfg.experiment_name and not EXPERIMENT_NAME.fullmatch(cfg.experiment_name):
+        errors.append(f"--experiment_name must be letters, digits, _ . - (a folder name under "
+                      f"runs/), got {cfg.experiment_name!r}")
     if cfg.trackio and importlib.util.find_spec("trackio") is None:
         errors.append("--trackio needs the trackio package, which is not installed: "
                       "pip install trackio (or drop --trackio)")
@@ -295,7 +307,7 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         if flag in row and getattr(cfg, key) != needed:
             row[flag] = ""
     row.update(
-        test_freq=cfg.test_freq, preset=cfg.preset,
+        test_freq=cfg.test_freq, preset=cfg.preset, experiment_name=cfg.experiment_name,
         train_time_s=sum(r["epoch_time_s"] for r in rows),
         wall_time_s=sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows),
         num_workers=cfg.num_workers if cfg.loader == "torchvision" else "",
@@ -474,6 +486,7 @@ def train(cfg: Config) -> dict:
         return done
     cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind
     os.makedirs(os.path.dirname(stem), exist_ok=True)
+    claim_experiment(cfg, os.path.dirname(stem), name)
     lock = file_lock(stem)
     try:  # two processes on one configuration would interleave its files
         lock.acquire(timeout=0)
@@ -486,6 +499,29 @@ def train(cfg: Config) -> dict:
         with contextlib.suppress(OSError):
             os.remove(lock.lock_file)  # removed while held: no stale lock file is left behind
         lock.release()
+
+
+def claim_experiment(cfg: Config, runs_dir: str, name: str) -> None:
+    """runs/<experiment_name>/ holds one configuration: the first run given the name writes its
+    config.yaml there; a later run under that name with another run_name is refused before it
+    trains (a rerun or resume of the same configuration is welcome)."""
+    if not cfg.experiment_name:
+        return
+    folder = os.path.join(runs_dir, cfg.experiment_name)
+    path = os.path.join(folder, "config.yaml")
+    with file_lock(folder):
+        if os.path.exists(path):
+            try:
+                owner = run_name(Config(**read_config_file(path, Config)))
+            except ConfigFileError as e:
+                raise ConfigError(f"--experiment_name {cfg.experiment_name}: {e}") from None
+            if owner != name:
+                raise ConfigError(
+                    f"--experiment_name {cfg.experiment_name} already names run {owner} ({path}); "
+                    f"this configuration ({name}) would overwrite its saved model and metrics: "
+                    f"choose another name")
+        else:
+            atomic_write(path, config_text(cfg))
 
 
 def finished_summary(cfg: Config, stem: str):
@@ -622,8 +658,10 @@ def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerp
     """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up."""
     summary = summarize(cfg, rows, status, N, flops_per_image, fingerprints, device, num_val)
     atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
+    atomic_write(stem + ".yaml", config_text(cfg))  # `--config` of this file repeats the run
     if cfg.save_model:
-        save_model(stem, model, summary, cfg)
+        named = os.path.join(os.path.dirname(stem), cfg.experiment_name)
+        save_model(named if cfg.experiment_name else stem, model, summary, cfg)
     append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary, key="run_name")
     ckpt_path = stem + ".ckpt.pt"
     if not cfg.keep_checkpoints and os.path.exists(ckpt_path):
@@ -636,7 +674,8 @@ def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerp
 
 
 def save_model(stem, model, summary, cfg):
-    """runs/<run_name>/model.pt (the state_dict) and metrics.json (summary + configuration)."""
+    """<stem>/model.pt (the state_dict) and metrics.json (summary + configuration); stem is
+    runs/<run_name> or runs/<experiment_name>."""
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     atomic_write(os.path.join(stem, "model.pt"), buf.getvalue(), mode="wb")
@@ -716,6 +755,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_text(cfg: Config) -> str:
+    """The resolved Config as a --config file, without settings that do not apply (momentum
+    under AdamW), which make_config would refuse when the file is fed back."""
+    return config_yaml(cfg, skip=[flag for flag, (key, needed) in ONLY_WITH.items()
+                                  if getattr(cfg, key) != needed])
+
+
 def as_flag(name: str, value) -> str:
     if isinstance(value, bool):
         return f"--{name}" if value else f"--no_{name}"
@@ -727,21 +773,31 @@ def presets_text() -> str:
     return "\n".join(f"{name}: {about}\n    {flags(values)}" for name, (about, values) in PRESETS.items())
 
 
-def typed_flags(parser, argv) -> dict:
-    """{field: value} of the flags typed in argv, without defaults."""
-    return given_args(parser, argv, [f.name for f in fields(Config)] + ["list_presets"])
+def typed_flags(argv) -> dict:
+    """{field: value} of what argv sets (typed, or in its --config file), without defaults;
+    print_config and list_presets under their own names when given."""
+    from_file, typed, print_config, _ = settings_given(build_parser(), argv, Config, ["list_presets"])
+    return {**from_file, **typed, **({"print_config": True} if print_config else {})}
 
 
 def parse_config(argv=None) -> Config:
     parser = build_parser()
-    given = typed_flags(parser, argv)
-    if given.pop("list_presets", False):
+    from_file, typed, print_config, path = settings_given(parser, argv, Config, ["list_presets"])
+    if typed.pop("list_presets", False):
         print(presets_text())
         parser.exit()
+    # A file's setting that needs one the command line changed (the file's momentum, a typed
+    # --optimizer adamw) no longer applies, as a preset's would not.
+    from_file = {k: v for k, v in from_file.items() if not (
+        k in ONLY_WITH and ONLY_WITH[k][0] in typed and typed[ONLY_WITH[k][0]] != ONLY_WITH[k][1])}
     try:
-        return make_config(given)
+        cfg = make_config({**from_file, **typed})
     except ConfigError as e:
-        parser.error(str(e))
+        parser.error(f"{e}\n  (settings from {path} and the command line)" if path else str(e))
+    if print_config:
+        print(config_text(cfg), end="")
+        parser.exit()
+    return cfg
 
 
 class Stopped(BaseException):

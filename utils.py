@@ -1,4 +1,5 @@
-"""Small helpers shared by the scripts: seeding, code version, and safe results files.
+"""Small helpers shared by the scripts: seeding, code version, safe results files, and the
+command line and YAML files derived from a hyperparameter dataclass.
 
 Results files are shared by many processes (a sweep finishes runs concurrently) and hold days of
 GPU time, so: every write happens under a file lock, a row is written whole in one call, a file
@@ -10,6 +11,7 @@ import dataclasses
 import io
 import os
 import random
+import re
 import signal
 import subprocess
 import tempfile
@@ -18,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+import yaml
 from filelock import FileLock
 
 
@@ -201,3 +204,102 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=watch, daemon=True, name="exit_with_parent").start()
+# ---------------------------------------------------------------------------------------------
+# Config files: a YAML mapping of a hyperparameter dataclass's fields (document 004's habit)
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be applied; the message names the file and the key."""
+
+
+# PyYAML reads YAML 1.1, where `1e-3` (no dot) is a string, not a float: accept such numbers.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _field_value(value, kind, where):
+    """value converted to kind (bool, int, float, str), or ConfigFileError naming `where`."""
+    if kind is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value.replace("_", ""))
+    ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+          or kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        hint = " (YAML reads off/on/yes/no as booleans: quote it)" if isinstance(value, bool) else ""
+        raise ConfigFileError(f"{where} must be {kind.__name__}, got {value!r} "
+                              f"({type(value).__name__}){hint}")
+    return float(value) if kind is float else value  # 1 and 1.0 must hash to one config_id
+
+
+def read_config_file(path: str, cls) -> dict:
+    """{field: value} of a YAML mapping of cls's fields, each converted to its field's type
+    (lists to tuples, ints to floats where the field is a float) so the dataclass built from it
+    equals the one built from the same flags. Ranges and combinations are left to the caller's
+    validation, as for flags."""
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigFileError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"config file {path} is not a text file") from None
+    except yaml.YAMLError as e:
+        raise ConfigFileError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        got = "an empty file" if loaded is None else f"a {type(loaded).__name__}"
+        raise ConfigFileError(f"config file {path} must be a mapping of settings (key: value), "
+                              f"got {got}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in loaded if k not in known)
+    if unknown:
+        raise ConfigFileError(f"config file {path}: unknown key(s) {unknown}; valid keys are the "
+                              f"flags of --help: {sorted(known)}")
+    values = {}
+    for key, value in loaded.items():
+        f, where = known[key], f"config file {path}: key '{key}'"
+        if f.type is tuple:
+            n, kind = len(f.default), type(f.default[0])
+            if not isinstance(value, (list, tuple)) or len(value) != n:
+                raise ConfigFileError(f"{where} must be a list of {n} {kind.__name__}s, got {value!r}")
+            values[key] = tuple(_field_value(v, kind, where) for v in value)
+        else:
+            values[key] = _field_value(value, f.type, where)
+    return values
+
+
+def config_yaml(cfg, skip=()) -> str:
+    """cfg as a YAML mapping in field order, each line commented with its help: read back by
+    read_config_file it gives the same values. `skip`: fields to leave out."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        if f.name in skip:
+            continue
+        value = getattr(cfg, f.name)
+        value = list(value) if isinstance(value, tuple) else value
+        text = yaml.safe_dump({f.name: value}, default_flow_style=True, width=10 ** 6).strip()
+        lines.append(f"{text[1:-1]}  # {f.metadata['help']}")  # strip the flow mapping's braces
+    return "\n".join(lines) + "\n"
+
+
+def add_config_file_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--config and --print_config. Not fields of the table: they say where settings come from,
+    not what they are."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of settings (keys "
+                        "are these flags' names), applied after --preset and before the flags "
+                        "typed on the command line")
+    parser.add_argument("--print_config", action="store_true", help="print the resolved "
+                        "configuration as a --config file and exit (nothing runs)")
+    return parser
+
+
+def settings_given(parser, argv, cls, extra=()) -> tuple:
+    """(file's settings, typed settings, print_config, config path or None); the typed win when
+    merged, defaults are left out. Adds --config and --print_config to parser; a bad file exits
+    via parser.error."""
+    add_config_file_flags(parser)
+    given = given_args(parser, argv, [f.name for f in dataclasses.fields(cls)] +
+                       ["config", "print_config", *extra])
+    print_config, path = given.pop("print_config", False), given.pop("config", None)
+    try:
+        from_file = read_config_file(path, cls) if path else {}
+    except ConfigFileError as e:
+        parser.error(str(e))
+    return from_file, given, print_config, path

@@ -1,5 +1,4 @@
 """Bad runs, reruns, damaged files and killed sweeps (issue 17): each test failed before its fix."""
-import json
 import os
 import signal
 import subprocess

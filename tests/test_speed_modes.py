@@ -1,5 +1,4 @@
 """Every speed mode trains end to end and writes the same records; the benchmark runs."""
-import os
 import subprocess
 import sys
 
