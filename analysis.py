@@ -342,17 +342,24 @@ def plans_for(configs) -> tuple:
                  for x, plan, held in PLANS_WITHOUT_SHAPE if x in configs.columns)
 
 
+def slices(frame, keys) -> list:
+    """The sub-tables sharing values of keys (missing values group together); all when no keys."""
+    if not keys:
+        return [frame]
+    return [part for _, part in frame.groupby(list(keys), dropna=False, sort=True)]
+
+
 def plan_groups(configs) -> list:
     context, varying = context_columns(configs)
     groups = []
     for x, plan, held in plans_for(configs):
-        for _, frame in configs.groupby(context + list(held), dropna=False, sort=True):
+        for frame in slices(configs, context + list(held)):
             if frame[x].nunique() >= MIN_DISTINCT:
                 groups.append(_group(x, plan, frame.sort_values(x), varying + list(held)))
     for x in ("C", "total_flops"):
         if x not in configs.columns or configs[x].isna().any():
             continue
-        for _, frame in configs.groupby(context, dropna=False, sort=True):
+        for frame in slices(configs, context):
             front = frontier(frame, x)
             if front[x].nunique() >= MIN_DISTINCT:
                 groups.append(_group(x, "frontier", front, varying))
@@ -362,7 +369,7 @@ def plan_groups(configs) -> list:
 def _group(x, plan, frame, columns) -> Group:
     fields = {c: _plain(frame[c].iloc[0]) for c in columns}
     held = " ".join(f"{c}={v}" for c, v in fields.items())
-    return Group(x, plan, f"{plan}: {held}" if held else plan, frame, fields)
+    return Group(x, plan, f"{plan}: {held}" if held else plan, frame, {"plan": plan, **fields})
 
 
 def frontier(frame, x, tolerance=BUDGET_TOLERANCE) -> pd.DataFrame:
@@ -392,7 +399,7 @@ def joint_slice(configs):
         return None
     context, varying = context_columns(configs)
     best = None
-    for _, frame in configs.groupby(context + ["epochs"], dropna=False, sort=True):
+    for frame in slices(configs, context + ["epochs"]):
         if frame.N.nunique() >= 2 and frame.D.nunique() >= 2 and len(frame) >= 6:
             if best is None or len(frame) > len(best):
                 best = frame
@@ -429,13 +436,18 @@ def hyperparameter_fields(configs, requested=None) -> list:
 
 
 def hyperparameter_table(rows, fields) -> Optional[pd.DataFrame]:
-    """Loss against each setting of the swept fields (and of N, D, epochs where they vary too):
-    mean and std over seeds, n. Settings with missing values (momentum of AdamW runs) stay."""
+    """Loss against each setting of the swept fields at each (N, D, epochs) where one of them was
+    swept: mean and std over seeds, n. Sizes run at a single setting (the rest of a scaling sweep)
+    are left out; settings with missing values (momentum of AdamW runs) stay."""
     if not fields:
         return None
     scale = [c for c in ("N", "D", "epochs") if c in rows.columns and rows[c].nunique() > 1]
-    by = list(fields) + scale
-    table = rows.groupby(by, dropna=False, sort=True).L.agg(["mean", "std", "count"])
+    swept = [part for part in slices(rows, scale)
+             if any(part[f].nunique(dropna=False) > 1 for f in fields)]
+    if not swept:
+        return None
+    table = pd.concat(swept).groupby(list(fields) + scale, dropna=False, sort=True).L.agg(
+        ["mean", "std", "count"])
     return table.rename(columns={"count": "n"}).reset_index()
 
 
@@ -582,8 +594,8 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
     rosenfeld_ceiling = ceiling if ceiling is not None else \
         (RANDOM_GUESS_ERROR if is_error_rate(runs.loss) else None)
     configs, warnings = runs.configs, []
-    fields = hyperparameter_fields(configs, vs)
-    table = hyperparameter_table(runs.rows, fields)
+    table = hyperparameter_table(runs.rows, hyperparameter_fields(configs, vs))
+    fields = [] if table is None else hyperparameter_fields(configs, vs)
     groups = plan_groups(configs)
     single = _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, warnings)
     joint, delta_used, delta_source = _joint(configs, n_boot, seed, delta, grid, bootstrap,
@@ -663,6 +675,9 @@ def _joint(configs, n_boot, seed, delta, grid, bootstrap, warnings):
         return None, used, source
     fitted.group, fitted.epochs, fitted.configs = label, float(frame.epochs.iloc[0]), frame
     fitted.n_runs, fitted.delta_source = int(frame.n_seeds.sum()), source
+    lost = {"alpha": ("a=", "alpha="), "beta": ("b=", "beta=")}
+    moot = tuple(f"joint fit: optimum {p}" for name in fitted.not_identified for p in lost[name])
+    fitted.warnings = [w for w in fitted.warnings if not w.startswith(moot)]   # said below
     warnings += fitted.warnings
     if fitted.not_identified:
         warnings.append(f"joint fit: {', '.join(fitted.not_identified)} {laws.NOT_IDENTIFIED} "
@@ -683,7 +698,7 @@ def compute_optimal(configs, *, compute="C", partner="D", n_boot=200, seed=0, bo
     held = "epochs" if partner == "D" else "D"
     context, varying = context_columns(configs)
     best, best_label, best_held = [], None, None
-    for _, frame in configs.groupby(context + [held], dropna=False, sort=True):
+    for frame in slices(configs, context + [held]):
         budgets = find_budgets(frame, compute)
         if len(budgets) > len(best):
             best, best_label = budgets, _label(f"constant {compute}", frame, varying + [held])

@@ -41,6 +41,7 @@ JOINT_UPPER = np.array([np.inf, np.inf, np.inf, ALPHA_MAX, ALPHA_MAX])
 PRUNE_ITERATIONS, PRUNE_KEEP = 30, 64
 BOUND_TOL = 1e-6           # a parameter this close to a bound is on it
 NOT_IDENTIFIED = "not identified by these runs"
+TERM_SHARE_MIN = 0.01      # a joint-law term below 1% of the loss everywhere carries no exponent
 
 
 class FitError(ValueError):
@@ -638,6 +639,7 @@ class JointFit:
     theta: np.ndarray = None   # internal (a, b, e, alpha, beta)
     configs: object = None     # what analysis.py fitted it on (a table of configurations)
     delta_source: str = ""
+    term_share: dict = field(default_factory=dict)   # largest share of L_hat of A/N^α, B/D^β
 
     def predict(self, N, D):
         p = self.params
@@ -646,10 +648,13 @@ class JointFit:
 
     @property
     def not_identified(self) -> list:
-        """Exponents the runs do not pin down (on a bound, or an interval over half the range)."""
+        """Exponents the runs do not pin down: on a bound, an interval over half the range, or the
+        exponent of a term below TERM_SHARE_MIN of the loss at every point (any exponent would
+        fit: a pilot sweep whose D barely varies)."""
         return [name for i, name in ((2, "alpha"), (4, "beta"))
                 if not exponent_identified(self.params[name], percentile_ci(self.samples[:, i]),
-                                           name in self.at_bound)]
+                                           name in self.at_bound)
+                or self.term_share.get(name, 1.0) < TERM_SHARE_MIN]
 
     def allocation_samples(self):
         """(a, b) of N_opt ∝ C^a, D_opt ∝ C^b implied by each bootstrap fit (C ∝ N·D)."""
@@ -679,7 +684,7 @@ class JointFit:
                    delta_source=self.delta_source, bootstrap=self.bootstrap,
                    n_boot=len(self.samples) + self.n_boot_dropped,
                    n_boot_converged=self.n_boot_converged, n_boot_dropped=self.n_boot_dropped,
-                   noise_inflation=self.inflation, at_bound=self.at_bound,
+                   noise_inflation=self.inflation, at_bound=self.at_bound, term_share=self.term_share,
                    not_identified=self.not_identified, identified=not self.not_identified,
                    log_rmse=self.log_rmse, warnings=self.warnings)
         return out
@@ -713,6 +718,11 @@ def fit_joint(N, D, L, *, delta=HUBER_DELTA, n_boot=200, rng=None, grid=None,
                       converged=converged, n_boot_converged=0, delta=delta,
                       log_rmse=float("nan"), warnings=warnings, theta=theta_hat)
     fitted.log_rmse = float(np.sqrt(np.mean((np.log(fitted.predict(N, D)) - log_L) ** 2)))
+    predicted = fitted.predict(N, D)
+    fitted.term_share = dict(alpha=float(np.max(fitted.params["A"] * N ** -fitted.params["alpha"]
+                                                / predicted)),
+                             beta=float(np.max(fitted.params["B"] * D ** -fitted.params["beta"]
+                                               / predicted)))
     fitted.at_bound = [name for i, name in ((3, "alpha"), (4, "beta"))
                        if theta_hat[i] <= BOUND_TOL or theta_hat[i] >= ALPHA_MAX - BOUND_TOL]
     mode = resolve_bootstrap(bootstrap, noise) if n_boot else "none"

@@ -62,10 +62,14 @@ def split_fields(field_dicts) -> tuple:
     keys = list(dict.fromkeys(k for fields in field_dicts for k in fields))
     differ = [k for k in keys if len({repr(f.get(k)) for f in field_dicts}) > 1]
     shared = [k for k in keys if k not in differ]
-    labels = [" ".join(f"{k}={_plain(f.get(k))}" for k in differ) or "all"
-              for f in field_dicts]
-    common = ", ".join(f"{k}={_plain(field_dicts[0][k])}" for k in shared) if field_dicts else ""
+    labels = [" ".join(_field(k, f[k]) for k in differ if k in f) or "all" for f in field_dicts]
+    common = ", ".join(_field(k, field_dicts[0][k]) for k in shared) if field_dicts else ""
     return labels, common
+
+
+def _field(key, value) -> str:
+    """'plan' names a kind of curve (width, depth, data): shown as its value alone."""
+    return f"{value} plan" if key == "plan" else f"{key}={_plain(value)}"
 
 
 def title(ax, text, shared="", width_in=6.4):
@@ -217,8 +221,9 @@ def hyperparameter(table, field, others, metric_label):
     if (values > 0).all() and values.max() / values.min() >= 10:
         ax.set_xscale("log")
     ax.set(xlabel=field, ylabel=metric_label)
-    title(ax, f"{metric_label} vs {field} (mean ± std over seeds; no law fitted)", shared)
-    if len(frames) > 1:
+    many = f"; one line per {', '.join(others)}" if len(frames) > 12 else ""
+    title(ax, f"{metric_label} vs {field} (mean ± std over seeds; no law fitted{many})", shared)
+    if 1 < len(frames) <= 12:
         legend(ax, len(frames))
     return fig
 

@@ -328,6 +328,166 @@ def test_bootstrap_is_reproducible_from_the_seed(tmp_path):
     assert first["single"][1]["alpha_ci95"] != other["single"][1]["alpha_ci95"]
 
 
+def test_fits_json_states_bootstrap_and_huber_delta(tmp_path):
+    """With 3 seeds the default is the parametric bootstrap and a delta of 1.35 x the points'
+    seed-noise SD (2% per seed / sqrt(3) = 0.0115 -> ~0.016); --huber-delta keeps Hoffmann's 1e-3."""
+    csv = write(tmp_path, make_runs(sweep_points()))
+    assert analysis.main([csv, "--out", str(tmp_path / "a"), "--n-boot", "20"]) == 0
+    data = json.loads((tmp_path / "a" / "fits.json").read_text())
+    assert data["joint"]["bootstrap"] == "parametric"
+    assert data["joint"]["delta"] == pytest.approx(1.35 * 0.02 / math.sqrt(3), rel=0.25)
+    assert "seed-noise" in data["joint"]["delta_source"]
+    assert {row["bootstrap"] for row in data["single"] if row["n_boot"]} == {"parametric"}
+    assert data["compute_optimal"]["bootstrap"] == "parametric"
+    assert analysis.main([csv, "--out", str(tmp_path / "b"), "--n-boot", "20",
+                          "--huber-delta", "1e-3", "--bootstrap", "configs"]) == 0
+    data = json.loads((tmp_path / "b" / "fits.json").read_text())
+    assert data["joint"]["delta"] == 1e-3 and data["joint"]["delta_source"] == "--huber-delta"
+    assert data["joint"]["bootstrap"] == "configs"
+
+
+def test_a_minimal_csv_of_N_D_loss_is_fitted_end_to_end(tmp_path, capsys):
+    """Runs from another trainer: only N, D and a loss column, one row per run."""
+    frame = make_runs(sweep_points(), seeds=(0,))
+    minimal = pd.DataFrame(dict(N=frame.N, D=frame.D, loss=frame.final_test_loss_avg_last5))
+    csv = write(tmp_path, minimal, "other.csv")
+    assert analysis.main([csv, "--out", str(tmp_path / "out"), "--n-boot", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "absent columns assumed: run_name: file:line; config_id: each row its own " \
+           "configuration; status: finished; seed: 0; epochs: 1; C: N·D·epochs" in printed
+    data = json.loads((tmp_path / "out" / "fits.json").read_text())
+    assert data["loss"] == "loss" and data["data"]["n_configs"] == len(minimal)
+    # SD of the joint alpha for one seed is sqrt(3) x that of 3 seeds (0.017): 4 SD ~ 0.12
+    assert data["joint"]["alpha"] == pytest.approx(LAW["alpha"], abs=0.12)
+    assert data["joint"]["bootstrap"] == "configs"     # no seeds, no measured noise
+    assert {"N", "D"} <= {row["x"] for row in data["single"]}
+    # --loss names another column
+    renamed = write(tmp_path, minimal.rename(columns={"loss": "val_ce"}), "renamed.csv")
+    assert analysis.main([renamed, "--out", str(tmp_path / "r"), "--n-boot", "0",
+                          "--loss", "val_ce"]) == 0
+
+
+def test_error_rates_near_chance_give_results_not_a_traceback(tmp_path):
+    """Error rates up to 0.99 (above the 0.9 ceiling m4 used to assume): exit 0, m4 fitted with a
+    learned L0 above them, and the process prints no traceback."""
+    frame = make_runs(WIDTH_PLAN, error_fn=lambda N, D, e: 0.05 + 400 * N ** -0.55)
+    frame["final_test_acc_avg_last5"] = 1 - np.minimum(0.99, 0.05 + 400 * frame.N ** -0.55)
+    assert (1 - frame.final_test_acc_avg_last5).max() > 0.95
+    csv = write(tmp_path, frame)
+    done = subprocess.run([sys.executable, os.path.join(REPO, "analysis.py"), csv, "--loss",
+                           "error", "--n-boot", "10", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    data = json.loads((tmp_path / "out" / "fits.json").read_text())
+    m4 = [row for row in data["single"] if row["form"] == "m4"]
+    assert m4 and m4[0]["L0"] > 0.95 and m4[0]["L0_learned"]
+
+
+def test_identical_data_gives_identical_intervals_whatever_else_the_csv_holds(tmp_path):
+    width = make_runs(WIDTH_PLAN)
+    depth = make_runs([(16, d, 50000, EPOCHS) for d in (1, 3, 4, 6)], seed=9)
+    alone = analysis.analyse(loaded(tmp_path, width), n_boot=50).to_json()
+    both = analysis.analyse(loaded(tmp_path, pd.concat([depth, width])), n_boot=50).to_json()
+
+    def width_fits(data):
+        return {row["form"]: row["alpha_ci95"] for row in data["single"]
+                if row["group"] == WIDTH_GROUP}
+
+    assert len(both["single"]) > len(alone["single"])
+    assert width_fits(alone) == width_fits(both) and width_fits(alone)["saturating"] is not None
+
+
+def test_degenerate_joint_fit_still_writes_the_report(tmp_path, monkeypatch):
+    """A pilot sweep in which D does not matter: beta is not identified, the report says so in the
+    table, fits.json and the figure title, no allocation comes from it, and a figure that fails
+    becomes a warning."""
+    points = [(w, 2, D, EPOCHS) for w in (4, 8, 16, 32) for D in (2000, 2100)]
+    frame = make_runs(points, loss_fn=lambda N, D, e: 0.4 + 20 * N ** -0.35)
+    csv = write(tmp_path, frame)
+
+    def broken(*args, **kwargs):
+        raise OverflowError("complex exponentiation")
+
+    monkeypatch.setattr(analysis.plots, "isoflop", broken)
+    monkeypatch.setattr(analysis.plots, "loss_vs_x", broken)
+    out = tmp_path / "out"
+    assert analysis.main([csv, "--out", str(out), "--n-boot", "30"]) == 0
+    data = json.loads((out / "fits.json").read_text())
+    assert "beta" in data["joint"]["not_identified"] and data["joint"]["a"] is None
+    assert 0 <= data["joint"]["beta"] <= laws.ALPHA_MAX
+    assert laws.NOT_IDENTIFIED in (out / "fits.md").read_text()
+    assert any("figure loss_vs_N.png not drawn: OverflowError" in w for w in data["warnings"])
+    assert "joint_fit.png" in data["figures"]
+
+
+def test_mixed_code_versions_and_test_set_selection_are_warned(tmp_path):
+    frame = make_runs(WIDTH_PLAN)
+    frame.loc[frame.width == 64, "code_version"] = "def+dirty"
+    result = analysis.analyse(loaded(tmp_path, frame, loss="best_error"), n_boot=0)
+    assert any(w.startswith(f"N / {WIDTH_GROUP}: runs from 2 code versions (abc, def+dirty)")
+               for w in result.warnings), result.warnings
+    assert any("selected on the test set" in w for w in result.warnings)
+    assert "(selected on the test set: optimistic)" in analysis.markdown_report(result)
+    assert result.to_json()["selected_on_test"]
+
+
+def test_budget_mixing_step_counts_is_warned(tmp_path):
+    """A budget whose runs' optimiser steps differ > 10x; steps computed as train.py does,
+    epochs * ceil(D / batch_size), when the column is absent."""
+    frame = make_runs(isoflop_points([1e9], factor=6.0, count=5), noise=0.01)
+    assert "steps" not in frame.columns
+    runs = loaded(tmp_path, frame)
+    assert (runs.rows.steps == runs.rows.epochs * np.ceil(runs.rows.D / 256)).all()
+    warnings = []
+    analysis.compute_optimal(runs.configs, n_boot=0, warnings=warnings)
+    assert any("optimiser steps differ" in w for w in warnings), warnings
+    narrow = loaded(tmp_path, make_runs(isoflop_points([1e9], factor=1.5, count=5)))
+    warnings = []
+    analysis.compute_optimal(narrow.configs, n_boot=0, warnings=warnings)
+    assert not any("optimiser steps differ" in w for w in warnings)
+
+
+def test_influential_point_is_reported(tmp_path):
+    frame = make_runs(WIDTH_PLAN, noise=0.005)
+    frame.loc[frame.width == 64, "final_test_loss_avg_last5"] *= 1.15
+    result = analysis.analyse(loaded(tmp_path, frame), n_boot=100)
+    rows = [r for r in result.to_json()["influence"] if r["fit"] == f"N / {WIDTH_GROUP}"]
+    assert any(f"N={cnn_params(64, 2)}" in r["point"] and abs(r["shift"]) > r["se"]
+               for r in rows), rows
+
+
+def test_a_hyperparameter_grid_is_tabulated_with_the_right_means(tmp_path):
+    """sweep.py grid --lr 0.015,0.02 --momentum 0.8,0.9 at one size, 3 seeds: one row per
+    (lr, momentum) with the mean and std over seeds; no law is fitted and nothing fails."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for lr in (0.015, 0.02):
+        for momentum in (0.8, 0.9):
+            for seed in range(3):
+                loss = 1.0 + 10 * (lr - 0.02) ** 2 + (momentum - 0.9) ** 2 + 0.01 * seed
+                rows.append(dict(run_name=f"r{lr}_{momentum}_{seed}", config_id=f"c{lr}_{momentum}",
+                                 status="finished", model="cnn", width=16, depth=2, seed=seed,
+                                 N=5e4, D=5000, epochs=10, C=2.5e9, lr=lr, momentum=momentum,
+                                 final_test_loss_avg_last5=loss + 1e-3 * rng.standard_normal()))
+    frame = pd.DataFrame(rows)
+    csv = write(tmp_path, frame)
+    out = tmp_path / "out"
+    assert analysis.main([csv, "--out", str(out), "--n-boot", "0"]) == 0
+    data = json.loads((out / "fits.json").read_text())
+    table = data["hyperparameters"]
+    assert table["fields"] == ["lr", "momentum"] and len(table["rows"]) == 4
+    for row in table["rows"]:
+        runs = frame[(frame.lr == row["lr"]) & (frame.momentum == row["momentum"])]
+        assert row["mean"] == pytest.approx(runs.final_test_loss_avg_last5.mean())
+        assert row["std"] == pytest.approx(runs.final_test_loss_avg_last5.std(ddof=1))
+        assert row["n"] == 3
+    assert {"loss_vs_lr.png", "loss_vs_momentum.png"} <= set(data["figures"])
+    assert "## Hyperparameters" in (out / "fits.md").read_text()
+    with pytest.raises(AnalysisError, match="--vs lrr: no such column"):
+        analysis.analyse(analysis.load([csv]), vs=["lrr"])
+
+
+
 # ---------------------------------------------------------------------------------------------
 # Notebook
 
