@@ -494,27 +494,59 @@ def test_a_hyperparameter_grid_is_tabulated_with_the_right_means(tmp_path):
 NOTEBOOK = os.path.join(REPO, "analysis.ipynb")
 
 
-def test_notebook_runs_headless_on_a_synthetic_csv(tmp_path, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
+def readme_notebook_command() -> str:
+    """The headless-notebook command exactly as the README shows it."""
+    with open(os.path.join(REPO, "README.md")) as f:
+        lines = [line.strip() for line in f if "jupyter execute analysis.ipynb" in line]
+    assert len(lines) == 1, lines
+    return lines[0].strip("`")
+
+
+def test_readme_notebook_command_runs_headless(tmp_path):
+    """The README's command, run as a user would (with requirements-dev.txt installed): the
+    notebook reads the CSVs named in ANALYSIS_CSV and writes the report where ANALYSIS_OUT says."""
+    command = readme_notebook_command()
+    assert command.startswith("ANALYSIS_CSV=") and " jupyter execute analysis.ipynb" in command
     csv = write_sweep(str(tmp_path / "results"))
     out = tmp_path / "analysis"
-    # the kernel inherits these: the notebook's parameter cell reads them
-    monkeypatch.setenv("ANALYSIS_CSV", csv)
-    monkeypatch.setenv("ANALYSIS_OUT", str(out))
-    monkeypatch.setenv("ANALYSIS_N_BOOT", "20")
+    _, rest = command.split(" jupyter ", 1)
+    run = f"ANALYSIS_CSV={csv} ANALYSIS_OUT={out} ANALYSIS_N_BOOT=20 jupyter {rest}"
+    done = subprocess.run(["bash", "-c", run], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("loss_vs_N.png", "loss_vs_D.png", "joint_fit.png", "isoflop.png",
+                 "compute_optimal.png", "learning_curves.png", "fits.json", "fits.md"):
+        assert (out / name).exists(), name
+
+
+def _execute_notebook(folder, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+    monkeypatch.delenv("ANALYSIS_CSV", raising=False)
+    monkeypatch.setenv("ANALYSIS_OUT", str(folder / "out"))
+    monkeypatch.setenv("ANALYSIS_N_BOOT", "10")
+    monkeypatch.setenv("PYTHONPATH", REPO)       # the kernel runs in `folder`, not the repository
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": REPO}}).execute()
-    for name in ("loss_vs_N.png", "loss_vs_D.png", "joint_fit.png", "isoflop.png",
-                 "compute_optimal.png", "learning_curves.png", "fits.json"):
-        assert (out / name).exists(), name
-    shown = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
-             if "image/png" in o.get("data", {})]
-    assert len(shown) >= 7
-    errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs
-              if o.output_type == "error"]
-    assert not errors
+                   resources={"metadata": {"path": str(folder)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = " ".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", ""))
+                    for o in outputs)
+    return text, [o for o in outputs if "image/png" in o.get("data", {})]
+
+
+def test_notebook_reads_the_committed_study_when_results_has_none(tmp_path, monkeypatch):
+    write_sweep(str(tmp_path / "Notes" / "study"))
+    text, images = _execute_notebook(tmp_path, monkeypatch)
+    assert "Runs from Notes/study/final_data.csv" in text
+    assert len(images) >= 7 and (tmp_path / "out" / "fits.json").exists()
+
+
+def test_notebook_says_clearly_when_there_are_no_runs(tmp_path, monkeypatch):
+    text, images = _execute_notebook(tmp_path, monkeypatch)
+    assert "No runs to analyse" in text and "Notes/study/final_data.csv" in text
+    assert not images and not (tmp_path / "out").exists()
 
 
 def test_notebook_is_committed_without_outputs():
