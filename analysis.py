@@ -233,7 +233,8 @@ def resolve_loss(rows, loss, notes) -> str:
     if loss is not None:
         return loss
     if DEFAULT_LOSS not in rows.columns and FALLBACK_LOSS in rows.columns:
-        notes.append(f"loss: column {FALLBACK_LOSS!r} ({DEFAULT_LOSS} absent; --loss names another)")
+        notes.append(f"loss: column {FALLBACK_LOSS!r} ({DEFAULT_LOSS} absent; --loss names "
+                     f"another)")
         return FALLBACK_LOSS
     return DEFAULT_LOSS
 
@@ -941,7 +942,8 @@ def plan_report(result: Analysis, plan: str) -> str:
             _allocation_section(data["epochs_tradeoff"], "N vs epochs at constant compute")
         return "\n".join(parts) or "(no constant-compute budgets in these runs)"
     if plan == "hyperparameters":
-        return "\n".join(_hyperparameter_section(data)) or "(no hyperparameter varies in these runs)"
+        return "\n".join(_hyperparameter_section(data)) or \
+            "(no hyperparameter varies in these runs)"
     if plan == "joint":
         checks = [e for e in data["extrapolation"] if e["form"] == "joint"]
         check = ["Extrapolation to the largest N·D:", "", _extrapolation_table(checks)]

@@ -213,7 +213,7 @@ def test_joint_influence_finds_the_outlier():
 def test_joint_and_isoflop_intervals_have_nominal_coverage():
     """60 sweeps, 3 seeds per configuration, default (parametric) bootstrap of 100 refits. Measured
     over 100 sweeps (seed 10): alpha 0.98, beta 0.95, E 0.94; IsoFLOP a 0.93. ~10 s on 2 cores.
-    A binomial 60-draw at 95% falls outside [0.90, 0.99] with ~5% probability, so the seed is fixed."""
+    A binomial 60-draw at 95% falls outside [0.90, 0.99] with ~5% probability: the seed is fixed."""
     rng = np.random.default_rng(10)
     covered, reps = np.zeros(4), 60   # alpha, beta, E, IsoFLOP a
     for repetition in range(reps):
