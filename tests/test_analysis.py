@@ -422,6 +422,22 @@ def test_degenerate_joint_fit_still_writes_the_report(tmp_path, monkeypatch):
     assert "joint_fit.png" in data["figures"]
 
 
+def test_degenerate_joint_fit_raises_no_numeric_warning(tmp_path):
+    """Constant-compute budgets whose loss does not depend on D (beta not identified), every
+    figure drawn: no ComplexWarning, overflow or other warning escapes (issue 17 saw
+    OverflowError: complex exponentiation drawing the joint law's allocation)."""
+    import warnings
+    points = isoflop_points([1e8, 1e9, 1e10], factor=3.0, count=5)
+    csv = write(tmp_path, make_runs(points, loss_fn=lambda N, D, e: 0.4 + 20 * N ** -0.35))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert analysis.main([csv, "--out", str(tmp_path / "out"), "--n-boot", "30"]) == 0
+    data = json.loads((tmp_path / "out" / "fits.json").read_text())
+    assert not [w for w in data["warnings"] if "not drawn" in w]
+    assert "beta" in data["joint"]["not_identified"]
+    assert {"joint_fit.png", "isoflop.png", "compute_optimal.png"} <= set(data["figures"])
+
+
 def test_mixed_code_versions_and_test_set_selection_are_warned(tmp_path):
     frame = make_runs(WIDTH_PLAN)
     frame.loc[frame.width == 64, "code_version"] = "def+dirty"
