@@ -527,7 +527,8 @@ class ComputeOptimal:
         out = dict(compute=self.compute, trade_off=f"N-{self.partner}", group=self.group,
                    a=self.a, b=self.b, a_ci95=laws.percentile_ci(samples[:, 0]),
                    b_ci95=laws.percentile_ci(samples[:, 2]), bootstrap=self.allocation.bootstrap,
-                   n_boot=len(samples), noise_inflation=self.allocation.inflation,
+                   n_boot=len(samples), n_boot_dropped=self.allocation.dropped,
+                   noise_inflation=self.allocation.inflation,
                    n_budgets_fitted=sum(not b.edge for b in self.budgets),
                    budgets=[b.to_json(self.partner, self.compute) for b in self.budgets])
         if self.joint is not None:

@@ -417,9 +417,9 @@ class LawFit:
 def fit_law(x, L, form: str, *, n_boot=0, rng=None, ceiling=None, noise: Optional[Noise] = None,
             bootstrap="configs") -> LawFit:
     """Fit one form to (x, L), one point per configuration, with a bootstrap of the kind asked
-    (resolved by resolve_bootstrap). Configuration resamples with too few distinct x are redrawn
-    from the law's side: skipped and counted as dropped. With exactly min_points distinct x there
-    is no residual to resample, so no interval."""
+    (resolved by resolve_bootstrap). Resamples that cannot be fitted (too few distinct x, or a
+    refit that does not converge) are dropped and counted. With exactly min_points distinct x
+    there is no residual to resample, so no interval."""
     x, L = np.asarray(x, float), np.asarray(L, float)
     spec = FORMS[form]
     distinct = np.unique(x).size
@@ -868,6 +868,7 @@ class Allocation:
     samples: np.ndarray        # bootstrap rows (a, log-intercept of N_opt, b, log-intercept)
     bootstrap: str = "none"
     inflation: float = 1.0
+    dropped: int = 0           # resamples left with < 2 budgets that have a minimum
 
 
 def fit_allocation(budgets, *, n_boot=200, rng=None, bootstrap="configs") -> Allocation:
@@ -884,7 +885,7 @@ def fit_allocation(budgets, *, n_boot=200, rng=None, bootstrap="configs") -> All
     rng = rng if rng is not None else np.random.default_rng(0)
     samples, inflation = _allocation_bootstrap(usable, n_boot, rng, mode) if n_boot else \
         (np.empty((0, 4)), 1.0)
-    return Allocation(a, b, (a0, b0), samples, mode, inflation)
+    return Allocation(a, b, (a0, b0), samples, mode, inflation, n_boot - len(samples))
 
 
 def _allocation_bootstrap(budgets, n_boot, rng, mode):
