@@ -1,0 +1,1012 @@
+"""The scaling laws and every fit of them: arrays in, results out (no files, pandas or figures).
+
+Single-variable forms: the pure power law (Kaplan et al. 2020), the saturating law, M4
+(Alabdulmohsin et al. 2022) and the Rosenfeld et al. 2020 envelope. The joint law
+L = E + A/N^alpha + B/D^beta fitted as Hoffmann et al. 2022 did. IsoFLOP vertices and the
+compute-optimal allocation (their approach 2). Extrapolation and influence checks. analysis.py
+reads runs and decides what to fit; plots.py draws.
+
+Every law is fitted to log L of seed means (relative errors: losses span decades). Intervals are
+95% percentile bootstraps of one of three kinds (BOOTSTRAPS), named in every result:
+  - parametric: each point redrawn around the fitted law with its measured seed noise, the pooled
+    SD of log L between seeds over sqrt(its seeds), inflated by the Birge ratio sqrt(chi²/dof)
+    when the points scatter more than seed noise explains (the law does not quite fit);
+  - seeds: each configuration's seeds resampled with replacement, the deviation of the resampled
+    mean scaled by sqrt(n/(n-1)) so that 2-3 seeds do not shrink the spread;
+  - configs: whole configurations resampled. Needs no seeds, but on a fixed design it mixes design
+    variation into the spread: issue 12 measured joint intervals 1.2-1.45x and IsoFLOP intervals
+    4-5x wider than the spread of the estimates.
+Bootstrap refits that do not converge are dropped and counted, never averaged in.
+"""
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+from scipy.optimize import least_squares, minimize, minimize_scalar
+
+ALPHA_MAX = 5.0            # bound on fitted exponents: beyond it a law is a step within a decade
+HUBER_DELTA = 1e-3         # Hoffmann et al. 2022's delta (absolute, in log L)
+HUBER_K = 1.35             # delta = 1.35 x noise SD: 95% efficiency under Gaussian noise (Huber)
+BOOTSTRAPS = ("parametric", "seeds", "configs")
+# Hoffmann et al. 2022's grid, e widened downwards: CIFAR losses (and error rates) sit lower
+# than language-model losses, so E = exp(e) can be far below 1.
+JOINT_GRID = dict(a=np.arange(0.0, 26.0, 5.0), b=np.arange(0.0, 26.0, 5.0),
+                  e=np.arange(-4.0, 1.5, 1.0), alpha=np.arange(0.0, 2.1, 0.5),
+                  beta=np.arange(0.0, 2.1, 0.5))
+JOINT_PARAMS = ("E", "A", "alpha", "B", "beta")
+JOINT_LOWER = np.array([-np.inf, -np.inf, -np.inf, 0.0, 0.0])    # internal (a, b, e, alpha, beta)
+JOINT_UPPER = np.array([np.inf, np.inf, np.inf, ALPHA_MAX, ALPHA_MAX])
+PRUNE_ITERATIONS, PRUNE_KEEP = 30, 64
+BOUND_TOL = 1e-6           # a parameter this close to a bound is on it
+NOT_IDENTIFIED = "not identified by these runs"
+TERM_SHARE_MIN = 0.01      # a joint-law term below 1% of the loss everywhere carries no exponent
+
+
+class FitError(ValueError):
+    """A law cannot be fitted to these points; the message says why."""
+
+
+def stream(seed: int, *identity) -> np.random.Generator:
+    """A random stream of its own for one fit, from the user's seed and the fit's identity (group,
+    form): adding an unrelated group to the data changes no other fit's intervals."""
+    digest = hashlib.sha256(repr(identity).encode()).digest()
+    return np.random.default_rng([int(seed), *np.frombuffer(digest[:16], np.uint32).tolist()])
+
+
+def percentile_ci(samples, level=0.95):
+    samples = np.asarray(samples, float)
+    samples = samples[np.isfinite(samples)]
+    if samples.size < 2:
+        return None
+    tail = 100 * (1 - level) / 2
+    return [float(v) for v in np.percentile(samples, [tail, 100 - tail])]
+
+
+def r_squared(L, predicted) -> float:
+    """In log space, where the laws are fitted."""
+    log_L = np.log(L)
+    total = ((log_L - log_L.mean()) ** 2).sum()
+    if total == 0:
+        return float("nan")
+    return float(1 - ((log_L - np.log(predicted)) ** 2).sum() / total)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed noise and the three bootstraps
+
+@dataclass
+class Noise:
+    """Seed-to-seed noise of the points of one fit: per point, the log L of each of its seeds."""
+    seeds: list
+
+    @property
+    def n_seeds(self) -> np.ndarray:
+        return np.array([len(s) for s in self.seeds], float)
+
+    @property
+    def dof(self) -> int:
+        return int((self.n_seeds - 1).sum())
+
+    @property
+    def sigma(self) -> float:
+        """Pooled SD of log L between seeds of one configuration (nan without repeated seeds)."""
+        if self.dof < 1:
+            return float("nan")
+        return float(math.sqrt(sum(((s - s.mean()) ** 2).sum() for s in self.seeds) / self.dof))
+
+    def point_sd(self) -> np.ndarray:
+        """SD of each point's log seed mean."""
+        return self.sigma / np.sqrt(self.n_seeds)
+
+    def subset(self, mask) -> "Noise":
+        return Noise([s for s, keep in zip(self.seeds, mask) if keep])
+
+
+def noise_from_seeds(seed_losses) -> Noise:
+    return Noise([np.log(np.asarray(s, float)) for s in seed_losses])
+
+
+def noise_scaled_delta(noise: Optional[Noise]) -> Optional[float]:
+    """Huber's delta for residuals of seed means: 1.35 x their typical SD (sigma/sqrt(seeds)). With
+    Hoffmann et al.'s absolute 1e-3 and 1-2% seed noise almost every residual lies past delta, so
+    the fit is least absolute deviations: over 100 synthetic 7x6 sweeps (3 seeds at 2%) its RMSE on
+    alpha, beta, E was 20%, 24%, 21% above this delta's."""
+    if noise is None or noise.dof < 2:
+        return None
+    return float(HUBER_K * np.median(noise.point_sd()))
+
+
+def resolve_bootstrap(mode: str, noise: Optional[Noise]) -> str:
+    """auto: parametric where seeds measure the noise, configs otherwise. A requested noise-aware
+    bootstrap without repeated seeds falls back to configs (the result says so)."""
+    has_seeds = noise is not None and noise.dof >= 2
+    if mode == "auto" or mode in ("parametric", "seeds"):
+        return ("parametric" if mode == "auto" else mode) if has_seeds else "configs"
+    return mode
+
+
+def resample(mode, n_boot, rng, log_observed, log_fitted, noise, n_params):
+    """(weights, log targets, inflation), each (n_boot, n): the bootstrap data sets of one fit."""
+    n = len(log_observed)
+    ones = np.ones((n_boot, n))
+    if mode == "configs":
+        weights = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)
+        return weights, np.tile(log_observed, (n_boot, 1)), 1.0
+    if mode == "parametric":
+        sd = noise.point_sd()
+        dof = max(n - n_params, 1)
+        inflation = max(1.0, math.sqrt(((log_observed - log_fitted) ** 2 / sd ** 2).sum() / dof))
+        return ones, log_fitted + inflation * sd * rng.standard_normal((n_boot, n)), inflation
+    targets = np.tile(log_observed, (n_boot, 1))
+    for i, seeds in enumerate(noise.seeds):
+        k = len(seeds)
+        if k < 2:
+            continue   # a single seed carries no noise estimate: held at its value
+        values = np.exp(seeds)
+        drawn = values[rng.integers(0, k, (n_boot, k))].mean(1)
+        targets[:, i] = np.log(np.maximum(values.mean() + math.sqrt(k / (k - 1)) *
+                                          (drawn - values.mean()), 1e-12))
+    return ones, targets, 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Single-variable laws, each fitted to log L by bounded least squares
+
+@dataclass(frozen=True)
+class Form:
+    name: str
+    equation: str
+    params: tuple
+    fit: Callable        # (x, L, ceiling, start) -> theta
+    predict: Callable    # (theta, x, ceiling) -> L
+    summary: Callable    # (theta, ceiling) -> (E, A, alpha): floor, coefficient, exponent of x
+    needs_ceiling: bool = False    # rosenfeld: L0 given; m4: L0 given or learned (its last param)
+
+    def min_points(self, ceiling=None) -> int:
+        free = len(self.params) - (self.name == "m4" and ceiling is not None)
+        return free + 1   # one residual degree of freedom
+
+
+def _least_squares(residuals, theta0, jacobian, lower, upper):
+    fit = least_squares(residuals, np.clip(theta0, lower, upper), jac=jacobian,
+                        bounds=(lower, upper), xtol=1e-12, ftol=1e-12, gtol=1e-12, max_nfev=2000)
+    if fit.status <= 0 or not np.isfinite(fit.x).all() or not np.isfinite(fit.cost):
+        raise FitError(f"least squares did not converge ({fit.message})")
+    return fit.x
+
+
+def _fit_pure(x, L, ceiling=None, start=None):
+    slope, intercept = np.polyfit(np.log(x), np.log(L), 1)
+    return np.array([math.exp(intercept), -slope])
+
+
+def _predict_pure(theta, x, ceiling=None):
+    A, alpha = theta
+    return A * np.asarray(x, float) ** -alpha
+
+
+def _fit_saturating(x, L, ceiling=None, start=None):
+    log_x, log_L = np.log(x), np.log(L)
+    E_max = L.min() * (1 - 1e-6)   # E below every observed loss, else log(L - E) is undefined
+    if start is None:
+        theta0 = _saturating_start(x, L)
+    else:
+        theta0 = np.array([start[0], math.log(start[1]), start[2]])
+    lower, upper = np.array([0.0, -np.inf, 0.0]), np.array([E_max, np.inf, ALPHA_MAX])
+    theta0 = np.clip(theta0, lower, upper)
+
+    def residuals(theta):
+        E, log_A, alpha = theta
+        return np.log(E + np.exp(log_A - alpha * log_x)) - log_L
+
+    def jacobian(theta):
+        E, log_A, alpha = theta
+        power = np.exp(log_A - alpha * log_x)
+        model = E + power
+        return np.stack([1 / model, power / model, -log_x * power / model], 1)
+
+    E, log_A, alpha = _least_squares(residuals, theta0, jacobian, lower, upper)
+    return np.array([E, math.exp(log_A), alpha])
+
+
+def _saturating_start(x, L):
+    """Profile over a grid of alpha: for fixed alpha the law is linear in (E, A), solved in closed
+    form with weights 1/L (relative errors, like the log-space fit that follows)."""
+    alphas = np.geomspace(1e-3, 3.0, 200)[:, None]
+    X = np.exp(-alphas * np.log(x))
+    w2 = 1 / L ** 2
+    s00, s01, s11 = w2.sum(), (w2 * X).sum(1), (w2 * X * X).sum(1)
+    b0, b1 = (w2 * L).sum(), (w2 * X * L).sum(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        det = s00 * s11 - s01 ** 2
+        E = np.clip((s11 * b0 - s01 * b1) / det, 0, L.min() * 0.999)
+        A = np.maximum((w2 * X * (L - E[:, None])).sum(1) / s11, 1e-300)
+        sse = ((np.log(E[:, None] + A[:, None] * X) - np.log(L)) ** 2).sum(1)
+    best = np.nanargmin(np.where(np.isfinite(sse), sse, np.nan))
+    return np.array([E[best], math.log(A[best]), alphas[best, 0]])
+
+
+def _predict_saturating(theta, x, ceiling=None):
+    E, A, alpha = theta
+    return E + A * np.asarray(x, float) ** -alpha
+
+def _m4_solve(theta, log_x, ceiling):
+    """L from (L - E)/(L0 - L)^alpha = B x^-c. With L = E + (L0 - E)·s the left side rises
+    with s, so bisect on logit(s): precise near both ends."""
+    E, log_B, c, alpha = theta
+    span = math.log(ceiling - E)
+    target = log_B - c * log_x
+    lo, hi = np.full_like(log_x, -60.0), np.full_like(log_x, 60.0)
+    for _ in range(50):      # 120 / 2^50: logit(s) to 1e-13
+        t = (lo + hi) / 2
+        g = span - np.logaddexp(0, -t) - alpha * (span - np.logaddexp(0, t)) - target
+        lo, hi = np.where(g > 0, lo, t), np.where(g > 0, t, hi)
+    s = 1 / (1 + np.exp(-(lo + hi) / 2))
+    return E + (ceiling - E) * s
+
+
+
+def _m4_start(log_x, L, ceiling):
+    design = np.stack([np.ones_like(log_x), -log_x, np.log(ceiling - L)], 1)
+    best, best_sse = None, np.inf
+    for E in L.min() * np.linspace(0, 0.98, 25):
+        coef = np.linalg.lstsq(design, np.log(L - E), rcond=None)[0]
+        c, alpha = np.clip(coef[1:], 0, ALPHA_MAX)
+        theta = np.array([E, coef[0], c, alpha])
+        sse = ((np.log(_m4_solve(theta, log_x, ceiling)) - np.log(L)) ** 2).sum()
+        if sse < best_sse:
+            best, best_sse = theta, sse
+    return best
+
+
+def _fit_rosenfeld(x, L, ceiling=None, start=None):
+    """Rosenfeld et al. 2020's envelope along one axis: L = L0·|u/(u - i·eta)| with
+    u = c_inf + b x^-beta. Only u/eta is identifiable, so eta is absorbed (eta = 1):
+    L = L0·u/sqrt(1 + u^2). Start: invert the envelope, u = L/sqrt(L0^2 - L^2), which follows the
+    saturating law."""
+    below = _below_ceiling(L, ceiling, "rosenfeld")
+    log_x, log_L = np.log(x), np.log(L)
+    if start is None:
+        start = _fit_saturating(x, below / np.sqrt(ceiling ** 2 - below ** 2))
+    theta0 = np.array([start[0], math.log(start[1]), start[2]])
+    lower, upper = np.array([0.0, -np.inf, 0.0]), np.array([np.inf, np.inf, ALPHA_MAX])
+    theta0 = np.clip(theta0, lower, upper)
+
+    def envelope(theta):
+        c_inf, log_b, beta = theta
+        power = np.exp(log_b - beta * log_x)
+        return c_inf + power, power
+
+    def residuals(theta):
+        u, _ = envelope(theta)
+        return np.log(ceiling * u / np.sqrt(1 + u * u)) - log_L
+
+    def jacobian(theta):
+        u, power = envelope(theta)
+        dlogL_du = 1 / (u * (1 + u * u))
+        return dlogL_du[:, None] * np.stack([np.ones_like(u), power, -log_x * power], 1)
+
+    c_inf, log_b, beta = _least_squares(residuals, theta0, jacobian, lower, upper)
+    return np.array([c_inf, math.exp(log_b), beta])
+
+
+def _predict_rosenfeld(theta, x, ceiling):
+    c_inf, b, beta = theta
+    u = c_inf + b * np.asarray(x, float) ** -beta
+    return ceiling * u / np.sqrt(1 + u * u)
+
+
+
+def _below_ceiling(L, ceiling, form):
+    """L for the starting values, which invert the law and need L < L0. Observations above the
+    ceiling are legitimate (noise around a near-random model) and enter the fit as they are."""
+    if ceiling is None:
+        raise FitError(f"the {form} form needs the random-guess ceiling L0 (--ceiling)")
+    if L.min() >= ceiling:
+        raise FitError(f"the {form} form needs losses below the random-guess ceiling "
+                       f"L0={ceiling:g}; the smallest is {L.min():.3g}")
+    return np.minimum(L, L.min() + (ceiling - L.min()) * 0.99)
+
+
+def _fit_m4_at(x, L, ceiling, start=None):
+    """M4 at a fixed L0, fitted to log L; theta (E, log B, c, alpha), and its sum of squares.
+    Start: for a fixed E the relation is linear in (log B, c, alpha) (the authors' inner step);
+    profile over E."""
+    below = _below_ceiling(L, ceiling, "m4")
+    log_x, log_L = np.log(x), np.log(L)
+    E_max = L.min() * (1 - 1e-6)
+    theta0 = _m4_start(log_x, below, ceiling) if start is None else \
+        np.array([start[0], math.log(start[1]), start[2], start[3]])
+    lower = np.array([0.0, -np.inf, 0.0, 0.0])
+    upper = np.array([E_max, np.inf, ALPHA_MAX, ALPHA_MAX])
+
+    def residuals(theta):
+        return np.log(_m4_solve(theta, log_x, ceiling)) - log_L
+
+    def jacobian(theta):
+        # implicit differentiation of g(L) = log(L-E) - alpha log(L0-L) - log B + c log x = 0
+        E, _, _, alpha = theta
+        L_hat = _m4_solve(theta, log_x, ceiling)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dg_dL = 1 / (L_hat - E) + alpha / (ceiling - L_hat)
+            dg = np.stack([-1 / (L_hat - E), -np.ones_like(L_hat), log_x,
+                           -np.log(ceiling - L_hat)], 1)
+            return np.nan_to_num(-dg / (dg_dL * L_hat)[:, None])
+
+    theta = _least_squares(residuals, theta0, jacobian, lower, upper)
+    return theta, float((residuals(theta) ** 2).sum())
+
+
+def _fit_m4(x, L, ceiling=None, start=None):
+    """Alabdulmohsin et al. 2022's M4; theta (E, B, c, alpha, L0). Without a ceiling L0 is learned
+    as they do: profiled over L0 above the largest observed loss (a ceiling below an observation
+    makes log(L0 - L) undefined)."""
+    if ceiling is not None:
+        theta, _ = _fit_m4_at(x, L, ceiling, None if start is None else start[:4])
+        return np.array([theta[0], math.exp(theta[1]), theta[2], theta[3], ceiling])
+    L_max = float(np.max(L))
+    warm = {}
+
+    def sse(u):   # L0 = L_max (1 + e^u); each fit starts from the last one (the profile is smooth)
+        try:
+            theta, value = _fit_m4_at(x, L, L_max * (1 + math.exp(u)), warm.get("theta"))
+        except FitError:
+            return np.inf
+        warm["theta"] = np.array([theta[0], math.exp(theta[1]), theta[2], theta[3]])
+        return value
+
+    grid = np.log(np.geomspace(1e-3, 10.0, 9))
+    values = np.array([sse(u) for u in grid])
+    if not np.isfinite(values).any():
+        raise FitError("m4: no ceiling L0 above the largest loss gives a fit")
+    best = int(np.argmin(values))
+    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    u = minimize_scalar(sse, bounds=(lo, hi), method="bounded",
+                        options=dict(xatol=1e-3, maxiter=20)).x
+    u = u if sse(u) <= values[best] else grid[best]
+    ceiling = L_max * (1 + math.exp(u))
+    theta, _ = _fit_m4_at(x, L, ceiling)
+    return np.array([theta[0], math.exp(theta[1]), theta[2], theta[3], ceiling])
+
+
+def _predict_m4(theta, x, ceiling=None):
+    E, B, c, alpha, L0 = theta
+    return _m4_solve(np.array([E, math.log(B), c, alpha]), np.log(np.asarray(x, float)), L0)
+
+
+
+FORMS = {form.name: form for form in (
+    Form("pure", "L = A·x^-alpha", ("A", "alpha"), _fit_pure, _predict_pure,
+         lambda t, c: (0.0, t[0], t[1])),
+    Form("saturating", "L = E + A·x^-alpha", ("E", "A", "alpha"), _fit_saturating,
+         _predict_saturating, lambda t, c: (t[0], t[1], t[2])),
+    Form("m4", "(L - E)/(L0 - L)^alpha = B·x^-c", ("E", "B", "c", "alpha", "L0"), _fit_m4,
+         _predict_m4, lambda t, c: (t[0], t[1], t[2]), needs_ceiling=True),
+    Form("rosenfeld", "L = L0·u/sqrt(1 + u²), u = c_inf + b·x^-beta", ("c_inf", "b", "beta"),
+         _fit_rosenfeld, _predict_rosenfeld,
+         lambda t, c: (c * t[0] / math.sqrt(1 + t[0] ** 2), t[1], t[2]), needs_ceiling=True),
+)}
+BOOTSTRAPPED = ("pure", "saturating")   # the ceiling forms are compared by extrapolation only
+EXPONENT = dict(pure="alpha", saturating="alpha", m4="c", rosenfeld="beta")
+
+
+def forms_for(ceiling) -> list:
+    """m4 learns its ceiling when none is given; the Rosenfeld envelope needs one."""
+    return ["pure", "saturating", "m4"] + (["rosenfeld"] if ceiling is not None else [])
+
+
+@dataclass
+class LawFit:
+    form: str
+    theta: np.ndarray
+    samples: np.ndarray        # converged bootstrap thetas, one per row
+    bootstrap: str = "none"    # which resampling gave the samples
+    dropped: int = 0           # bootstrap refits that failed to converge
+    inflation: float = 1.0     # Birge ratio applied to the seed noise (parametric)
+    ceiling: Optional[float] = None
+
+    def predict(self, x):
+        return FORMS[self.form].predict(self.theta, x, self.ceiling)
+
+    def summary(self, theta=None):
+        return FORMS[self.form].summary(self.theta if theta is None else theta, self.ceiling)
+
+
+def fit_law(x, L, form: str, *, n_boot=0, rng=None, ceiling=None, noise: Optional[Noise] = None,
+            bootstrap="configs") -> LawFit:
+    """Fit one form to (x, L), one point per configuration, with a bootstrap of the kind asked
+    (resolved by resolve_bootstrap). Resamples that cannot be fitted (too few distinct x, or a
+    refit that does not converge) are dropped and counted. With exactly min_points distinct x
+    there is no residual to resample, so no interval."""
+    x, L = np.asarray(x, float), np.asarray(L, float)
+    spec = FORMS[form]
+    distinct = np.unique(x).size
+    needed = spec.min_points(ceiling)
+    if distinct < needed:
+        raise FitError(f"the {form} law ({spec.equation}) needs at least {needed} points with "
+                       f"distinct x, got {distinct}")
+    theta = spec.fit(x, L, ceiling)
+    mode = resolve_bootstrap(bootstrap, noise) if n_boot and distinct > needed else "none"
+    if mode == "none":
+        return LawFit(form, theta, np.empty((0, len(theta))), mode, ceiling=ceiling)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    log_L = np.log(L)
+    weights, targets, inflation = resample(mode, n_boot, rng, log_L,
+                                           np.log(spec.predict(theta, x, ceiling)), noise,
+                                           needed - 1)
+    samples, dropped = [], 0
+    for w, target in zip(weights, targets):
+        pick = np.repeat(np.arange(len(x)), w.astype(int))
+        if np.unique(x[pick]).size < needed:
+            dropped += 1
+            continue
+        try:
+            samples.append(spec.fit(x[pick], np.exp(target[pick]), ceiling, start=theta))
+        except (FitError, ValueError, np.linalg.LinAlgError):
+            dropped += 1
+    return LawFit(form, theta, np.array(samples).reshape(-1, len(theta)), mode, dropped,
+                  inflation, ceiling)
+
+
+def single_bounds(form: str, theta, L, ceiling=None) -> list:
+    """Parameters that ended on a bound of the fit: their value is the bound's, not the data's."""
+    flagged = []
+    E_max = float(np.min(L))
+    if form == "pure":
+        checks = [("alpha", theta[1], 0.0, ALPHA_MAX)]
+    elif form == "saturating":
+        checks = [("E", theta[0], 0.0, E_max), ("alpha", theta[2], 0.0, ALPHA_MAX)]
+    elif form == "m4":
+        checks = [("E", theta[0], 0.0, E_max), ("c", theta[2], 0.0, ALPHA_MAX),
+                  ("alpha", theta[3], 0.0, ALPHA_MAX)]
+        if ceiling is None:
+            checks.append(("L0", theta[4], float(np.max(L)), np.inf))
+    else:
+        checks = [("c_inf", theta[0], 0.0, np.inf), ("beta", theta[2], 0.0, ALPHA_MAX)]
+    for name, value, lo, hi in checks:
+        scale = max(1.0, abs(lo), abs(hi) if np.isfinite(hi) else 1.0)
+        if value - lo <= BOUND_TOL * scale or (np.isfinite(hi) and hi - value <= BOUND_TOL * scale):
+            flagged.append(name)
+    return flagged
+
+
+def exponent_identified(value, interval, at_bound: bool) -> bool:
+    """An exponent on a bound, or whose 95% interval spans half the allowed range, says more
+    about the bounds than about the runs."""
+    if at_bound:
+        return False
+    return interval is None or interval[1] - interval[0] < 0.5 * ALPHA_MAX
+
+
+def influence(x, L, form, *, ceiling=None) -> np.ndarray:
+    """Change of the exponent when each point is left out (nan where the refit is impossible)."""
+    x, L = np.asarray(x, float), np.asarray(L, float)
+    spec = FORMS[form]
+    theta = spec.fit(x, L, ceiling)
+    index = list(spec.params).index(EXPONENT[form])
+    shifts = np.full(len(x), np.nan)
+    for i in range(len(x)):
+        keep = np.arange(len(x)) != i
+        if np.unique(x[keep]).size < spec.min_points(ceiling):
+            continue
+        try:
+            shifts[i] = spec.fit(x[keep], L[keep], ceiling, start=theta)[index] - theta[index]
+        except (FitError, ValueError, np.linalg.LinAlgError):
+            pass
+    return shifts
+
+
+# ---------------------------------------------------------------------------------------------
+# Joint law L(N, D) = E + A/N^alpha + B/D^beta, fitted as Hoffmann et al. 2022 (approach 3):
+# minimise the SUM of Huber losses of log L - LSE(a - alpha log N, b - beta log D, e) over
+# theta = (a, b, e, alpha, beta), A = e^a, B = e^b, E = e^e, from a grid of starts.
+
+def joint_objective(theta, log_N, log_D, log_L, weights, delta):
+    """Objective and analytic gradient for K parameter vectors at once: theta (K, 5), weights
+    (K, n) (bootstrap counts), log_L (n,) or (K, n). Returns f (K,), grad (K, 5)."""
+    t1 = theta[:, 0:1] - theta[:, 3:4] * log_N
+    t2 = theta[:, 1:2] - theta[:, 4:5] * log_D
+    t3 = np.broadcast_to(theta[:, 2:3], t1.shape)
+    top = np.maximum(np.maximum(t1, t2), t3)
+    e1, e2, e3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(t3 - top)
+    total = e1 + e2 + e3
+    r = top + np.log(total) - log_L
+    with np.errstate(over="ignore", invalid="ignore"):   # wild line-search trials: f = inf
+        if np.isinf(delta):
+            loss, dloss = 0.5 * r * r, r
+        else:
+            size = np.abs(r)
+            loss = np.where(size <= delta, 0.5 * r * r, delta * (size - 0.5 * delta))
+            dloss = np.clip(r, -delta, delta)
+        f = (weights * loss).sum(1)
+    psi = weights * dloss / total
+    g1, g2, g3 = psi * e1, psi * e2, psi * e3
+    grad = np.stack([g1.sum(1), g2.sum(1), g3.sum(1),
+                     -(g1 * log_N).sum(1), -(g2 * log_D).sum(1)], 1)
+    return f, grad
+
+
+def joint_gtol(weights, delta):
+    """Convergence: max |gradient| below 1e-5 of its natural scale, sum(w)·min(delta, 1%) (each
+    residual pulls with at most min(delta, |r|), and log-space residuals are ~1%). Tight on
+    purpose: Besiroglu et al. 2024 found that Hoffmann et al.'s fit had stopped before converging.
+    Not tighter: float64 resolves f ~ 1e-4 only to ~1e-20, which, with the large curvature along
+    (a, alpha), leaves a gradient floor near 1e-9 that no optimiser gets below."""
+    return 1e-5 * weights.sum(-1) * min(delta, 0.01)
+
+
+
+def _projected(theta, g, lower, upper):
+    """The gradient with the components that push through an active bound removed."""
+    pg = g.copy()
+    pg[(theta <= lower) & (g > 0)] = 0
+    pg[(theta >= upper) & (g < 0)] = 0
+    return pg
+
+
+def bfgs_batched(fun, theta, gtol, max_iter, lower=JOINT_LOWER, upper=JOINT_UPPER):
+    """Minimise K independent problems at once by BFGS with a backtracking (Armijo) line search,
+    each with its own inverse-Hessian estimate and step (Nocedal & Wright 2006, algorithm 6.1),
+    trial points projected onto the bounds. fun(theta (k, d), rows (k,)) -> (f (k,), grad (k, d)):
+    rows say which problems theta belongs to. Vectorised over problems, so 5000 starts cost about
+    what 20 scipy calls do. Returns (theta, f, converged)."""
+    theta = np.clip(np.array(theta, float), lower, upper)
+    K, d = theta.shape
+    identity = np.eye(d)
+    f, g = fun(theta, np.arange(K))
+    H = np.tile(identity, (K, 1, 1))
+    fresh = np.ones(K, bool)            # H is still the identity: rescale after the first step
+    active = np.abs(_projected(theta, g, lower, upper)).max(1) > gtol
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        x0, f0, g0 = theta[idx], f[idx], g[idx]
+        pg0 = _projected(x0, g0, lower, upper)
+        p = -np.einsum("kij,kj->ki", H[idx], pg0)
+        p[((x0 <= lower) & (p < 0)) | ((x0 >= upper) & (p > 0))] = 0
+        slope = np.einsum("ki,ki->k", p, g0)
+        uphill = ~(slope < 0)
+        if uphill.any():                # lost positive definiteness: restart from steepest descent
+            H[idx[uphill]], fresh[idx[uphill]] = identity, True
+            p[uphill] = -pg0[uphill]
+        step = np.ones(idx.size)
+        x1 = np.clip(x0 + p, lower, upper)
+        f1, g1 = fun(x1, idx)
+        for _ in range(60):
+            short = ~(f1 <= f0 + 1e-4 * np.einsum("ki,ki->k", g0, x1 - x0))
+            if not short.any():
+                break
+            step[short] *= 0.25
+            x1[short] = np.clip(x0[short] + step[short, None] * p[short], lower, upper)
+            f1[short], g1[short] = fun(x1[short], idx[short])
+        failed = ~(f1 <= f0 + 1e-4 * np.einsum("ki,ki->k", g0, x1 - x0)) | ~np.isfinite(f1)
+        x1[failed], f1[failed], g1[failed] = x0[failed], f0[failed], g0[failed]
+        s, y = x1 - x0, g1 - g0
+        sy = np.einsum("ki,ki->k", s, y)
+        curved = sy > 1e-12 * np.linalg.norm(s, axis=1) * np.linalg.norm(y, axis=1)
+        Hk = H[idx]
+        rescale = curved & fresh[idx]   # Nocedal & Wright eq. 6.20
+        Hk[rescale] = identity * (sy[rescale] / np.einsum("ki,ki->k", y, y)[rescale])[:, None, None]
+        with np.errstate(over="ignore", invalid="ignore"):   # sy ~ 1e-300: skip that update
+            rho = np.where(curved, 1 / np.where(curved, sy, 1), 0)[:, None, None]
+            V = identity - rho * s[:, :, None] * y[:, None, :]
+            updated = V @ Hk @ V.transpose(0, 2, 1) + rho * s[:, :, None] * s[:, None, :]
+        curved &= np.isfinite(updated).all((1, 2))
+        H[idx] = np.where(curved[:, None, None], updated, Hk)
+        fresh[idx[curved]] = False
+        theta[idx], f[idx], g[idx] = x1, f1, g1
+        stalled = np.abs(s).max(1) <= 1e-15 * (1 + np.abs(x1).max(1))
+        done = np.abs(_projected(x1, g1, lower, upper)).max(1) <= gtol[idx]
+        active[idx[done | failed | stalled]] = False
+    return theta, f, np.abs(_projected(theta, g, lower, upper)).max(1) <= gtol
+
+
+
+def joint_grid(grid=None) -> np.ndarray:
+    grid = JOINT_GRID if grid is None else grid
+    axes = [np.asarray(grid[k], float) for k in ("a", "b", "e", "alpha", "beta")]
+    return np.clip(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 5),
+                   JOINT_LOWER, JOINT_UPPER)
+
+
+def _to_params(theta):
+    """Internal (a, b, e, alpha, beta) -> (E, A, alpha, B, beta)."""
+    theta = np.atleast_2d(theta)
+    return np.stack([np.exp(theta[:, 2]), np.exp(theta[:, 0]), theta[:, 3],
+                     np.exp(theta[:, 1]), theta[:, 4]], 1)
+
+
+@dataclass
+class JointFit:
+    params: dict
+    samples: np.ndarray        # converged bootstrap (E, A, alpha, B, beta), one per row
+    n: int
+    n_runs: int
+    objective: float
+    converged: bool
+    n_boot_converged: int
+    delta: float
+    log_rmse: float
+    warnings: list
+    bootstrap: str = "none"
+    n_boot_dropped: int = 0
+    inflation: float = 1.0
+    at_bound: list = field(default_factory=list)
+    group: str = ""
+    epochs: Optional[float] = None
+    theta: np.ndarray = None   # internal (a, b, e, alpha, beta)
+    configs: object = None     # what analysis.py fitted it on (a table of configurations)
+    delta_source: str = ""
+    term_share: dict = field(default_factory=dict)   # largest share of L_hat of A/N^α, B/D^β
+
+    def predict(self, N, D):
+        p = self.params
+        return p["E"] + p["A"] / np.asarray(N, float) ** p["alpha"] + \
+            p["B"] / np.asarray(D, float) ** p["beta"]
+
+    @property
+    def not_identified(self) -> list:
+        """Exponents the runs do not pin down: on a bound, an interval over half the range, or the
+        exponent of a term below TERM_SHARE_MIN of the loss at every point (any exponent would
+        fit: a pilot sweep whose D barely varies)."""
+        return [name for i, name in ((2, "alpha"), (4, "beta"))
+                if not exponent_identified(self.params[name], percentile_ci(self.samples[:, i]),
+                                           name in self.at_bound)
+                or self.term_share.get(name, 1.0) < TERM_SHARE_MIN]
+
+    def allocation_samples(self):
+        """(a, b) of N_opt ∝ C^a, D_opt ∝ C^b implied by each bootstrap fit (C ∝ N·D)."""
+        alpha, beta = self.samples[:, 2], self.samples[:, 4]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return beta / (alpha + beta), alpha / (alpha + beta)
+
+    def allocation(self):
+        """(a, b) of the fit itself; None when the exponents are not identified (alpha + beta = 0
+        or a bound: Hoffmann's eq. 4 is then meaningless)."""
+        alpha, beta = self.params["alpha"], self.params["beta"]
+        if self.not_identified or alpha + beta <= 0:
+            return None, None
+        return beta / (alpha + beta), alpha / (alpha + beta)
+
+    def to_json(self) -> dict:
+        out = dict(self.params)
+        for i, name in enumerate(JOINT_PARAMS):
+            out[f"{name}_ci95"] = percentile_ci(self.samples[:, i])
+        a, b = self.allocation()
+        a_samples, b_samples = self.allocation_samples()
+        identified = a is not None
+        out.update(a=a, b=b, a_ci95=percentile_ci(a_samples) if identified else None,
+                   b_ci95=percentile_ci(b_samples) if identified else None,
+                   n=self.n, n_runs=self.n_runs, group=self.group, epochs=self.epochs,
+                   objective=self.objective, converged=self.converged, delta=self.delta,
+                   delta_source=self.delta_source, bootstrap=self.bootstrap,
+                   n_boot=len(self.samples) + self.n_boot_dropped,
+                   n_boot_converged=self.n_boot_converged, n_boot_dropped=self.n_boot_dropped,
+                   noise_inflation=self.inflation, at_bound=self.at_bound,
+                   term_share=self.term_share,
+                   not_identified=self.not_identified, identified=not self.not_identified,
+                   log_rmse=self.log_rmse, warnings=self.warnings)
+        return out
+
+
+def check_joint_design(N, D, L):
+    n = len(L)
+    if n < 6 or np.unique(N).size < 2 or np.unique(D).size < 2:
+        raise FitError(f"the joint law needs at least 6 configurations with at least 2 "
+                       f"distinct N and 2 distinct D; got {n} with {np.unique(N).size} N "
+                       f"and {np.unique(D).size} D")
+
+
+def fit_joint(N, D, L, *, delta=HUBER_DELTA, n_boot=200, rng=None, grid=None,
+              noise: Optional[Noise] = None, bootstrap="configs") -> JointFit:
+    """Hoffmann et al. 2022's fit, exponents bounded to [0, ALPHA_MAX]: every grid start is run by
+    batched BFGS for PRUNE_ITERATIONS steps, the best PRUNE_KEEP are run to convergence, the best
+    of those polished by L-BFGS-B. Bootstrap refits (of the kind asked, see resolve_bootstrap)
+    start from the full fit; those that do not converge are dropped and counted. delta=inf gives
+    ordinary least squares in log space."""
+    N, D, L = (np.asarray(v, float) for v in (N, D, L))
+    check_joint_design(N, D, L)
+    n = len(L)
+    log_N, log_D, log_L = np.log(N), np.log(D), np.log(L)
+    theta_hat, converged, warnings = _joint_optimum(log_N, log_D, log_L, delta, grid)
+    ones = np.ones((1, n))
+    fitted = JointFit(params=dict(zip(JOINT_PARAMS, _to_params(theta_hat)[0].tolist())),
+                      samples=np.empty((0, 5)), n=n, n_runs=n,
+                      objective=float(joint_objective(theta_hat[None], log_N, log_D, log_L,
+                                                      ones, delta)[0][0]),
+                      converged=converged, n_boot_converged=0, delta=delta,
+                      log_rmse=float("nan"), warnings=warnings, theta=theta_hat)
+    fitted.log_rmse = float(np.sqrt(np.mean((np.log(fitted.predict(N, D)) - log_L) ** 2)))
+    predicted = fitted.predict(N, D)
+    fitted.term_share = dict(alpha=float(np.max(fitted.params["A"] * N ** -fitted.params["alpha"]
+                                                / predicted)),
+                             beta=float(np.max(fitted.params["B"] * D ** -fitted.params["beta"]
+                                               / predicted)))
+    fitted.at_bound = [name for i, name in ((3, "alpha"), (4, "beta"))
+                       if theta_hat[i] <= BOUND_TOL or theta_hat[i] >= ALPHA_MAX - BOUND_TOL]
+    mode = resolve_bootstrap(bootstrap, noise) if n_boot else "none"
+    if mode != "none":
+        rng = rng if rng is not None else np.random.default_rng(0)
+        weights, targets, fitted.inflation = resample(
+            mode, n_boot, rng, log_L, np.log(fitted.predict(N, D)), noise, 5)
+        boot, _, ok = bfgs_batched(
+            lambda t, rows: joint_objective(t, log_N, log_D, targets[rows], weights[rows], delta),
+            np.tile(theta_hat, (n_boot, 1)), joint_gtol(weights, delta), 5000)
+        fitted.samples = _to_params(boot[ok])
+        fitted.n_boot_converged, fitted.n_boot_dropped = int(ok.sum()), int((~ok).sum())
+        if ok.mean() < 0.9:
+            warnings.append(f"joint fit: only {ok.sum()} of {n_boot} bootstrap refits converged; "
+                            f"the others are left out of the intervals")
+    fitted.bootstrap = mode
+    return fitted
+
+
+def _joint_optimum(log_N, log_D, log_L, delta, grid):
+    n = len(log_L)
+
+    def fun(theta, rows):
+        return joint_objective(theta, log_N, log_D, log_L, np.ones((len(rows), n)), delta)
+
+    starts = joint_grid(grid)
+    ones = np.ones((len(starts), n))
+    theta, f, _ = bfgs_batched(fun, starts, joint_gtol(ones, delta), PRUNE_ITERATIONS)
+    keep = np.argsort(f)[:PRUNE_KEEP]
+    theta, f, _ = bfgs_batched(fun, theta[keep], joint_gtol(ones[keep], delta), 5000)
+    best = int(np.argmin(f))
+    theta_hat, converged, warnings = _polish(fun, theta[best], n, delta)
+    return theta_hat, converged, warnings + _grid_edge_warnings(theta_hat, grid)
+
+
+def _polish(fun, theta, n, delta):
+    """L-BFGS-B from the best start with tolerances far below scipy's defaults (whose ftol is
+    relative to max(|f|, 1), loose for an objective of order 1e-4), then the convergence check
+    on the projected gradient."""
+    gtol = float(joint_gtol(np.ones((1, n)), delta)[0])
+
+    def scalar(t):
+        f, g = fun(t[None], np.arange(1))
+        return f[0], g[0]
+
+    result = minimize(scalar, theta, jac=True, method="L-BFGS-B",
+                      bounds=list(zip(JOINT_LOWER.tolist(), JOINT_UPPER.tolist())),
+                      options=dict(ftol=1e-15, gtol=gtol * 1e-2, maxiter=20000, maxls=100))
+    if np.isfinite(result.fun) and result.fun <= scalar(theta)[0]:
+        theta = np.clip(result.x, JOINT_LOWER, JOINT_UPPER)
+    gradient = np.abs(_projected(theta[None], scalar(theta)[1][None], JOINT_LOWER,
+                                 JOINT_UPPER)).max()
+    converged = bool(gradient <= gtol)
+    warnings = [] if converged else [
+        f"joint fit did not converge: max |gradient| {gradient:.2g} > {gtol:.2g}"]
+    return theta, converged, warnings
+
+
+def _grid_edge_warnings(theta, grid=None) -> list:
+    """An optimum outside the grid of starts may have been missed by it. Exponents on their bound
+    are reported as not identified instead."""
+    grid = JOINT_GRID if grid is None else grid
+    warnings = []
+    for i, (value, name) in enumerate(zip(theta, ("a", "b", "e", "alpha", "beta"))):
+        if value <= JOINT_LOWER[i] + BOUND_TOL or value >= JOINT_UPPER[i] - BOUND_TOL:
+            continue
+        lo, hi = float(np.min(grid[name])), float(np.max(grid[name]))
+        if not lo < value < hi:
+            warnings.append(f"joint fit: optimum {name}={value:.3g} is on or beyond the edge of "
+                            f"the initialisation grid [{lo:g}, {hi:g}]; widen the grid")
+    return warnings
+
+
+def joint_influence(N, D, L, fitted: JointFit) -> np.ndarray:
+    """(n, 2): the change of (alpha, beta) when each configuration is left out, all n refits at
+    once from the full fit."""
+    log_N, log_D, log_L = (np.log(np.asarray(v, float)) for v in (N, D, L))
+    n = len(log_L)
+    weights = 1 - np.eye(n)
+    theta, _, _ = bfgs_batched(
+        lambda t, rows: joint_objective(t, log_N, log_D, log_L, weights[rows], fitted.delta),
+        np.tile(fitted.theta, (n, 1)), joint_gtol(weights, fitted.delta), 5000)
+    return theta[:, 3:5] - fitted.theta[3:5]
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute-optimal allocation (Hoffmann et al. 2022, approach 2): per budget, a parabola of L
+# against log N and its vertex; then N_opt ∝ C^a and partner_opt ∝ C^b across budgets.
+
+@dataclass
+class Budget:
+    compute: float
+    N: np.ndarray
+    L: np.ndarray
+    partner: np.ndarray        # D (or epochs) of each run
+    coef: np.ndarray           # L = c0 (log N)^2 + c1 log N + c2
+    N_opt: float
+    partner_opt: float
+    L_opt: float
+    edge: bool                 # vertex missing, outside the grid, or observed minimum at an end
+    position: float            # vertex in the grid: -1 smallest N, +1 largest
+    noise: Optional[Noise] = None
+    configs: object = None     # what analysis.py built it from (a table of configurations)
+
+    def to_json(self, partner, compute_name) -> dict:
+        return {compute_name: self.compute, "n": len(self.N), "N_opt": self.N_opt,
+                f"{partner}_opt": self.partner_opt, "L_opt": self.L_opt, "edge": self.edge,
+                "position": self.position, "N_range": [float(self.N.min()), float(self.N.max())]}
+
+
+def isoflop_budget(compute, N, L, partner, noise=None) -> Budget:
+    """Czech et al. 2026: the parabola's vertex is biased when the grid is wide or off-centre, so
+    a budget whose vertex leaves the grid, or whose best run is an end of it, is flagged."""
+    N, L, partner = (np.asarray(v, float) for v in (N, L, partner))
+    u = np.log(N)
+    coef = np.polyfit(u, L, 2)
+    vertex = -coef[1] / (2 * coef[0]) if coef[0] > 0 else np.nan
+    lo, hi = u.min(), u.max()
+    best_at_end = u[np.argmin(L)] in (lo, hi)
+    edge = bool(not np.isfinite(vertex) or not lo <= vertex <= hi or best_at_end)
+    slope, intercept = np.polyfit(u, np.log(partner), 1)
+    with np.errstate(over="ignore"):
+        N_opt, partner_opt = np.exp(vertex), np.exp(intercept + slope * vertex)
+    return Budget(float(compute), N, L, partner, coef, float(N_opt), float(partner_opt),
+                  float(np.polyval(coef, vertex)), edge,
+                  float((vertex - (lo + hi) / 2) / ((hi - lo) / 2)), noise)
+
+
+def line(x, y):
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope), float(intercept)
+
+
+@dataclass
+class Allocation:
+    """N_opt ∝ C^a and partner_opt ∝ C^b across the budgets with an interior minimum."""
+    a: Optional[float]
+    b: Optional[float]
+    intercepts: tuple
+    samples: np.ndarray        # bootstrap rows (a, log-intercept of N_opt, b, log-intercept)
+    bootstrap: str = "none"
+    inflation: float = 1.0
+    dropped: int = 0           # resamples left with < 2 budgets that have a minimum
+
+
+def fit_allocation(budgets, *, n_boot=200, rng=None, bootstrap="configs") -> Allocation:
+    usable = [b for b in budgets if not b.edge]
+    if len(usable) < 2:
+        return Allocation(None, None, (None, None), np.empty((0, 4)))
+    log_C = np.log([b.compute for b in usable])
+    a, a0 = line(log_C, np.log([b.N_opt for b in usable]))
+    b, b0 = line(log_C, np.log([b.partner_opt for b in usable]))
+    noise = Noise([s for budget in usable for s in (budget.noise.seeds if budget.noise else [])])
+    if len(noise.seeds) != sum(len(budget.N) for budget in usable):
+        noise = None
+    mode = resolve_bootstrap(bootstrap, noise) if n_boot else "none"
+    rng = rng if rng is not None else np.random.default_rng(0)
+    samples, inflation = _allocation_bootstrap(usable, n_boot, rng, mode) if n_boot else \
+        (np.empty((0, 4)), 1.0)
+    return Allocation(a, b, (a0, b0), samples, mode, inflation, n_boot - len(samples))
+
+
+def _allocation_bootstrap(budgets, n_boot, rng, mode):
+    """Every budget's parabola refitted on resampled runs (batched least squares), its vertex
+    found, both lines refitted across budgets. A budget whose resampled parabola has no minimum
+    (or fewer than 3 distinct N) drops out of that resample; a resample left with < 2 budgets
+    is dropped. Parametric noise is inflated by one Birge ratio pooled over the budgets."""
+    inflation = 1.0
+    if mode == "parametric":
+        chi2 = dof = 0.0
+        for budget in budgets:
+            fitted = np.polyval(budget.coef, np.log(budget.N))
+            chi2 += ((np.log(budget.L / fitted)) ** 2 / budget.noise.point_sd() ** 2).sum()
+            dof += len(budget.N) - 3
+        inflation = max(1.0, math.sqrt(chi2 / max(dof, 1)))
+    vertices = np.full((n_boot, len(budgets), 2), np.nan)
+    for j, budget in enumerate(budgets):
+        u = np.log(budget.N)
+        log_L = np.log(budget.L)
+        if mode == "parametric":
+            fitted = np.log(np.maximum(np.polyval(budget.coef, u), 1e-12))
+            weights, targets = np.ones((n_boot, len(u))), \
+                fitted + inflation * budget.noise.point_sd() * rng.standard_normal((n_boot, len(u)))
+        else:
+            weights, targets, _ = resample(mode, n_boot, rng, log_L, log_L, budget.noise, 3)
+        design = np.stack([u * u, u, np.ones_like(u)], 1)
+        for k in range(n_boot):
+            w = weights[k]
+            if np.unique(u[w > 0]).size < 3:
+                continue
+            sw = np.sqrt(w)
+            c0, c1, _ = np.linalg.lstsq(design * sw[:, None], np.exp(targets[k]) * sw,
+                                        rcond=None)[0]
+            if c0 > 0:
+                vertex = -c1 / (2 * c0)
+                slope, intercept = np.polyfit(u, np.log(budget.partner), 1)
+                vertices[k, j] = vertex, intercept + slope * vertex
+    log_C = np.log([b.compute for b in budgets])
+    rows = []
+    for k in range(n_boot):
+        ok = np.isfinite(vertices[k, :, 0]) & (np.abs(vertices[k, :, 0]) < 700)
+        if ok.sum() >= 2:
+            rows.append([*line(log_C[ok], vertices[k, ok, 0]),
+                         *line(log_C[ok], vertices[k, ok, 1])])
+    return np.array(rows).reshape(-1, 4), inflation
+
+
+# ---------------------------------------------------------------------------------------------
+# Extrapolation (Alabdulmohsin et al. 2022): fit on all but the largest x, predict those.
+
+@dataclass
+class Extrapolation:
+    x: str
+    group: str
+    form: str
+    n_fit: int
+    held_out: list
+    log_rmse: float
+    noise_floor: Optional[float] = None   # log RMSE that seed noise of the targets alone gives
+
+    def to_json(self) -> dict:
+        errors = [abs(h["rel_error"]) for h in self.held_out]
+        excess = None if self.noise_floor is None else \
+            math.sqrt(max(0.0, self.log_rmse ** 2 - self.noise_floor ** 2))
+        return dict(x=self.x, group=self.group, form=self.form, n_fit=self.n_fit,
+                    held_out=self.held_out, log_rmse=self.log_rmse,
+                    max_abs_rel_error=max(errors), noise_floor_log_rmse=self.noise_floor,
+                    log_rmse_beyond_noise=excess)
+
+
+def default_holdout(n_distinct: int) -> int:
+    return max(1, n_distinct // 4)
+
+
+def extrapolate(x, L, form, *, n_holdout, ceiling=None, x_name="x", group="",
+                point_sd=None) -> Extrapolation:
+    """Hold out the configurations at the n_holdout largest distinct x. point_sd (SD of each
+    point's log seed mean) gives the noise floor: held-out targets are noisy too, so a perfect
+    law would still show that log RMSE."""
+    x, L = np.asarray(x, float), np.asarray(L, float)
+    if not 1 <= n_holdout < np.unique(x).size:
+        raise FitError(f"cannot hold out {n_holdout} of {np.unique(x).size} distinct x")
+    cut = np.sort(np.unique(x))[-n_holdout]
+    fit, held = x < cut, x >= cut
+    fitted = fit_law(x[fit], L[fit], form, ceiling=ceiling)
+    return _extrapolation(x_name, group, form, int(fit.sum()), x[held], L[held],
+                          fitted.predict(x[held]), None, _floor(point_sd, held))
+
+
+def _floor(point_sd, held):
+    if point_sd is None:
+        return None
+    sd = np.asarray(point_sd, float)[held]
+    return float(np.sqrt(np.mean(sd ** 2))) if np.isfinite(sd).all() else None
+
+
+def _extrapolation(x_name, group, form, n_fit, x, observed, predicted, extra=None, floor=None):
+    held_out = [dict(x_value=float(xv), observed=float(o), predicted=float(p),
+                     rel_error=float((p - o) / o), **(extra[i] if extra else {}))
+                for i, (xv, o, p) in enumerate(zip(x, observed, predicted))]
+    log_rmse = float(np.sqrt(np.mean((np.log(predicted) - np.log(observed)) ** 2)))
+    return Extrapolation(x_name, group, form, n_fit, held_out, log_rmse, floor)
+
+
+def extrapolate_joint(N, D, L, C, *, group, delta=HUBER_DELTA, grid=None,
+                      point_sd=None) -> Extrapolation:
+    """Hold out the configurations of the largest N·D (a fifth, at least one)."""
+    N, D, L, C = (np.asarray(v, float) for v in (N, D, L, C))
+    size = N * D
+    n_holdout = max(1, len(L) // 5)
+    held = size >= np.sort(size)[-n_holdout]
+    fitted = fit_joint(N[~held], D[~held], L[~held], delta=delta, n_boot=0, grid=grid)
+    extra = [dict(N=float(n), D=float(d)) for n, d in zip(N[held], D[held])]
+    return _extrapolation("C", group, "joint", int((~held).sum()), C[held], L[held],
+                          fitted.predict(N[held], D[held]), extra, _floor(point_sd, held))
+
+
+def joint_allocation(params: dict, C, epochs):
+    """Minimise E + A/N^alpha + B/D^beta on N·D = C/epochs (Hoffmann et al. 2022, eq. 4):
+    (N_opt, D_opt). Only for identified exponents (alpha, beta > 0)."""
+    alpha, beta = params["alpha"], params["beta"]
+    G = (alpha * params["A"] / (beta * params["B"])) ** (1 / (alpha + beta))
+    N_opt = G * (np.asarray(C, float) / epochs) ** (beta / (alpha + beta))
+    return N_opt, np.asarray(C, float) / (epochs * N_opt)
