@@ -165,7 +165,7 @@ def test_airbench_reads_the_same_kind_of_config_file(tmp_path, capsys):
 def test_airbench_saves_the_config_of_each_recorded_run(data_dir, tmp_path):
     import airbench
     import data
-    cfg = airbench.parse_config(["--dataset_size", "256", "--batch_size", "64", "--width", "0.0625",
+    cfg = airbench.parse_config(["--dataset_size", "256", "--batch_size", "32", "--width", "0.0625",
                                  "--num_epochs", "1", "--tta_level", "0", "--runs", "2", "--seed", "3",
                                  "--device", "cpu", "--results_dir", str(tmp_path), "--quiet"])
     # The data loaded by hand: airbench.load_data assumes all 50,000 training images.
