@@ -6,7 +6,8 @@ L = E + A/N^alpha + B/D^beta fitted as Hoffmann et al. 2022 did. IsoFLOP vertice
 compute-optimal allocation (their approach 2). Extrapolation and influence checks. analysis.py
 reads runs and decides what to fit; plots.py draws.
 
-Every law is fitted to log L of seed means (relative errors: losses span decades). Intervals are
+Every law but M4 is fitted to log L of seed means (relative errors: losses span decades); M4 is
+fitted to the log of its linear form, as its authors do (_fit_m4_at says why). Intervals are
 95% percentile bootstraps of one of three kinds (BOOTSTRAPS), named in every result:
   - parametric: each point redrawn around the fitted law with its measured seed noise, the pooled
     SD of log L between seeds over sqrt(its seeds), inflated by the Birge ratio sqrt(chi²/dof)
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.optimize import least_squares, minimize, minimize_scalar
+from scipy.optimize import least_squares, lsq_linear, minimize, minimize_scalar
 
 ALPHA_MAX = 5.0            # bound on fitted exponents: beyond it a law is a step within a decade
 HUBER_DELTA = 1e-3         # Hoffmann et al. 2022's delta (absolute, in log L)
@@ -152,7 +153,7 @@ def resample(mode, n_boot, rng, log_observed, log_fitted, noise, n_params):
 
 
 # ---------------------------------------------------------------------------------------------
-# Single-variable laws, each fitted to log L by bounded least squares
+# Single-variable laws, fitted to log L by bounded least squares (M4: to its linear form)
 
 @dataclass(frozen=True)
 class Form:
@@ -248,19 +249,6 @@ def _m4_solve(theta, log_x, ceiling):
 
 
 
-def _m4_start(log_x, L, ceiling):
-    design = np.stack([np.ones_like(log_x), -log_x, np.log(ceiling - L)], 1)
-    best, best_sse = None, np.inf
-    for E in L.min() * np.linspace(0, 0.98, 25):
-        coef = np.linalg.lstsq(design, np.log(L - E), rcond=None)[0]
-        c, alpha = np.clip(coef[1:], 0, ALPHA_MAX)
-        theta = np.array([E, coef[0], c, alpha])
-        sse = ((np.log(_m4_solve(theta, log_x, ceiling)) - np.log(L)) ** 2).sum()
-        if sse < best_sse:
-            best, best_sse = theta, sse
-    return best
-
-
 def _fit_rosenfeld(x, L, ceiling=None, start=None):
     """Rosenfeld et al. 2020's envelope along one axis: L = L0·|u/(u - i·eta)| with
     u = c_inf + b x^-beta. Only u/eta is identifiable, so eta is absorbed (eta = 1):
@@ -300,8 +288,10 @@ def _predict_rosenfeld(theta, x, ceiling):
 
 
 def _below_ceiling(L, ceiling, form):
-    """L for the starting values, which invert the law and need L < L0. Observations above the
-    ceiling are legitimate (noise around a near-random model) and enter the fit as they are."""
+    """L below a given ceiling L0, for what inverts the law and needs L < L0: the Rosenfeld
+    starting values, and M4's linear form, log(L0 - L). Observations above the ceiling are
+    legitimate (noise around a near-random model): the Rosenfeld fit takes them as they are, M4
+    (its linear form only) at 99% of the way from the smallest loss to the ceiling."""
     if ceiling is None:
         raise FitError(f"the {form} form needs the random-guess ceiling L0 (--ceiling)")
     if L.min() >= ceiling:
@@ -310,63 +300,101 @@ def _below_ceiling(L, ceiling, form):
     return np.minimum(L, L.min() + (ceiling - L.min()) * 0.99)
 
 
+M4_MARGIN = 1e-3   # E stays this fraction below the smallest loss: log(L - E) must be finite
+
+
+def _m4_linear(log_x, L, E, ceiling):
+    """For fixed E and L0 the M4 law is linear in (log B, c, alpha):
+    log(L - E) = log B - c·log x + alpha·log(L0 - L). Least squares with c and alpha in
+    [0, ALPHA_MAX] (their signs keep L decreasing in x); theta (E, log B, c, alpha) and its sum of
+    squares. The unconstrained solution is tried first (a 4-column lstsq), the bounded one only
+    when it leaves the box."""
+    design = np.stack([np.ones_like(log_x), -log_x, np.log(ceiling - L)], 1)
+    target = np.log(L - E)
+    coef = np.linalg.lstsq(design, target, rcond=None)[0]
+    if not (0 <= coef[1] <= ALPHA_MAX and 0 <= coef[2] <= ALPHA_MAX):
+        coef = lsq_linear(design, target, bounds=([-np.inf, 0, 0],
+                                                  [np.inf, ALPHA_MAX, ALPHA_MAX])).x
+    residual = design @ coef - target
+    return np.array([E, coef[0], coef[1], coef[2]]), float(residual @ residual)
+
+
 def _fit_m4_at(x, L, ceiling, start=None):
-    """M4 at a fixed L0, fitted to log L; theta (E, log B, c, alpha), and its sum of squares.
-    Start: for a fixed E the relation is linear in (log B, c, alpha) (the authors' inner step);
-    profile over E."""
+    """M4 at a fixed L0; theta (E, log B, c, alpha) and its sum of squares. Fitted as
+    Alabdulmohsin et al. 2022 fit it: least squares on the law's linear form above, not on log L.
+    That residual is d log L scaled by L·(1/(L - E) + alpha/(L0 - L)), so the points nearest the
+    floor E (the largest x) weigh most, which is what extrapolation needs: on four learning curves
+    of their image benchmark (tests/test_laws.py) it predicts the held-out half with 7% less log
+    RMSE on average than the same law fitted to log L (Birds 5/10/25-shot 0.0137, 0.0360, 0.0156
+    against 0.0204, 0.0393, 0.0222; CIFAR-100 5-shot worse, 0.0280 against 0.0189). E is
+    profiled over [0, E_max]: a grid, then a bounded scalar search around each local minimum (the
+    profile can have several). Observations at or above a fixed ceiling cannot enter
+    log(L0 - L); they enter it at 99% of the way from the smallest loss to the ceiling
+    (_below_ceiling). start is accepted for the common signature; the profile needs none."""
     below = _below_ceiling(L, ceiling, "m4")
-    log_x, log_L = np.log(x), np.log(L)
-    E_max = L.min() * (1 - 1e-6)
-    theta0 = _m4_start(log_x, below, ceiling) if start is None else \
-        np.array([start[0], math.log(start[1]), start[2], start[3]])
-    lower = np.array([0.0, -np.inf, 0.0, 0.0])
-    upper = np.array([E_max, np.inf, ALPHA_MAX, ALPHA_MAX])
+    log_x = np.log(x)
+    E_max = float(below.min()) * (1 - M4_MARGIN)
 
-    def residuals(theta):
-        return np.log(_m4_solve(theta, log_x, ceiling)) - log_L
+    def sse(E):
+        return _m4_linear(log_x, below, E, ceiling)[1]
 
-    def jacobian(theta):
-        # implicit differentiation of g(L) = log(L-E) - alpha log(L0-L) - log B + c log x = 0
-        E, _, _, alpha = theta
-        L_hat = _m4_solve(theta, log_x, ceiling)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dg_dL = 1 / (L_hat - E) + alpha / (ceiling - L_hat)
-            dg = np.stack([-1 / (L_hat - E), -np.ones_like(L_hat), log_x,
-                           -np.log(ceiling - L_hat)], 1)
-            return np.nan_to_num(-dg / (dg_dL * L_hat)[:, None])
+    def log_sse(theta):
+        with np.errstate(all="ignore"):
+            value = float(((np.log(_m4_solve(theta, log_x, ceiling)) - np.log(L)) ** 2).sum())
+        return value if np.isfinite(value) else np.inf
 
-    theta = _least_squares(residuals, theta0, jacobian, lower, upper)
-    return theta, float((residuals(theta) ** 2).sum())
+    # Each local minimum of the grid is refined; among them the one that fits log L best is
+    # kept. The linear form alone can prefer E = 0 with alpha soaking up the near-chance points
+    # (bird_5 at L0 = 0.995: held-out log RMSE 0.10 instead of 0.013); the authors avoid that
+    # mode only by starting E at the smallest loss and descending locally.
+    grid = np.linspace(0.0, E_max, 25)
+    values = np.array([sse(E) for E in grid])
+    candidates = []
+    for i in range(grid.size):
+        if values[i] <= values[max(i - 1, 0)] and values[i] <= values[min(i + 1, grid.size - 1)]:
+            lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+            E = minimize_scalar(sse, bounds=(lo, hi), method="bounded",
+                                options=dict(xatol=1e-9 * max(E_max, 1e-12))).x
+            theta, value = _m4_linear(log_x, below, E if sse(E) <= values[i] else grid[i],
+                                      ceiling)
+            if np.isfinite(theta).all() and np.isfinite(value):
+                candidates.append((log_sse(theta), value, theta))
+    if not candidates:
+        raise FitError("m4: the linear form of the law could not be fitted")
+    _, value, theta = min(candidates, key=lambda c: c[0])
+    return theta, value
 
 
 def _fit_m4(x, L, ceiling=None, start=None):
     """Alabdulmohsin et al. 2022's M4; theta (E, B, c, alpha, L0). Without a ceiling L0 is learned
-    as they do: profiled over L0 above the largest observed loss (a ceiling below an observation
-    makes log(L0 - L) undefined)."""
+    as they do, bounded below by the largest observed loss (a ceiling below an observation makes
+    log(L0 - L) undefined): profiled over L0 = L_max (1 + M4_MARGIN + e^u), a grid over u then a
+    bounded scalar search around its best point."""
+    x, L = np.asarray(x, float), np.asarray(L, float)
     if ceiling is not None:
-        theta, _ = _fit_m4_at(x, L, ceiling, None if start is None else start[:4])
+        theta, _ = _fit_m4_at(x, L, ceiling)
         return np.array([theta[0], math.exp(theta[1]), theta[2], theta[3], ceiling])
     L_max = float(np.max(L))
-    warm = {}
 
-    def sse(u):   # L0 = L_max (1 + e^u); each fit starts from the last one (the profile is smooth)
+    def ceiling_at(u):
+        return L_max * (1 + M4_MARGIN + math.exp(u))
+
+    def sse(u):
         try:
-            theta, value = _fit_m4_at(x, L, L_max * (1 + math.exp(u)), warm.get("theta"))
+            return _fit_m4_at(x, L, ceiling_at(u))[1]
         except FitError:
             return np.inf
-        warm["theta"] = np.array([theta[0], math.exp(theta[1]), theta[2], theta[3]])
-        return value
 
-    grid = np.log(np.geomspace(1e-3, 10.0, 9))
+    grid = np.log(np.geomspace(1e-4, 10.0, 11))
     values = np.array([sse(u) for u in grid])
     if not np.isfinite(values).any():
         raise FitError("m4: no ceiling L0 above the largest loss gives a fit")
     best = int(np.argmin(values))
     lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
     u = minimize_scalar(sse, bounds=(lo, hi), method="bounded",
-                        options=dict(xatol=1e-3, maxiter=20)).x
+                        options=dict(xatol=1e-3, maxiter=30)).x
     u = u if sse(u) <= values[best] else grid[best]
-    ceiling = L_max * (1 + math.exp(u))
+    ceiling = ceiling_at(u)
     theta, _ = _fit_m4_at(x, L, ceiling)
     return np.array([theta[0], math.exp(theta[1]), theta[2], theta[3], ceiling])
 
