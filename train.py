@@ -280,6 +280,17 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
     return row
 
 
+def is_diverged(losses, params_finite: bool) -> bool:
+    """The divergence rule (train.py and worker.py): the epoch's training loss, an evaluation
+    loss ("" when not evaluated) or a parameter is non-finite."""
+    return not (params_finite and all(math.isfinite(v) for v in losses if v != ""))
+
+
+def params_finite(model) -> bool:
+    """One isfinite over the flattened parameters, on the device: one host sync per epoch."""
+    return bool(torch.isfinite(torch.cat([p.detach().flatten() for p in model.parameters()])).all())
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
@@ -451,11 +462,12 @@ def train(cfg: Config) -> dict:
         raise ConfigError(f"{name} is already being trained by another process") from None
 
 
-def load_splits(cfg: Config, device: torch.device, stem: str):
+def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
     """Train, validation and test tensors (on the device for the tensor loader), the training
     indices and the data fingerprints (data.fingerprints). The split's indices are saved in
-    runs/<run_name>/ (not runs/*.json, which sweep.py reads as summaries)."""
-    cifar = data.load_cifar10(cfg.data_dir)
+    runs/<run_name>/ (not runs/*.json, which sweep.py reads as summaries). `cifar`: the data set
+    when already loaded (worker.py loads it once for many runs)."""
+    cifar = data.load_cifar10(cfg.data_dir) if cifar is None else cifar
     available = len(cifar.train_labels)
     num_val = data.val_count(cfg.val_size, available)
     try:
@@ -464,10 +476,7 @@ def load_splits(cfg: Config, device: torch.device, stem: str):
         raise ConfigError(f"--{e} in {cfg.data_dir}") from None
     train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
     fingerprints = data.fingerprints(cifar, train_x, train_y)
-    if num_val:
-        atomic_write(os.path.join(stem, "split.json"), json.dumps(dict(
-            subset_seed=cfg.subset_seed, train_indices=indices.tolist(),
-            val_indices=val_indices.tolist())) + "\n")
+    save_split(stem, cfg, indices, val_indices)
     val_x, val_y = cifar.train_images[val_indices], cifar.train_labels[val_indices]
     test_x, test_y = cifar.test_images, cifar.test_labels
     if cfg.loader == "torchvision":  # the brief's pipeline indexes the full set with a Subset
@@ -476,6 +485,13 @@ def load_splits(cfg: Config, device: torch.device, stem: str):
         train_x, train_y, val_x, val_y, test_x, test_y = (
             t.to(device) for t in (train_x, train_y, val_x, val_y, test_x, test_y))
     return (train_x, train_y), (val_x, val_y), (test_x, test_y), indices, fingerprints
+
+
+def save_split(stem: str, cfg: Config, indices, val_indices) -> None:
+    if len(val_indices):
+        atomic_write(os.path.join(stem, "split.json"), json.dumps(dict(
+            subset_seed=cfg.subset_seed, train_indices=indices.tolist(),
+            val_indices=val_indices.tolist())) + "\n")
 
 
 def _train_locked(cfg, name, device, stem) -> dict:
@@ -516,7 +532,7 @@ def _train_locked(cfg, name, device, stem) -> dict:
                              val_acc=val_acc, **grad_norms.epoch_means()))
             write_csv(stem + ".csv", rows, list(rows[0]))
             log(rows[-1])
-            if not math.isfinite(train_loss):
+            if is_diverged((train_loss, test_loss, val_loss), params_finite(model)):
                 status = "diverged"
                 break
             save_checkpoint(ckpt_path, model, optimizer, rows, cfg)
@@ -528,9 +544,11 @@ def _train_locked(cfg, name, device, stem) -> dict:
 
 
 def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints, device,
-               num_val) -> dict:
-    """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up."""
-    summary = summarize(cfg, rows, status, N, flops_per_image, fingerprints, device, num_val)
+               num_val, extra=None) -> dict:
+    """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up.
+    `extra`: more summary columns (worker.py's bundle_size)."""
+    summary = {**summarize(cfg, rows, status, N, flops_per_image, fingerprints, device, num_val),
+               **(extra or {})}
     atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
     if cfg.save_model:
         save_model(stem, model, summary, cfg)

@@ -1,0 +1,195 @@
+"""Horizontal fusion: K same-shape trainings as ONE network (HFTA, Wang et al., MLSys 2021).
+
+A 300k-parameter CNN leaves most of a big GPU idle: each step is a few dozen tiny kernels. Fusing
+K runs that share a shape gives each kernel K times the work for the same launches. Layout:
+
+- activations are [B, K*C, H, W]: copy k owns channels k*C:(k+1)*C, so a convolution is one
+  grouped convolution (groups=K) and a BatchNorm over K*C channels gives every copy exactly its
+  own batch statistics and running statistics; ReLU and pooling act per channel anyway;
+- after pooling or flattening, features are [B, K, F] and every Linear is a batched matmul with
+  weights [K, out, in]; logits are [B, K, 10] and labels [B, K];
+- every fused tensor is its K copies stacked: `tensor.view(K, *copy_shape)[k]` is copy k's, so
+  the fused state_dict has the ordinary keys and converts both ways (`fused_state`, `copy_state`).
+
+Each copy is built by model.build_model under its own seed and copied in, so its initialisation
+is train.py's. `FusedSGD` applies each copy's lr, momentum and weight decay to its slices, and
+freezes the slices of copies that are no longer `alive` (diverged): it selects, never multiplies,
+because NaN * 0 is NaN.
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model import BasicBlock, GlobalAvgPool
+
+
+class FusedLinear(nn.Module):
+    """K Linear layers as one batched matmul: [B, K, in] -> [B, K, out]."""
+
+    def __init__(self, layers: list):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]))  # [K, out, in]
+        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]))      # [K, out]
+
+    def forward(self, x):
+        return torch.baddbmm(self.bias.unsqueeze(1), x.transpose(0, 1),
+                             self.weight.transpose(1, 2)).transpose(0, 1)
+
+
+class CopyFlatten(nn.Module):
+    """nn.Flatten per copy: [B, K*C, H, W] -> [B, K, C*H*W] in each copy's (c, h, w) order."""
+
+    def __init__(self, copies: int):
+        super().__init__()
+        self.copies = copies
+
+    def forward(self, x):
+        return x.reshape(x.shape[0], self.copies, -1)
+
+
+class CopyAvgPool(CopyFlatten):
+    """GlobalAvgPool per copy: [B, K*C, H, W] -> [B, K, C]."""
+
+    def forward(self, x):
+        return super().forward(x.mean(dim=(2, 3)))
+
+
+class FusedBasicBlock(BasicBlock):
+    """BasicBlock of K copies; the option-A shortcut zero-pads each copy's channels, not the end
+    of the stacked ones."""
+
+    def __init__(self, block: BasicBlock, copies: int):
+        nn.Module.__init__(self)
+        self.conv1, self.bn1, self.conv2, self.bn2 = block.conv1, block.bn1, block.conv2, block.bn2
+        self.stride, self.extra_channels, self.copies = block.stride, block.extra_channels, copies
+
+    def shortcut(self, x):
+        b, kc, h, w = x.shape
+        out = super().shortcut(x.reshape(b, self.copies, kc // self.copies, h, w))
+        return out.reshape(b, -1, *out.shape[-2:])
+
+
+def _fuse_module(modules: list, copies: int) -> nn.Module:
+    """The fused counterpart of one module of K same-shape networks (containers recursively)."""
+    first = modules[0]
+    if isinstance(first, nn.Conv2d):
+        fused = nn.Conv2d(copies * first.in_channels, copies * first.out_channels,
+                          first.kernel_size, first.stride, first.padding, groups=copies,
+                          bias=first.bias is not None)
+    elif isinstance(first, nn.BatchNorm2d):
+        fused = nn.BatchNorm2d(copies * first.num_features, first.eps, first.momentum,
+                               first.affine, first.track_running_stats)
+    elif isinstance(first, nn.Linear):
+        return FusedLinear(modules)
+    elif isinstance(first, nn.Flatten):
+        return CopyFlatten(copies)
+    elif isinstance(first, GlobalAvgPool):
+        return CopyAvgPool(copies)
+    elif isinstance(first, (nn.ReLU, nn.MaxPool2d)):
+        return copy.deepcopy(first)  # per channel: the stacked layout needs nothing
+    elif len(list(first.children())) or isinstance(first, BasicBlock):
+        fused = copy.copy(first)  # same class and attributes, children replaced below
+        fused._modules = {name: _fuse_module([m._modules[name] for m in modules], copies)
+                          for name in first._modules}
+        return FusedBasicBlock(fused, copies) if isinstance(first, BasicBlock) else fused
+    else:
+        raise TypeError(f"cannot fuse {type(first).__name__}; add it to fused._fuse_module")
+    fused.load_state_dict(fused_state(fused, [m.state_dict() for m in modules]))
+    return fused
+
+
+def fuse(models: list) -> nn.Module:
+    """One network computing the K same-shape `models` side by side: input [B, 3K, 32, 32] (copy
+    k's images in channels 3k:3k+3), output [B, K, 10]. Weights and buffers are copied in."""
+    fused = _fuse_module(models, len(models))
+    return fused.to(next(models[0].parameters()).device)
+
+
+def fused_state(fused: nn.Module, states: list) -> dict:
+    """The fused state_dict of K ordinary state_dicts (same keys; copies stacked)."""
+    target = fused.state_dict()
+    return {key: states[0][key] if t.dim() == 0 else  # num_batches_tracked: one count for all
+            torch.stack([s[key] for s in states]).reshape(t.shape) for key, t in target.items()}
+
+
+def copy_state(fused: nn.Module, template: nn.Module, k: int) -> dict:
+    """Copy k's ordinary state_dict (shapes of `template`, an ordinary model) out of `fused`."""
+    K, shapes = fused_copies(fused), {key: t.shape for key, t in template.state_dict().items()}
+    return {key: t.detach().clone() if t.dim() == 0 else
+            split_copies(t.detach(), K)[k].reshape(shapes[key]).clone()
+            for key, t in fused.state_dict().items()}
+
+
+def fused_copies(fused: nn.Module) -> int:
+    """K, read off the first batched Linear (every fused network ends in one)."""
+    return next(m for m in fused.modules() if isinstance(m, FusedLinear)).weight.shape[0]
+
+
+def per_copy_loss(logits, labels, reduction="mean"):
+    """Cross-entropy of each copy: logits [B, K, classes], labels [B, K] -> [K] (mean or sum
+    over the batch, as train.py's F.cross_entropy)."""
+    losses = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")  # [B, K]
+    return losses.mean(0) if reduction == "mean" else losses.sum(0)
+
+
+def params_finite(fused: nn.Module) -> torch.Tensor:
+    """[K] bool: every parameter of copy k is finite. One isfinite over the flattened parameters
+    (per copy), on the device."""
+    K = fused_copies(fused)
+    flat = torch.cat([p.detach().reshape(K, -1) for p in fused.parameters()], dim=1)
+    return torch.isfinite(flat).all(dim=1)
+
+
+def split_copies(t: torch.Tensor, copies: int) -> torch.Tensor:
+    """View a fused tensor [K*C, ...] or [K, ...] as [K, C, ...]: splitting the outer dim is a
+    view for any memory format (channels_last included)."""
+    return t.view(copies, t.shape[0] // copies, *t.shape[1:])
+
+
+def per_copy(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[K] -> [K, 1, 1, ...], broadcastable against a split tensor `like`."""
+    return values.view(-1, *[1] * (like.dim() - 1))
+
+
+class FusedSGD:
+    """torch.optim.SGD (momentum, coupled weight decay, no dampening or Nesterov) with each copy's
+    lr, momentum and weight_decay applied to its slices. Copies whose `alive` entry is False
+    (diverged) keep their weights and buffers: selected, not multiplied, as NaN * 0 is NaN.
+    Buffers start at 0: momentum * 0 + g is SGD's first-step buffer g."""
+
+    def __init__(self, fused: nn.Module, lrs, momenta, weight_decays):
+        self.params = [p for p in fused.parameters() if p.requires_grad]
+        self.K = fused_copies(fused)
+        first = self.params[0]
+        vector = lambda v: torch.tensor(v, dtype=first.dtype, device=first.device)
+        self.lr, self.momentum, self.weight_decay = vector(lrs), vector(momenta), vector(weight_decays)
+        self.buffers = [torch.zeros_like(p) for p in self.params]
+        self.alive = torch.ones(self.K, dtype=torch.bool, device=first.device)
+
+    def set_lr(self, lrs):
+        self.lr.copy_(torch.tensor(lrs, dtype=self.lr.dtype))
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        for p, buf in zip(self.params, self.buffers):
+            w, g, b = (split_copies(t, self.K) for t in (p, p.grad, buf))
+            lr, momentum, wd, alive = (per_copy(v, w) for v in
+                                       (self.lr, self.momentum, self.weight_decay, self.alive))
+            new_b = momentum * b + (g + wd * w)
+            b.copy_(torch.where(alive, new_b, b))
+            w.copy_(torch.where(alive, w - lr * new_b, w))
+
+    def copy_buffers(self, k: int) -> list:
+        """Copy k's momentum buffers in parameter order (torch SGD's state['momentum_buffer'])."""
+        return [split_copies(buf, self.K)[k].clone() for buf in self.buffers]
+
+    def load_buffers(self, k: int, buffers: list) -> None:
+        for buf, b in zip(self.buffers, buffers):
+            target = split_copies(buf, self.K)[k]
+            target.copy_(b.reshape(target.shape))
