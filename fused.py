@@ -96,15 +96,15 @@ def _fuse_module(modules: list, copies: int) -> nn.Module:
         return FusedBasicBlock(fused, copies) if isinstance(first, BasicBlock) else fused
     else:
         raise TypeError(f"cannot fuse {type(first).__name__}; add it to fused._fuse_module")
-    fused.load_state_dict(fused_state(fused, [m.state_dict() for m in modules]))
+    fused.to(first.weight.dtype).load_state_dict(fused_state(fused, [m.state_dict() for m in modules]))
     return fused
 
 
 def fuse(models: list) -> nn.Module:
     """One network computing the K same-shape `models` side by side: input [B, 3K, 32, 32] (copy
     k's images in channels 3k:3k+3), output [B, K, 10]. Weights and buffers are copied in."""
-    fused = _fuse_module(models, len(models))
-    return fused.to(next(models[0].parameters()).device)
+    first = next(models[0].parameters())
+    return _fuse_module(models, len(models)).to(device=first.device, dtype=first.dtype)
 
 
 def fused_state(fused: nn.Module, states: list) -> dict:
@@ -130,7 +130,7 @@ def fused_copies(fused: nn.Module) -> int:
 def per_copy_loss(logits, labels, reduction="mean"):
     """Cross-entropy of each copy: logits [B, K, classes], labels [B, K] -> [K] (mean or sum
     over the batch, as train.py's F.cross_entropy)."""
-    losses = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none")  # [B, K]
+    losses = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none")  # [B, K]
     return losses.mean(0) if reduction == "mean" else losses.sum(0)
 
 

@@ -31,7 +31,7 @@ from filelock import Timeout
 import data
 import fused
 import train
-from model import build_model, count_params, forward_flops_per_image
+from model import build_model, count_params, forward_flops_per_image, num_params
 from utils import atomic_write, file_lock, set_seed, write_csv
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
@@ -68,6 +68,12 @@ def make_bundles(cfgs: list, max_bundle: int = DEFAULT_MAX_BUNDLE) -> list:
             for i in range(0, len(group), max_bundle)]
 
 
+def bundle_cost(bundle: list) -> float:
+    """Work of a bundle in the brief's compute units, K * N * D * epochs (closed-form N)."""
+    c = bundle[0]
+    return len(bundle) * num_params(c.model, c.width, c.depth, c.bn) * c.dataset_size * c.num_epochs
+
+
 # ---------------------------------------------------------------------------------------------
 # One bundle
 
@@ -100,7 +106,12 @@ def train_epoch(net, optimizer, batches, cfg, device):
         loss_sum += losses.detach() * len(y)
         correct += (logits.argmax(-1) == y).sum(0)
         seen += len(y)
-    return (loss_sum / seen).tolist(), (correct / seen).tolist()
+    return per_image(loss_sum, correct, seen)
+
+
+def per_image(loss_sum, correct, seen):
+    """Means as Python floats, divided on the host as train.py divides them."""
+    return [v / seen for v in loss_sum.tolist()], [v / seen for v in correct.tolist()]
 
 
 @torch.no_grad()
@@ -116,10 +127,10 @@ def evaluate(net, batches, cfg, device, copies):
         y = y.to(device, non_blocking=True)[:, None].expand(-1, copies)
         with train.autocast(cfg, device):
             logits = net(x)
-        loss_sum += fused.per_copy_loss(logits, y, reduction="sum")
+        loss_sum += fused.per_copy_loss(logits.float(), y, reduction="sum")
         correct += (logits.argmax(-1) == y).sum(0)
         seen += len(y)
-    return (loss_sum / seen).tolist(), (correct / seen).tolist()
+    return per_image(loss_sum, correct, seen)
 
 
 class Copy:
@@ -344,7 +355,8 @@ def main(argv=None):
     if not os.path.exists(args.plan):
         parser.error(f"plan file {args.plan} does not exist")
     i, n = args.slice
-    bundles = make_bundles(read_plan(args.plan), args.max_bundle)[i::n]
+    bundles = sorted(make_bundles(read_plan(args.plan), args.max_bundle), key=bundle_cost,
+                     reverse=True)[i::n]  # largest first, dealt round-robin: slices balance
     codes = Worker().run(bundles, args.force, log=lambda line: print(line, flush=True))
     failed = [name for name, code in codes.items() if code]
     print(f"worker {i}/{n}: {len(codes) - len(failed)} done, {len(failed)} failed", flush=True)
