@@ -9,7 +9,7 @@ Per process the data set is loaded and fingerprinted once per split, and a fused
 shape is built (and compiled) once and reused: the next bundle of that shape loads its weights
 into it. Runs that may share a network (`bundle_key`: every setting equal except the seed and the
 cheap per-copy hyperparameters PER_COPY) train as one bundle of up to --max_bundle copies
-(fused.py); a bundle of one is an ordinary run. Every copy writes exactly what `train.py` writes
+(fused.py); a bundle of one is an ordinary run (train.train, in this process). Every copy writes exactly what `train.py` writes
 (run_name, per-epoch CSV, checkpoint after each epoch, summary JSON, final_data.csv row) through
 train.py's own functions, so a run can be resumed by either and analysis cannot tell them apart.
 Runs that cannot be fused (AdamW, --loader torchvision, --log_grad_norms, --trackio) run through
@@ -277,10 +277,10 @@ class Worker:
             return {}
         names = [train.run_name(c) for c in cfgs]
         try:
-            if fusible(cfgs[0]):
+            if len(cfgs) > 1:
                 with claimed(cfgs):
                     statuses = self.train_bundle(cfgs)
-            else:  # train.train claims the run itself
+            else:  # a bundle of one is train.py's run, bit for bit (train.train claims it)
                 statuses = {names[0]: train.train(cfgs[0])["status"]}
             log(f"bundle of {len(cfgs)}: " + ", ".join(f"{n} {s}" for n, s in statuses.items()))
             return {name: 0 for name in statuses}

@@ -186,14 +186,14 @@ def test_worker_skips_finished_runs(data_dir, tmp_path):
 
 
 def test_a_failing_run_is_isolated_and_reported(data_dir, tmp_path, monkeypatch):
-    init = worker.Copy.__init__
+    make_optimizer = train.make_optimizer
 
-    def broken_seed_1(self, cfg, device):
+    def broken_seed_1(model, cfg, device):  # fails in the bundle and when retried alone
         if cfg.seed == 1:
             raise RuntimeError("boom")
-        init(self, cfg, device)
+        return make_optimizer(model, cfg, device)
 
-    monkeypatch.setattr(worker.Copy, "__init__", broken_seed_1)
+    monkeypatch.setattr(train, "make_optimizer", broken_seed_1)
     cfgs = configs(data_dir, tmp_path, [dict(seed=0), dict(seed=1), dict(seed=2)])
     lines = []
     codes = worker.Worker().run(worker.make_bundles(cfgs), log=lines.append)
