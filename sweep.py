@@ -231,8 +231,8 @@ def worker_tasks(runs, results_dir, workers, max_bundle, force) -> list:
     n = min(workers, bundles)
     path = os.path.join(results_dir, "logs", f"plan_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}.json")
     worker.write_plan(path, [r.argv + ["--resume", "--quiet"] for r in runs])
-    return [(f"worker_{i}of{n}", [sys.executable, WORKER_PY, path, "--slice", f"{i}/{n}",
-                                  "--max_bundle", str(max_bundle)] + (["--force"] if force else []))
+    options = (["--max_bundle", str(max_bundle)] if max_bundle else []) + (["--force"] if force else [])
+    return [(f"worker_{i}of{n}", [sys.executable, WORKER_PY, path, "--slice", f"{i}/{n}", *options])
             for i in range(n)]
 
 
@@ -319,8 +319,9 @@ def build_parser():
     p.add_argument("--engine", choices=["worker", "process"], default="worker",
                    help="worker: worker.py processes training fused bundles of same-shape runs; "
                         "process: one train.py process per run")
-    p.add_argument("--max_bundle", type=int, default=worker.DEFAULT_MAX_BUNDLE,
-                   help="worker engine: at most this many runs fused into one network (1: none)")
+    p.add_argument("--max_bundle", type=int, default=None,
+                   help=f"worker engine: at most this many runs fused into one network (1: none; "
+                        f"default {worker.GPU_MAX_BUNDLE} on CUDA, 1 on CPU, where fusion is slower)")
     p.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local")
     p.add_argument("--partition", default=None, help="slurm partition")
     p.add_argument("--time_min", type=int, default=60, help="slurm time limit per task, minutes")
@@ -347,7 +348,7 @@ def parse_args(argv=None):
                                                 [base.dataset_size])
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
-    if args.max_bundle < 1:
+    if args.max_bundle is not None and args.max_bundle < 1:
         parser.error("--max_bundle must be >= 1")
     if not 0 < args.tolerance < 1:
         parser.error("--tolerance must be in (0, 1)")

@@ -35,7 +35,7 @@ from model import build_model, count_params, forward_flops_per_image, num_params
 from utils import atomic_write, file_lock, set_seed, write_csv
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
-DEFAULT_MAX_BUNDLE = 16  # copies per fused network; more than the 3 seeds x lr values of a plan
+GPU_MAX_BUNDLE = 16  # copies per fused network on CUDA: a plan's 3 seeds x a few lr values
 
 
 def log_path(results_dir: str, name: str) -> str:
@@ -59,13 +59,21 @@ def bundle_key(cfg: train.Config):
     return tuple((k, v) for k, v in sorted(asdict(cfg).items()) if k not in PER_COPY)
 
 
-def make_bundles(cfgs: list, max_bundle: int = DEFAULT_MAX_BUNDLE) -> list:
-    """Lists of configurations that train as one network, in plan order, at most max_bundle each."""
+def default_max_bundle(device: str) -> int:
+    """Fusion on CUDA only: on CPU a grouped convolution is slower than its K separate ones (3
+    copies of 8x1 ran at 0.64x the images/s of one run on 2 cores; README, Engine)."""
+    return GPU_MAX_BUNDLE if train.resolve_device(device).type == "cuda" else 1
+
+
+def make_bundles(cfgs: list, max_bundle: int = None) -> list:
+    """Lists of configurations that train as one network, in plan order, at most max_bundle each
+    (None: default_max_bundle of their device)."""
     groups = {}
     for cfg in cfgs:
         groups.setdefault(bundle_key(cfg), []).append(cfg)
-    return [group[i:i + max_bundle] for group in groups.values()
-            for i in range(0, len(group), max_bundle)]
+    caps = [max_bundle or default_max_bundle(group[0].device) for group in groups.values()]
+    return [group[i:i + cap] for group, cap in zip(groups.values(), caps)
+            for i in range(0, len(group), cap)]
 
 
 def bundle_cost(bundle: list) -> float:
@@ -346,11 +354,12 @@ def main(argv=None):
     parser.add_argument("plan", help="JSON file: {\"runs\": [[train.py flags], ...]}")
     parser.add_argument("--slice", type=slice_of, default=(0, 1),
                         help="I/N: train bundles I, I+N, I+2N, ... (one of N workers)")
-    parser.add_argument("--max_bundle", type=int, default=DEFAULT_MAX_BUNDLE,
-                        help="copies per fused network (1: no fusion)")
+    parser.add_argument("--max_bundle", type=int, default=None,
+                        help=f"copies per fused network (1: no fusion; default {GPU_MAX_BUNDLE} on "
+                             "CUDA, 1 on CPU)")
     parser.add_argument("--force", action="store_true", help="train runs that have a summary again")
     args = parser.parse_args(argv)
-    if args.max_bundle < 1:
+    if args.max_bundle is not None and args.max_bundle < 1:
         parser.error("--max_bundle must be >= 1")
     if not os.path.exists(args.plan):
         parser.error(f"plan file {args.plan} does not exist")

@@ -47,7 +47,7 @@ def separate_and_fused(data_dir, tmp_path, copies, **shared):
     bundle = configs(data_dir, tmp_path / "fused", copies, **shared)
     for cfg in alone:
         train.train(cfg)
-    bundles = worker.make_bundles(bundle)
+    bundles = worker.make_bundles(bundle, max_bundle=8)
     assert len(bundles) == 1, "the copies should share one network"
     codes = worker.Worker().run(bundles, log=lambda line: None)
     assert codes == {train.run_name(c): 0 for c in bundle}
@@ -155,7 +155,7 @@ def test_diverging_copy_is_recorded_and_the_others_finish(data_dir, tmp_path):
 def test_killed_bundle_resumes_to_the_same_rows(data_dir, tmp_path, monkeypatch):
     copies = [dict(seed=0, resume=True), dict(seed=1, resume=True)]
     whole, killed = (configs(data_dir, tmp_path / d, copies, num_epochs=3) for d in ("a", "b"))
-    worker.Worker().run(worker.make_bundles(whole), log=lambda line: None)
+    worker.Worker().run(worker.make_bundles(whole, 2), log=lambda line: None)
     save, calls = train.save_checkpoint, []
 
     def kill_at_fourth(*args):  # epoch 2: copy 0 saved, then killed before copy 1's checkpoint
@@ -166,11 +166,11 @@ def test_killed_bundle_resumes_to_the_same_rows(data_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(train, "save_checkpoint", kill_at_fourth)
     with pytest.raises(KeyboardInterrupt):
-        worker.Worker().run(worker.make_bundles(killed), log=lambda line: None)
+        worker.Worker().run(worker.make_bundles(killed, 2), log=lambda line: None)
     monkeypatch.setattr(train, "save_checkpoint", save)
     assert not os.path.exists(os.path.join(killed[0].results_dir, "final_data.csv"))
     first_epoch = rows(killed[0]).iloc[0].copy()
-    codes = worker.Worker().run(worker.make_bundles(killed), log=lambda line: None)
+    codes = worker.Worker().run(worker.make_bundles(killed, 2), log=lambda line: None)
     assert codes == {train.run_name(c): 0 for c in killed}
     for a, b in zip(whole, killed):
         assert_same_rows(a, b)
@@ -196,7 +196,7 @@ def test_a_failing_run_is_isolated_and_reported(data_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(train, "make_optimizer", broken_seed_1)
     cfgs = configs(data_dir, tmp_path, [dict(seed=0), dict(seed=1), dict(seed=2)])
     lines = []
-    codes = worker.Worker().run(worker.make_bundles(cfgs), log=lines.append)
+    codes = worker.Worker().run(worker.make_bundles(cfgs, 3), log=lines.append)
     names = [train.run_name(c) for c in cfgs]
     assert codes == {names[0]: 0, names[1]: 1, names[2]: 0}
     with open(worker.log_path(str(tmp_path), names[1])) as f:
@@ -213,15 +213,16 @@ def test_bundling_groups_exactly_the_runs_that_may_share_a_network():
              make(num_epochs=3), make(augment=False), make(scheduler="none"), make(subset_seed=1),
              make(test_freq=2), make(model="simplecnn"), make(model="simplecnn", bn=True),
              make(optimizer="adamw"), make(loader="torchvision"), make(log_grad_norms=True)]
-    bundles = worker.make_bundles(shareable + apart)
+    bundles = worker.make_bundles(shareable + apart, max_bundle=8)
     assert [len(b) for b in bundles] == [3] + [1] * len(apart)
+    assert [len(b) for b in worker.make_bundles(shareable)] == [1, 1, 1]  # CPU: no fusion by default
     assert [len(b) for b in worker.make_bundles([make(seed=s) for s in range(5)], 2)] == [2, 2, 1]
 
 
 def test_sweep_runs_bundles_through_workers(data_dir, tmp_path, capsys):
     tiny = ["--dataset_size=128", "--batch_size=64", "--test_freq=1", "--device=cpu",
             f"--data_dir={data_dir}"]
-    sweep.main(["width", "--widths", "4,8", "--seeds", "0,1", "--num_epochs", "1",
+    sweep.main(["width", "--widths", "4,8", "--seeds", "0,1", "--num_epochs", "1", "--max_bundle", "2",
                 "--results_dir", str(tmp_path), "--", *tiny])
     final = pd.read_csv(os.path.join(str(tmp_path), "final_data.csv"))
     assert sorted(zip(final.width, final.seed)) == [(4, 0), (4, 1), (8, 0), (8, 1)]
