@@ -1,6 +1,8 @@
 """The sweep engine: fused bundles train each copy as train.py trains that run alone."""
 import json
 import os
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -10,6 +12,7 @@ import fused
 import sweep
 import train
 import worker
+from conftest import REPO
 from model import build_model
 
 TINY = dict(width=4, depth=1, dataset_size=192, num_epochs=2, test_freq=1, batch_size=64,
@@ -228,3 +231,28 @@ def test_sweep_runs_bundles_through_workers(data_dir, tmp_path, capsys):
     assert sorted(zip(final.width, final.seed)) == [(4, 0), (4, 1), (8, 0), (8, 1)]
     assert set(final.bundle_size) == {2}
     assert "done: 4 finished" in capsys.readouterr().err
+
+
+def test_bench_sweep_measures_engines_and_fusion(data_dir, tmp_path):
+    out = tmp_path / "bench"
+    plan = "--widths 4 --seeds 0,1 --num_epochs 1 -- --dataset_size 128 --device cpu --test_freq 1"
+    proc = subprocess.run([sys.executable, "bench.py", "--sweep", "width", "--device", "cpu",
+                           "--fused_size", "4x1", "--fused_copies", "1,2", "--dataset_size", "128",
+                           "--warmup", "1", "--epochs", "1", "--fused_pipeline", "default",
+                           "--engines", "worker,process", "--data_dir", data_dir, "--notes", "",
+                           "--out", str(out), "--sweep_args", plan],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    engines = pd.read_csv(out / "sweep_engines.csv")
+    assert list(engines.engine) == ["worker", "process"] and set(engines.runs) == {2}
+    fusion = pd.read_csv(out / "fused_throughput.csv")
+    assert list(fusion.copies) == [1, 2] and fusion.per_copy_vs_single.iloc[0] == 1
+    assert (fusion.images_per_s_per_copy > 0).all()
+    report = (out / "report.md").read_text()
+    assert report.startswith("## ") and "· cpu ·" in report and "bench.py --sweep width" in report
+
+
+def test_bench_refuses_a_bad_fused_size():
+    proc = subprocess.run([sys.executable, "bench.py", "--sweep", "width", "--fused_size", "32"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--fused_size must be WIDTHxDEPTH" in proc.stderr
