@@ -153,20 +153,22 @@ def per_copy(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *[1] * (like.dim() - 1))
 
 
-class FusedSGD:
-    """torch.optim.SGD (momentum, coupled weight decay, no dampening or Nesterov) with each copy's
-    lr, momentum and weight_decay applied to its slices. Copies whose `alive` entry is False
-    (diverged) keep their weights and buffers: selected, not multiplied, as NaN * 0 is NaN.
-    Buffers start at 0: momentum * 0 + g is SGD's first-step buffer g."""
+class FusedOptimizer:
+    """Per-copy optimiser over a fused network's parameters. Each copy has its own lr and weight
+    decay ([K] tensors, on the device); copies whose `alive` entry is False (diverged) keep their
+    weights and state: selected, never multiplied, as NaN * 0 is NaN. STATE names the per-param
+    tensors, as torch's optimiser of the same rule names them in its state_dict."""
+    STATE = ()
 
-    def __init__(self, fused: nn.Module, lrs, momenta, weight_decays):
+    def __init__(self, fused: nn.Module, lrs, weight_decays):
         self.params = [p for p in fused.parameters() if p.requires_grad]
         self.K = fused_copies(fused)
         first = self.params[0]
-        vector = lambda v: torch.tensor(v, dtype=first.dtype, device=first.device)
-        self.lr, self.momentum, self.weight_decay = vector(lrs), vector(momenta), vector(weight_decays)
-        self.buffers = [torch.zeros_like(p) for p in self.params]
+        self.vector = lambda v: torch.tensor(v, dtype=first.dtype, device=first.device)
+        self.lr, self.weight_decay = self.vector(lrs), self.vector(weight_decays)
+        self.state = {name: [torch.zeros_like(p) for p in self.params] for name in self.STATE}
         self.alive = torch.ones(self.K, dtype=torch.bool, device=first.device)
+        self.steps = 0
 
     def set_lr(self, lrs):
         self.lr.copy_(torch.tensor(lrs, dtype=self.lr.dtype))
@@ -177,19 +179,73 @@ class FusedSGD:
 
     @torch.no_grad()
     def step(self):
-        for p, buf in zip(self.params, self.buffers):
-            w, g, b = (split_copies(t, self.K) for t in (p, p.grad, buf))
-            lr, momentum, wd, alive = (per_copy(v, w) for v in
-                                       (self.lr, self.momentum, self.weight_decay, self.alive))
-            new_b = momentum * b + (g + wd * w)
-            b.copy_(torch.where(alive, new_b, b))
-            w.copy_(torch.where(alive, w - lr * new_b, w))
+        self.steps += 1
+        for i, p in enumerate(self.params):
+            w, g = split_copies(p, self.K), split_copies(p.grad, self.K)
+            state = {name: split_copies(self.state[name][i], self.K) for name in self.STATE}
+            alive = per_copy(self.alive, w)
+            new_w, new_state = self.update(w, g, per_copy(self.lr, w),
+                                           per_copy(self.weight_decay, w), **state)
+            for name, value in new_state.items():
+                state[name].copy_(torch.where(alive, value, state[name]))
+            w.copy_(torch.where(alive, new_w, w))
 
-    def copy_buffers(self, k: int) -> list:
-        """Copy k's momentum buffers in parameter order (torch SGD's state['momentum_buffer'])."""
-        return [split_copies(buf, self.K)[k].clone() for buf in self.buffers]
+    def copy_state(self, k: int) -> list:
+        """Copy k's state per parameter, in torch's optimiser's format (one dict per param)."""
+        return [{**{name: split_copies(self.state[name][i], self.K)[k].clone() for name in self.STATE},
+                 **self.extra_state()} for i in range(len(self.params))]
 
-    def load_buffers(self, k: int, buffers: list) -> None:
-        for buf, b in zip(self.buffers, buffers):
-            target = split_copies(buf, self.K)[k]
-            target.copy_(b.reshape(target.shape))
+    def load_state(self, k: int, states: list) -> None:
+        """Copy k's state from torch's format; a param without state (a fresh run) keeps 0."""
+        for i, state in enumerate(states):
+            for name in self.STATE:
+                if state.get(name) is not None:
+                    target = split_copies(self.state[name][i], self.K)[k]
+                    target.copy_(state[name].reshape(target.shape))
+            if "step" in state:
+                self.steps = int(state["step"])
+
+    def extra_state(self) -> dict:
+        return {}
+
+
+class FusedSGD(FusedOptimizer):
+    """torch.optim.SGD (momentum, coupled weight decay, no dampening or Nesterov) with each copy's
+    momentum too. Buffers start at 0: momentum * 0 + g is SGD's first-step buffer g."""
+    STATE = ("momentum_buffer",)
+
+    def __init__(self, fused: nn.Module, lrs, momenta, weight_decays):
+        super().__init__(fused, lrs, weight_decays)
+        self.momentum = self.vector(momenta)
+
+    def update(self, w, g, lr, wd, momentum_buffer):
+        buf = per_copy(self.momentum, w) * momentum_buffer + (g + wd * w)
+        return w - lr * buf, dict(momentum_buffer=buf)
+
+
+class FusedAdamW(FusedOptimizer):
+    """torch.optim.AdamW (decoupled weight decay, bias-corrected moments), each copy its own lr
+    and weight decay; betas and eps shared by the bundle (bundle_key keeps betas equal)."""
+    STATE = ("exp_avg", "exp_avg_sq")
+
+    def __init__(self, fused: nn.Module, lrs, weight_decays, betas, eps=1e-8):
+        super().__init__(fused, lrs, weight_decays)
+        self.betas, self.eps = betas, eps
+
+    def update(self, w, g, lr, wd, exp_avg, exp_avg_sq):
+        beta1, beta2 = self.betas
+        m = exp_avg.lerp(g, 1 - beta1)
+        v = exp_avg_sq * beta2 + (1 - beta2) * g * g
+        denom = v.sqrt() / (1 - beta2 ** self.steps) ** 0.5 + self.eps
+        return w * (1 - lr * wd) - lr / (1 - beta1 ** self.steps) * m / denom, dict(exp_avg=m, exp_avg_sq=v)
+
+    def extra_state(self) -> dict:
+        return dict(step=torch.tensor(float(self.steps)))
+
+
+def make_optimizer(fused: nn.Module, cfgs: list) -> FusedOptimizer:
+    """The fused counterpart of train.make_optimizer for the copies' configurations."""
+    lrs, weight_decays = [c.lr for c in cfgs], [c.weight_decay for c in cfgs]
+    if cfgs[0].optimizer == "adamw":
+        return FusedAdamW(fused, lrs, weight_decays, cfgs[0].betas)
+    return FusedSGD(fused, lrs, [c.momentum for c in cfgs], weight_decays)

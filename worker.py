@@ -12,7 +12,7 @@ cheap per-copy hyperparameters PER_COPY) train as one bundle of up to --max_bund
 (fused.py); a bundle of one is an ordinary run (train.train, in this process). Every copy writes exactly what `train.py` writes
 (run_name, per-epoch CSV, checkpoint after each epoch, summary JSON, final_data.csv row) through
 train.py's own functions, so a run can be resumed by either and analysis cannot tell them apart.
-Runs that cannot be fused (AdamW, --loader torchvision, --log_grad_norms, --trackio) run through
+Runs that cannot be fused (--loader torchvision, --log_grad_norms, --trackio) run through
 train.train in this process. A run that fails is retried alone; if it still fails its traceback
 goes to results/logs/<run_name>.log and the others carry on.
 """
@@ -47,9 +47,8 @@ def log_path(results_dir: str, name: str) -> str:
 
 
 def fusible(cfg: train.Config) -> bool:
-    """FusedSGD implements SGD only; grad-norm logging and trackio are per-model features."""
-    return (cfg.optimizer == "sgd" and cfg.loader == "tensor" and not cfg.log_grad_norms
-            and not cfg.trackio)
+    """The tensor loader's batches stack; grad-norm logging and trackio are per-model features."""
+    return cfg.loader == "tensor" and not cfg.log_grad_norms and not cfg.trackio
 
 
 def bundle_key(cfg: train.Config):
@@ -155,15 +154,16 @@ class Copy:
         if cfg.resume and os.path.exists(self.stem + ".ckpt.pt"):
             self.rows = train.load_checkpoint(self.stem + ".ckpt.pt", self.model, self.optimizer)
 
-    def momentum_buffers(self):
-        state = self.optimizer.state
-        return [state.get(p, {}).get("momentum_buffer") for p in self.model.parameters()]
+    def optimizer_states(self):
+        """Per parameter, the torch optimiser's state ({} before its first step)."""
+        return [dict(self.optimizer.state.get(p, {})) for p in self.model.parameters()]
 
     def pull(self, net, optimizer, k):
-        """Copy k's weights and momentum out of the fused network into the ordinary pair."""
+        """Copy k's weights and optimiser state out of the fused network into the ordinary pair."""
         self.model.load_state_dict(fused.copy_state(net, self.model, k))
-        for p, buf in zip(self.model.parameters(), optimizer.copy_buffers(k)):
-            self.optimizer.state[p]["momentum_buffer"] = buf.reshape(p.shape)
+        for p, state in zip(self.model.parameters(), optimizer.copy_state(k)):
+            self.optimizer.state[p].update({name: v.reshape(p.shape) if v.dim() else v
+                                            for name, v in state.items()})
 
 
 class Worker:
@@ -221,12 +221,9 @@ class Worker:
             train.save_split(c.stem, c.cfg, indices, val_indices)
         N, flops_per_image = count_params(copies[0].model), forward_flops_per_image(copies[0].model)
         net, step_net = self.network(copies, device)
-        optimizer = fused.FusedSGD(net, [c.cfg.lr for c in copies], [c.cfg.momentum for c in copies],
-                                   [c.cfg.weight_decay for c in copies])
+        optimizer = fused.make_optimizer(net, [c.cfg for c in copies])
         for k, c in enumerate(copies):
-            buffers = c.momentum_buffers()
-            if all(b is not None for b in buffers):
-                optimizer.load_buffers(k, buffers)
+            optimizer.load_state(k, c.optimizer_states())
         live = list(range(K))
         for epoch in range(len(copies[0].rows) + 1, cfg.num_epochs + 1):
             lrs = [train.epoch_lr(epoch - 1, c.cfg) for c in copies]

@@ -119,6 +119,35 @@ def test_fused_sgd_steps_equal_torch_sgd_in_fp64(name):
     assert torch.equal(fused.split_copies(net.state_dict()[head], 3)[2], frozen)
 
 
+def test_fused_adamw_steps_equal_torch_adamw_in_fp64():
+    hps = [(1e-3, 5e-4), (3e-3, 0.0), (1e-2, 1e-1)]  # (lr, weight decay) per copy
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(build_model("resnet8", 4, 1).double())
+    net = fused.fuse(models)
+    opt = fused.FusedAdamW(net, [lr for lr, _ in hps], [wd for _, wd in hps], (0.9, 0.99))
+    refs = [torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=wd, betas=(0.9, 0.99))
+            for m, (lr, wd) in zip(models, hps)]
+    generator = torch.Generator().manual_seed(0)
+    for step in range(6):
+        x = torch.rand(16, 3, 3, 32, 32, dtype=torch.float64, generator=generator)
+        y = torch.randint(0, 10, (16, 3), generator=generator)
+        opt.zero_grad()
+        fused.per_copy_loss(net(x.reshape(16, 9, 32, 32)), y).sum().backward()
+        opt.step()
+        for k, (m, ref) in enumerate(zip(models, refs)):
+            ref.zero_grad()
+            torch.nn.functional.cross_entropy(m(x[:, k]), y[:, k]).backward()
+            ref.step()
+    for k, (m, ref) in enumerate(zip(models, refs)):
+        for key, value in fused.copy_state(net, m, k).items():
+            torch.testing.assert_close(value, m.state_dict()[key], rtol=1e-9, atol=1e-11)
+        for p, state in zip(m.parameters(), opt.copy_state(k)):  # checkpoints in torch's format
+            torch.testing.assert_close(state["exp_avg_sq"].reshape(p.shape), ref.state[p]["exp_avg_sq"])
+            assert float(state["step"]) == float(ref.state[p]["step"]) == 6
+
+
 @pytest.mark.parametrize("name", ["cnn", "resnet8", "simplecnn"])
 def test_bundle_of_seeds_equals_separate_train_py_runs(data_dir, tmp_path, name):
     alone, bundle = separate_and_fused(data_dir, tmp_path, [dict(seed=s) for s in (0, 1, 2)],
@@ -131,6 +160,14 @@ def test_bundle_of_seeds_equals_separate_train_py_runs(data_dir, tmp_path, name)
         assert sb["bundle_size"] == 3
     final = pd.read_csv(os.path.join(bundle[0].results_dir, "final_data.csv"))
     assert sorted(final.run_name) == sorted(train.run_name(c) for c in bundle)
+
+
+def test_adamw_bundle_equals_separate_train_py_runs(data_dir, tmp_path):
+    copies = [dict(seed=0, lr=1e-3, weight_decay=5e-4), dict(seed=1, lr=3e-3, weight_decay=0.0)]
+    alone, bundle = separate_and_fused(data_dir, tmp_path, copies, model="resnet8",
+                                       optimizer="adamw", scheduler="none")
+    for a, b in zip(alone, bundle):
+        assert_same_rows(a, b)
 
 
 def test_per_copy_hyperparameters_reach_their_slices(data_dir, tmp_path):
@@ -215,7 +252,8 @@ def test_bundling_groups_exactly_the_runs_that_may_share_a_network():
     apart = [make(width=8), make(depth=2), make(batch_size=32), make(dataset_size=100),
              make(num_epochs=3), make(augment=False), make(scheduler="none"), make(subset_seed=1),
              make(test_freq=2), make(model="simplecnn"), make(model="simplecnn", bn=True),
-             make(optimizer="adamw"), make(loader="torchvision"), make(log_grad_norms=True)]
+             make(optimizer="adamw"), make(optimizer="adamw", betas=(0.8, 0.9)),
+             make(loader="torchvision"), make(log_grad_norms=True)]
     bundles = worker.make_bundles(shareable + apart, max_bundle=8)
     assert [len(b) for b in bundles] == [3] + [1] * len(apart)
     assert [len(b) for b in worker.make_bundles(shareable)] == [1, 1, 1]  # CPU: no fusion by default
