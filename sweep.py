@@ -229,6 +229,7 @@ def worker_tasks(runs, results_dir, workers, max_bundle, force) -> list:
     results/logs/plan_<time>.json. Never more workers than bundles."""
     bundles = len(worker.make_bundles([r.cfg for r in runs], max_bundle))
     n = min(workers, bundles)
+    print(f"worker engine: {len(runs)} runs in {bundles} bundles, {n} worker(s)", file=sys.stderr)
     path = os.path.join(results_dir, "logs", f"plan_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}.json")
     worker.write_plan(path, [r.argv + ["--resume", "--quiet"] for r in runs])
     options = (["--max_bundle", str(max_bundle)] if max_bundle else []) + (["--force"] if force else [])
