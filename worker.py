@@ -36,6 +36,7 @@ from utils import atomic_write, file_lock, set_seed, write_csv
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
 GPU_MAX_BUNDLE = 16  # copies per fused network on CUDA: a plan's 3 seeds x a few lr values
+MAX_CACHED_NETS = 2  # fused modules kept for reuse; a worker's bundles come grouped by shape
 
 
 def log_path(results_dir: str, name: str) -> str:
@@ -73,6 +74,12 @@ def make_bundles(cfgs: list, max_bundle: int = None) -> list:
     caps = [max_bundle or default_max_bundle(group[0].device) for group in groups.values()]
     return [group[i:i + cap] for group, cap in zip(groups.values(), caps)
             for i in range(0, len(group), cap)]
+
+
+def network_key(cfg: train.Config, copies: int) -> tuple:
+    """Bundles with equal keys can train on one (compiled) fused module, whatever their D."""
+    return (cfg.model, cfg.width, cfg.depth, cfg.bn, copies, cfg.channels_last, cfg.compile,
+            str(train.resolve_device(cfg.device)))
 
 
 def bundle_cost(bundle: list) -> float:
@@ -191,8 +198,10 @@ class Worker:
         and process: loading new weights into it keeps its parameters (and so torch.compile's
         graphs and CUDA-graph addresses) valid for the next bundle."""
         cfg, K = copies[0].cfg, len(copies)
-        key = (cfg.model, cfg.width, cfg.depth, cfg.bn, K, cfg.channels_last, cfg.compile, str(device))
+        key = network_key(cfg, K)
         if key not in self.nets:
+            while len(self.nets) >= MAX_CACHED_NETS:  # CUDA-graph pools hold activations: evict
+                self.nets.pop(next(iter(self.nets)))
             net = fused.fuse([c.model for c in copies]).to(memory_format=train.memory_format(cfg))
             self.nets[key] = (net, train.compiled(net, cfg))
         net, step_net = self.nets[key]
@@ -363,6 +372,7 @@ def main(argv=None):
     i, n = args.slice
     bundles = sorted(make_bundles(read_plan(args.plan), args.max_bundle), key=bundle_cost,
                      reverse=True)[i::n]  # largest first, dealt round-robin: slices balance
+    bundles.sort(key=lambda b: str(network_key(b[0], len(b))))  # one shape's bundles in a row
     codes = Worker().run(bundles, args.force, log=lambda line: print(line, flush=True))
     failed = [name for name, code in codes.items() if code]
     print(f"worker {i}/{n}: {len(codes) - len(failed)} done, {len(failed)} failed", flush=True)

@@ -17,7 +17,7 @@ from model import build_model
 
 TINY = dict(width=4, depth=1, dataset_size=192, num_epochs=2, test_freq=1, batch_size=64,
             lr=0.05, quiet=True, device="cpu")
-METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "lr", "val_loss", "val_acc"]
 # fp32 on CPU: a grouped convolution sums in another order than K separate ones, so copies match
 # separate runs to rounding, which training amplifies (x10 per step for resnet8 at lr 0.1 here;
 # in fp64 they agree to 1e-12, test_fused_sgd_steps_equal_torch_sgd_in_fp64). Hence lr 0.05.
@@ -167,6 +167,34 @@ def test_adamw_bundle_equals_separate_train_py_runs(data_dir, tmp_path):
     alone, bundle = separate_and_fused(data_dir, tmp_path, copies, model="resnet8",
                                        optimizer="adamw", scheduler="none")
     for a, b in zip(alone, bundle):
+        assert_same_rows(a, b)
+
+
+def test_bundle_with_a_validation_split_equals_separate_runs(data_dir, tmp_path):
+    alone, bundle = separate_and_fused(data_dir, tmp_path, [dict(seed=0), dict(seed=1)],
+                                       val_size=50, normalize=True)
+    for a, b in zip(alone, bundle):
+        assert_same_rows(a, b)
+        assert rows(b).val_loss.notna().all()
+        assert split_file(a) == split_file(b)
+
+
+def split_file(cfg) -> str:
+    with open(os.path.join(cfg.results_dir, "runs", train.run_name(cfg), "split.json")) as f:
+        return f.read()
+
+
+def test_one_fused_module_serves_every_bundle_of_its_shape(data_dir, tmp_path):
+    """The second bundle (another D) trains on the first one's module, loaded with its own
+    initial weights and fresh BatchNorm statistics, and still equals its separate runs."""
+    first = configs(data_dir, tmp_path / "fused", [dict(seed=0), dict(seed=1)])
+    second = configs(data_dir, tmp_path / "fused", [dict(seed=0), dict(seed=1)], dataset_size=128)
+    alone = configs(data_dir, tmp_path / "alone", [dict(seed=0), dict(seed=1)], dataset_size=128)
+    engine = worker.Worker()
+    engine.run(worker.make_bundles(first + second, max_bundle=2), log=lambda line: None)
+    assert len(engine.nets) == 1
+    for a, b in zip(alone, second):
+        train.train(a)
         assert_same_rows(a, b)
 
 
