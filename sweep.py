@@ -252,7 +252,7 @@ def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
             bar.refresh()
     bar.close()
     for name, future in futures.items():
-        if future.result() not in (0, 1):  # 1: some run failed and has its own log
+        if future.result() != 0:  # failed runs also have their own logs, unless the worker died
             print(f"  {name} exited {future.result()}, log {log_path(results_dir, name)}", file=sys.stderr)
     done = finished_names(results_dir)
     return {r.name: 0 if r.name in done else 1 for r in runs}

@@ -338,9 +338,13 @@ def write_failure(cfg, name):
 
 
 def read_plan(path: str) -> list:
-    """The configurations of a plan file, each validated by train.py's own parser."""
-    with open(path) as f:
-        argvs = json.load(f)["runs"]
+    """The configurations of a plan file, each validated by train.py's own parser (which exits
+    with status 2 naming a bad flag)."""
+    try:
+        with open(path) as f:
+            argvs = json.load(f)["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise train.ConfigError(f"{path} is not a plan file ({{\"runs\": [[flags], ...]}}): {e!r}") from None
     return [train.parse_config(argv) for argv in argvs]
 
 
@@ -367,10 +371,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_bundle is not None and args.max_bundle < 1:
         parser.error("--max_bundle must be >= 1")
-    if not os.path.exists(args.plan):
-        parser.error(f"plan file {args.plan} does not exist")
+    try:
+        cfgs = read_plan(args.plan)
+    except train.ConfigError as e:
+        parser.error(str(e))
     i, n = args.slice
-    bundles = sorted(make_bundles(read_plan(args.plan), args.max_bundle), key=bundle_cost,
+    bundles = sorted(make_bundles(cfgs, args.max_bundle), key=bundle_cost,
                      reverse=True)[i::n]  # largest first, dealt round-robin: slices balance
     bundles.sort(key=lambda b: str(network_key(b[0], len(b))))  # one shape's bundles in a row
     codes = Worker().run(bundles, args.force, log=lambda line: print(line, flush=True))

@@ -322,3 +322,14 @@ def test_bench_refuses_a_bad_fused_size():
     proc = subprocess.run([sys.executable, "bench.py", "--sweep", "width", "--fused_size", "32"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and "--fused_size must be WIDTHxDEPTH" in proc.stderr
+
+
+def test_worker_refuses_a_bad_plan_before_training(tmp_path):
+    garbage, bad_flag = tmp_path / "garbage.json", tmp_path / "bad.json"
+    garbage.write_text("not json")
+    bad_flag.write_text(json.dumps(dict(runs=[["--width", "0", "--results_dir", str(tmp_path / "r")]])))
+    for plan, message in [(garbage, "is not a plan file"), (bad_flag, "--width must be >= 1, got 0")]:
+        proc = subprocess.run([sys.executable, "worker.py", str(plan)], cwd=REPO,
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "r").exists()
