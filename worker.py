@@ -200,6 +200,8 @@ class Worker:
         cfg, K = copies[0].cfg, len(copies)
         key = network_key(cfg, K)
         if key not in self.nets:
+            if cfg.compile != "off":
+                allow_recompiles()
             while len(self.nets) >= MAX_CACHED_NETS:  # CUDA-graph pools hold activations: evict
                 self.nets.pop(next(iter(self.nets)))
             net = fused.fuse([c.model for c in copies]).to(memory_format=train.memory_format(cfg))
@@ -231,6 +233,8 @@ class Worker:
         N, flops_per_image = count_params(copies[0].model), forward_flops_per_image(copies[0].model)
         net, step_net = self.network(copies, device)
         optimizer = fused.make_optimizer(net, [c.cfg for c in copies])
+        if cfg.compile != "off":
+            optimizer.compile()
         for k, c in enumerate(copies):
             optimizer.load_state(k, c.optimizer_states())
         live = list(range(K))
@@ -305,6 +309,16 @@ class Worker:
             write_failure(cfgs[0], names[0])
             log(f"failed: {names[0]}: {error!r}, log {log_path(cfgs[0].results_dir, names[0])}")
             return {names[0]: 1}
+
+
+def allow_recompiles() -> None:
+    """One process compiles a graph per shape: past dynamo's per-function limit (8 by default)
+    later shapes would silently run eagerly."""
+    import torch._dynamo
+    config = torch._dynamo.config
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 256))
 
 
 def has_summary(cfg) -> bool:
