@@ -159,8 +159,8 @@ def sweep_table(args, engines=("process",), plan="width") -> pd.DataFrame:
                 if proc.returncode != 0:
                     sys.exit(f"error: {shlex.join(command)} failed:\n{proc.stderr[-2000:]}")
                 runs = len(pd.read_csv(os.path.join(results, "final_data.csv")))
-            rows.append(dict(engine=engine, jobs=jobs, runs=runs, wall_s=wall_s,
-                             s_per_run=wall_s / runs, runs_per_min=60 * runs / wall_s,
+            rows.append(dict(jobs=jobs, runs=runs, wall_s=wall_s, s_per_run=wall_s / runs,
+                             runs_per_min=60 * runs / wall_s, engine=engine,
                              gpu_util_pct=gpu.mean()))
             print(f"  --engine {engine} --jobs {jobs}: {runs} runs in {wall_s:.1f} s", file=sys.stderr)
     return pd.DataFrame(rows)
