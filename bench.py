@@ -227,9 +227,17 @@ def fused_table(args, device) -> pd.DataFrame:
 
 
 def engine_report(args, device, device_name) -> str:
-    """The sweep engine's measurements (issue 13's targets) as markdown; also written to --out."""
-    engines = sweep_table(args, args.engines, args.sweep)
-    throughput = fused_table(args, device)
+    """The sweep engine's measurements (issue 13's targets) as markdown. Each table goes to --out
+    as soon as it is measured, so a run cut short keeps what it finished."""
+    def save(name, table):
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            table.to_csv(os.path.join(args.out, name), index=False)
+
+    engines = sweep_table(args, args.engines, args.sweep) if args.engines else pd.DataFrame()
+    save("sweep_engines.csv", engines)
+    throughput = fused_table(args, device) if args.fused_copies else pd.DataFrame()
+    save("fused_throughput.csv", throughput)
     text = "\n".join([
         heading(device_name) + f" · sweep engine, {args.sweep} plan", "",
         f"`sweep.py {args.sweep} {args.sweep_args}` per engine (wall seconds, fresh results folder):", "",
@@ -238,9 +246,6 @@ def engine_report(args, device, device_name) -> str:
         f"{args.fused_pipeline}, {args.warmup} warm-up + {args.epochs} timed epochs (K=1 is the "
         "single train.py run):", "", throughput.to_markdown(index=False, floatfmt=".4g"), ""])
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        engines.to_csv(os.path.join(args.out, "sweep_engines.csv"), index=False)
-        throughput.to_csv(os.path.join(args.out, "fused_throughput.csv"), index=False)
         with open(os.path.join(args.out, "report.md"), "w") as f:
             f.write(text + "\n")
     return text
@@ -293,11 +298,13 @@ def main():
     parser.add_argument("--sweep", choices=["width"], default=None,
                         help="measure the sweep engine on this plan: wall time per --engines, "
                              "fused vs single images/s, GPU utilisation, into --out")
-    parser.add_argument("--engines", type=lambda s: s.split(","), default=["worker", "process"],
-                        help="--sweep: sweep.py engines to time")
+    parser.add_argument("--engines", type=lambda s: [e for e in s.split(",") if e],
+                        default=["worker", "process"],
+                        help="--sweep: sweep.py engines to time ('': none, fusion only)")
     parser.add_argument("--fused_size", default="32x2", help="--sweep: widthxdepth of the bundle")
-    parser.add_argument("--fused_copies", type=lambda s: [int(k) for k in s.split(",")],
-                        default=[1, 3, 6, 18], help="--sweep: bundle sizes K to time (1 = single run)")
+    parser.add_argument("--fused_copies", type=lambda s: [int(k) for k in s.split(",") if k],
+                        default=[1, 3, 6, 18],
+                        help="--sweep: bundle sizes K to time (1 = single run; '': none)")
     parser.add_argument("--fused_pipeline", default="default",
                         help=f"--sweep: pipeline of the fused bundles, one of {list(PIPELINES)}")
     parser.add_argument("--out", default="results/bench_engine", help="--sweep: folder of its files")
