@@ -8,13 +8,15 @@ K runs that share a shape gives each kernel K times the work for the same launch
   own batch statistics and running statistics; ReLU and pooling act per channel anyway;
 - after pooling or flattening, features are [B, K, F] and every Linear is a batched matmul with
   weights [K, out, in]; logits are [B, K, 10] and labels [B, K];
-- every fused tensor is its K copies stacked: `tensor.view(K, *copy_shape)[k]` is copy k's, so
-  the fused state_dict has the ordinary keys and converts both ways (`fused_state`, `copy_state`).
+- every fused tensor is its K copies stacked along its first dim (`split_copies(t, K)[k]` is
+  copy k's), so the fused state_dict has the ordinary keys and converts both ways
+  (`fused_state`, `copy_state`).
 
 Each copy is built by model.build_model under its own seed and copied in, so its initialisation
-is train.py's. `FusedSGD` applies each copy's lr, momentum and weight decay to its slices, and
-freezes the slices of copies that are no longer `alive` (diverged): it selects, never multiplies,
-because NaN * 0 is NaN.
+is train.py's. `FusedSGD` and `FusedAdamW` apply each copy's lr (momentum) and weight decay to its
+slices, and freeze the slices of copies that are no longer `alive` (diverged): they select, never
+multiply, because NaN * 0 is NaN. Their state converts to torch's optimisers' state per copy, so
+checkpoints are train.py's.
 """
 import copy
 
@@ -89,7 +91,9 @@ def _fuse_module(modules: list, copies: int) -> nn.Module:
         return CopyAvgPool(copies)
     elif isinstance(first, (nn.ReLU, nn.MaxPool2d)):
         return copy.deepcopy(first)  # per channel: the stacked layout needs nothing
-    elif len(list(first.children())) or isinstance(first, BasicBlock):
+    elif first._parameters or first._buffers:
+        raise TypeError(f"cannot fuse {type(first).__name__}: a container with its own tensors")
+    elif len(first._modules):
         fused = copy.copy(first)  # same class and attributes, children replaced below
         fused._modules = {name: _fuse_module([m._modules[name] for m in modules], copies)
                           for name in first._modules}

@@ -78,6 +78,12 @@ def test_fused_forward_equals_each_model(name):
             torch.testing.assert_close(state[key], value)
 
 
+def test_a_layer_without_a_fused_form_is_refused():
+    models = [torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()) for _ in range(2)]
+    with pytest.raises(TypeError, match="cannot fuse Dropout"):
+        fused.fuse(models)
+
+
 @pytest.mark.parametrize("name", ["cnn", "resnet8", "simplecnn"])
 def test_fused_sgd_steps_equal_torch_sgd_in_fp64(name):
     """Eight steps of the fused network + FusedSGD (each copy its own lr, momentum, weight decay)
