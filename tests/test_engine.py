@@ -14,6 +14,7 @@ import train
 import worker
 from conftest import REPO
 from model import build_model
+from utils import file_lock
 
 TINY = dict(width=4, depth=1, dataset_size=192, num_epochs=2, test_freq=1, batch_size=64,
             lr=0.05, quiet=True, device="cpu")
@@ -339,3 +340,23 @@ def test_worker_refuses_a_bad_plan_before_training(tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_sweep_reports_a_run_failing_inside_a_worker_like_a_failed_process(data_dir, tmp_path, capsys):
+    """A run held by another process (its lock taken here) fails inside the worker; its bundle
+    mate still finishes, and the sweep lists the failure with its log and exits 1."""
+    argv = ["width", "--widths", "4", "--seeds", "0,1", "--num_epochs", "1", "--max_bundle", "2",
+            "--results_dir", str(tmp_path), "--", "--dataset_size=128", "--batch_size=64",
+            "--device=cpu", f"--data_dir={data_dir}"]
+    held, free = sweep.plan(sweep.parse_args(argv))[0]
+    os.makedirs(tmp_path / "runs", exist_ok=True)
+    with file_lock(str(tmp_path / "runs" / held.name)):
+        with pytest.raises(SystemExit) as exit_:
+            sweep.main(argv)
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert f"failed (exit 1): {held.name}, log {worker.log_path(str(tmp_path), held.name)}" in err
+    assert "done: 1 finished" in err
+    with open(worker.log_path(str(tmp_path), held.name)) as f:
+        assert "already being trained by another process" in f.read()
+    assert summary(free.cfg)["status"] == "finished"
