@@ -152,52 +152,49 @@ def split_copies(t: torch.Tensor, copies: int) -> torch.Tensor:
     return t.view(copies, t.shape[0] // copies, *t.shape[1:])
 
 
-def per_copy(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """[K] -> [K, 1, 1, ...], broadcastable against a split tensor `like`."""
-    return values.view(-1, *[1] * (like.dim() - 1))
-
-
 class FusedOptimizer:
-    """Per-copy optimiser over a fused network's parameters. Each copy has its own lr and weight
-    decay ([K] tensors, on the device); copies whose `alive` entry is False (diverged) keep their
-    weights and state: selected, never multiplied, as NaN * 0 is NaN. STATE names the per-param
-    tensors, as torch's optimiser of the same rule names them in its state_dict."""
+    """Per-copy optimiser over a fused network's parameters, written with torch's multi-tensor
+    (_foreach) kernels over every live copy's slice of every parameter: a handful of launches per
+    step whatever the number of parameters, each slice with its copy's lr and weight decay as a
+    scalar. A frozen copy (diverged) is left out of the lists, so its weights and state stay as
+    they were (never multiplied by 0: NaN * 0 is NaN). STATE names the per-param tensors as
+    torch's optimiser of the same rule names them in its state_dict."""
     STATE = ()
 
     def __init__(self, fused: nn.Module, lrs, weight_decays):
         self.params = [p for p in fused.parameters() if p.requires_grad]
         self.K = fused_copies(fused)
-        first = self.params[0]
-        self.vector = lambda v: torch.tensor(v, dtype=first.dtype, device=first.device)
-        self.lr, self.weight_decay = self.vector(lrs), self.vector(weight_decays)
+        self.lr, self.weight_decay = [float(v) for v in lrs], [float(v) for v in weight_decays]
         self.state = {name: [torch.zeros_like(p) for p in self.params] for name in self.STATE}
-        self.alive = torch.ones(self.K, dtype=torch.bool, device=first.device)
-        self.steps = self.vector(0.0)  # on the device: bias corrections need no host value
+        self.alive = torch.ones(self.K, dtype=torch.bool, device=self.params[0].device)  # loss mask
+        self.live = list(range(self.K))
+        self.steps = 0
 
-    def compile(self):
-        """torch.compile the update: one per-param loop of ~6 small kernels becomes a few fused
-        ones. Tensors (lr, alive, steps) change in place, so it compiles once."""
-        self.step = torch.compile(self.step)
+    def freeze(self, k: int) -> None:
+        self.alive[k] = False
+        self.live = [j for j in self.live if j != k]
 
     def set_lr(self, lrs):
-        self.lr.copy_(torch.tensor(lrs, dtype=self.lr.dtype))
+        self.lr = [float(v) for v in lrs]
 
     def zero_grad(self):
         for p in self.params:
             p.grad = None
 
+    def slices(self, tensors: list) -> list:
+        """The live copies' slices of `tensors`, copy by copy (views: updates land in place)."""
+        return [split_copies(t, self.K)[k] for k in self.live for t in tensors]
+
+    def per_slice(self, values: list) -> list:
+        """One scalar per slice of `slices`: its copy's value."""
+        return [values[k] for k in self.live for _ in self.params]
+
     @torch.no_grad()
     def step(self):
         self.steps += 1
-        for i, p in enumerate(self.params):
-            w, g = split_copies(p, self.K), split_copies(p.grad, self.K)
-            state = {name: split_copies(self.state[name][i], self.K) for name in self.STATE}
-            alive = per_copy(self.alive, w)
-            new_w, new_state = self.update(w, g, per_copy(self.lr, w),
-                                           per_copy(self.weight_decay, w), **state)
-            for name, value in new_state.items():
-                state[name].copy_(torch.where(alive, value, state[name]))
-            w.copy_(torch.where(alive, new_w, w))
+        if self.live:
+            self.update(self.slices(self.params), self.slices([p.grad for p in self.params]),
+                        **{name: self.slices(self.state[name]) for name in self.STATE})
 
     def copy_state(self, k: int) -> list:
         """Copy k's state per parameter, in torch's optimiser's format (one dict per param)."""
@@ -212,7 +209,7 @@ class FusedOptimizer:
                     target = split_copies(self.state[name][i], self.K)[k]
                     target.copy_(state[name].reshape(target.shape))
             if "step" in state:
-                self.steps.fill_(float(state["step"]))
+                self.steps = int(float(state["step"]))
 
     def extra_state(self) -> dict:
         return {}
@@ -225,31 +222,40 @@ class FusedSGD(FusedOptimizer):
 
     def __init__(self, fused: nn.Module, lrs, momenta, weight_decays):
         super().__init__(fused, lrs, weight_decays)
-        self.momentum = self.vector(momenta)
+        self.momentum = [float(v) for v in momenta]
 
-    def update(self, w, g, lr, wd, momentum_buffer):
-        buf = per_copy(self.momentum, w) * momentum_buffer + (g + wd * w)
-        return w - lr * buf, dict(momentum_buffer=buf)
+    def update(self, w, g, momentum_buffer):
+        d = torch._foreach_mul(w, self.per_slice(self.weight_decay))
+        torch._foreach_add_(d, g)                                  # g + wd * w
+        torch._foreach_mul_(momentum_buffer, self.per_slice(self.momentum))
+        torch._foreach_add_(momentum_buffer, d)                    # buf = momentum * buf + d
+        torch._foreach_sub_(w, torch._foreach_mul(momentum_buffer, self.per_slice(self.lr)))
 
 
 class FusedAdamW(FusedOptimizer):
-    """torch.optim.AdamW (decoupled weight decay, bias-corrected moments), each copy its own lr
-    and weight decay; betas and eps shared by the bundle (bundle_key keeps betas equal)."""
+    """torch.optim.AdamW (decoupled weight decay, bias-corrected moments), op for op as torch's
+    single-tensor AdamW, each copy its own lr and weight decay; betas and eps shared by the
+    bundle (bundle_key keeps betas equal)."""
     STATE = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, fused: nn.Module, lrs, weight_decays, betas, eps=1e-8):
         super().__init__(fused, lrs, weight_decays)
         self.betas, self.eps = betas, eps
 
-    def update(self, w, g, lr, wd, exp_avg, exp_avg_sq):
+    def update(self, w, g, exp_avg, exp_avg_sq):
         beta1, beta2 = self.betas
-        m = exp_avg.lerp(g, 1 - beta1)
-        v = exp_avg_sq * beta2 + (1 - beta2) * g * g
-        denom = v.sqrt() / (1 - beta2 ** self.steps) ** 0.5 + self.eps
-        return w * (1 - lr * wd) - lr / (1 - beta1 ** self.steps) * m / denom, dict(exp_avg=m, exp_avg_sq=v)
+        lr = self.per_slice(self.lr)
+        torch._foreach_mul_(w, [1 - a * b for a, b in zip(lr, self.per_slice(self.weight_decay))])
+        torch._foreach_lerp_(exp_avg, g, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sq, beta2)
+        torch._foreach_addcmul_(exp_avg_sq, g, g, 1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sq)
+        torch._foreach_div_(denom, (1 - beta2 ** self.steps) ** 0.5)
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(w, exp_avg, denom, [-a / (1 - beta1 ** self.steps) for a in lr])
 
     def extra_state(self) -> dict:
-        return dict(step=self.steps.detach().float().cpu())
+        return dict(step=torch.tensor(float(self.steps)))
 
 
 def make_optimizer(fused: nn.Module, cfgs: list) -> FusedOptimizer:

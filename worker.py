@@ -233,8 +233,6 @@ class Worker:
         N, flops_per_image = count_params(copies[0].model), forward_flops_per_image(copies[0].model)
         net, step_net = self.network(copies, device)
         optimizer = fused.make_optimizer(net, [c.cfg for c in copies])
-        if cfg.compile != "off":
-            optimizer.compile()
         for k, c in enumerate(copies):
             optimizer.load_state(k, c.optimizer_states())
         live = list(range(K))
@@ -265,7 +263,7 @@ class Worker:
                 c.pull(net, optimizer, k)
                 if train.is_diverged((train_loss[k], test[k][0], val[k][0]), finite[k]):
                     c.status = "diverged"
-                    optimizer.alive[k] = False
+                    optimizer.freeze(k)
                     live.remove(k)
                     self._finish(c, N, flops_per_image, fingerprints, device, len(val_set[1]), K)
                 else:

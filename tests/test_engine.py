@@ -107,7 +107,7 @@ def test_fused_sgd_steps_equal_torch_sgd_in_fp64(name):
         opt.zero_grad()
         torch.where(opt.alive, losses, 0.0).sum().backward()
         if step == 4:  # copy 2 "diverges": its gradient is NaN, and it is frozen from now on
-            opt.alive[2] = False
+            opt.freeze(2)
             frozen = fused.split_copies(net.state_dict()[head], 3)[2].clone()
             for p in opt.params:
                 fused.split_copies(p.grad, 3)[2] = float("nan")
