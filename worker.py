@@ -9,12 +9,12 @@ Per process the data set is loaded and fingerprinted once per split, and a fused
 shape is built (and compiled) once and reused: the next bundle of that shape loads its weights
 into it. Runs that may share a network (`bundle_key`: every setting equal except the seed and the
 cheap per-copy hyperparameters PER_COPY) train as one bundle of up to --max_bundle copies
-(fused.py); a bundle of one is an ordinary run (train.train, in this process). Every copy writes exactly what `train.py` writes
-(run_name, per-epoch CSV, checkpoint after each epoch, summary JSON, final_data.csv row) through
-train.py's own functions, so a run can be resumed by either and analysis cannot tell them apart.
-Runs that cannot be fused (--loader torchvision, --log_grad_norms, --trackio) run through
-train.train in this process. A run that fails is retried alone; if it still fails its traceback
-goes to results/logs/<run_name>.log and the others carry on.
+(fused.py). Every copy writes exactly what `train.py` writes (run_name, per-epoch CSV, checkpoint
+after each epoch, summary JSON, final_data.csv row) through train.py's own functions, so a run
+can be resumed by either and analysis cannot tell them apart. A bundle of one, and runs that
+cannot be fused (--loader torchvision, --log_grad_norms, --trackio), run through train.train in
+this process. A bundle that fails is retried run by run; a run that still fails has its
+traceback in results/logs/<run_name>.log and the others carry on.
 """
 import argparse
 import contextlib
@@ -61,7 +61,7 @@ def bundle_key(cfg: train.Config):
 
 def default_max_bundle(device: str) -> int:
     """Fusion on CUDA only: on CPU a grouped convolution is slower than its K separate ones (3
-    copies of 8x1 ran at 0.64x the images/s of one run on 2 cores; README, Engine)."""
+    copies of 8x1 ran at 0.85x the images/s of one run on 2 cores; README, Engine)."""
     return GPU_MAX_BUNDLE if train.resolve_device(device).type == "cuda" else 1
 
 
