@@ -15,20 +15,34 @@ dirty the tracked tree and mark every later run's code_version '+dirty'.
 `--sweep_jobs` instead times whole `sweep.py width` runs (3 seeds, the fast pipeline's flags by
 default; `--sweep_args` replaces the plan's arguments) once per K = trainings at once per GPU,
 each into a fresh results folder: packing small models onto one GPU is the point of --jobs.
+
+`--sweep width` measures the sweep engine (issue 13) in one call, into --out: the width plan's
+wall time through each of `--engines` (sweep_engines.csv), then images/s per copy of a fused
+bundle of K copies against a single run of the same shape, with GPU utilisation sampled on CUDA
+(fused_throughput.csv), and report.md with device, date, command and commit:
+
+    python bench.py --sweep width --out results/bench_engine          # the full plan, on a GPU
+    python bench.py --sweep width --device cpu --fused_size 4x1 --fused_copies 1,3 \
+        --dataset_size 1000 --fused_pipeline default --engines worker,process \
+        --sweep_args "--widths 4,8 --seeds 0,1,2 --num_epochs 2 -- --dataset_size 1000 --device cpu"
 """
 import argparse
 import os
+import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pandas as pd
 import torch
 
 import train
+import worker
 
 # Pipelines compared. "brief" is seed document 000 literally: torchvision transforms + DataLoader.
 # The ones between default and fast add one lever at a time, so the table says what each bought.
@@ -128,26 +142,115 @@ def sweep_args_default() -> str:
     return f"--seeds 0,1,2 -- {flags}"
 
 
-def sweep_table(args) -> pd.DataFrame:
-    """Wall seconds of `sweep.py width` for each --jobs K, each into a fresh results folder."""
+def sweep_table(args, engines=("process",), plan="width") -> pd.DataFrame:
+    """Wall seconds of `sweep.py <plan>` for each --jobs K and engine, each into a fresh results
+    folder."""
     rows, plan_args = [], shlex.split(args.sweep_args)
     split = plan_args.index("--") if "--" in plan_args else len(plan_args)
-    for jobs in args.sweep_jobs:
-        with tempfile.TemporaryDirectory() as results:
-            command = [sys.executable, "sweep.py", "width", *plan_args[:split], "--jobs", str(jobs),
-                       "--results_dir", results, *(plan_args[split:] or ["--"]),
-                       "--data_dir", os.path.abspath(args.data_dir)]
-            start = time.perf_counter()
-            proc = subprocess.run(command, cwd=os.path.dirname(os.path.abspath(__file__)),
-                                  capture_output=True, text=True)
-            wall_s = time.perf_counter() - start
-            if proc.returncode != 0:
-                sys.exit(f"error: {shlex.join(command)} failed:\n{proc.stderr[-2000:]}")
-            runs = len(pd.read_csv(os.path.join(results, "final_data.csv")))
-        rows.append(dict(jobs=jobs, runs=runs, wall_s=wall_s, s_per_run=wall_s / runs,
-                         runs_per_min=60 * runs / wall_s))
-        print(f"  --jobs {jobs}: {runs} runs in {wall_s:.1f} s", file=sys.stderr)
+    for engine in engines:
+        for jobs in args.sweep_jobs or [1]:
+            with tempfile.TemporaryDirectory() as results:
+                command = [sys.executable, "sweep.py", plan, *plan_args[:split], "--jobs", str(jobs),
+                           "--engine", engine, "--results_dir", results,
+                           *(plan_args[split:] or ["--"]), "--data_dir", os.path.abspath(args.data_dir)]
+                with Utilisation(args.device) as gpu:
+                    start = time.perf_counter()
+                    proc = subprocess.run(command, cwd=os.path.dirname(os.path.abspath(__file__)),
+                                          capture_output=True, text=True)
+                    wall_s = time.perf_counter() - start
+                if proc.returncode != 0:
+                    sys.exit(f"error: {shlex.join(command)} failed:\n{proc.stderr[-2000:]}")
+                runs = len(pd.read_csv(os.path.join(results, "final_data.csv")))
+            rows.append(dict(jobs=jobs, runs=runs, wall_s=wall_s, s_per_run=wall_s / runs,
+                             runs_per_min=60 * runs / wall_s, engine=engine,
+                             gpu_util_pct=gpu.mean()))
+            print(f"  --engine {engine} --jobs {jobs}: {runs} runs in {wall_s:.1f} s", file=sys.stderr)
     return pd.DataFrame(rows)
+
+
+class Utilisation:
+    """Mean GPU utilisation (%, nvidia-smi's 'utilization.gpu') sampled every 0.2 s while the
+    block runs; NaN off CUDA or without nvidia-smi."""
+
+    def __init__(self, device):
+        self.samples, self.stop = [], threading.Event()
+        self.enabled = str(train.resolve_device(device)).startswith("cuda") and shutil.which("nvidia-smi")
+
+    def poll(self):
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-i", os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]]
+        while not self.stop.wait(0.2):
+            out = subprocess.run(query, capture_output=True, text=True).stdout.strip()
+            if out.isdigit():
+                self.samples.append(int(out))
+
+    def __enter__(self):
+        if self.enabled:
+            self.thread = threading.Thread(target=self.poll, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.enabled:
+            self.thread.join()
+
+    def mean(self):
+        return statistics.mean(self.samples) if self.samples else float("nan")
+
+
+def fused_table(args, device) -> pd.DataFrame:
+    """Images/s per copy of a bundle of K copies (seeds 0..K-1) of one shape, timed over
+    --epochs after --warmup epochs, against a single train.py run (K=1) of that shape."""
+    width, depth = map(int, args.fused_size.split("x"))
+    rows = []
+    for K in args.fused_copies:
+        cfgs = [pipeline_config(args.fused_pipeline, device, width=width, depth=depth, seed=seed,
+                                dataset_size=args.dataset_size, data_dir=args.data_dir,
+                                num_epochs=args.warmup + args.epochs, test_freq=NO_EVAL)
+                for seed in range(K)]
+        with tempfile.TemporaryDirectory() as results, Utilisation(device) as gpu:
+            cfgs = [train.Config(**{**vars(c), "results_dir": results}) for c in cfgs]
+            worker.Worker().run(worker.make_bundles(cfgs, max_bundle=K), log=lambda line: None)
+            epochs = pd.read_csv(os.path.join(results, "runs", train.run_name(cfgs[0]) + ".csv"))
+        # a copy's epoch_time_s is its 1/K share of the bundle's epoch
+        bundle_epoch_s = K * epochs["epoch_time_s"].iloc[args.warmup:].mean()
+        rows.append(dict(size=args.fused_size, copies=K, pipeline=args.fused_pipeline,
+                         bundle_epoch_s=bundle_epoch_s,
+                         images_per_s_per_copy=args.dataset_size / bundle_epoch_s,
+                         images_per_s_total=K * args.dataset_size / bundle_epoch_s,
+                         gpu_util_pct=gpu.mean()))
+        print(f"  {args.fused_size} x{K}: {bundle_epoch_s:.3f} s per bundle epoch", file=sys.stderr)
+    table = pd.DataFrame(rows)
+    single = table.loc[table.copies == 1, "images_per_s_per_copy"]
+    table["per_copy_vs_single"] = table.images_per_s_per_copy / (single.iloc[0] if len(single) else float("nan"))
+    table["total_vs_single"] = table.images_per_s_total / (single.iloc[0] if len(single) else float("nan"))
+    return table
+
+
+def engine_report(args, device, device_name) -> str:
+    """The sweep engine's measurements (issue 13's targets) as markdown. Each table goes to --out
+    as soon as it is measured, so a run cut short keeps what it finished."""
+    def save(name, table):
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            table.to_csv(os.path.join(args.out, name), index=False)
+
+    engines = sweep_table(args, args.engines, args.sweep) if args.engines else pd.DataFrame()
+    save("sweep_engines.csv", engines)
+    throughput = fused_table(args, device) if args.fused_copies else pd.DataFrame()
+    save("fused_throughput.csv", throughput)
+    text = "\n".join([
+        heading(device_name) + f" · sweep engine, {args.sweep} plan", "",
+        f"`sweep.py {args.sweep} {args.sweep_args}` per engine (wall seconds, fresh results folder):", "",
+        engines.to_markdown(index=False, floatfmt=".4g"), "",
+        f"Fused bundle vs single run, {args.fused_size}, D={args.dataset_size}, pipeline "
+        f"{args.fused_pipeline}, {args.warmup} warm-up + {args.epochs} timed epochs (K=1 is the "
+        "single train.py run):", "", throughput.to_markdown(index=False, floatfmt=".4g"), ""])
+    if args.out:
+        with open(os.path.join(args.out, "report.md"), "w") as f:
+            f.write(text + "\n")
+    return text
 
 
 def mean_std(values):
@@ -195,6 +298,19 @@ def build_parser() -> argparse.ArgumentParser:
                         default=None, help="time sweep.py's width plan at these --jobs instead")
     parser.add_argument("--sweep_args", default=sweep_args_default(),
                         help="sweep.py width arguments, train.py flags after --")
+    parser.add_argument("--sweep", choices=["width"], default=None,
+                        help="measure the sweep engine on this plan: wall time per --engines, "
+                             "fused vs single images/s, GPU utilisation, into --out")
+    parser.add_argument("--engines", type=lambda s: [e for e in s.split(",") if e],
+                        default=["worker", "process"],
+                        help="--sweep: sweep.py engines to time ('': none, fusion only)")
+    parser.add_argument("--fused_size", default="32x2", help="--sweep: widthxdepth of the bundle")
+    parser.add_argument("--fused_copies", type=lambda s: [int(k) for k in s.split(",") if k],
+                        default=[1, 3, 6, 18],
+                        help="--sweep: bundle sizes K to time (1 = single run; '': none)")
+    parser.add_argument("--fused_pipeline", default="default",
+                        help=f"--sweep: pipeline of the fused bundles, one of {list(PIPELINES)}")
+    parser.add_argument("--out", default="results/bench_engine", help="--sweep: folder of its files")
     return parser
 
 
@@ -206,7 +322,15 @@ def main():
         parser.error(f"unknown pipelines {sorted(unknown)}; choose from {list(PIPELINES)}")
     device = str(train.resolve_device(args.device))
     device_name = train.device_name(torch.device(device))
-    if args.sweep_jobs:
+    if args.sweep:
+        if set(args.engines) - {"worker", "process"} or args.fused_pipeline not in PIPELINES:
+            parser.error("--engines takes worker,process; --fused_pipeline one of " + ", ".join(PIPELINES))
+        if any(k < 1 for k in args.fused_copies):
+            parser.error("--fused_copies must be >= 1")
+        if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", args.fused_size):
+            parser.error(f"--fused_size must be WIDTHxDEPTH, e.g. 32x2, got {args.fused_size!r}")
+        text = engine_report(args, device, device_name)
+    elif args.sweep_jobs:
         text = f"{heading(device_name)}\n\n{sweep_table(args).to_markdown(index=False, floatfmt='.4g')}\n"
     else:
         full = full_runs(args, device) if args.full else None

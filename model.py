@@ -77,8 +77,8 @@ class BasicBlock(nn.Module):
         self.stride, self.extra_channels = stride, c_out - c_in
 
     def shortcut(self, x):
-        if self.stride > 1:
-            x = x[:, :, ::self.stride, ::self.stride]
+        if self.stride > 1:  # x[..., h, w]: also fused.py's [B, K, C, H, W]
+            x = x[..., ::self.stride, ::self.stride]
         if self.extra_channels:
             x = nn.functional.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
         return x

@@ -11,11 +11,13 @@
     python sweep.py width -- --num_epochs 50 --precision bf16   # extra train.py flags after --
     python sweep.py collect                                # rebuild final_data.csv from runs/*.json
 
-Every run is a `train.py --resume --quiet` subprocess with its own log under results/logs/, so a
-crash stays inside its run. A configuration that already has a row in final_data.csv is skipped
-(--force reruns it); an interrupted one resumes from its last epoch. Ctrl-C or SIGTERM stops the
-sweep and its trainings cleanly (rerun the same command to resume); trainings also stop by
-themselves when the sweep is SIGKILLed.
+By default (--engine worker) runs go to worker.py processes (one per slot), which load the data
+once and train same-shape runs fused into one network (bundles of up to --max_bundle copies);
+--engine process makes every run a `train.py --resume --quiet` subprocess with its own log under
+results/logs/. Either way a crash stays inside its run. A configuration that already has a row in
+final_data.csv is skipped (--force reruns it); an interrupted one resumes from its last epoch.
+Ctrl-C or SIGTERM stops the sweep and its trainings cleanly (rerun the same command to resume);
+trainings also stop by themselves when the sweep is SIGKILLed.
 """
 import argparse
 import functools
@@ -39,12 +41,15 @@ from tqdm import tqdm
 
 import bench
 import train
+import worker
 from data import NUM_TRAIN
 from model import build_model, forward_flops_per_image, num_params
 from utils import PARENT_PID_ENV, file_lock, read_csv, write_csv
+from worker import log_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_PY = os.path.join(HERE, "train.py")
+WORKER_PY = os.path.join(HERE, "worker.py")
 BENCH_NOTES = os.path.join(HERE, "Notes", "benchmarks.md")  # bench.py appends its tables there
 PLANS = ["width", "depth", "data", "compute", "grid", "study"]
 DEFAULT_WIDTHS = [4, 8, 16, 32, 64, 128]   # doubling
@@ -425,9 +430,11 @@ def launch_local(runs, results_dir, jobs, gpus, skipped=0, quiet=False) -> dict:
     return codes
 
 
-def launch_submitit(runs, results_dir, args) -> dict:
-    """One job array; each task runs the same run_one as the local launcher."""
+def launch_submitit(runs, results_dir, args, tasks=None) -> dict:
+    """One job array; each task runs the same run_one as the local launcher: one train.py run,
+    or with `tasks` ([(name, command)], the worker engine) one worker over a slice of the plan."""
     import submitit
+    tasks = tasks or [(r.name, command(r)) for r in runs]
     folder = os.path.join(results_dir, "submitit")
     if args.launcher == "slurm":
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
@@ -437,17 +444,51 @@ def launch_submitit(runs, results_dir, args) -> dict:
     else:  # submitit's local executor: same path without Slurm (starts every task at once)
         executor = submitit.AutoExecutor(folder=folder, cluster="local")
         executor.update_parameters(timeout_min=args.time_min)
-    logs = [log_path(results_dir, r.name) for r in runs]
+    logs = [log_path(results_dir, name) for name, _ in tasks]
     # Slurm sets CUDA_VISIBLE_DEVICES per task, so tasks inherit their GPU.
-    jobs = executor.map_array(run_one, [command(r) for r in runs], logs, [None] * len(runs))
+    jobs = executor.map_array(run_one, [cmd for _, cmd in tasks], logs, [None] * len(tasks))
     print(f"submitted {len(jobs)} tasks as job {jobs[0].job_id.split('_')[0]}; logs under {folder}")
     if not args.wait:
         return {}
-    return {r.name: job.result() for r, job in zip(runs, jobs)}
+    return {name: job.result() for (name, _), job in zip(tasks, jobs)}
 
 
-def log_path(results_dir, name):
-    return os.path.join(results_dir, "logs", name + ".log")
+# ---------------------------------------------------------------------------------------------
+# The worker engine: worker.py processes, each over a slice of the plan's fused bundles
+
+
+def worker_tasks(runs, results_dir, workers, max_bundle, force) -> list:
+    """[(name, command)] of `workers` worker.py processes sharing the plan, written to
+    results/logs/plan_<time>.json. Never more workers than bundles."""
+    bundles = len(worker.make_bundles([r.cfg for r in runs], max_bundle))
+    n = min(workers, bundles)
+    print(f"worker engine: {len(runs)} runs in {bundles} bundles, {n} worker(s)", file=sys.stderr)
+    path = os.path.join(results_dir, "logs", f"plan_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}.json")
+    worker.write_plan(path, [r.argv + ["--resume", "--quiet"] for r in runs])
+    options = (["--max_bundle", str(max_bundle)] if max_bundle else []) + (["--force"] if force else [])
+    return [(f"worker_{i}of{n}", [sys.executable, WORKER_PY, path, "--slice", f"{i}/{n}", *options])
+            for i in range(n)]
+
+
+def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
+    """Run the worker tasks at once, round-robin over the GPUs; {run_name: 0 if it has a summary
+    now, else 1}. A worker that died (not a run failing inside it) is named with its log."""
+    slots = [g for g in (gpus or [None])]
+    bar = tqdm(total=len(runs), desc="sweep", disable=quiet or not sys.stderr.isatty())
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        futures = {name: pool.submit(run_one, cmd, log_path(results_dir, name),
+                                     gpu_env(slots[i % len(slots)], len(tasks)))
+                   for i, (name, cmd) in enumerate(tasks)}
+        while not all(f.done() for f in futures.values()):
+            time.sleep(1)
+            bar.n = len({r.name for r in runs} & finished_names(results_dir))
+            bar.refresh()
+    bar.close()
+    for name, future in futures.items():
+        if future.result() != 0:  # failed runs also have their own logs, unless the worker died
+            print(f"  {name} exited {future.result()}, log {log_path(results_dir, name)}", file=sys.stderr)
+    done = finished_names(results_dir)
+    return {r.name: 0 if r.name in done else 1 for r in runs}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -528,6 +569,12 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="rerun configurations that have a row")
     p.add_argument("--jobs", type=int, default=1, help="trainings at once per GPU (in all on CPU)")
     p.add_argument("--gpus", type=int_list, default=None, help="GPU ids, e.g. 0,1 (default: all visible)")
+    p.add_argument("--engine", choices=["worker", "process"], default="worker",
+                   help="worker: worker.py processes training fused bundles of same-shape runs; "
+                        "process: one train.py process per run")
+    p.add_argument("--max_bundle", type=int, default=None,
+                   help=f"worker engine: at most this many runs fused into one network (1: none; "
+                        f"default {worker.GPU_MAX_BUNDLE} on CUDA, 1 on CPU, where fusion is slower)")
     p.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local")
     p.add_argument("--partition", default=None, help="slurm partition")
     p.add_argument("--time_min", type=int, default=60, help="slurm time limit per task, minutes")
@@ -615,6 +662,8 @@ def parse_args(argv=None):
                                                 [base.dataset_size])
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
+    if args.max_bundle is not None and args.max_bundle < 1:
+        parser.error("--max_bundle must be >= 1")
     if not 0 < args.tolerance < 1:
         parser.error("--tolerance must be in (0, 1)")
     return args
@@ -670,19 +719,34 @@ def main(argv=None):
           f"row), {len(todo)} to run", file=sys.stderr)
     if args.launcher == "local":
         stop_on_signals()
+    if not todo:
+        codes = {}
+    elif args.engine == "process" and args.launcher == "local":
         codes = launch_local(todo, args.results_dir, args.jobs, args.gpus or visible_gpus(),
                              skipped=len(runs) - len(todo))
-    else:
+    elif args.engine == "process":
         codes = launch_submitit(todo, args.results_dir, args)
+    elif args.launcher == "local":  # one worker per slot: --jobs per GPU
+        gpus = args.gpus or visible_gpus()
+        tasks = worker_tasks(todo, args.results_dir, args.jobs * len(gpus or [None]),
+                             args.max_bundle, args.force)
+        codes = launch_workers(todo, args.results_dir, tasks, gpus)
+    else:  # one array task per bundle
+        tasks = worker_tasks(todo, args.results_dir, len(todo), args.max_bundle, args.force)
+        codes = launch_submitit(todo, args.results_dir, args, tasks)
+        codes = {r.name: 0 if r.name in finished_names(args.results_dir) else 1
+                 for r in todo} if codes else {}
     if STOP.is_set():
-        report_stopped(codes)
+        report_stopped(codes, args.results_dir)
     report(codes, args.results_dir)
 
 
-def report_stopped(codes: dict):
+def report_stopped(codes: dict, results_dir: str):
     """What a stopped sweep leaves: finished runs are kept, stopped ones resume on a rerun."""
-    finished = sum(code == 0 for code in codes.values())
-    started = sum(code is not None for code in codes.values())
+    done = finished_names(results_dir)
+    finished = sum(name in done for name in codes)
+    started = sum(name in done or os.path.exists(os.path.join(results_dir, "runs", name + ".csv"))
+                  for name in codes)
     print(f"stopped by {signal.Signals(STOP.signum).name}: {finished} finished, "
           f"{started - finished} stopped (they resume from their last epoch), "
           f"{len(codes) - started} not started; rerun the same command to continue",

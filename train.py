@@ -317,6 +317,17 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
     return row
 
 
+def is_diverged(losses, params_finite: bool) -> bool:
+    """The divergence rule (train.py and worker.py): the epoch's training loss, an evaluation
+    loss ("" when not evaluated) or a parameter is non-finite."""
+    return not (params_finite and all(math.isfinite(v) for v in losses if v != ""))
+
+
+def params_finite(model) -> bool:
+    """One isfinite over the flattened parameters, on the device: one host sync per epoch."""
+    return bool(torch.isfinite(torch.cat([p.detach().flatten() for p in model.parameters()])).all())
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
 
@@ -487,17 +498,24 @@ def train(cfg: Config) -> dict:
     cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     claim_experiment(cfg, os.path.dirname(stem), name)
+    with run_lock(stem, name):  # another process may have finished it while this one loaded data
+        return finished_summary(cfg, stem) or _train_guarded(cfg, name, device, stem, cifar)
+
+
+@contextlib.contextmanager
+def run_lock(stem: str, name: str):
+    """Hold one configuration's lock (two processes on it would interleave its files), or
+    ConfigError. The lock file is removed while held, so none is left behind."""
     lock = file_lock(stem)
-    try:  # two processes on one configuration would interleave its files
+    try:
         lock.acquire(timeout=0)
     except Timeout:
         raise ConfigError(f"{name} is already being trained by another process") from None
     try:
-        # Another process may have finished it while this one loaded the data.
-        return finished_summary(cfg, stem) or _train_guarded(cfg, name, device, stem, cifar)
+        yield
     finally:
         with contextlib.suppress(OSError):
-            os.remove(lock.lock_file)  # removed while held: no stale lock file is left behind
+            os.remove(lock.lock_file)
         lock.release()
 
 
@@ -570,8 +588,10 @@ def _train_guarded(cfg, name, device, stem, cifar) -> dict:
 def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
     """Train, validation and test tensors (on the device for the tensor loader), the training
     indices and the data fingerprints (data.fingerprints). The split's indices are saved in
-    runs/<run_name>/ (not runs/*.json, which sweep.py reads as summaries)."""
-    cifar = cifar or data.load_cifar10(cfg.data_dir)
+    runs/<run_name>/ (not runs/*.json, which sweep.py reads as summaries). `cifar`: the data set
+    when already loaded (train() loads it before taking the run's lock; worker.py once for many
+    runs)."""
+    cifar = data.load_cifar10(cfg.data_dir) if cifar is None else cifar
     available = len(cifar.train_labels)
     num_val = data.val_count(cfg.val_size, available)
     try:
@@ -580,10 +600,7 @@ def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
         raise ConfigError(f"--{e} in {cfg.data_dir}") from None
     train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
     fingerprints = data.fingerprints(cifar, train_x, train_y)
-    if num_val:
-        atomic_write(os.path.join(stem, "split.json"), json.dumps(dict(
-            subset_seed=cfg.subset_seed, train_indices=indices.tolist(),
-            val_indices=val_indices.tolist())) + "\n")
+    save_split(stem, cfg, indices, val_indices)
     val_x, val_y = cifar.train_images[val_indices], cifar.train_labels[val_indices]
     test_x, test_y = cifar.test_images, cifar.test_labels
     if cfg.loader == "torchvision":  # the brief's pipeline indexes the full set with a Subset
@@ -592,6 +609,13 @@ def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
         train_x, train_y, val_x, val_y, test_x, test_y = (
             t.to(device) for t in (train_x, train_y, val_x, val_y, test_x, test_y))
     return (train_x, train_y), (val_x, val_y), (test_x, test_y), indices, fingerprints
+
+
+def save_split(stem: str, cfg: Config, indices, val_indices) -> None:
+    if len(val_indices):
+        atomic_write(os.path.join(stem, "split.json"), json.dumps(dict(
+            subset_seed=cfg.subset_seed, train_indices=indices.tolist(),
+            val_indices=val_indices.tolist())) + "\n")
 
 
 def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
@@ -632,7 +656,7 @@ def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
                              val_acc=val_acc, **grad_norms.epoch_means()))
             write_csv(stem + ".csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
             log(rows[-1])
-            if diverged(model, train_loss, test_loss, val_loss):
+            if is_diverged((train_loss, test_loss, val_loss), params_finite(model)):
                 status = "diverged"
                 break
             save_checkpoint(ckpt_path, model, optimizer, rows, cfg)
@@ -643,20 +667,12 @@ def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
                       device, len(val_set[1]))
 
 
-def diverged(model, *losses) -> bool:
-    """A run has diverged once a loss (training or evaluation; '' = not evaluated) or any
-    parameter or buffer is non-finite: a huge lr can leave the mean training loss finite while the
-    weights are already inf. One isfinite over all of them on the device, one sync per epoch."""
-    if not all(math.isfinite(v) for v in losses if v != ""):
-        return True
-    state = [t.detach().flatten() for t in model.state_dict().values() if t.is_floating_point()]
-    return not bool(torch.cat(state).isfinite().all())
-
-
 def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints, device,
-               num_val) -> dict:
-    """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up."""
-    summary = summarize(cfg, rows, status, N, flops_per_image, fingerprints, device, num_val)
+               num_val, extra=None) -> dict:
+    """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up.
+    `extra`: more summary columns (worker.py's bundle_size)."""
+    summary = {**summarize(cfg, rows, status, N, flops_per_image, fingerprints, device, num_val),
+               **(extra or {})}
     atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
     atomic_write(stem + ".yaml", config_text(cfg))  # `--config` of this file repeats the run
     if cfg.save_model:
@@ -805,23 +821,28 @@ class Stopped(BaseException):
     stops like on Ctrl-C: files closed, the finished epochs kept in the checkpoint."""
 
 
-def _raise_stopped(signum, frame):
+def raise_stopped(signum, frame):
     raise Stopped(signum)
+
+
+def stopped_exit_code(e: BaseException, who: str) -> int:
+    """Say what a stop (KeyboardInterrupt or Stopped) left behind; the exit status for it."""
+    signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
+    print(f"{who}: stopped by {signal.Signals(signum).name}; the epochs it finished are in its "
+          f"checkpoint: rerun with --resume to continue", file=sys.stderr)
+    return 128 + signum
 
 
 def main(argv=None):
     cfg = parse_config(argv)
     exit_with_parent()
-    signal.signal(signal.SIGTERM, _raise_stopped)
+    signal.signal(signal.SIGTERM, raise_stopped)
     try:
         train(cfg)
     except (data.DataError, ConfigError, ResultsFileError) as e:
         sys.exit(f"error: {e}")
     except (KeyboardInterrupt, Stopped) as e:
-        signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
-        print(f"{run_name(cfg)}: stopped by {signal.Signals(signum).name}; the epochs it finished "
-              f"are in its checkpoint: rerun with --resume to continue", file=sys.stderr)
-        sys.exit(128 + signum)
+        sys.exit(stopped_exit_code(e, run_name(cfg)))
 
 
 if __name__ == "__main__":

@@ -168,12 +168,12 @@ def test_non_finite_values_are_refused_naming_the_flag(argv, capsys, tmp_path):
 
 def test_divergence_is_seen_in_the_parameters_and_the_evaluation_losses():
     model = torch.nn.Linear(2, 2)
-    assert not train.diverged(model, 1.0, "", 2.0)
-    assert train.diverged(model, 1.0, float("inf"), "")  # test loss
-    assert train.diverged(model, 1.0, "", float("nan"))  # validation loss
+    assert not train.is_diverged((1.0, "", 2.0), train.params_finite(model))
+    assert train.is_diverged((1.0, float("inf"), ""), train.params_finite(model))  # test loss
+    assert train.is_diverged((1.0, "", float("nan")), train.params_finite(model))  # validation loss
     with torch.no_grad():
         model.weight[0, 0] = float("inf")
-    assert train.diverged(model, 1.0, "", "")  # a finite training loss does not clear it
+    assert train.is_diverged((1.0, "", ""), train.params_finite(model))  # finite losses do not clear it
 
 
 @pytest.mark.parametrize("lr,dataset_size", [(1e6, 256), (1000.0, 2000)])

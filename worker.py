@@ -1,0 +1,406 @@
+"""Train a queue of configurations in one process, same-shape runs fused into one network.
+
+    python worker.py plan.json                    # every run of the plan
+    python worker.py plan.json --slice 2/8        # bundles 2, 10, 18, ... (one Slurm task of 8)
+
+plan.json: {"runs": [[train.py flags of run 1], [flags of run 2], ...]} (sweep.py writes it).
+
+Per process the data set is loaded and fingerprinted once per split, and a fused network of one
+shape is built (and compiled) once and reused: the next bundle of that shape loads its weights
+into it. Runs that may share a network (`bundle_key`: every setting equal except the seed and the
+cheap per-copy hyperparameters PER_COPY) train as one bundle of up to --max_bundle copies
+(fused.py). Every copy writes exactly what `train.py` writes (run_name, per-epoch CSV, checkpoint
+after each epoch, summary JSON, final_data.csv row) through train.py's own functions, so a run
+can be resumed by either and analysis cannot tell them apart. A bundle of one, and runs that
+cannot be fused (--loader torchvision, --log_grad_norms, --trackio), run through train.train in
+this process. A bundle that fails is retried run by run; a run that still fails has its
+traceback in results/logs/<run_name>.log and the others carry on.
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict
+
+import torch
+
+import data
+import fused
+import train
+from model import build_model, count_params, forward_flops_per_image, num_params
+from utils import atomic_write, exit_with_parent, set_seed, write_csv
+
+PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
+GPU_MAX_BUNDLE = 16  # copies per fused network on CUDA: a plan's 3 seeds x a few lr values
+MAX_CACHED_NETS = 2  # fused modules kept for reuse; a worker's bundles come grouped by shape
+
+
+def log_path(results_dir: str, name: str) -> str:
+    return os.path.join(results_dir, "logs", name + ".log")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundling
+
+
+def fusible(cfg: train.Config) -> bool:
+    """The tensor loader's batches stack; grad-norm logging and trackio are per-model features."""
+    return cfg.loader == "tensor" and not cfg.log_grad_norms and not cfg.trackio
+
+
+def bundle_key(cfg: train.Config):
+    """Runs with equal keys may share one network: the same in everything but PER_COPY."""
+    if not fusible(cfg):
+        return ("alone", train.run_name(cfg))
+    return tuple((k, v) for k, v in sorted(asdict(cfg).items()) if k not in PER_COPY)
+
+
+def default_max_bundle(device: str) -> int:
+    """Fusion on CUDA only: on CPU a grouped convolution is slower than its K separate ones (3
+    copies of 8x1 ran at 0.85x the images/s of one run on 2 cores; README, Engine)."""
+    return GPU_MAX_BUNDLE if train.resolve_device(device).type == "cuda" else 1
+
+
+def make_bundles(cfgs: list, max_bundle: int = None) -> list:
+    """Lists of configurations that train as one network, in plan order, at most max_bundle each
+    (None: default_max_bundle of their device)."""
+    groups = {}
+    for cfg in cfgs:
+        groups.setdefault(bundle_key(cfg), []).append(cfg)
+    caps = [max_bundle or default_max_bundle(group[0].device) for group in groups.values()]
+    return [group[i:i + cap] for group, cap in zip(groups.values(), caps)
+            for i in range(0, len(group), cap)]
+
+
+def network_key(cfg: train.Config, copies: int) -> tuple:
+    """Bundles with equal keys can train on one (compiled) fused module, whatever their D."""
+    return (cfg.model, cfg.width, cfg.depth, cfg.bn, copies, cfg.channels_last, cfg.compile,
+            str(train.resolve_device(cfg.device)))
+
+
+def bundle_cost(bundle: list) -> float:
+    """Work of a bundle in the brief's compute units, K * N * D * epochs (closed-form N)."""
+    c = bundle[0]
+    return len(bundle) * num_params(c.model, c.width, c.depth, c.bn) * c.dataset_size * c.num_epochs
+
+
+# ---------------------------------------------------------------------------------------------
+# One bundle
+
+
+def stacked_batches(cfgs, images, labels, indices, epoch, device):
+    """Each copy's own order and augmentation (train.py's, from its seed), side by side:
+    x [B, 3K, 32, 32] (copy k in channels 3k:3k+3), y [B, K]."""
+    streams = [train.train_batches(cfg, images, labels, indices, epoch, device) for cfg in cfgs]
+    for pairs in zip(*streams):
+        yield torch.cat([x for x, _ in pairs], dim=1), torch.stack([y for _, y in pairs], dim=1)
+
+
+def train_epoch(net, optimizer, batches, cfg, device):
+    """One fused epoch: the loss is the sum of the live copies' losses (selected, so a NaN copy
+    cannot leak into the sum); per-copy sums stay on the device. Returns [K] losses, [K] accs."""
+    net.train()
+    loss_sum = torch.zeros(optimizer.K, device=device)
+    correct = torch.zeros(optimizer.K, device=device, dtype=torch.long)
+    seen = 0
+    for x, y in batches:
+        x = x.to(device, non_blocking=True, memory_format=train.memory_format(cfg))
+        y = y.to(device, non_blocking=True)
+        train.mark_step(cfg)
+        with train.autocast(cfg, device):
+            logits = net(x)                                        # [B, K, 10]
+            losses = fused.per_copy_loss(logits, y)                # [K]
+        optimizer.zero_grad()
+        torch.where(optimizer.alive, losses, 0.0).sum().backward()
+        optimizer.step()
+        loss_sum += losses.detach() * len(y)
+        correct += (logits.argmax(-1) == y).sum(0)
+        seen += len(y)
+    return per_image(loss_sum, correct, seen)
+
+
+def per_image(loss_sum, correct, seen):
+    """Means as Python floats, divided on the host as train.py divides them."""
+    return [v / seen for v in loss_sum.tolist()], [v / seen for v in correct.tolist()]
+
+
+@torch.no_grad()
+def evaluate(net, batches, cfg, device, copies):
+    """[K] losses and accuracies of every copy on one evaluation set (the same images for all)."""
+    net.eval()
+    loss_sum = torch.zeros(copies, device=device)
+    correct = torch.zeros(copies, device=device, dtype=torch.long)
+    seen = 0
+    for x, y in batches:
+        x = x.to(device, non_blocking=True).repeat(1, copies, 1, 1)
+        x = x.contiguous(memory_format=train.memory_format(cfg))
+        y = y.to(device, non_blocking=True)[:, None].expand(-1, copies)
+        with train.autocast(cfg, device):
+            logits = net(x)
+        loss_sum += fused.per_copy_loss(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(-1) == y).sum(0)
+        seen += len(y)
+    return per_image(loss_sum, correct, seen)
+
+
+class Copy:
+    """One run of a bundle: its configuration, files, ordinary model + optimizer (for init,
+    checkpoints and saving, in train.py's format) and its rows."""
+
+    def __init__(self, cfg, device):
+        self.cfg, self.name = cfg, train.run_name(cfg)
+        self.stem = os.path.join(cfg.results_dir, "runs", self.name)
+        torch.manual_seed(cfg.seed)  # train.py's initialisation of this seed
+        self.model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn).to(device)
+        self.optimizer = train.make_optimizer(self.model, cfg, device)
+        self.rows, self.status = [], "finished"
+        if cfg.resume and os.path.exists(self.stem + ".ckpt.pt"):
+            self.rows = train.load_checkpoint(self.stem + ".ckpt.pt", self.model, self.optimizer)
+
+    def optimizer_states(self):
+        """Per parameter, the torch optimiser's state ({} before its first step)."""
+        return [dict(self.optimizer.state.get(p, {})) for p in self.model.parameters()]
+
+    def pull(self, net, optimizer, k):
+        """Copy k's weights and optimiser state out of the fused network into the ordinary pair."""
+        self.model.load_state_dict(fused.copy_state(net, self.model, k))
+        for p, state in zip(self.model.parameters(), optimizer.copy_state(k)):
+            self.optimizer.state[p].update({name: v.reshape(p.shape) if v.dim() else v
+                                            for name, v in state.items()})
+
+
+class Worker:
+    """Trains bundles one after another, keeping data and fused networks between them."""
+
+    def __init__(self):
+        self.cifar, self.splits, self.nets = {}, {}, {}
+
+    def data(self, cfg, device, stem):
+        """train.load_splits' tensors, loaded and fingerprinted once per split and device, and
+        the validation indices (for each copy's split.json)."""
+        key = (cfg.data_dir, cfg.dataset_size, cfg.val_size, cfg.subset_seed, str(device))
+        if key not in self.splits:
+            if cfg.data_dir not in self.cifar:
+                self.cifar[cfg.data_dir] = data.load_cifar10(cfg.data_dir)
+            available = len(self.cifar[cfg.data_dir].train_labels)
+            val_indices = data.split_indices(available, cfg.dataset_size, data.val_count(
+                cfg.val_size, available), cfg.subset_seed)[1]
+            self.splits[key] = (*train.load_splits(cfg, device, stem, self.cifar[cfg.data_dir]),
+                                val_indices)
+        return self.splits[key]
+
+    def network(self, copies, device):
+        """The fused network of these copies' initial (or resumed) weights. One module per shape
+        and process: loading new weights into it keeps its parameters (and so torch.compile's
+        graphs and CUDA-graph addresses) valid for the next bundle."""
+        cfg, K = copies[0].cfg, len(copies)
+        key = network_key(cfg, K)
+        if key not in self.nets:
+            if cfg.compile != "off":
+                allow_recompiles()
+            while len(self.nets) >= MAX_CACHED_NETS:  # CUDA-graph pools hold activations: evict
+                self.nets.pop(next(iter(self.nets)))
+            net = fused.fuse([c.model for c in copies]).to(memory_format=train.memory_format(cfg))
+            self.nets[key] = (net, train.compiled(net, cfg))
+        net, step_net = self.nets[key]
+        net.load_state_dict(fused.fused_state(net, [c.model.state_dict() for c in copies]))
+        return net, step_net
+
+    def train_bundle(self, cfgs: list) -> dict:
+        """Train one fusible bundle to the end (its runs claimed); {run_name: status}. Copies
+        resumed at different epochs (a kill between their checkpoints) train as separate bundles."""
+        device = train.resolve_device(cfgs[0].device)
+        set_seed(cfgs[0].seed, cfgs[0].deterministic)
+        copies = [Copy(cfg, device) for cfg in cfgs]
+        by_epoch = {}
+        for c in copies:
+            by_epoch.setdefault(len(c.rows), []).append(c)
+        if len(by_epoch) > 1:
+            return {name: status for group in by_epoch.values()
+                    for name, status in self._train(group, device).items()}
+        return self._train(copies, device)
+
+    def _train(self, copies, device) -> dict:
+        cfg, K = copies[0].cfg, len(copies)
+        (train_x, train_y), val_set, test_set, indices, fingerprints, val_indices = self.data(
+            cfg, device, copies[0].stem)
+        for c in copies:
+            train.save_split(c.stem, c.cfg, indices, val_indices)
+        N, flops_per_image = count_params(copies[0].model), forward_flops_per_image(copies[0].model)
+        net, step_net = self.network(copies, device)
+        optimizer = fused.make_optimizer(net, [c.cfg for c in copies])
+        for k, c in enumerate(copies):
+            optimizer.load_state(k, c.optimizer_states())
+        live = list(range(K))
+        for epoch in range(len(copies[0].rows) + 1, cfg.num_epochs + 1):
+            lrs = [train.epoch_lr(epoch - 1, c.cfg) for c in copies]
+            optimizer.set_lr(lrs)
+            t0 = time.perf_counter()
+            batches = stacked_batches([c.cfg for c in copies], train_x, train_y, indices, epoch, device)
+            train_loss, train_acc = train_epoch(step_net, optimizer, batches, cfg, device)
+            train.sync(device)
+            t1 = time.perf_counter()
+            test, val = [("", "")] * K, [("", "")] * K
+            if train.is_eval_epoch(epoch, cfg):
+                test = list(zip(*evaluate(step_net, train.test_batches(cfg, *test_set), cfg, device, K)))
+                if len(val_set[1]):
+                    val = list(zip(*evaluate(step_net, train.test_batches(cfg, *val_set), cfg, device, K)))
+            finite = fused.params_finite(net).tolist()
+            eval_s = time.perf_counter() - t1
+            for k in list(live):
+                c = copies[k]
+                c.rows.append(dict(epoch=epoch, train_loss=train_loss[k], train_acc=train_acc[k],
+                                   test_loss=test[k][0], test_acc=test[k][1], lr=lrs[k],
+                                   # the bundle's time shared by its K copies: sums over a sweep
+                                   # stay the device time it took
+                                   epoch_time_s=(t1 - t0) / K, eval_time_s=eval_s / K,
+                                   val_loss=val[k][0], val_acc=val[k][1]))
+                write_csv(c.stem + ".csv", c.rows, list(c.rows[0]))
+                c.pull(net, optimizer, k)
+                if train.is_diverged((train_loss[k], test[k][0], val[k][0]), finite[k]):
+                    c.status = "diverged"
+                    optimizer.freeze(k)
+                    live.remove(k)
+                    self._finish(c, N, flops_per_image, fingerprints, device, len(val_set[1]), K)
+                else:
+                    train.save_checkpoint(c.stem + ".ckpt.pt", c.model, c.optimizer, c.rows, c.cfg)
+            if not live:
+                break
+        for k in live:
+            self._finish(copies[k], N, flops_per_image, fingerprints, device, len(val_set[1]), K)
+        return {c.name: c.status for c in copies}
+
+    @staticmethod
+    def _finish(c, N, flops_per_image, fingerprints, device, num_val, K):
+        train.finish_run(c.cfg, c.name, c.stem, c.model, c.rows, c.status, N, flops_per_image,
+                         fingerprints, device, num_val, extra=dict(bundle_size=K))
+
+    def run(self, bundles: list, force: bool = False, log=print) -> dict:
+        """Train the bundles in order; {run_name: 0 (finished or diverged) or 1 (failed)}. Runs
+        with a summary are skipped (force: trained again); a run that another process holds
+        fails, as train.py would."""
+        codes = {}
+        for bundle in bundles:
+            bundle = [dataclasses.replace(c, force=force or c.force) for c in bundle]
+            # train.py's rule: a run with a summary is skipped (its row repaired), with force its
+            # old checkpoint is dropped and it trains again.
+            codes.update(self._run_isolated([c for c in bundle
+                                             if not train.finished_summary(c, stem_of(c))], log))
+        return codes
+
+    def _run_isolated(self, cfgs, log) -> dict:
+        if not cfgs:
+            return {}
+        names = [train.run_name(c) for c in cfgs]
+        try:
+            if len(cfgs) > 1:
+                with claimed(cfgs):
+                    statuses = self.train_bundle(cfgs)
+            else:  # a bundle of one is train.py's run, bit for bit (train.train claims it)
+                statuses = {names[0]: train.train(cfgs[0])["status"]}
+            log(f"bundle of {len(cfgs)}: " + ", ".join(f"{n} {s}" for n, s in statuses.items()))
+            return {name: 0 for name in statuses}
+        except Exception as error:  # noqa: BLE001 - a run's failure must not end the queue
+            if len(cfgs) > 1:  # retry alone (each resumes its checkpoint) to find the culprit
+                log(f"bundle of {len(cfgs)} failed ({error!r}); retrying its runs one by one")
+                return {n: code for c in cfgs for n, code in self._run_isolated([c], log).items()}
+            write_failure(cfgs[0], names[0])
+            log(f"failed: {names[0]}: {error!r}, log {log_path(cfgs[0].results_dir, names[0])}")
+            return {names[0]: 1}
+
+
+def allow_recompiles() -> None:
+    """One process compiles a graph per shape: past dynamo's per-function limit (8 by default)
+    later shapes would silently run eagerly."""
+    import torch._dynamo
+    config = torch._dynamo.config
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 256))
+
+
+def stem_of(cfg) -> str:
+    return os.path.join(cfg.results_dir, "runs", train.run_name(cfg))
+
+
+@contextlib.contextmanager
+def claimed(cfgs):
+    """train.py's per-run locks for every run of a bundle: two processes never train one run."""
+    with contextlib.ExitStack() as stack:
+        for cfg in cfgs:
+            os.makedirs(os.path.join(cfg.results_dir, "runs"), exist_ok=True)
+            stack.enter_context(train.run_lock(stem_of(cfg), train.run_name(cfg)))
+        yield
+
+
+def write_failure(cfg, name):
+    path = log_path(cfg.results_dir, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(f"worker.py, {time.strftime('%Y-%m-%dT%H:%M:%S%z')}:\n{traceback.format_exc()}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def read_plan(path: str) -> list:
+    """The configurations of a plan file, each validated by train.py's own parser (which exits
+    with status 2 naming a bad flag)."""
+    try:
+        with open(path) as f:
+            argvs = json.load(f)["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise train.ConfigError(f"{path} is not a plan file ({{\"runs\": [[flags], ...]}}): {e!r}") from None
+    return [train.parse_config(argv) for argv in argvs]
+
+
+def write_plan(path: str, argvs: list) -> None:
+    atomic_write(path, json.dumps(dict(runs=argvs), indent=1) + "\n")
+
+
+def slice_of(text: str):
+    i, n = (int(v) for v in text.split("/"))
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--slice needs I/N with 0 <= I < N, got {text}")
+    return i, n
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("plan", help="JSON file: {\"runs\": [[train.py flags], ...]}")
+    parser.add_argument("--slice", type=slice_of, default=(0, 1),
+                        help="I/N: train bundles I, I+N, I+2N, ... (one of N workers)")
+    parser.add_argument("--max_bundle", type=int, default=None,
+                        help=f"copies per fused network (1: no fusion; default {GPU_MAX_BUNDLE} on "
+                             "CUDA, 1 on CPU)")
+    parser.add_argument("--force", action="store_true", help="train runs that have a summary again")
+    args = parser.parse_args(argv)
+    if args.max_bundle is not None and args.max_bundle < 1:
+        parser.error("--max_bundle must be >= 1")
+    try:
+        cfgs = read_plan(args.plan)
+    except train.ConfigError as e:
+        parser.error(str(e))
+    i, n = args.slice
+    bundles = sorted(make_bundles(cfgs, args.max_bundle), key=bundle_cost,
+                     reverse=True)[i::n]  # largest first, dealt round-robin: slices balance
+    bundles.sort(key=lambda b: str(network_key(b[0], len(b))))  # one shape's bundles in a row
+    exit_with_parent()
+    signal.signal(signal.SIGTERM, train.raise_stopped)
+    try:
+        codes = Worker().run(bundles, args.force, log=lambda line: print(line, flush=True))
+    except (KeyboardInterrupt, train.Stopped) as e:
+        sys.exit(train.stopped_exit_code(e, f"worker {i}/{n}"))
+    failed = [name for name, code in codes.items() if code]
+    print(f"worker {i}/{n}: {len(codes) - len(failed)} done, {len(failed)} failed", flush=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
