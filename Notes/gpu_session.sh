@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The measurements still owed to a GPU (issues 11, 13, 14, 15), cut into stages that each end
+# inside one 10-minute device call. Nothing here has run on a GPU yet: the per-command timeouts
+# are guesses that stop a stage before the call's limit, not predictions of how long it takes.
+#
+# Here, once per session (the device gets the checkout only):
+#   mkdir -p .gpu-data && cp -r ../shared/cifar10 .gpu-data/ && echo /.gpu-data/ >> .git/info/exclude
+# Then one device call per stage, e.g.
+#   run(command="bash Notes/gpu_session.sh speed", carry=[".gpu-data"], timeout_s=600)
+# Every stage writes its logs and tables under $OUT; copy the tables into Notes/benchmarks.md
+# under a heading naming the device (bench.py's tables already carry device, date and commit).
+# The study resumes across calls: after each `study` call, copy $OUT/study_results.tar.gz into
+# .gpu-data/ here and carry .gpu-data again; the next call unpacks it first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/gpu_session}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+FAST="--no_deterministic --precision bf16 --channels_last --compile reduce-overhead"
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/session.log"; }
+step() {  # step SECONDS NAME COMMAND...: one measurement, cut off at SECONDS, logged under $OUT
+  local limit=$1 name=$2; shift 2
+  log "$name: $*"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  log "$name: exit $?"
+}
+
+[ -f data/cifar-10-batches-py/test_batch ] || python .gpu-data/cifar10/prepare.py data
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
+
+case "${1:-}" in
+speed)  # issue 14, items 1 and 3: every pipeline's s/epoch and MFU; --deterministic on CUDA
+  step 330 bench_timed python bench.py --sizes 32x2,8x1,128x4 --notes "$OUT/bench_timed.md"
+  for run in a b; do
+    step 90 "deterministic_$run" python train.py --width 32 --depth 2 --dataset_size 10000 \
+      --num_epochs 3 --test_freq 1 --quiet --results_dir "results/det_$run"
+  done
+  # Identical rows apart from the time columns (7, 8) is the claim under test.
+  diff <(cut -d, -f1-6,9- results/det_a/runs/*.csv) <(cut -d, -f1-6,9- results/det_b/runs/*.csv) \
+    > "$OUT/deterministic_diff.txt" && log "deterministic: identical rows" \
+    || log "deterministic: rows DIFFER (see deterministic_diff.txt)"
+  ;;
+recipe)  # issue 14, items 1 and 2: the brief's whole recipe, default vs fast, 3 seeds each
+  step 560 bench_full python bench.py --sizes 32x2 --pipelines default,fast --warmup 1 \
+    --epochs 1 --full --seeds 3 --notes "$OUT/bench_full.md"
+  ;;
+airbench)  # issue 11 / 14 item 5: the baseline and document 003's three variants, 8 runs each
+  for variant in "" "--translate_schedule cyclic" "--label_smoothing_final 0.0" \
+                 "--whiten_unfreeze_epoch 5"; do
+    name=airbench_$(echo "${variant:-baseline}" | tr -dc 'a-z0-9_')
+    step 130 "$name" python airbench.py --runs 8 $variant --notes "$OUT/airbench.md"
+  done
+  ;;
+resnet8)  # issue 14 item 4: document 004's presets at their 200 epochs (> 70% test accuracy)
+  for preset in resnet8_sgd resnet8_adamw; do
+    step 270 "$preset" python train.py --preset $preset $FAST --results_dir results/resnet8
+  done
+  cp results/resnet8/final_data.csv "$OUT/resnet8_final_data.csv" 2>/dev/null
+  ;;
+engine)  # issue 13: the width plan per engine, fused vs single images/s, GPU utilisation
+  step 270 engine_fusion python bench.py --sweep width --engines '' --out "$OUT/engine"
+  step 290 engine_worker python bench.py --sweep width --engines worker --fused_copies '' \
+    --out "$OUT/engine"
+  ;;
+study)  # issue 15: the study, resumed from the last call's results
+  [ -f .gpu-data/study_results.tar.gz ] && tar xzf .gpu-data/study_results.tar.gz
+  step 520 study python sweep.py study --results_dir results/study -- $FAST
+  tar czf "$OUT/study_results.tar.gz" results/study
+  python sweep.py study --dry_run --results_dir results/study > /dev/null 2> "$OUT/study_left.txt"
+  ;;
+*)
+  echo "usage: bash Notes/gpu_session.sh speed|recipe|airbench|resnet8|engine|study" >&2
+  exit 2
+  ;;
+esac
+log "done"
