@@ -42,7 +42,8 @@ github.com/KellerJordan/cifar10-airbench); tests/test_airbench.py asserts each v
 - Lookahead: an EMA of every float tensor of the state (weights and BN statistics); after every
   5th step the EMA moves towards the weights with decay 0.95**5 * (step / total_steps)**3 and the
   weights are reset to it (no averaging early, strong at the end); after the last step the
-  weights take the EMA's value (decay 1).
+  weights take the EMA's value (decay 1). As in the reference the EMA is snapshotted before the
+  whitening init, so the first sync mixes ~1e-6 of the random init into the whitening weights.
 - Augmentation: a random half of the images is mirrored once per run; every odd epoch (2nd, 4th,
   ... counted from 1) mirrors all of them (alternating flip: each image is seen both ways every
   two epochs); translation by up to 2 pixels in each axis with reflect padding, drawn uniformly
@@ -58,8 +59,6 @@ github.com/KellerJordan/cifar10-airbench); tests/test_airbench.py asserts each v
 Where we deliberately differ (results read correctly only with these in mind):
 - Precision on CUDA is bf16 autocast with channels_last (the reference stores weights in fp16,
   BatchNorm in fp32); CPU runs fp32. The whitening eigendecomposition runs in float64.
-- The reference snapshots its EMA before the whitening init, so its first sync mixes ~1e-6 of the
-  random init back into the whitening weights; ours snapshots after the init.
 - The whitening uses the first 5,000 of the D images of the --subset_seed permutation (the
   reference: the first 5,000 in file order), so a D-subset run needs no other images.
 - Per-epoch evaluation (val_loss: plain cross-entropy, val_acc without TTA, on the 10,000 test
@@ -329,6 +328,11 @@ def cyclic_offset(epoch: int, pad: int, seed: int) -> tuple:
     return offsets[order[epoch % len(offsets)]]
 
 
+def random_half(n: int, seed: int, device) -> torch.Tensor:
+    """The images mirrored once per run (a fair coin each): the base of the alternating flip."""
+    return torch.rand(n, generator=data.epoch_generator(seed, -2, device), device=device) < 0.5
+
+
 def augment_source(images: torch.Tensor, base_flip: torch.Tensor, pad: int) -> torch.Tensor:
     """What every epoch cuts from, made once per run: uint8 images with the random half
     (base_flip) mirrored, reflect-padded by `pad` [n, C, 32 + 2 pad, 32 + 2 pad]."""
@@ -491,16 +495,16 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
     steps_per_epoch = cfg.dataset_size // cfg.batch_size
     total_steps = total_steps_of(cfg)
     optimizer = make_optimizer(param_groups(model, cfg), cfg, device)
-    base_flip = torch.rand(len(train_x), generator=data.epoch_generator(cfg.seed, -2, device),
-                           device=device) < 0.5
     name, stem = run_name(cfg), os.path.join(cfg.results_dir, "runs", run_name(cfg))
 
+    lookahead = Lookahead(model)  # snapshot before the whitening init, as the reference does
     _, whiten_time_s = timed(device, lambda: init_whitening(
         model.whiten, model.normalize(data.to_float(train_x[:cfg.whiten_init_images])),
         cfg.whiten_eps))
-    lookahead = Lookahead(model)
     rows, step, status = [], 0, "finished"
-    padded, train_time_s = timed(device, augment_source, train_x, base_flip, cfg.translate_pad)
+    # timed like the reference's first epoch, which flips and pads the training set
+    padded, train_time_s = timed(device, lambda: augment_source(
+        train_x, random_half(len(train_x), cfg.seed, device), cfg.translate_pad))
     for epoch in range(math.ceil(total_steps / steps_per_epoch)):
         sync(device)
         t0 = time.perf_counter()

@@ -209,6 +209,30 @@ def test_lookahead_decay_and_final_sync():
     assert torch.allclose(model.weight, start + 0.5 + (1 - d) * 1.0)
 
 
+def test_ema_is_snapshotted_before_the_whitening_init_as_in_the_reference(
+        tmp_path, data_dir, monkeypatch):
+    """The reference builds its LookaheadState before init_whitening_conv: the EMA starts from the
+    random whitening weights, and they are not the whitened ones."""
+    events = []
+
+    class Spy(ab.Lookahead):
+        def __init__(self, model):
+            super().__init__(model)
+            events.append(("lookahead", model.whiten.weight.detach().clone()))
+
+    real_init = ab.init_whitening
+
+    def init_spy(layer, images, eps):
+        real_init(layer, images, eps)
+        events.append(("whitening", layer.weight.detach().clone()))
+
+    monkeypatch.setattr(ab, "Lookahead", Spy)
+    monkeypatch.setattr(ab, "init_whitening", init_spy)
+    tiny_run(tmp_path, data_dir, "--num_epochs", "3", "--tta_level", "0")
+    assert [name for name, _ in events] == ["lookahead", "whitening"]
+    assert not torch.allclose(events[0][1], events[1][1])
+
+
 def test_cyclic_schedule_visits_every_offset_once_per_cycle():
     pad = 2
     offsets = ab.translate_offsets(pad)
