@@ -74,8 +74,10 @@ Where we deliberately differ (results read correctly only with these in mind):
 Document 003's variants: --translate_schedule cyclic (epoch e uses one (dy, dx) for every image,
 cycling through a seeded permutation of the 25 offsets: the epoch is one slice of the padded
 training set, no per-image gather), --label_smoothing_final (linear per step, progress = step /
-total_steps, from --label_smoothing at step 0), --whiten_unfreeze_epoch k (whitening weights
-trainable from epoch k on, counted from 1, with the ordinary group's lr and decay).
+total_steps, from --label_smoothing at step 0), --whiten_unfreeze_epoch k (the whitening weights
+frozen initially and "unfrozen after the specified epoch": frozen in epochs 1..k, trainable from
+epoch k + 1, counted from 1, like the bias's "trains in epochs 1..3"; in a parameter group of their
+own, as document 003 has it, with the ordinary group's lr and decay; 0: frozen throughout).
 """
 import json
 import math
@@ -155,8 +157,9 @@ class AirbenchConfig:
                                            "per epoch for all images", choices=["random", "cyclic"])
     label_smoothing_final: float = hp(-1.0, "anneal label smoothing linearly (step / total_steps) "
                                             "to this; negative: constant", min=-1.0, max=1.0)
-    whiten_unfreeze_epoch: int = hp(0, "whitening weights trainable from this epoch (counted "
-                                       "from 1); 0: frozen throughout (paper)", min=0)
+    whiten_unfreeze_epoch: int = hp(0, "whitening weights unfrozen after this epoch: frozen in "
+                                       "epochs 1..k, trainable from k+1 (counted from 1); 0: "
+                                       "frozen throughout (paper)", min=0)
     # --- speed levers ---
     precision: str = hp("auto", "auto: bf16 autocast + channels_last on CUDA, fp32 elsewhere",
                         choices=["auto", "fp32", "bf16"])
@@ -363,18 +366,27 @@ def epoch_images(padded, labels, epoch: int, cfg: AirbenchConfig):
 # Optimiser, lookahead, TTA
 
 
+def whiten_trainable(epoch: int, cfg: AirbenchConfig) -> bool:
+    """Whether the whitening weights train in `epoch` (counted from 1): document 003 unfreezes
+    them after epoch whiten_unfreeze_epoch; 0 keeps them frozen (the paper)."""
+    return 0 < cfg.whiten_unfreeze_epoch < epoch
+
+
 def param_groups(model: AirbenchNet, cfg: AirbenchConfig) -> dict:
     """name -> (params, torch lr, torch weight decay), the reference's two groups: BatchNorm
-    biases at bias_lr_scale x the lr, everything else (whitening bias and, trainable or not, its
-    weights) at the lr. Both shrink by wd per step (module docstring)."""
+    biases at bias_lr_scale x the lr, everything else (the whitening bias included) at the lr;
+    plus document 003's own group for the whitening weights (the ordinary lr; no grad, so skipped
+    by SGD, unless --whiten_unfreeze_epoch). All shrink by wd per step (module docstring)."""
     kilostep_scale = LR_REFERENCE_BATCH * (1 + 1 / (1 - cfg.momentum))
     lr = cfg.lr / kilostep_scale
     wd = cfg.weight_decay * cfg.batch_size / kilostep_scale
     norm_biases = [m.bias for m in model.modules() if isinstance(m, BatchNorm)]
     bn_ids = {id(p) for m in model.modules() if isinstance(m, BatchNorm) for p in m.parameters()}
-    other = [p for p in model.parameters() if id(p) not in bn_ids]
+    other = [p for p in model.parameters()
+             if id(p) not in bn_ids and p is not model.whiten.weight]
     bias_lr = lr * cfg.bias_lr_scale
-    return dict(norm_biases=(norm_biases, bias_lr, wd / bias_lr), other=(other, lr, wd / lr))
+    return dict(norm_biases=(norm_biases, bias_lr, wd / bias_lr), other=(other, lr, wd / lr),
+                whiten_weight=([model.whiten.weight], lr, wd / lr))
 
 
 def make_optimizer(groups: dict, cfg: AirbenchConfig, device: torch.device) -> torch.optim.SGD:
@@ -509,7 +521,7 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
         sync(device)
         t0 = time.perf_counter()
         model.whiten.bias.requires_grad_(epoch < cfg.whiten_bias_epochs)
-        model.whiten.weight.requires_grad_(0 < cfg.whiten_unfreeze_epoch <= epoch + 1)
+        model.whiten.weight.requires_grad_(whiten_trainable(epoch + 1, cfg))
         x_epoch, y_epoch = epoch_images(padded, train_y, epoch, cfg)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)

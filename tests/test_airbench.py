@@ -134,11 +134,15 @@ def test_param_groups_bn_biases_scaled_everything_else_ordinary():
     bn_biases = [m.bias for m in net.modules() if isinstance(m, ab.BatchNorm)]
     assert [id(p) for p in groups["norm_biases"][0]] == [id(p) for p in bn_biases]
     other = {id(p) for p in groups["other"][0]}
-    assert id(net.whiten.bias) in other and id(net.whiten.weight) in other
+    assert id(net.whiten.bias) in other and id(net.whiten.weight) not in other
     trained = {id(p) for p in net.parameters() if p.requires_grad}
-    assert trained | {id(net.whiten.weight)} == other | {id(p) for p in bn_biases}
+    assert trained == other | {id(p) for p in bn_biases}
     assert groups["other"][1] == pytest.approx(11.5 / KILOSTEP_SCALE)
     assert groups["norm_biases"][1] == pytest.approx(64 * groups["other"][1])
+    # document 003: the whitening weights in a group of their own, the ordinary lr and decay
+    assert [id(p) for p in groups["whiten_weight"][0]] == [id(net.whiten.weight)]
+    assert groups["whiten_weight"][1:] == groups["other"][1:]
+    assert len(groups) == 3
 
 
 @pytest.mark.parametrize("lr", [11.5, 3.0])
@@ -151,6 +155,7 @@ def test_weight_shrink_per_step_is_the_recipes_whatever_the_lr(lr):
     for params, group_lr, weight_decay in groups.values():
         assert group_lr * weight_decay == pytest.approx(WD_PER_STEP)
     optimizer = ab.make_optimizer(groups, cfg, torch.device("cpu"))
+    net.whiten.weight.requires_grad_(True)  # as --whiten_unfreeze_epoch makes it: its group too
     trained = [p for p in net.parameters() if p.requires_grad]
     with torch.no_grad():
         net.whiten.bias.fill_(0.5)  # zero at init: give it something to shrink
@@ -163,6 +168,14 @@ def test_weight_shrink_per_step_is_the_recipes_whatever_the_lr(lr):
         nonzero = p0 != 0
         assert torch.allclose(p[nonzero] / p0[nonzero],
                               torch.full_like(p0[nonzero], 1 - (1 + 0.85) * WD_PER_STEP))
+
+
+def test_whitening_weights_unfreeze_after_the_given_epoch():
+    """Document 003: frozen initially, "unfrozen after the specified epoch" (epochs from 1)."""
+    k5 = ab.AirbenchConfig(whiten_unfreeze_epoch=5)
+    assert [ab.whiten_trainable(e, k5) for e in range(1, 11)] == [False] * 5 + [True] * 5
+    paper = ab.AirbenchConfig()
+    assert not any(ab.whiten_trainable(e, paper) for e in range(1, 11))
 
 
 def test_lr_schedule_points():
@@ -380,11 +393,11 @@ def test_tiny_run_of_the_variants(tmp_path, data_dir):
     notes = tmp_path / "notes.md"
     row, epochs = tiny_run(tmp_path, data_dir, "--num_epochs", "1.5", "--tta_level", "0",
                            "--lookahead_every", "2",
-                           "--label_smoothing_final", "0.0", "--whiten_unfreeze_epoch", "2",
+                           "--label_smoothing_final", "0.0", "--whiten_unfreeze_epoch", "1",
                            "--translate_schedule", "cyclic", "--notes", str(notes))
     assert float(row["epochs"]) == pytest.approx(1.5)  # 2 steps/epoch, 3 steps of 64 / 128
     assert [e["steps"] for e in epochs] == ["2", "3"]
-    assert [e["whiten_trainable"] for e in epochs] == ["False", "True"]  # from epoch 2 on
+    assert [e["whiten_trainable"] for e in epochs] == ["False", "True"]  # after epoch 1
     assert [float(e["label_smoothing"]) for e in epochs] == pytest.approx([0.2 * 2 / 3, 0.2 / 3])
     assert notes.exists() and not (tmp_path / "results" / ab.BENCHMARKS_FILE).exists()
     assert "--translate_schedule cyclic" in notes.read_text()
