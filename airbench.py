@@ -304,6 +304,11 @@ def lr_factor(step: int, total_steps: int, cfg: AirbenchConfig) -> float:
     return 1 + (cfg.lr_end - 1) * (step - warm) / (total_steps - warm)
 
 
+def recipe_loss(logits: torch.Tensor, y: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """The training loss: label-smoothed cross-entropy summed (not averaged) over the batch."""
+    return F.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction="sum")
+
+
 def label_smoothing_at(step: int, total_steps: int, cfg: AirbenchConfig) -> float:
     """Constant, or linear in progress = step / total_steps from --label_smoothing (document
     003's dynamic smoothing; the last step, total_steps - 1, stops 1/total_steps short)."""
@@ -535,8 +540,7 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
             set_lr_factor(optimizer, factor)
             with autocast(precision, device):
                 logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing,
-                                       reduction="sum")
+                loss = recipe_loss(logits, y, smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

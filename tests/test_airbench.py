@@ -101,6 +101,37 @@ def test_network_init_and_frozen_parameters():
     assert all(b.eps == 1e-12 and b.momentum == pytest.approx(0.4) for b in bns)
     assert all(not b.weight.requires_grad and b.bias.requires_grad for b in bns)
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    # the reference's layer order and shapes
+    w = net.whiten
+    assert (w.in_channels, w.out_channels, w.kernel_size, w.padding) == (3, 24, (2, 2), (0, 0))
+    for block in net.blocks:
+        assert [type(m) for m in block] == [torch.nn.Conv2d, torch.nn.MaxPool2d, ab.BatchNorm,
+                                            torch.nn.GELU, torch.nn.Conv2d, ab.BatchNorm,
+                                            torch.nn.GELU]
+        assert block[1].kernel_size == 2 and block[3].approximate == "none"
+    assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is None for c in convs)
+
+
+def test_forward_is_whiten_gelu_blocks_maxpool_linear_times_one_ninth():
+    torch.manual_seed(0)
+    net = ab.AirbenchNet(width=0.125).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        h = net.blocks(F.gelu(net.whiten(net.normalize(x))))
+        assert h.shape[-2:] == (3, 3)  # 31 -> 15 -> 7 -> 3: the final pool is MaxPool2d(3)
+        expected = net.head(F.max_pool2d(h, 3).flatten(1)) / 9
+        assert torch.allclose(net(x), expected, atol=1e-6)
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    assert torch.allclose(net.normalize(x), (x - torch.tensor(mean).view(3, 1, 1))
+                          / torch.tensor(std).view(3, 1, 1))
+
+
+def test_loss_is_label_smoothed_cross_entropy_summed_over_the_batch():
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(6, 10, generator=g), torch.randint(0, 10, (6,), generator=g)
+    logp = logits.log_softmax(1)
+    per_image = 0.8 * -logp[torch.arange(6), y] + 0.2 * -logp.mean(1)
+    assert torch.allclose(ab.recipe_loss(logits, y, 0.2), per_image.sum())
 
 
 def test_frozen_whitening_layer_drops_out_of_the_backward_pass():
