@@ -434,6 +434,32 @@ def test_tiny_run_of_the_variants(tmp_path, data_dir):
     assert "--translate_schedule cyclic" in notes.read_text()
 
 
+@pytest.mark.parametrize("device,runs,warm", [("cpu", 1, False), ("cpu", 3, True),
+                                               ("cuda", 1, True), ("cuda", 2, True)])
+def test_bench_warm_up_run_is_unrecorded_and_excluded(tmp_path, monkeypatch, device, runs, warm):
+    """The paper times runs after a warm-up run: bench() makes one first, unrecorded, on CUDA
+    always and elsewhere with --runs > 1; only the recorded seeds enter the table."""
+    calls = []
+
+    def fake_train(cfg, loaded, record=True):
+        calls.append((cfg.seed, record))
+        return dict(tta_val_acc=0.9, time_s=2.5 + cfg.seed, train_time_s=2.0,
+                    final_test_acc_avg_last5=0.9, config_id="abc")
+
+    monkeypatch.setattr(ab, "train", fake_train)
+    monkeypatch.setattr(ab, "load_data", lambda cfg, device: None)
+    monkeypatch.setattr(ab, "validate_airbench", lambda cfg: None)  # no CUDA needed here
+    monkeypatch.setattr(ab, "resolve_device", lambda name: torch.device(name))
+    monkeypatch.setattr(ab, "device_name", lambda d: d.type)
+    cfg = ab.AirbenchConfig(runs=runs, device=device, results_dir=str(tmp_path), quiet=True)
+    rows = ab.bench(cfg)
+    assert calls == [(0, False)] * warm + [(k, True) for k in range(runs)]
+    assert len(rows) == runs
+    table = open(tmp_path / ab.BENCHMARKS_FILE).read()
+    assert (", after 1 warm-up run" in table) == warm
+    assert f"| {runs} | 0.9000" in table
+
+
 def test_results_table_reports_mean_and_std_over_runs():
     rows = [dict(tta_val_acc=a, time_s=t, train_time_s=t - 1, final_test_acc_avg_last5=a - 0.01,
                  config_id="abc") for a, t in ((0.94, 3.0), (0.92, 3.2), (0.93, 3.1))]
