@@ -530,12 +530,14 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
         model.whiten.bias.requires_grad_(epoch < cfg.whiten_bias_epochs)
         model.whiten.weight.requires_grad_(whiten_trainable(epoch + 1, cfg))
         x_epoch, y_epoch = epoch_images(padded, train_y, epoch, cfg)
+        # once per epoch, in uint8: each step's slice is then already in the network's layout
+        x_epoch = x_epoch.contiguous(memory_format=fmt)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         for i in range(min(steps_per_epoch, total_steps - step)):
             x = data.to_float(x_epoch[i * cfg.batch_size:(i + 1) * cfg.batch_size])
-            x = x.contiguous(memory_format=fmt)
+            x = x.contiguous(memory_format=fmt)  # a no-op: x_epoch is already in fmt
             y = y_epoch[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             smoothing = label_smoothing_at(step, total_steps, cfg)
             factor = lr_factor(step, total_steps, cfg)
