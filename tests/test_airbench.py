@@ -335,6 +335,8 @@ def test_alternating_flip_mirrors_every_image_each_next_epoch():
         x, y = ab.epoch_images(padded, torch.arange(n), epoch, cfg)
         by_image.append(x[torch.argsort(y)])
     mirrored_once = torch.where(base_flip[:, None, None, None], images.flip(-1), images)
+    half = ab.random_half(n, seed=0, device="cpu")  # the run's base flip: a fair coin per image
+    assert 0.45 < half.float().mean() < 0.55 and not torch.equal(half, ab.random_half(n, 1, "cpu"))
     assert torch.equal(by_image[0], mirrored_once)
     assert 0.4 < base_flip.float().mean() < 0.6
     for epoch in range(1, 4):
@@ -411,6 +413,7 @@ def test_tiny_run_freezes_whitening_bias_after_epoch_3_and_times_like_the_paper(
     assert t["wall_time_s"] == pytest.approx(t["time_s"] + sum(float(e["eval_time_s"])
                                                                for e in epochs))
     assert 0 <= float(row["tta_val_acc"]) <= 1
+    assert all(0 <= float(e["train_acc"]) <= 1 and 0 < float(e["train_loss"]) < 10 for e in epochs)
     assert math.isfinite(float(row["final_test_loss_avg_last5"]))
     assert int(row["N"]) > 0 and float(row["C"]) == int(row["N"]) * 128 * 4
     assert (tmp_path / "results" / "runs" / f"{row['run_name']}.json").exists()
