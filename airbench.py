@@ -58,8 +58,9 @@ github.com/KellerJordan/cifar10-airbench); tests/test_airbench.py asserts each v
   device is CUDA or --runs > 1, so every recorded GPU time_s excludes it as the paper's does.
 
 Where we deliberately differ (results read correctly only with these in mind):
-- Precision on CUDA is bf16 autocast with channels_last (the reference stores weights in fp16,
-  BatchNorm in fp32); CPU runs fp32. The whitening eigendecomposition runs in float64.
+- Precision on CUDA is bf16 autocast with channels_last and fp32 weights (the reference stores
+  weights and activations in fp16, BatchNorm in fp32: --precision fp16 does that, for a faithful
+  comparison on the GPU); CPU runs fp32. The whitening eigendecomposition runs in float64.
 - The whitening uses the first 5,000 of the D images of the --subset_seed permutation (the
   reference: the first 5,000 in file order), so a D-subset run needs no other images.
 - Per-epoch evaluation (val_loss: plain cross-entropy, val_acc without TTA, on the 10,000 test
@@ -162,8 +163,9 @@ class AirbenchConfig:
                                        "epochs 1..k, trainable from k+1 (counted from 1); 0: "
                                        "frozen throughout (paper)", min=0)
     # --- speed levers ---
-    precision: str = hp("auto", "auto: bf16 autocast + channels_last on CUDA, fp32 elsewhere",
-                        choices=["auto", "fp32", "bf16"])
+    precision: str = hp("auto", "auto: bf16 autocast + channels_last on CUDA, fp32 elsewhere; "
+                                "fp16: the reference's fp16 weights and activations, BatchNorm "
+                                "fp32, no autocast", choices=["auto", "fp32", "bf16", "fp16"])
     compile: bool = hp(False, "torch.compile the network (the warm-up run pays the compile)")
     deterministic: bool = hp(False, "deterministic kernels (slower; off: cudnn.benchmark)")
     # --- bookkeeping: cannot change what is learned ---
@@ -461,6 +463,20 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def to_fp16_like_reference(model: nn.Module) -> nn.Module:
+    """--precision fp16: the reference's net.half() with its BatchNorm layers back in fp32."""
+    model.half()
+    for m in model.modules():
+        if isinstance(m, BatchNorm):
+            m.float()
+    return model
+
+
+def to_input(images: torch.Tensor, precision: str) -> torch.Tensor:
+    """uint8 images -> [0, 1] in the network's input dtype (fp16 for --precision fp16)."""
+    return images.to(torch.float16 if precision == "fp16" else torch.float32).div_(255)
+
+
 @torch.no_grad()
 def evaluate(model, images, labels, cfg, precision, device, level=0):
     """Test-set loss (plain cross-entropy) and accuracy; images uint8 on the device."""
@@ -468,7 +484,7 @@ def evaluate(model, images, labels, cfg, precision, device, level=0):
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     for i in range(0, len(images), cfg.eval_batch_size):
-        x = data.to_float(images[i:i + cfg.eval_batch_size])
+        x = to_input(images[i:i + cfg.eval_batch_size], precision)
         y = labels[i:i + cfg.eval_batch_size]
         with autocast(precision, device):
             logits = tta_logits(model, x, level)
@@ -505,10 +521,12 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
     (train_x, train_y, test_x, test_y), fingerprints = loaded or load_data(cfg, device)
     set_seed(cfg.seed, cfg.deterministic)
     precision = precision_of(cfg, device)
-    fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
+    fmt = torch.channels_last if precision in ("bf16", "fp16") else torch.contiguous_format
     model = AirbenchNet(cfg.width, cfg.bn_momentum, cfg.output_scale, cfg.bn_eps)
     model = model.to(device, memory_format=fmt)
     N, flops_per_image = count_params(model), forward_flops_per_image(model)
+    if precision == "fp16":
+        to_fp16_like_reference(model)
     net = torch.compile(model) if cfg.compile else model
 
     steps_per_epoch = cfg.dataset_size // cfg.batch_size
@@ -536,7 +554,7 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
         # epoch's timer: the train loss/accuracy cost the timed steps nothing
         losses, outputs = [], []
         for i in range(min(steps_per_epoch, total_steps - step)):
-            x = data.to_float(x_epoch[i * cfg.batch_size:(i + 1) * cfg.batch_size])
+            x = to_input(x_epoch[i * cfg.batch_size:(i + 1) * cfg.batch_size], precision)
             x = x.contiguous(memory_format=fmt)  # a no-op: x_epoch is already in fmt
             y = y_epoch[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             smoothing = label_smoothing_at(step, total_steps, cfg)

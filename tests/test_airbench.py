@@ -463,6 +463,23 @@ def test_bench_warm_up_run_is_unrecorded_and_excluded(tmp_path, monkeypatch, dev
     assert f"| {runs} | 0.9000" in table
 
 
+def test_fp16_precision_is_the_references_half_network_with_fp32_batchnorm(tmp_path,
+                                                                          synthetic_data_dir):
+    net = ab.to_fp16_like_reference(ab.AirbenchNet(width=0.125))
+    bns = [m for m in net.modules() if isinstance(m, ab.BatchNorm)]
+    assert all(p.dtype == torch.float32 for b in bns for p in list(b.parameters())
+               + [b.running_mean, b.running_var])
+    others = [p for n, p in net.named_parameters() if id(p) not in
+              {id(q) for b in bns for q in b.parameters()}]
+    assert others and all(p.dtype == torch.float16 for p in others)
+    x = ab.to_input(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), "fp16")
+    assert x.dtype == torch.float16 and net(x).dtype == torch.float16
+    row, epochs = tiny_run(tmp_path, synthetic_data_dir, "--num_epochs", "3", "--tta_level", "2",
+                           "--precision", "fp16")
+    assert row["status"] == "finished" and row["precision"] == "fp16"
+    assert all(math.isfinite(float(e["train_loss"])) for e in epochs)
+
+
 def test_results_table_reports_mean_and_std_over_runs():
     rows = [dict(tta_val_acc=a, time_s=t, train_time_s=t - 1, final_test_acc_avg_last5=a - 0.01,
                  config_id="abc") for a, t in ((0.94, 3.0), (0.92, 3.2), (0.93, 3.1))]
