@@ -1,7 +1,7 @@
 """airbench94 (Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", arXiv 2404.00498) in
 the lab, with seed document 003's three variants as flags.
 
-    python airbench.py                       # one run of the baseline recipe
+    python airbench.py                       # one run (on CUDA after a warm-up run)
     python airbench.py --runs 8              # 1 warm-up run, then 8 seeds; mean/std printed
     python airbench.py --translate_schedule cyclic --runs 8      # document 003's variants
     python airbench.py --label_smoothing_final 0.0 --runs 8
@@ -65,8 +65,9 @@ Where we deliberately differ (results read correctly only with these in mind):
   reference: the first 5,000 in file order), so a D-subset run needs no other images.
 - Per-epoch evaluation (val_loss: plain cross-entropy, val_acc without TTA, on the 10,000 test
   images as the paper evaluates) and the train loss/accuracy mean over the epoch's steps (the
-  reference logs the last batch; ours are reduced after the epoch's timer, no per-step kernel); final_test_{loss,acc}_avg_last5 average the last 5 epochs,
-  which are during the lr decay: read tta_val_acc as the run's result.
+  reference logs the last batch; ours are reduced after the epoch's timer, no per-step kernel);
+  final_test_{loss,acc}_avg_last5 average the last 5 epochs, which are during the lr decay: read
+  tta_val_acc as the run's result.
 - The later revision of the reference airbench94.py (EMA started at epoch 3 and copied back
   after every epoch) is not the paper's method and is not followed.
 - No checkpoints/--resume: a run lasts seconds on a GPU.
