@@ -160,9 +160,9 @@ class AirbenchConfig:
                                            "per epoch for all images", choices=["random", "cyclic"])
     label_smoothing_final: float = hp(-1.0, "anneal label smoothing linearly (step / total_steps) "
                                             "to this; negative: constant", min=-1.0, max=1.0)
-    whiten_unfreeze_epoch: int = hp(0, "whitening weights unfrozen after this epoch: frozen in "
-                                       "epochs 1..k, trainable from k+1 (counted from 1); 0: "
-                                       "frozen throughout (paper)", min=0)
+    whiten_unfreeze_epoch: int = hp(0, "whitening weights trainable from this epoch on (counted "
+                                       "from 1: frozen in epochs 1..k-1); 0: frozen throughout "
+                                       "(paper)", min=0)
     # --- speed levers ---
     precision: str = hp("auto", "auto: bf16 autocast + channels_last on CUDA, fp32 elsewhere; "
                                 "fp16: the reference's fp16 weights and activations, BatchNorm "
@@ -377,9 +377,10 @@ def epoch_images(padded, labels, epoch: int, cfg: AirbenchConfig):
 
 
 def whiten_trainable(epoch: int, cfg: AirbenchConfig) -> bool:
-    """Whether the whitening weights train in `epoch` (counted from 1): document 003 unfreezes
-    them after epoch whiten_unfreeze_epoch; 0 keeps them frozen (the paper)."""
-    return 0 < cfg.whiten_unfreeze_epoch < epoch
+    """Whether the whitening weights train in `epoch` (counted from 1): from epoch
+    whiten_unfreeze_epoch on (issue 11's convention, "from epoch k" counted from 1; document 003's
+    "after epoch k" is the same switch one epoch earlier); 0 keeps them frozen (the paper)."""
+    return 0 < cfg.whiten_unfreeze_epoch <= epoch
 
 
 def param_groups(model: AirbenchNet, cfg: AirbenchConfig) -> dict:

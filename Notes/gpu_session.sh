@@ -44,11 +44,16 @@ recipe)  # issue 14, items 1 and 2: the brief's whole recipe, default vs fast, 3
   step 560 bench_full python bench.py --sizes 32x2 --pipelines default,fast --warmup 1 \
     --epochs 1 --full --seeds 3 --notes "$OUT/bench_full.md"
   ;;
-airbench)  # issue 11 / 14 item 5: the baseline and document 003's three variants, 8 runs each
-  for variant in "" "--translate_schedule cyclic" "--label_smoothing_final 0.0" \
-                 "--whiten_unfreeze_epoch 5"; do
+airbench|airbench_variants)  # issue 11 / 14 item 5: baseline (bf16; fp16 as the reference
+  # runs it) and document 003's three variants, 8 runs each, two stages of ~3 runs of 8
+  if [ "$1" = airbench ]; then
+    variants=("" "--precision fp16" "--translate_schedule cyclic")
+  else
+    variants=("--label_smoothing_final 0.0" "--whiten_unfreeze_epoch 5")
+  fi
+  for variant in "${variants[@]}"; do
     name=airbench_$(echo "${variant:-baseline}" | tr -dc 'a-z0-9_')
-    step 130 "$name" python airbench.py --runs 8 $variant --notes "$OUT/airbench.md"
+    step 170 "$name" python airbench.py --runs 8 $variant --notes "$OUT/airbench.md"
   done
   ;;
 resnet8)  # issue 14 item 4: document 004's presets at their 200 epochs (> 70% test accuracy)
@@ -69,7 +74,7 @@ study)  # issue 15: the study, resumed from the last call's results
   python sweep.py study --dry_run --results_dir results/study > /dev/null 2> "$OUT/study_left.txt"
   ;;
 *)
-  echo "usage: bash Notes/gpu_session.sh speed|recipe|airbench|resnet8|engine|study" >&2
+  echo "usage: bash Notes/gpu_session.sh speed|recipe|airbench|airbench_variants|resnet8|engine|study" >&2
   exit 2
   ;;
 esac

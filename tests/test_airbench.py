@@ -201,10 +201,10 @@ def test_weight_shrink_per_step_is_the_recipes_whatever_the_lr(lr):
                               torch.full_like(p0[nonzero], 1 - (1 + 0.85) * WD_PER_STEP))
 
 
-def test_whitening_weights_unfreeze_after_the_given_epoch():
-    """Document 003: frozen initially, "unfrozen after the specified epoch" (epochs from 1)."""
+def test_whitening_weights_train_from_the_given_epoch():
+    """Issue 11's convention: trainable "from epoch k", epochs counted from 1."""
     k5 = ab.AirbenchConfig(whiten_unfreeze_epoch=5)
-    assert [ab.whiten_trainable(e, k5) for e in range(1, 11)] == [False] * 5 + [True] * 5
+    assert [ab.whiten_trainable(e, k5) for e in range(1, 11)] == [False] * 4 + [True] * 6
     paper = ab.AirbenchConfig()
     assert not any(ab.whiten_trainable(e, paper) for e in range(1, 11))
 
@@ -427,11 +427,11 @@ def test_tiny_run_of_the_variants(tmp_path, data_dir):
     notes = tmp_path / "notes.md"
     row, epochs = tiny_run(tmp_path, data_dir, "--num_epochs", "1.5", "--tta_level", "0",
                            "--lookahead_every", "2",
-                           "--label_smoothing_final", "0.0", "--whiten_unfreeze_epoch", "1",
+                           "--label_smoothing_final", "0.0", "--whiten_unfreeze_epoch", "2",
                            "--translate_schedule", "cyclic", "--notes", str(notes))
     assert float(row["epochs"]) == pytest.approx(1.5)  # 2 steps/epoch, 3 steps of 64 / 128
     assert [e["steps"] for e in epochs] == ["2", "3"]
-    assert [e["whiten_trainable"] for e in epochs] == ["False", "True"]  # after epoch 1
+    assert [e["whiten_trainable"] for e in epochs] == ["False", "True"]  # from epoch 2
     assert [float(e["label_smoothing"]) for e in epochs] == pytest.approx([0.2 * 2 / 3, 0.2 / 3])
     assert notes.exists() and not (tmp_path / "results" / ab.BENCHMARKS_FILE).exists()
     assert "--translate_schedule cyclic" in notes.read_text()
