@@ -363,3 +363,42 @@ def test_sweep_reports_a_run_failing_inside_a_worker_like_a_failed_process(data_
     with open(worker.log_path(str(tmp_path), held.name)) as f:
         assert "already being trained by another process" in f.read()
     assert summary(free.cfg)["status"] == "finished"
+
+
+def bench_args(data_dir, out, *flags):
+    import bench
+    args = bench.build_parser().parse_args([
+        "--sweep", "width", "--device", "cpu", "--fused_size", "4x1", "--dataset_size", "64",
+        "--warmup", "1", "--epochs", "1", "--engines", "", "--data_dir", data_dir, "--notes", "",
+        "--out", str(out), *flags])
+    args.failures = []
+    return args
+
+
+def test_bench_sweep_split_over_calls_keeps_each_calls_table(data_dir, tmp_path):
+    """gpu_session.sh measures fusion and the engines in separate calls into one --out: a call
+    that skips a part ('') must not overwrite the table an earlier call measured."""
+    import bench
+    out = tmp_path / "bench"
+    bench.engine_report(bench_args(data_dir, out, "--fused_copies", "1"), "cpu", "cpu")
+    bench.engine_report(bench_args(data_dir, out, "--fused_copies", ""), "cpu", "cpu")
+    assert list(pd.read_csv(out / "fused_throughput.csv").copies) == [1]
+    assert not (out / "sweep_engines.csv").exists()
+    report = (out / "report.md").read_text()
+    assert report.count("## ") == 2 and report.count("Fused bundle vs single run") == 1
+
+
+def test_bench_refuses_to_time_a_bundle_that_fell_back_to_single_runs(data_dir, tmp_path, monkeypatch):
+    """A bundle that fails is retried run by run: those times are not fusion's. The sizes
+    measured before are kept and the failure is named."""
+    import bench
+
+    def out_of_memory(self, cfgs):
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    monkeypatch.setattr(worker.Worker, "train_bundle", out_of_memory)
+    args = bench_args(data_dir, tmp_path / "bench", "--fused_copies", "1,2")
+    table = bench.fused_table(args, "cpu")
+    assert list(table.copies) == [1]
+    assert len(args.failures) == 1 and "bundle of 2 copies of 4x1 did not train as one network" \
+        in args.failures[0] and "out of memory" in args.failures[0]
