@@ -402,3 +402,17 @@ def test_bench_refuses_to_time_a_bundle_that_fell_back_to_single_runs(data_dir, 
     assert list(table.copies) == [1]
     assert len(args.failures) == 1 and "bundle of 2 copies of 4x1 did not train as one network" \
         in args.failures[0] and "out of memory" in args.failures[0]
+
+
+def test_a_bundle_claims_its_experiment_names_as_train_py_does(data_dir, tmp_path):
+    """Two seeds under one --experiment_name share a bundle key; train.py refuses the second
+    (its saved model would overwrite the first's), and so must the worker."""
+    cfgs = configs(data_dir, tmp_path, [dict(seed=0), dict(seed=1)], num_epochs=1,
+                   experiment_name="exp", save_model=True)
+    codes = worker.Worker().run(worker.make_bundles(cfgs, 2), log=lambda line: None)
+    names = [train.run_name(c) for c in cfgs]
+    assert codes == {names[0]: 0, names[1]: 1}
+    with open(worker.log_path(str(tmp_path), names[1])) as f:
+        assert f"already names run {names[0]}" in f.read()
+    with open(tmp_path / "runs" / "exp" / "metrics.json") as f:
+        assert json.load(f)["summary"]["run_name"] == names[0]
