@@ -41,6 +41,7 @@ import time
 import pandas as pd
 import torch
 
+import data
 import train
 import worker
 
@@ -340,6 +341,17 @@ def main():
     unknown = set(args.pipelines) - set(PIPELINES)
     if unknown:
         parser.error(f"unknown pipelines {sorted(unknown)}; choose from {list(PIPELINES)}")
+    bad_sizes = [s for s in args.sizes if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", s)]
+    if bad_sizes:
+        parser.error(f"--sizes takes WIDTHxDEPTH,... e.g. 32x2,8x1, got {bad_sizes}")
+    if not 1 <= args.dataset_size <= data.NUM_TRAIN:
+        parser.error(f"--dataset_size must be in 1..{data.NUM_TRAIN}, got {args.dataset_size}")
+    for flag, value, least in (("warmup", args.warmup, 0), ("epochs", args.epochs, 1),
+                               ("seeds", args.seeds, 1)):
+        if value < least:
+            parser.error(f"--{flag} must be >= {least}, got {value}")
+    if args.sweep_jobs is not None and any(k < 1 for k in args.sweep_jobs):
+        parser.error(f"--sweep_jobs must be >= 1 each, got {args.sweep_jobs}")
     device = str(train.resolve_device(args.device))
     device_name = train.device_name(torch.device(device))
     if args.sweep:
