@@ -416,3 +416,29 @@ def test_a_bundle_claims_its_experiment_names_as_train_py_does(data_dir, tmp_pat
         assert f"already names run {names[0]}" in f.read()
     with open(tmp_path / "runs" / "exp" / "metrics.json") as f:
         assert json.load(f)["summary"]["run_name"] == names[0]
+
+
+def test_a_bundle_resumes_train_py_adamw_checkpoints_to_the_same_rows(data_dir, tmp_path, monkeypatch):
+    """The other way round: two AdamW runs killed by train.py after epoch 1 continue as one fused
+    bundle (moments and step count from torch's state) to the rows of uninterrupted runs."""
+    copies = [dict(seed=0, resume=True), dict(seed=1, resume=True, lr=3e-3)]
+    shared = dict(model="resnet8", optimizer="adamw", lr=1e-3, scheduler="cosine", num_epochs=3)
+    whole, killed = (configs(data_dir, tmp_path / d, copies, **shared) for d in ("a", "b"))
+    for cfg in whole:
+        train.train(cfg)
+    save = train.save_checkpoint
+
+    def kill_after_first_epoch(path, model, optimizer, rows, cfg):
+        save(path, model, optimizer, rows, cfg)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", kill_after_first_epoch)
+    for cfg in killed:
+        with pytest.raises(KeyboardInterrupt):
+            train.train(cfg)
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    codes = worker.Worker().run(worker.make_bundles(killed, 2), log=lambda line: None)
+    assert codes == {train.run_name(c): 0 for c in killed}
+    for a, b in zip(whole, killed):
+        assert summary(b)["bundle_size"] == 2 and len(rows(b)) == 3
+        assert_same_rows(a, b)
