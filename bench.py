@@ -41,6 +41,7 @@ import time
 import pandas as pd
 import torch
 
+import data
 import train
 import worker
 
@@ -203,7 +204,7 @@ def fused_table(args, device) -> pd.DataFrame:
     """Images/s per copy of a bundle of K copies (seeds 0..K-1) of one shape, timed over
     --epochs after --warmup epochs, against a single train.py run (K=1) of that shape."""
     width, depth = map(int, args.fused_size.split("x"))
-    rows = []
+    rows, args.failures = [], getattr(args, "failures", [])
     for K in args.fused_copies:
         cfgs = [pipeline_config(args.fused_pipeline, device, width=width, depth=depth, seed=seed,
                                 dataset_size=args.dataset_size, data_dir=args.data_dir,
@@ -211,7 +212,17 @@ def fused_table(args, device) -> pd.DataFrame:
                 for seed in range(K)]
         with tempfile.TemporaryDirectory() as results, Utilisation(device) as gpu:
             cfgs = [train.Config(**{**vars(c), "results_dir": results}) for c in cfgs]
-            worker.Worker().run(worker.make_bundles(cfgs, max_bundle=K), log=lambda line: None)
+            lines = []
+            codes = worker.Worker().run(worker.make_bundles(cfgs, max_bundle=K), log=lines.append)
+            # A bundle that failed is retried run by run: its times would be K separate runs'
+            # (or missing), not the fused network's. Refuse rather than report them as fusion.
+            # The sizes measured before it are kept; main() exits 1.
+            if any(codes.values()) or any("retrying" in line for line in lines):
+                args.failures.append(f"the fused bundle of {K} copies of {args.fused_size} did not "
+                                     f"train as one network, so it has no fused timing: "
+                                     + " | ".join(lines)[-1000:])
+                print(f"error: {args.failures[-1]}", file=sys.stderr)
+                break
             epochs = pd.read_csv(os.path.join(results, "runs", train.run_name(cfgs[0]) + ".csv"))
         # a copy's epoch_time_s is its 1/K share of the bundle's epoch
         bundle_epoch_s = K * epochs["epoch_time_s"].iloc[args.warmup:].mean()
@@ -221,7 +232,9 @@ def fused_table(args, device) -> pd.DataFrame:
                          images_per_s_total=K * args.dataset_size / bundle_epoch_s,
                          gpu_util_pct=gpu.mean()))
         print(f"  {args.fused_size} x{K}: {bundle_epoch_s:.3f} s per bundle epoch", file=sys.stderr)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["size", "copies", "pipeline", "bundle_epoch_s",
+                                        "images_per_s_per_copy", "images_per_s_total",
+                                        "gpu_util_pct"])
     single = table.loc[table.copies == 1, "images_per_s_per_copy"]
     table["per_copy_vs_single"] = table.images_per_s_per_copy / (single.iloc[0] if len(single) else float("nan"))
     table["total_vs_single"] = table.images_per_s_total / (single.iloc[0] if len(single) else float("nan"))
@@ -236,19 +249,26 @@ def engine_report(args, device, device_name) -> str:
             os.makedirs(args.out, exist_ok=True)
             table.to_csv(os.path.join(args.out, name), index=False)
 
-    engines = sweep_table(args, args.engines, args.sweep) if args.engines else pd.DataFrame()
-    save("sweep_engines.csv", engines)
-    throughput = fused_table(args, device) if args.fused_copies else pd.DataFrame()
-    save("fused_throughput.csv", throughput)
-    text = "\n".join([
-        heading(device_name) + f" · sweep engine, {args.sweep} plan", "",
-        f"`sweep.py {args.sweep} {args.sweep_args}` per engine (wall seconds, fresh results folder):", "",
-        engines.to_markdown(index=False, floatfmt=".4g"), "",
-        f"Fused bundle vs single run, {args.fused_size}, D={args.dataset_size}, pipeline "
-        f"{args.fused_pipeline}, {args.warmup} warm-up + {args.epochs} timed epochs (K=1 is the "
-        "single train.py run):", "", throughput.to_markdown(index=False, floatfmt=".4g"), ""])
-    if args.out:
-        with open(os.path.join(args.out, "report.md"), "w") as f:
+    # A part skipped ('') writes nothing: the measurement can be split over calls into one --out
+    # without a later call overwriting an earlier call's table with an empty one.
+    lines = [heading(device_name) + f" · sweep engine, {args.sweep} plan", ""]
+    if args.engines:
+        engines = sweep_table(args, args.engines, args.sweep)
+        save("sweep_engines.csv", engines)
+        lines += [f"`sweep.py {args.sweep} {args.sweep_args}` per engine (wall seconds, fresh "
+                  "results folder):", "", engines.to_markdown(index=False, floatfmt=".4g"), ""]
+    if args.fused_copies:
+        throughput = fused_table(args, device)
+        save("fused_throughput.csv", throughput)
+        lines += [f"Fused bundle vs single run, {args.fused_size}, D={args.dataset_size}, pipeline "
+                  f"{args.fused_pipeline}, {args.warmup} warm-up + {args.epochs} timed epochs (K=1 "
+                  "is the single train.py run):", "",
+                  throughput.to_markdown(index=False, floatfmt=".4g"), ""]
+        lines += [f"Not measured: {failure}" for failure in args.failures] + [""] * bool(args.failures)
+    text = "\n".join(lines)
+    if args.out:  # appended: each call's part under its own heading
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "report.md"), "a") as f:
             f.write(text + "\n")
     return text
 
@@ -317,9 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main():
     parser = build_parser()
     args = parser.parse_args()
+    args.failures = []  # measurements that could not be taken (the others are still written)
     unknown = set(args.pipelines) - set(PIPELINES)
     if unknown:
         parser.error(f"unknown pipelines {sorted(unknown)}; choose from {list(PIPELINES)}")
+    bad_sizes = [s for s in args.sizes if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", s)]
+    if bad_sizes:
+        parser.error(f"--sizes takes WIDTHxDEPTH,... e.g. 32x2,8x1, got {bad_sizes}")
+    if not 1 <= args.dataset_size <= data.NUM_TRAIN:
+        parser.error(f"--dataset_size must be in 1..{data.NUM_TRAIN}, got {args.dataset_size}")
+    for flag, value, least in (("warmup", args.warmup, 0), ("epochs", args.epochs, 1),
+                               ("seeds", args.seeds, 1)):
+        if value < least:
+            parser.error(f"--{flag} must be >= {least}, got {value}")
+    if args.sweep_jobs is not None and any(k < 1 for k in args.sweep_jobs):
+        parser.error(f"--sweep_jobs must be >= 1 each, got {args.sweep_jobs}")
     device = str(train.resolve_device(args.device))
     device_name = train.device_name(torch.device(device))
     if args.sweep:
@@ -340,6 +372,8 @@ def main():
         os.makedirs(os.path.dirname(os.path.abspath(args.notes)), exist_ok=True)
         with open(args.notes, "a") as f:
             f.write("\n" + text + "\n")
+    if args.failures:
+        sys.exit("error: " + "\nerror: ".join(args.failures))
 
 
 if __name__ == "__main__":

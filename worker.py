@@ -215,6 +215,8 @@ class Worker:
         """Train one fusible bundle to the end (its runs claimed); {run_name: status}. Copies
         resumed at different epochs (a kill between their checkpoints) train as separate bundles."""
         device = train.resolve_device(cfgs[0].device)
+        for cfg in cfgs:  # train.py's rule: one --experiment_name, one configuration
+            train.claim_experiment(cfg, os.path.dirname(stem_of(cfg)), train.run_name(cfg))
         set_seed(cfgs[0].seed, cfgs[0].deterministic)
         copies = [Copy(cfg, device) for cfg in cfgs]
         by_epoch = {}

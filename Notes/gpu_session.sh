@@ -4,13 +4,15 @@
 # are guesses that stop a stage before the call's limit, not predictions of how long it takes.
 #
 # Here, once per session (the device gets the checkout only):
-#   mkdir -p .gpu-data && cp -r ../shared/cifar10 .gpu-data/ && echo /.gpu-data/ >> .git/info/exclude
+#   mkdir -p .gpu-data && cp -r ../shared/cifar10 .gpu-data/    (.gitignore already ignores it;
+#   in a worktree .git is a file, so .git/info/exclude cannot be written)
 # Then one device call per stage, e.g.
 #   run(command="bash Notes/gpu_session.sh speed", carry=[".gpu-data"], timeout_s=600)
 # Every stage writes its logs and tables under $OUT; copy the tables into Notes/benchmarks.md
 # under a heading naming the device (bench.py's tables already carry device, date and commit).
 # The study resumes across calls: after each `study` call, copy $OUT/study_results.tar.gz into
-# .gpu-data/ here and carry .gpu-data again; the next call unpacks it first.
+# .gpu-data/ here and carry .gpu-data again; the next call unpacks it first. Carry holds 64 MiB
+# in all (the data is 19 MB): a width-128 run's checkpoint is ~37 MB, so check the tarball's size.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/gpu_session}
@@ -30,6 +32,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu
 
 case "${1:-}" in
 speed)  # issue 14, items 1 and 3: every pipeline's s/epoch and MFU; --deterministic on CUDA
+  rm -rf results/det_a results/det_b  # a warm machine keeps them: a rerun would skip, not train
   step 330 bench_timed python bench.py --sizes 32x2,8x1,128x4 --notes "$OUT/bench_timed.md"
   for run in a b; do
     step 90 "deterministic_$run" python train.py --width 32 --depth 2 --dataset_size 10000 \
@@ -62,19 +65,24 @@ resnet8)  # issue 14 item 4: document 004's presets at their 200 epochs (> 70% t
   done
   cp results/resnet8/final_data.csv "$OUT/resnet8_final_data.csv" 2>/dev/null
   ;;
-engine)  # issue 13: the width plan per engine, fused vs single images/s, GPU utilisation
-  step 270 engine_fusion python bench.py --sweep width --engines '' --out "$OUT/engine"
-  step 290 engine_worker python bench.py --sweep width --engines worker --fused_copies '' \
+engine)  # issue 13: fused vs single images/s and GPU utilisation (bundles of 1, 3, 6, 18)
+  step 560 engine_fusion python bench.py --sweep width --engines '' --out "$OUT/engine"
+  ;;
+engine_sweep)  # issue 13: the width plan (18 runs, 100 epochs) through the worker; target 6 min
+  step 560 engine_worker python bench.py --sweep width --engines worker --fused_copies '' \
     --out "$OUT/engine"
   ;;
 study)  # issue 15: the study, resumed from the last call's results
   [ -f .gpu-data/study_results.tar.gz ] && tar xzf .gpu-data/study_results.tar.gz
   step 520 study python sweep.py study --results_dir results/study -- $FAST
   tar czf "$OUT/study_results.tar.gz" results/study
-  python sweep.py study --dry_run --results_dir results/study > /dev/null 2> "$OUT/study_left.txt"
+  # what is done against the plan's size (--dry_run prints the whole plan, not what is left)
+  { echo "rows in results/study/final_data.csv: $(($(wc -l < results/study/final_data.csv) - 1))"
+    python sweep.py study --dry_run --results_dir results/study -- $FAST 2>&1 >/dev/null \
+      | grep "study plan"; } > "$OUT/study_left.txt" 2>&1
   ;;
 *)
-  echo "usage: bash Notes/gpu_session.sh speed|recipe|airbench|airbench_variants|resnet8|engine|study" >&2
+  echo "usage: bash Notes/gpu_session.sh speed|recipe|airbench|airbench_variants|resnet8|engine|engine_sweep|study" >&2
   exit 2
   ;;
 esac

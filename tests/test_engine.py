@@ -363,3 +363,82 @@ def test_sweep_reports_a_run_failing_inside_a_worker_like_a_failed_process(data_
     with open(worker.log_path(str(tmp_path), held.name)) as f:
         assert "already being trained by another process" in f.read()
     assert summary(free.cfg)["status"] == "finished"
+
+
+def bench_args(data_dir, out, *flags):
+    import bench
+    args = bench.build_parser().parse_args([
+        "--sweep", "width", "--device", "cpu", "--fused_size", "4x1", "--dataset_size", "64",
+        "--warmup", "1", "--epochs", "1", "--engines", "", "--data_dir", data_dir, "--notes", "",
+        "--out", str(out), *flags])
+    args.failures = []
+    return args
+
+
+def test_bench_sweep_split_over_calls_keeps_each_calls_table(data_dir, tmp_path):
+    """gpu_session.sh measures fusion and the engines in separate calls into one --out: a call
+    that skips a part ('') must not overwrite the table an earlier call measured."""
+    import bench
+    out = tmp_path / "bench"
+    bench.engine_report(bench_args(data_dir, out, "--fused_copies", "1"), "cpu", "cpu")
+    bench.engine_report(bench_args(data_dir, out, "--fused_copies", ""), "cpu", "cpu")
+    assert list(pd.read_csv(out / "fused_throughput.csv").copies) == [1]
+    assert not (out / "sweep_engines.csv").exists()
+    report = (out / "report.md").read_text()
+    assert report.count("## ") == 2 and report.count("Fused bundle vs single run") == 1
+
+
+def test_bench_refuses_to_time_a_bundle_that_fell_back_to_single_runs(data_dir, tmp_path, monkeypatch):
+    """A bundle that fails is retried run by run: those times are not fusion's. The sizes
+    measured before are kept and the failure is named."""
+    import bench
+
+    def out_of_memory(self, cfgs):
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    monkeypatch.setattr(worker.Worker, "train_bundle", out_of_memory)
+    args = bench_args(data_dir, tmp_path / "bench", "--fused_copies", "1,2")
+    table = bench.fused_table(args, "cpu")
+    assert list(table.copies) == [1]
+    assert len(args.failures) == 1 and "bundle of 2 copies of 4x1 did not train as one network" \
+        in args.failures[0] and "out of memory" in args.failures[0]
+
+
+def test_a_bundle_claims_its_experiment_names_as_train_py_does(data_dir, tmp_path):
+    """Two seeds under one --experiment_name share a bundle key; train.py refuses the second
+    (its saved model would overwrite the first's), and so must the worker."""
+    cfgs = configs(data_dir, tmp_path, [dict(seed=0), dict(seed=1)], num_epochs=1,
+                   experiment_name="exp", save_model=True)
+    codes = worker.Worker().run(worker.make_bundles(cfgs, 2), log=lambda line: None)
+    names = [train.run_name(c) for c in cfgs]
+    assert codes == {names[0]: 0, names[1]: 1}
+    with open(worker.log_path(str(tmp_path), names[1])) as f:
+        assert f"already names run {names[0]}" in f.read()
+    with open(tmp_path / "runs" / "exp" / "metrics.json") as f:
+        assert json.load(f)["summary"]["run_name"] == names[0]
+
+
+def test_a_bundle_resumes_train_py_adamw_checkpoints_to_the_same_rows(data_dir, tmp_path, monkeypatch):
+    """The other way round: two AdamW runs killed by train.py after epoch 1 continue as one fused
+    bundle (moments and step count from torch's state) to the rows of uninterrupted runs."""
+    copies = [dict(seed=0, resume=True), dict(seed=1, resume=True, lr=3e-3)]
+    shared = dict(model="resnet8", optimizer="adamw", lr=1e-3, scheduler="cosine", num_epochs=2)
+    whole, killed = (configs(data_dir, tmp_path / d, copies, **shared) for d in ("a", "b"))
+    for cfg in whole:
+        train.train(cfg)
+    save = train.save_checkpoint
+
+    def kill_after_first_epoch(path, model, optimizer, rows, cfg):
+        save(path, model, optimizer, rows, cfg)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", kill_after_first_epoch)
+    for cfg in killed:
+        with pytest.raises(KeyboardInterrupt):
+            train.train(cfg)
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    codes = worker.Worker().run(worker.make_bundles(killed, 2), log=lambda line: None)
+    assert codes == {train.run_name(c): 0 for c in killed}
+    for a, b in zip(whole, killed):
+        assert summary(b)["bundle_size"] == 2 and len(rows(b)) == 2
+        assert_same_rows(a, b)

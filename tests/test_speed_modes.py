@@ -70,3 +70,17 @@ def test_sweep_benchmark_times_the_width_plan_per_jobs(data_dir, tmp_path):
 def test_sweep_benchmark_defaults_to_the_fast_pipeline():
     assert train.parse_config(bench.sweep_args_default().split("-- ")[1].split()) == \
         train.Config(**bench.PIPELINES["fast"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sizes", "32x2,32"], "--sizes takes WIDTHxDEPTH"),
+    (["--dataset_size", "0"], "--dataset_size must be in 1..50000, got 0"),
+    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--sweep_jobs", "1,0"], "--sweep_jobs must be >= 1 each"),
+])
+def test_bad_benchmark_flags_are_refused_before_anything_runs(flags, message, tmp_path):
+    notes = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--notes", str(notes),
+                           *flags], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not notes.exists()
