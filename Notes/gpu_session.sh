@@ -75,7 +75,9 @@ engine_sweep)  # issue 13: the width plan (18 runs, 100 epochs) through the work
 study)  # issue 15: the study, resumed from the last call's results
   [ -f .gpu-data/study_results.tar.gz ] && tar xzf .gpu-data/study_results.tar.gz
   step 520 study python sweep.py study --results_dir results/study -- $FAST
-  tar czf "$OUT/study_results.tar.gz" results/study
+  # Checkpoints stay behind: a width-128 one is tens of MB and carried files are capped at 64 MiB
+  # in all, so runs cut off by the time limit restart from their first epoch in the next call.
+  tar czf "$OUT/study_results.tar.gz" --exclude='*.ckpt.pt' results/study
   # what is done against the plan's size (--dry_run prints the whole plan, not what is left)
   { echo "rows in results/study/final_data.csv: $(($(wc -l < results/study/final_data.csv) - 1))"
     python sweep.py study --dry_run --results_dir results/study -- $FAST 2>&1 >/dev/null \
