@@ -671,8 +671,15 @@ def parse_args(argv=None):
 
 def extra_flags(parser, extra: list, args) -> dict:
     """The train.py flags typed after --, refused where sweep.py owns the setting: the sweep reads
-    finished runs from its results folder and decides itself what is rerun."""
-    given = train.typed_flags(extra) if extra else {}
+    finished runs from its results folder and decides itself what is rerun. A --config file there
+    is every run's base, which the plan's settings override as typed flags do; of its settings
+    only force: true is refused, and its results_dir is the sweep's unless given before --."""
+    from_file, given = train.typed_flags(extra) if extra else ({}, {})
+    if from_file.get("force"):
+        parser.error("the --config file after -- sets force: true; what is rerun is sweep.py's to "
+                     "decide: put --force before --")
+    if "results_dir" in from_file and "results_dir" not in given and args.results_dir is None:
+        given["results_dir"] = from_file["results_dir"]
     if "results_dir" in given and args.results_dir not in (None, given["results_dir"]):
         parser.error(f"--results_dir {args.results_dir} before -- and {given['results_dir']} after "
                      f"it disagree; give it once, before --")

@@ -789,11 +789,11 @@ def presets_text() -> str:
     return "\n".join(f"{name}: {about}\n    {flags(values)}" for name, (about, values) in PRESETS.items())
 
 
-def typed_flags(argv) -> dict:
-    """{field: value} of what argv sets (typed, or in its --config file), without defaults;
-    print_config and list_presets under their own names when given."""
+def typed_flags(argv) -> tuple:
+    """({field: value} of argv's --config file, {field: value} typed in argv), without defaults;
+    print_config and list_presets among the typed under their own names when given."""
     from_file, typed, print_config, _ = settings_given(build_parser(), argv, Config, ["list_presets"])
-    return {**from_file, **typed, **({"print_config": True} if print_config else {})}
+    return from_file, {**typed, **({"print_config": True} if print_config else {})}
 
 
 def parse_config(argv=None) -> Config:
