@@ -179,6 +179,8 @@ def test_divergence_is_seen_in_the_parameters_and_the_evaluation_losses():
 @pytest.mark.parametrize("lr,dataset_size", [(1e6, 256), (1000.0, 2000)])
 def test_a_huge_lr_is_never_recorded_as_finished_with_a_non_finite_loss(data_dir, tmp_path, lr,
                                                                          dataset_size):
+    if dataset_size > len(data.load_cifar10(data_dir).train_labels):
+        pytest.skip(f"needs {dataset_size} training images (the real CIFAR-10 under data/)")
     summary = tiny_run(data_dir, tmp_path, lr=lr, dataset_size=dataset_size, num_epochs=3,
                        test_freq=1)
     assert summary["status"] == "diverged"
