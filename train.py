@@ -522,23 +522,27 @@ def run_lock(stem: str, name: str):
 def claim_experiment(cfg: Config, runs_dir: str, name: str) -> None:
     """runs/<experiment_name>/ holds one configuration: the first run given the name writes its
     config.yaml there; a later run under that name with another run_name is refused before it
-    trains (a rerun or resume of the same configuration is welcome)."""
+    trains (a rerun or resume of the same configuration is welcome), unless the name's run never
+    trained (refused, out of memory): then the name passes to this one."""
     if not cfg.experiment_name:
         return
     folder = os.path.join(runs_dir, cfg.experiment_name)
     path = os.path.join(folder, "config.yaml")
     with file_lock(folder):
+        owner = None
         if os.path.exists(path):
             try:
                 owner = run_name(Config(**read_config_file(path, Config)))
             except ConfigFileError as e:
                 raise ConfigError(f"--experiment_name {cfg.experiment_name}: {e}") from None
-            if owner != name:
-                raise ConfigError(
-                    f"--experiment_name {cfg.experiment_name} already names run {owner} ({path}); "
-                    f"this configuration ({name}) would overwrite its saved model and metrics: "
-                    f"choose another name")
-        else:
+        trained = owner and any(os.path.exists(os.path.join(runs_dir, owner + ending))
+                                for ending in (".json", ".csv", ".ckpt.pt", ".lock"))
+        if owner != name and trained:
+            raise ConfigError(
+                f"--experiment_name {cfg.experiment_name} already names run {owner} ({path}); "
+                f"this configuration ({name}) would overwrite its saved model and metrics: "
+                f"choose another name")
+        if owner != name:
             atomic_write(path, config_text(cfg))
 
 

@@ -201,3 +201,16 @@ def test_a_config_file_after_the_separator_is_the_base_of_every_run_of_a_sweep(t
     with pytest.raises(SystemExit):
         sweep.parse_args(["width", "--", "--config", str(forcing)])
     assert "put --force before --" in capsys.readouterr().err
+
+
+def test_a_name_whose_run_never_trained_can_be_given_to_another_configuration(data_dir, tmp_path,
+                                                                             monkeypatch):
+    def too_big(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3e11 bytes")
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "build_model", too_big)
+        with pytest.raises(train.ConfigError, match="does not fit"):
+            named_run(data_dir, tmp_path, experiment_name="big", width=8)
+    summary = named_run(data_dir, tmp_path, experiment_name="big")  # the corrected width
+    assert summary["experiment_name"] == "big" and summary["width"] == 4
+    assert (tmp_path / "runs" / "big" / "model.pt").exists()
