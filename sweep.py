@@ -643,6 +643,10 @@ def parse_args(argv=None):
                          f"{', '.join(fixed)} cannot change it; run the single plans for other "
                          f"grids (settings of every run go after --, e.g. -- --precision=bf16)")
     grid_lists(args, parser)
+    after = args.extra_given.get("num_epochs", args.num_epochs)
+    if args.num_epochs and after != args.num_epochs:  # the one before -- would win silently
+        parser.error(f"--num_epochs {args.num_epochs} before -- and {after} after it disagree; "
+                     f"give it once")
     if args.plan == "study":
         args.num_epochs = STUDY_EPOCHS
     args.seeds = args.seeds or [0]

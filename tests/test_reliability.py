@@ -285,6 +285,16 @@ def test_plan_owned_flags_after_the_separator_are_refused(extra, message, tmp_pa
     assert message in shown
 
 
+def test_num_epochs_before_and_after_the_separator_must_agree(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["width", "--num_epochs", "3", "--results_dir", str(tmp_path), "--",
+                          "--num_epochs=5"])
+    assert "--num_epochs 3 before -- and 5 after it disagree" in capsys.readouterr().err
+    args = sweep.parse_args(["width", "--widths", "4", "--num_epochs", "3", "--results_dir",
+                             str(tmp_path), "--", "--num_epochs=3"])
+    assert sweep.plan(args)[0][0].cfg.num_epochs == 3
+
+
 # --- 9. smaller ones
 
 
