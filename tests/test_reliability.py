@@ -104,9 +104,9 @@ def wait_for(condition, timeout_s=60):
     return True
 
 
-def start_sweep(data_dir, results, widths):
+def start_sweep(data_dir, results, widths, engine):
     argv = [sys.executable, "sweep.py", "width", "--widths", widths, "--jobs", "2",
-            "--results_dir", str(results), "--", *SLOW_FLAGS, f"--data_dir={data_dir}"]
+            "--engine", engine, "--results_dir", str(results), "--", *SLOW_FLAGS, f"--data_dir={data_dir}"]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     started = lambda: len(list((results / "runs").glob("*.ckpt.pt"))) == len(widths.split(","))
@@ -115,9 +115,10 @@ def start_sweep(data_dir, results, widths):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigterm_stops_the_sweep_and_its_trainings_cleanly(data_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["worker", "process"])
+def test_sigterm_stops_the_sweep_and_its_trainings_cleanly(data_dir, tmp_path, engine):
     results = tmp_path / "results"
-    proc = start_sweep(data_dir, results, "2,3")
+    proc = start_sweep(data_dir, results, "2,3", engine)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
@@ -130,9 +131,10 @@ def test_sigterm_stops_the_sweep_and_its_trainings_cleanly(data_dir, tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_trainings_do_not_outlive_a_sigkilled_sweep(data_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["worker", "process"])
+def test_trainings_do_not_outlive_a_sigkilled_sweep(data_dir, tmp_path, engine):
     results = tmp_path / "results"
-    proc = start_sweep(data_dir, results, "2")
+    proc = start_sweep(data_dir, results, "2", engine)
     proc.kill()
     proc.wait()
     assert wait_for(lambda: not processes_mentioning(str(results)), 15)
