@@ -492,7 +492,7 @@ def train(cfg: Config) -> dict:
     validate(cfg)
     name, device = run_name(cfg), resolve_device(cfg.device)
     stem = os.path.join(cfg.results_dir, "runs", name)
-    done = finished_summary(cfg, stem)
+    done = not cfg.force and finished_summary(cfg, stem)  # --force's clean-up: under the lock
     if done:
         return done
     cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind

@@ -61,6 +61,18 @@ def test_rerun_of_a_finished_run_is_skipped_and_force_retrains_it(data_dir, tmp_
     assert [r["timestamp"] for r in rows] == [forced["timestamp"]]  # replaced, not duplicated
 
 
+def test_force_leaves_the_checkpoint_of_a_run_another_process_is_training(data_dir, tmp_path):
+    cfg = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path), "force": True})
+    stem = tmp_path / "runs" / train.run_name(cfg)
+    os.makedirs(tmp_path / "runs")
+    stem.with_suffix(".json").write_text("{}")  # the old summary; another process retrains it
+    stem.with_suffix(".ckpt.pt").write_bytes(b"its latest epoch")
+    with train.file_lock(str(stem)):
+        with pytest.raises(train.ConfigError, match="already being trained"):
+            train.train(cfg)
+    assert stem.with_suffix(".ckpt.pt").read_bytes() == b"its latest epoch"
+
+
 def test_kill_between_summary_and_cleanup_does_not_cause_a_rerun(data_dir, tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed after the summary was written")
