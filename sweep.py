@@ -50,7 +50,8 @@ from worker import log_path
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_PY = os.path.join(HERE, "train.py")
 WORKER_PY = os.path.join(HERE, "worker.py")
-BENCH_NOTES = os.path.join(HERE, "Notes", "benchmarks.md")  # bench.py appends its tables there
+# Curated bench.py tables: bench.py writes to results/benchmarks.md, GPU tables are copied here.
+BENCH_NOTES = os.path.join(HERE, "Notes", "benchmarks.md")
 PLANS = ["width", "depth", "data", "compute", "grid", "study"]
 DEFAULT_WIDTHS = [4, 8, 16, 32, 64, 128]   # doubling
 DEFAULT_DEPTHS = [1, 2, 3, 4, 5, 6]
@@ -322,7 +323,8 @@ def size_report(plan_name: str, runs: list, bench_notes: str) -> list:
     if seconds is None:
         where = f"for the {pipeline} pipeline " if figures else ""
         lines.append(f"projected GPU time: unknown, no GPU figures {where}in {bench_notes} yet "
-                     f"(python bench.py on a GPU measures them); plan with the FLOP total above")
+                     f"(python bench.py on a GPU measures them into results/benchmarks.md: copy "
+                     f"its table there or pass --bench_notes); plan with the FLOP total above")
     else:
         lines.append(f"projected GPU time: {seconds / 3600:.2f} h ({seconds / 60:,.0f} min) of "
                      f"training, one run at a time "
