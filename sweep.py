@@ -50,7 +50,8 @@ from worker import log_path
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_PY = os.path.join(HERE, "train.py")
 WORKER_PY = os.path.join(HERE, "worker.py")
-BENCH_NOTES = os.path.join(HERE, "Notes", "benchmarks.md")  # bench.py appends its tables there
+# Curated bench.py tables: bench.py writes to results/benchmarks.md, GPU tables are copied here.
+BENCH_NOTES = os.path.join(HERE, "Notes", "benchmarks.md")
 PLANS = ["width", "depth", "data", "compute", "grid", "study"]
 DEFAULT_WIDTHS = [4, 8, 16, 32, 64, 128]   # doubling
 DEFAULT_DEPTHS = [1, 2, 3, 4, 5, 6]
@@ -322,7 +323,8 @@ def size_report(plan_name: str, runs: list, bench_notes: str) -> list:
     if seconds is None:
         where = f"for the {pipeline} pipeline " if figures else ""
         lines.append(f"projected GPU time: unknown, no GPU figures {where}in {bench_notes} yet "
-                     f"(python bench.py on a GPU measures them); plan with the FLOP total above")
+                     f"(python bench.py on a GPU measures them into results/benchmarks.md: copy "
+                     f"its table there or pass --bench_notes); plan with the FLOP total above")
     else:
         lines.append(f"projected GPU time: {seconds / 3600:.2f} h ({seconds / 60:,.0f} min) of "
                      f"training, one run at a time "
@@ -643,6 +645,10 @@ def parse_args(argv=None):
                          f"{', '.join(fixed)} cannot change it; run the single plans for other "
                          f"grids (settings of every run go after --, e.g. -- --precision=bf16)")
     grid_lists(args, parser)
+    after = args.extra_given.get("num_epochs", args.num_epochs)
+    if args.num_epochs and after != args.num_epochs:  # the one before -- would win silently
+        parser.error(f"--num_epochs {args.num_epochs} before -- and {after} after it disagree; "
+                     f"give it once")
     if args.plan == "study":
         args.num_epochs = STUDY_EPOCHS
     args.seeds = args.seeds or [0]
@@ -671,8 +677,15 @@ def parse_args(argv=None):
 
 def extra_flags(parser, extra: list, args) -> dict:
     """The train.py flags typed after --, refused where sweep.py owns the setting: the sweep reads
-    finished runs from its results folder and decides itself what is rerun."""
-    given = train.typed_flags(extra) if extra else {}
+    finished runs from its results folder and decides itself what is rerun. A --config file there
+    is every run's base, which the plan's settings override as typed flags do; of its settings
+    only force: true is refused, and its results_dir is the sweep's unless given before --."""
+    from_file, given = train.typed_flags(extra) if extra else ({}, {})
+    if from_file.get("force"):
+        parser.error("the --config file after -- sets force: true; what is rerun is sweep.py's to "
+                     "decide: put --force before --")
+    if "results_dir" in from_file and "results_dir" not in given and args.results_dir is None:
+        given["results_dir"] = from_file["results_dir"]
     if "results_dir" in given and args.results_dir not in (None, given["results_dir"]):
         parser.error(f"--results_dir {args.results_dir} before -- and {given['results_dir']} after "
                      f"it disagree; give it once, before --")

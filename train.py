@@ -492,7 +492,7 @@ def train(cfg: Config) -> dict:
     validate(cfg)
     name, device = run_name(cfg), resolve_device(cfg.device)
     stem = os.path.join(cfg.results_dir, "runs", name)
-    done = finished_summary(cfg, stem)
+    done = not cfg.force and finished_summary(cfg, stem)  # --force's clean-up: under the lock
     if done:
         return done
     cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind
@@ -522,23 +522,27 @@ def run_lock(stem: str, name: str):
 def claim_experiment(cfg: Config, runs_dir: str, name: str) -> None:
     """runs/<experiment_name>/ holds one configuration: the first run given the name writes its
     config.yaml there; a later run under that name with another run_name is refused before it
-    trains (a rerun or resume of the same configuration is welcome)."""
+    trains (a rerun or resume of the same configuration is welcome), unless the name's run never
+    trained (refused, out of memory): then the name passes to this one."""
     if not cfg.experiment_name:
         return
     folder = os.path.join(runs_dir, cfg.experiment_name)
     path = os.path.join(folder, "config.yaml")
     with file_lock(folder):
+        owner = None
         if os.path.exists(path):
             try:
                 owner = run_name(Config(**read_config_file(path, Config)))
             except ConfigFileError as e:
                 raise ConfigError(f"--experiment_name {cfg.experiment_name}: {e}") from None
-            if owner != name:
-                raise ConfigError(
-                    f"--experiment_name {cfg.experiment_name} already names run {owner} ({path}); "
-                    f"this configuration ({name}) would overwrite its saved model and metrics: "
-                    f"choose another name")
-        else:
+        trained = owner and any(os.path.exists(os.path.join(runs_dir, owner + ending))
+                                for ending in (".json", ".csv", ".ckpt.pt", ".lock"))
+        if owner != name and trained:
+            raise ConfigError(
+                f"--experiment_name {cfg.experiment_name} already names run {owner} ({path}); "
+                f"this configuration ({name}) would overwrite its saved model and metrics: "
+                f"choose another name")
+        if owner != name:
             atomic_write(path, config_text(cfg))
 
 
@@ -789,11 +793,11 @@ def presets_text() -> str:
     return "\n".join(f"{name}: {about}\n    {flags(values)}" for name, (about, values) in PRESETS.items())
 
 
-def typed_flags(argv) -> dict:
-    """{field: value} of what argv sets (typed, or in its --config file), without defaults;
-    print_config and list_presets under their own names when given."""
+def typed_flags(argv) -> tuple:
+    """({field: value} of argv's --config file, {field: value} typed in argv), without defaults;
+    print_config and list_presets among the typed under their own names when given."""
     from_file, typed, print_config, _ = settings_given(build_parser(), argv, Config, ["list_presets"])
-    return {**from_file, **typed, **({"print_config": True} if print_config else {})}
+    return from_file, {**typed, **({"print_config": True} if print_config else {})}
 
 
 def parse_config(argv=None) -> Config:

@@ -178,3 +178,39 @@ def test_airbench_saves_the_config_of_each_recorded_run(data_dir, tmp_path):
     again = airbench.parse_config(["--config", str(saved)])
     assert again == dataclasses.replace(cfg, runs=1)  # this seed alone, not the --runs batch
     assert airbench.run_name(again) == summary["run_name"]
+
+
+def test_a_config_file_after_the_separator_is_the_base_of_every_run_of_a_sweep(tmp_path, capsys):
+    """The shipped files (and --print_config's output) set every field, force and results_dir
+    included: the plan's settings override the file's as typed flags do, and sweep.py's
+    --results_dir wins over the file's."""
+    import sweep
+    shipped = os.path.join(CONFIG_DIR, "resnet8_sgd.yaml")
+    args = sweep.parse_args(["grid", "--lr", "0.05,0.1", "--seeds", "0,1", "--results_dir",
+                             str(tmp_path), "--", "--config", shipped])
+    runs, _ = sweep.plan(args)
+    preset = train.parse_config(["--preset", "resnet8_sgd"])
+    assert sorted((r.cfg.lr, r.cfg.seed) for r in runs) == [(0.05, 0), (0.05, 1), (0.1, 0), (0.1, 1)]
+    assert all(dataclasses.replace(r.cfg, lr=preset.lr, seed=preset.seed, force=False, resume=False,
+                                   quiet=False, results_dir=preset.results_dir) == preset
+               for r in runs)
+    assert args.results_dir == str(tmp_path) and {r.cfg.results_dir for r in runs} == {str(tmp_path)}
+
+    forcing = tmp_path / "force.yaml"
+    forcing.write_text("force: true\n")
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["width", "--", "--config", str(forcing)])
+    assert "put --force before --" in capsys.readouterr().err
+
+
+def test_a_name_whose_run_never_trained_can_be_given_to_another_configuration(data_dir, tmp_path,
+                                                                             monkeypatch):
+    def too_big(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3e11 bytes")
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "build_model", too_big)
+        with pytest.raises(train.ConfigError, match="does not fit"):
+            named_run(data_dir, tmp_path, experiment_name="big", width=8)
+    summary = named_run(data_dir, tmp_path, experiment_name="big")  # the corrected width
+    assert summary["experiment_name"] == "big" and summary["width"] == 4
+    assert (tmp_path / "runs" / "big" / "model.pt").exists()

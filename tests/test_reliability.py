@@ -61,6 +61,18 @@ def test_rerun_of_a_finished_run_is_skipped_and_force_retrains_it(data_dir, tmp_
     assert [r["timestamp"] for r in rows] == [forced["timestamp"]]  # replaced, not duplicated
 
 
+def test_force_leaves_the_checkpoint_of_a_run_another_process_is_training(data_dir, tmp_path):
+    cfg = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path), "force": True})
+    stem = tmp_path / "runs" / train.run_name(cfg)
+    os.makedirs(tmp_path / "runs")
+    stem.with_suffix(".json").write_text("{}")  # the old summary; another process retrains it
+    stem.with_suffix(".ckpt.pt").write_bytes(b"its latest epoch")
+    with train.file_lock(str(stem)):
+        with pytest.raises(train.ConfigError, match="already being trained"):
+            train.train(cfg)
+    assert stem.with_suffix(".ckpt.pt").read_bytes() == b"its latest epoch"
+
+
 def test_kill_between_summary_and_cleanup_does_not_cause_a_rerun(data_dir, tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed after the summary was written")
@@ -104,9 +116,9 @@ def wait_for(condition, timeout_s=60):
     return True
 
 
-def start_sweep(data_dir, results, widths):
+def start_sweep(data_dir, results, widths, engine):
     argv = [sys.executable, "sweep.py", "width", "--widths", widths, "--jobs", "2",
-            "--results_dir", str(results), "--", *SLOW_FLAGS, f"--data_dir={data_dir}"]
+            "--engine", engine, "--results_dir", str(results), "--", *SLOW_FLAGS, f"--data_dir={data_dir}"]
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     started = lambda: len(list((results / "runs").glob("*.ckpt.pt"))) == len(widths.split(","))
@@ -115,9 +127,10 @@ def start_sweep(data_dir, results, widths):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_sigterm_stops_the_sweep_and_its_trainings_cleanly(data_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["worker", "process"])
+def test_sigterm_stops_the_sweep_and_its_trainings_cleanly(data_dir, tmp_path, engine):
     results = tmp_path / "results"
-    proc = start_sweep(data_dir, results, "2,3")
+    proc = start_sweep(data_dir, results, "2,3", engine)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
@@ -130,9 +143,10 @@ def test_sigterm_stops_the_sweep_and_its_trainings_cleanly(data_dir, tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_trainings_do_not_outlive_a_sigkilled_sweep(data_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["worker", "process"])
+def test_trainings_do_not_outlive_a_sigkilled_sweep(data_dir, tmp_path, engine):
     results = tmp_path / "results"
-    proc = start_sweep(data_dir, results, "2")
+    proc = start_sweep(data_dir, results, "2", engine)
     proc.kill()
     proc.wait()
     assert wait_for(lambda: not processes_mentioning(str(results)), 15)
@@ -179,6 +193,8 @@ def test_divergence_is_seen_in_the_parameters_and_the_evaluation_losses():
 @pytest.mark.parametrize("lr,dataset_size", [(1e6, 256), (1000.0, 2000)])
 def test_a_huge_lr_is_never_recorded_as_finished_with_a_non_finite_loss(data_dir, tmp_path, lr,
                                                                          dataset_size):
+    if dataset_size > len(data.load_cifar10(data_dir).train_labels):
+        pytest.skip(f"needs {dataset_size} training images (the real CIFAR-10 under data/)")
     summary = tiny_run(data_dir, tmp_path, lr=lr, dataset_size=dataset_size, num_epochs=3,
                        test_freq=1)
     assert summary["status"] == "diverged"
@@ -281,6 +297,16 @@ def test_plan_owned_flags_after_the_separator_are_refused(extra, message, tmp_pa
                                      "--", *extra]))
     shown = str(caught.value) + capsys.readouterr().err
     assert message in shown
+
+
+def test_num_epochs_before_and_after_the_separator_must_agree(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["width", "--num_epochs", "3", "--results_dir", str(tmp_path), "--",
+                          "--num_epochs=5"])
+    assert "--num_epochs 3 before -- and 5 after it disagree" in capsys.readouterr().err
+    args = sweep.parse_args(["width", "--widths", "4", "--num_epochs", "3", "--results_dir",
+                             str(tmp_path), "--", "--num_epochs=3"])
+    assert sweep.plan(args)[0][0].cfg.num_epochs == 3
 
 
 # --- 9. smaller ones

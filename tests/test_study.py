@@ -170,6 +170,7 @@ def test_study_resumes_skipping_finished_runs(tmp_path, capsys, monkeypatch):
         (tmp_path / "runs" / (r.name + ".json")).write_text(json.dumps(dict(status="finished")))
     launched = []
     monkeypatch.setattr(sweep, "launch_local", lambda todo, *a, **kw: launched.extend(todo) or {})
-    sweep.main(["study", "--results_dir", str(tmp_path)])
+    # --engine process: the patched launcher; the default worker engine would start the study.
+    sweep.main(["study", "--engine", "process", "--results_dir", str(tmp_path)])
     assert [r.name for r in launched] == [r.name for r in runs[3:]]
     assert f"study plan: {len(runs)} runs, 3 skipped" in capsys.readouterr().err
