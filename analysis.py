@@ -314,6 +314,12 @@ def average_seeds(rows) -> pd.DataFrame:
     return configs.reset_index()
 
 
+def data_key(*columns) -> tuple:
+    """A fit's identity for its random stream: the values it fits, not its label (labels name
+    what varies in the whole CSV, so an unrelated group joining it would change them)."""
+    return tuple(tuple(np.asarray(c, float).tolist()) for c in columns)
+
+
 def noise_of(configs) -> laws.Noise:
     return laws.noise_from_seeds(configs.L_seeds)
 
@@ -639,7 +645,7 @@ def _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, wa
             try:
                 fit = laws.fit_law(x, L, form, ceiling=form_ceiling,
                                    n_boot=n_boot if form in laws.BOOTSTRAPPED else 0,
-                                   rng=laws.stream(seed, group.x, group.label, form),
+                                   rng=laws.stream(seed, group.x, group.plan, form, data_key(x, L)),
                                    noise=noise_of(group.configs), bootstrap=bootstrap)
             except (laws.FitError, ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
                 warnings.append(f"{group.x} / {group.label}: {form} not fitted: {e}")
@@ -670,7 +676,8 @@ def _joint(configs, n_boot, seed, delta, grid, bootstrap, warnings):
         used, source = laws.HUBER_DELTA, "Hoffmann et al. 2022 (no repeated seeds to scale it)"
     try:
         fitted = laws.fit_joint(frame.N, frame.D, frame.L, delta=used, n_boot=n_boot,
-                                rng=laws.stream(seed, "joint", label), grid=grid, noise=noise,
+                                rng=laws.stream(seed, "joint", data_key(frame.N, frame.D, frame.L)),
+                                grid=grid, noise=noise,
                                 bootstrap=bootstrap)
     except (laws.FitError, ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
         warnings.append(f"joint fit not done: {e}")
@@ -719,7 +726,8 @@ def compute_optimal(configs, *, compute="C", partner="D", n_boot=200, seed=0, bo
         budgets.append(budget)
     budgets.sort(key=lambda b: b.compute)
     allocation = laws.fit_allocation(budgets, n_boot=n_boot, bootstrap=bootstrap,
-                                     rng=laws.stream(seed, "allocation", best_label, partner))
+                                     rng=laws.stream(seed, "allocation", partner, *(
+                                         data_key(b.N, b.L) for b in budgets)))
     result = ComputeOptimal(partner, compute, best_label, budgets, allocation, joint, best_held)
     warnings += _budget_warnings(result)
     return result

@@ -50,8 +50,9 @@ class FitError(ValueError):
 
 
 def stream(seed: int, *identity) -> np.random.Generator:
-    """A random stream of its own for one fit, from the user's seed and the fit's identity (group,
-    form): adding an unrelated group to the data changes no other fit's intervals."""
+    """A random stream of its own for one fit, from the user's seed and the fit's identity (what
+    it fits: kind, form, the values themselves; analysis.data_key): adding an unrelated group to
+    the data changes no other fit's intervals, and fits of different data draw independently."""
     digest = hashlib.sha256(repr(identity).encode()).digest()
     return np.random.default_rng([int(seed), *np.frombuffer(digest[:16], np.uint32).tolist()])
 

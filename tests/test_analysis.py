@@ -399,6 +399,23 @@ def test_identical_data_gives_identical_intervals_whatever_else_the_csv_holds(tm
     assert width_fits(alone) == width_fits(both) and width_fits(alone)["saturating"] is not None
 
 
+def test_intervals_do_not_change_when_another_recipe_joins_the_csv(tmp_path):
+    """An unrelated group with another lr adds lr=... to every label; the width curve's random
+    stream must not depend on the label (it did: its intervals changed)."""
+    width = make_runs(WIDTH_PLAN)
+    other = make_runs(WIDTH_PLAN, seed=9).assign(lr=0.05)
+    other["config_id"] = other.config_id + "b"
+    other["run_name"] = other.run_name + "b"
+    alone = analysis.analyse(loaded(tmp_path, width), n_boot=30).to_json()
+    both = analysis.analyse(loaded(tmp_path, pd.concat([other, width])), n_boot=30).to_json()
+
+    def width_fits(data, label):
+        return {row["form"]: row["alpha_ci95"] for row in data["single"] if row["group"] == label}
+
+    assert width_fits(alone, WIDTH_GROUP)["saturating"] is not None
+    assert width_fits(alone, WIDTH_GROUP) == width_fits(both, "width: lr=0.1 " + WIDTH_GROUP[7:])
+
+
 def test_degenerate_joint_fit_still_writes_the_report(tmp_path, monkeypatch):
     """A pilot sweep in which D does not matter: beta is not identified, the report says so in the
     table, fits.json and the figure title, no allocation comes from it, and a figure that fails
