@@ -839,14 +839,16 @@ def _grid_edge_warnings(theta, grid=None) -> list:
 
 def joint_influence(N, D, L, fitted: JointFit) -> np.ndarray:
     """(n, 2): the change of (alpha, beta) when each configuration is left out, all n refits at
-    once from the full fit."""
+    once from the full fit; nan where a refit did not converge."""
     log_N, log_D, log_L = (np.log(np.asarray(v, float)) for v in (N, D, L))
     n = len(log_L)
     weights = 1 - np.eye(n)
-    theta, _, _ = bfgs_batched(
+    theta, _, ok = bfgs_batched(
         lambda t, rows: joint_objective(t, log_N, log_D, log_L, weights[rows], fitted.delta),
         np.tile(fitted.theta, (n, 1)), joint_gtol(weights, fitted.delta), 5000)
-    return theta[:, 3:5] - fitted.theta[3:5]
+    shifts = theta[:, 3:5] - fitted.theta[3:5]
+    shifts[~ok] = np.nan       # a refit that did not converge says nothing about the point
+    return shifts
 
 
 
