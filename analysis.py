@@ -241,7 +241,7 @@ def resolve_loss(rows, loss, notes) -> str:
 
 def loss_values(rows, spec: str) -> pd.Series:
     """A column (best_test_loss) or an expression of columns (1 - final_test_acc_avg_last5)."""
-    expression = LOSS_ALIASES.get(spec, spec)
+    expression = spec if spec in rows.columns else LOSS_ALIASES.get(spec, spec)
     if expression in rows.columns:
         values = rows[expression]
     else:
@@ -786,6 +786,8 @@ def _single_influence(groups, single) -> list:
         if fit is None or len(fit.fit.samples) < 10:
             continue
         se = float(np.std(fit.fit.samples[:, 2], ddof=1))
+        if not se > 0:     # every refit the same (a flat curve): round-off is not influence
+            continue
         x, L = group.configs[group.x].to_numpy(float), group.configs.L.to_numpy(float)
         try:
             shifts = laws.influence(x, L, "saturating")
@@ -806,6 +808,8 @@ def _joint_influence(joint) -> list:
     out = []
     for j, name in enumerate(("alpha", "beta")):
         se = float(np.std(joint.samples[:, 2 + 2 * j], ddof=1))
+        if not se > 0:
+            continue
         for i in np.flatnonzero(np.abs(shifts[:, j]) > se):
             out.append(dict(fit="joint", parameter=name, point=_point(frame.iloc[i]),
                             shift=float(shifts[i, j]), se=se))

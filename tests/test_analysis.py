@@ -491,6 +491,24 @@ def test_influential_point_is_reported(tmp_path):
                for r in rows), rows
 
 
+def test_constant_loss_reports_no_influential_points(tmp_path):
+    """Every bootstrap refit of a flat curve is the same: SE 0. Round-off shifts (1e-10) are not
+    influence."""
+    x = np.geomspace(1e3, 1e6, 8)
+    result = analysis.analyse(analysis.load([write(tmp_path, pd.DataFrame(
+        dict(N=x, D=1000, loss=1.0)))]), n_boot=20)
+    assert result.to_json()["influence"] == []
+
+
+def test_a_column_named_like_an_alias_is_that_column(tmp_path):
+    """--loss error with a column called error means that column, not 1 - final_test_acc_avg_last5
+    (absent here: the run was refused)."""
+    x = np.geomspace(1e3, 1e6, 8)
+    path = write(tmp_path, pd.DataFrame(dict(N=x, D=1000, error=0.05 + 3 * x ** -0.3)))
+    assert analysis.main([path, "--out", str(tmp_path / "o"), "--n-boot", "0",
+                          "--loss", "error"]) == 0
+
+
 def test_a_hyperparameter_grid_is_tabulated_with_the_right_means(tmp_path):
     """sweep.py grid --lr 0.015,0.02 --momentum 0.8,0.9 at one size, 3 seeds: one row per
     (lr, momentum) with the mean and std over seeds; no law is fitted and nothing fails."""
