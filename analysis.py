@@ -287,14 +287,15 @@ def drop_unusable(rows, notes) -> pd.DataFrame:
 
 
 def check_positive(rows) -> None:
-    """Every law here is fitted in log space."""
+    """Every law here is fitted in log space (and an infinite N, D or C, e.g. N·D overflowing,
+    has no log either)."""
     for column in [c for c in X_COLUMNS if c in rows.columns] + ["L"]:
-        bad = ~(rows[column] > 0)
+        bad = ~((rows[column] > 0) & (rows[column] < np.inf))
         if column == "total_flops":
             bad &= rows[column].notna()
         if bad.any():
             name = "the loss" if column == "L" else f"column {column!r}"
-            raise AnalysisError(f"{name} must be positive for log-space fits: run "
+            raise AnalysisError(f"{name} must be positive and finite for log-space fits: run "
                                 f"{rows.run_name[bad].iloc[0]!r} has {rows[column][bad].iloc[0]!r} "
                                 f"({bad.sum()} such run(s))")
 
@@ -393,7 +394,8 @@ def _label(plan, frame, columns) -> str:
 
 
 def _plain(value):
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+    if isinstance(value, (float, np.floating)) and float(value).is_integer() and \
+            abs(value) < 1e15:   # 1e300 as an int is 301 digits in a label
         return int(value)
     if isinstance(value, np.generic):
         return value.item()
@@ -776,6 +778,9 @@ def _extrapolations(groups, holdout, ceiling, rosenfeld_ceiling, warnings) -> li
     return out
 
 
+INFLUENCE_MIN = 1e-6   # exponent SEs and shifts below this are round-off of an exact law
+
+
 def _single_influence(groups, single) -> list:
     """Configurations whose removal moves a saturating-law exponent by more than its bootstrap
     standard error."""
@@ -786,7 +791,7 @@ def _single_influence(groups, single) -> list:
         if fit is None or len(fit.fit.samples) < 10:
             continue
         se = float(np.std(fit.fit.samples[:, 2], ddof=1))
-        if not se > 0:     # every refit the same (a flat curve): round-off is not influence
+        if not se > INFLUENCE_MIN:   # every refit the same (an exact law): round-off is not influence
             continue
         x, L = group.configs[group.x].to_numpy(float), group.configs.L.to_numpy(float)
         try:
@@ -808,7 +813,7 @@ def _joint_influence(joint) -> list:
     out = []
     for j, name in enumerate(("alpha", "beta")):
         se = float(np.std(joint.samples[:, 2 + 2 * j], ddof=1))
-        if not se > 0:
+        if not se > INFLUENCE_MIN:
             continue
         for i in np.flatnonzero(np.abs(shifts[:, j]) > se):
             out.append(dict(fit="joint", parameter=name, point=_point(frame.iloc[i]),

@@ -56,7 +56,7 @@ def colours(n):
 
 
 def _plain(value):
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return int(value)
     return value
 

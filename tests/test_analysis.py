@@ -498,6 +498,20 @@ def test_constant_loss_reports_no_influential_points(tmp_path):
     result = analysis.analyse(analysis.load([write(tmp_path, pd.DataFrame(
         dict(N=x, D=1000, loss=1.0)))]), n_boot=20)
     assert result.to_json()["influence"] == []
+    # an exact power law: SE 4e-11, shifts 2e-10
+    result = analysis.analyse(analysis.load([write(tmp_path, pd.DataFrame(
+        dict(N=x, D=1000, loss=2 * x ** -0.1)))]), n_boot=20)
+    assert result.to_json()["influence"] == []
+
+
+def test_overflowing_compute_is_refused_and_huge_values_label_readably(tmp_path, capsys):
+    """N·D = inf (N, D ~ 1e300) has no log: exit 2 naming C, not empty sections. A huge held value
+    is labelled 1e+300, not as a 301-digit integer."""
+    x = np.geomspace(1e3, 1e6, 6)
+    path = write(tmp_path, pd.DataFrame(dict(N=x * 1e300, D=1e300, loss=2 * x ** -0.1)))
+    assert analysis.main([path, "--out", str(tmp_path / "o"), "--n-boot", "0"]) == 2
+    assert "column 'C' must be positive and finite" in capsys.readouterr().err
+    assert analysis._plain(1e300) == 1e300 and analysis._plain(50000.0) == 50000
 
 
 def test_a_column_named_like_an_alias_is_that_column(tmp_path):
