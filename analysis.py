@@ -241,7 +241,7 @@ def resolve_loss(rows, loss, notes) -> str:
 
 def loss_values(rows, spec: str) -> pd.Series:
     """A column (best_test_loss) or an expression of columns (1 - final_test_acc_avg_last5)."""
-    expression = LOSS_ALIASES.get(spec, spec)
+    expression = spec if spec in rows.columns else LOSS_ALIASES.get(spec, spec)
     if expression in rows.columns:
         values = rows[expression]
     else:
@@ -287,14 +287,15 @@ def drop_unusable(rows, notes) -> pd.DataFrame:
 
 
 def check_positive(rows) -> None:
-    """Every law here is fitted in log space."""
+    """Every law here is fitted in log space (and an infinite N, D or C, e.g. N·D overflowing,
+    has no log either)."""
     for column in [c for c in X_COLUMNS if c in rows.columns] + ["L"]:
-        bad = ~(rows[column] > 0)
+        bad = ~((rows[column] > 0) & (rows[column] < np.inf))
         if column == "total_flops":
             bad &= rows[column].notna()
         if bad.any():
             name = "the loss" if column == "L" else f"column {column!r}"
-            raise AnalysisError(f"{name} must be positive for log-space fits: run "
+            raise AnalysisError(f"{name} must be positive and finite for log-space fits: run "
                                 f"{rows.run_name[bad].iloc[0]!r} has {rows[column][bad].iloc[0]!r} "
                                 f"({bad.sum()} such run(s))")
 
@@ -312,6 +313,12 @@ def average_seeds(rows) -> pd.DataFrame:
     if "code_version" in rows.columns:
         configs["code_versions"] = by_config.code_version.agg(lambda v: sorted(set(v.dropna())))
     return configs.reset_index()
+
+
+def data_key(*columns) -> tuple:
+    """A fit's identity for its random stream: the values it fits, not its label (labels name
+    what varies in the whole CSV, so an unrelated group joining it would change them)."""
+    return tuple(tuple(np.asarray(c, float).tolist()) for c in columns)
 
 
 def noise_of(configs) -> laws.Noise:
@@ -387,7 +394,8 @@ def _label(plan, frame, columns) -> str:
 
 
 def _plain(value):
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+    if isinstance(value, (float, np.floating)) and float(value).is_integer() and \
+            abs(value) < 1e15:   # 1e300 as an int is 301 digits in a label
         return int(value)
     if isinstance(value, np.generic):
         return value.item()
@@ -639,7 +647,7 @@ def _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, wa
             try:
                 fit = laws.fit_law(x, L, form, ceiling=form_ceiling,
                                    n_boot=n_boot if form in laws.BOOTSTRAPPED else 0,
-                                   rng=laws.stream(seed, group.x, group.label, form),
+                                   rng=laws.stream(seed, group.x, group.plan, form, data_key(x, L)),
                                    noise=noise_of(group.configs), bootstrap=bootstrap)
             except (laws.FitError, ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
                 warnings.append(f"{group.x} / {group.label}: {form} not fitted: {e}")
@@ -670,7 +678,8 @@ def _joint(configs, n_boot, seed, delta, grid, bootstrap, warnings):
         used, source = laws.HUBER_DELTA, "Hoffmann et al. 2022 (no repeated seeds to scale it)"
     try:
         fitted = laws.fit_joint(frame.N, frame.D, frame.L, delta=used, n_boot=n_boot,
-                                rng=laws.stream(seed, "joint", label), grid=grid, noise=noise,
+                                rng=laws.stream(seed, "joint", data_key(frame.N, frame.D, frame.L)),
+                                grid=grid, noise=noise,
                                 bootstrap=bootstrap)
     except (laws.FitError, ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
         warnings.append(f"joint fit not done: {e}")
@@ -719,7 +728,8 @@ def compute_optimal(configs, *, compute="C", partner="D", n_boot=200, seed=0, bo
         budgets.append(budget)
     budgets.sort(key=lambda b: b.compute)
     allocation = laws.fit_allocation(budgets, n_boot=n_boot, bootstrap=bootstrap,
-                                     rng=laws.stream(seed, "allocation", best_label, partner))
+                                     rng=laws.stream(seed, "allocation", partner, *(
+                                         data_key(b.N, b.L) for b in budgets)))
     result = ComputeOptimal(partner, compute, best_label, budgets, allocation, joint, best_held)
     warnings += _budget_warnings(result)
     return result
@@ -768,6 +778,9 @@ def _extrapolations(groups, holdout, ceiling, rosenfeld_ceiling, warnings) -> li
     return out
 
 
+INFLUENCE_MIN = 1e-6   # exponent SEs and shifts below this are round-off of an exact law
+
+
 def _single_influence(groups, single) -> list:
     """Configurations whose removal moves a saturating-law exponent by more than its bootstrap
     standard error."""
@@ -778,6 +791,8 @@ def _single_influence(groups, single) -> list:
         if fit is None or len(fit.fit.samples) < 10:
             continue
         se = float(np.std(fit.fit.samples[:, 2], ddof=1))
+        if not se > INFLUENCE_MIN:   # every refit the same (an exact law): round-off is not influence
+            continue
         x, L = group.configs[group.x].to_numpy(float), group.configs.L.to_numpy(float)
         try:
             shifts = laws.influence(x, L, "saturating")
@@ -798,6 +813,8 @@ def _joint_influence(joint) -> list:
     out = []
     for j, name in enumerate(("alpha", "beta")):
         se = float(np.std(joint.samples[:, 2 + 2 * j], ddof=1))
+        if not se > INFLUENCE_MIN:
+            continue
         for i in np.flatnonzero(np.abs(shifts[:, j]) > se):
             out.append(dict(fit="joint", parameter=name, point=_point(frame.iloc[i]),
                             shift=float(shifts[i, j]), se=se))

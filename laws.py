@@ -50,8 +50,9 @@ class FitError(ValueError):
 
 
 def stream(seed: int, *identity) -> np.random.Generator:
-    """A random stream of its own for one fit, from the user's seed and the fit's identity (group,
-    form): adding an unrelated group to the data changes no other fit's intervals."""
+    """A random stream of its own for one fit, from the user's seed and the fit's identity (what
+    it fits: kind, form, the values themselves; analysis.data_key): adding an unrelated group to
+    the data changes no other fit's intervals, and fits of different data draw independently."""
     digest = hashlib.sha256(repr(identity).encode()).digest()
     return np.random.default_rng([int(seed), *np.frombuffer(digest[:16], np.uint32).tolist()])
 
@@ -301,6 +302,16 @@ def _below_ceiling(L, ceiling, form):
 
 
 M4_MARGIN = 1e-3   # E stays this fraction below the smallest loss: log(L - E) must be finite
+M4_CEILING_SPAN = (1e-4, 10.0)   # a learned L0 is searched over L_max (1 + M4_MARGIN + [these])
+
+
+def _m4_ceiling_at_bound(L0: float, L_max: float) -> bool:
+    """A learned L0 at an end of its search interval (to the scalar search's tolerance, 1e-3 in
+    log of the offset): the data did not place it."""
+    offset = L0 / L_max - 1 - M4_MARGIN
+    if not offset > 0:
+        return True
+    return bool(min(abs(math.log(offset / u)) for u in M4_CEILING_SPAN) <= 1e-2)
 
 
 def _m4_linear(log_x, L, E, ceiling):
@@ -385,7 +396,7 @@ def _fit_m4(x, L, ceiling=None, start=None):
         except FitError:
             return np.inf
 
-    grid = np.log(np.geomspace(1e-4, 10.0, 11))
+    grid = np.log(np.geomspace(*M4_CEILING_SPAN, 11))
     values = np.array([sse(u) for u in grid])
     if not np.isfinite(values).any():
         raise FitError("m4: no ceiling L0 above the largest loss gives a fit")
@@ -487,10 +498,10 @@ def single_bounds(form: str, theta, L, ceiling=None) -> list:
     elif form == "saturating":
         checks = [("E", theta[0], 0.0, E_max), ("alpha", theta[2], 0.0, ALPHA_MAX)]
     elif form == "m4":
-        checks = [("E", theta[0], 0.0, E_max), ("c", theta[2], 0.0, ALPHA_MAX),
+        checks = [("E", theta[0], 0.0, E_max * (1 - M4_MARGIN)), ("c", theta[2], 0.0, ALPHA_MAX),
                   ("alpha", theta[3], 0.0, ALPHA_MAX)]
-        if ceiling is None:
-            checks.append(("L0", theta[4], float(np.max(L)), np.inf))
+        if ceiling is None and _m4_ceiling_at_bound(theta[4], float(np.max(L))):
+            flagged.append("L0")
     else:
         checks = [("c_inf", theta[0], 0.0, np.inf), ("beta", theta[2], 0.0, ALPHA_MAX)]
     for name, value, lo, hi in checks:
@@ -828,14 +839,16 @@ def _grid_edge_warnings(theta, grid=None) -> list:
 
 def joint_influence(N, D, L, fitted: JointFit) -> np.ndarray:
     """(n, 2): the change of (alpha, beta) when each configuration is left out, all n refits at
-    once from the full fit."""
+    once from the full fit; nan where a refit did not converge."""
     log_N, log_D, log_L = (np.log(np.asarray(v, float)) for v in (N, D, L))
     n = len(log_L)
     weights = 1 - np.eye(n)
-    theta, _, _ = bfgs_batched(
+    theta, _, ok = bfgs_batched(
         lambda t, rows: joint_objective(t, log_N, log_D, log_L, weights[rows], fitted.delta),
         np.tile(fitted.theta, (n, 1)), joint_gtol(weights, fitted.delta), 5000)
-    return theta[:, 3:5] - fitted.theta[3:5]
+    shifts = theta[:, 3:5] - fitted.theta[3:5]
+    shifts[~ok] = np.nan       # a refit that did not converge says nothing about the point
+    return shifts
 
 
 
@@ -920,13 +933,18 @@ def _allocation_bootstrap(budgets, n_boot, rng, mode):
     """Every budget's parabola refitted on resampled runs (batched least squares), its vertex
     found, both lines refitted across budgets. A budget whose resampled parabola has no minimum
     (or fewer than 3 distinct N) drops out of that resample; a resample left with < 2 budgets
-    is dropped. Parametric noise is inflated by one Birge ratio pooled over the budgets."""
+    is dropped. Parametric noise: the seed SD pooled over every budget (one noise model for the
+    fit, as in the joint fit; a budget whose runs have one seed each is not left out of the
+    resamples), inflated by one Birge ratio pooled over the budgets."""
     inflation = 1.0
     if mode == "parametric":
+        sigma = Noise([s for budget in budgets for s in budget.noise.seeds]).sigma
+        point_sd = [sigma / np.sqrt(budget.noise.n_seeds) for budget in budgets]
         chi2 = dof = 0.0
-        for budget in budgets:
+        for budget, sd in zip(budgets, point_sd):
             fitted = np.polyval(budget.coef, np.log(budget.N))
-            chi2 += ((np.log(budget.L / fitted)) ** 2 / budget.noise.point_sd() ** 2).sum()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                chi2 += np.nansum(np.log(budget.L / fitted) ** 2 / sd ** 2)
             dof += len(budget.N) - 3
         inflation = max(1.0, math.sqrt(chi2 / max(dof, 1)))
     vertices = np.full((n_boot, len(budgets), 2), np.nan)
@@ -936,7 +954,7 @@ def _allocation_bootstrap(budgets, n_boot, rng, mode):
         if mode == "parametric":
             fitted = np.log(np.maximum(np.polyval(budget.coef, u), 1e-12))
             weights, targets = np.ones((n_boot, len(u))), \
-                fitted + inflation * budget.noise.point_sd() * rng.standard_normal((n_boot, len(u)))
+                fitted + inflation * point_sd[j] * rng.standard_normal((n_boot, len(u)))
         else:
             weights, targets, _ = resample(mode, n_boot, rng, log_L, log_L, budget.noise, 3)
         design = np.stack([u * u, u, np.ones_like(u)], 1)

@@ -34,6 +34,10 @@ def log_axes(ax, x=True, y=True):
         ax.xaxis.set_minor_formatter(NullFormatter())
     if y:
         ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        if 0 < lo and hi < lo * 1.1:   # a flat loss: autoscaling would magnify round-off
+            centre = math.sqrt(lo * hi)
+            ax.set_ylim(centre / 1.05, centre * 1.05)
 
         def minor(value, _):
             decades = math.log10(ax.get_ylim()[1] / ax.get_ylim()[0])
@@ -52,7 +56,7 @@ def colours(n):
 
 
 def _plain(value):
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return int(value)
     return value
 

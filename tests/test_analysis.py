@@ -399,6 +399,23 @@ def test_identical_data_gives_identical_intervals_whatever_else_the_csv_holds(tm
     assert width_fits(alone) == width_fits(both) and width_fits(alone)["saturating"] is not None
 
 
+def test_intervals_do_not_change_when_another_recipe_joins_the_csv(tmp_path):
+    """An unrelated group with another lr adds lr=... to every label; the width curve's random
+    stream must not depend on the label (it did: its intervals changed)."""
+    width = make_runs(WIDTH_PLAN)
+    other = make_runs(WIDTH_PLAN, seed=9).assign(lr=0.05)
+    other["config_id"] = other.config_id + "b"
+    other["run_name"] = other.run_name + "b"
+    alone = analysis.analyse(loaded(tmp_path, width), n_boot=30).to_json()
+    both = analysis.analyse(loaded(tmp_path, pd.concat([other, width])), n_boot=30).to_json()
+
+    def width_fits(data, label):
+        return {row["form"]: row["alpha_ci95"] for row in data["single"] if row["group"] == label}
+
+    assert width_fits(alone, WIDTH_GROUP)["saturating"] is not None
+    assert width_fits(alone, WIDTH_GROUP) == width_fits(both, "width: lr=0.1 " + WIDTH_GROUP[7:])
+
+
 def test_degenerate_joint_fit_still_writes_the_report(tmp_path, monkeypatch):
     """A pilot sweep in which D does not matter: beta is not identified, the report says so in the
     table, fits.json and the figure title, no allocation comes from it, and a figure that fails
@@ -472,6 +489,38 @@ def test_influential_point_is_reported(tmp_path):
     rows = [r for r in result.to_json()["influence"] if r["fit"] == f"N / {WIDTH_GROUP}"]
     assert any(f"N={cnn_params(64, 2)}" in r["point"] and abs(r["shift"]) > r["se"]
                for r in rows), rows
+
+
+def test_constant_loss_reports_no_influential_points(tmp_path):
+    """Every bootstrap refit of a flat curve is the same: SE 0. Round-off shifts (1e-10) are not
+    influence."""
+    x = np.geomspace(1e3, 1e6, 8)
+    result = analysis.analyse(analysis.load([write(tmp_path, pd.DataFrame(
+        dict(N=x, D=1000, loss=1.0)))]), n_boot=20)
+    assert result.to_json()["influence"] == []
+    # an exact power law: SE 4e-11, shifts 2e-10
+    result = analysis.analyse(analysis.load([write(tmp_path, pd.DataFrame(
+        dict(N=x, D=1000, loss=2 * x ** -0.1)))]), n_boot=20)
+    assert result.to_json()["influence"] == []
+
+
+def test_overflowing_compute_is_refused_and_huge_values_label_readably(tmp_path, capsys):
+    """N·D = inf (N, D ~ 1e300) has no log: exit 2 naming C, not empty sections. A huge held value
+    is labelled 1e+300, not as a 301-digit integer."""
+    x = np.geomspace(1e3, 1e6, 6)
+    path = write(tmp_path, pd.DataFrame(dict(N=x * 1e300, D=1e300, loss=2 * x ** -0.1)))
+    assert analysis.main([path, "--out", str(tmp_path / "o"), "--n-boot", "0"]) == 2
+    assert "column 'C' must be positive and finite" in capsys.readouterr().err
+    assert analysis._plain(1e300) == 1e300 and analysis._plain(50000.0) == 50000
+
+
+def test_a_column_named_like_an_alias_is_that_column(tmp_path):
+    """--loss error with a column called error means that column, not 1 - final_test_acc_avg_last5
+    (absent here: the run was refused)."""
+    x = np.geomspace(1e3, 1e6, 8)
+    path = write(tmp_path, pd.DataFrame(dict(N=x, D=1000, error=0.05 + 3 * x ** -0.3)))
+    assert analysis.main([path, "--out", str(tmp_path / "o"), "--n-boot", "0",
+                          "--loss", "error"]) == 0
 
 
 def test_a_hyperparameter_grid_is_tabulated_with_the_right_means(tmp_path):

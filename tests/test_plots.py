@@ -69,3 +69,15 @@ def test_figure_titles_say_when_the_joint_law_is_not_identified(tmp_path):
     fig = plots.joint(result.joint, result.joint.configs, "loss")
     titles = " ".join(ax.get_title() for ax in fig.axes).replace("\n", " ")
     assert "beta" in titles and "not identified by these runs" in titles
+
+
+def test_a_flat_loss_keeps_a_readable_loss_axis():
+    """A constant loss (every fit flat) autoscaled a log axis to round-off (1 +- 1e-15), drawing
+    the flat law as a staircase. The loss axis spans at least 10%."""
+    import numpy as np
+    x = np.geomspace(1e3, 1e6, 6)
+    fig, (ax,) = plots.figure()
+    ax.plot(x, np.full_like(x, 1.0) * (1 + 1e-16 * np.arange(6)))
+    plots.log_axes(ax)
+    lo, hi = ax.get_ylim()
+    assert hi / lo >= 1.1, (lo, hi)
