@@ -23,6 +23,11 @@ METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "lr", "val_loss",
 # separate runs to rounding, which training amplifies (x10 per step for resnet8 at lr 0.1 here;
 # in fp64 they agree to 1e-12, test_fused_sgd_steps_equal_torch_sgd_in_fp64). Hence lr 0.05.
 LOSS_TOL = 2e-4
+# resnet8 on the real JPEG copy (CI's data): seed 0's second-epoch training loss differs by 1.5e-3
+# (lr 0.05) while one fp32 step agrees to 1e-5 and fp64 steps to 1e-15: rounding, amplified. A
+# wiring error (another order, crop or init) moves these losses by 1e-2 or more. Its training
+# accuracy then differs by 2 of the 192 images (near-tied logits flip); 4 are allowed.
+RESNET8_TOL, RESNET8_ACC_TOL = 3e-3, 4 / 192
 
 
 def configs(data_dir, results_dir, copies, **shared):
@@ -39,11 +44,12 @@ def summary(cfg) -> dict:
         return json.load(f)
 
 
-def assert_same_rows(a, b):
+def assert_same_rows(a, b, tol=LOSS_TOL, acc_tol=LOSS_TOL):
     a, b = rows(a), rows(b)
     assert list(a.columns) == list(b.columns) and len(a) == len(b)
     for column in METRICS:
-        assert a[column].to_numpy() == pytest.approx(b[column].to_numpy(), abs=LOSS_TOL, nan_ok=True), column
+        close = pytest.approx(b[column].to_numpy(), abs=acc_tol if "acc" in column else tol, nan_ok=True)
+        assert a[column].to_numpy() == close, column
 
 
 def separate_and_fused(data_dir, tmp_path, copies, **shared):
@@ -160,7 +166,10 @@ def test_bundle_of_seeds_equals_separate_train_py_runs(data_dir, tmp_path, name)
     alone, bundle = separate_and_fused(data_dir, tmp_path, [dict(seed=s) for s in (0, 1, 2)],
                                        model=name, bn=name == "simplecnn")
     for a, b in zip(alone, bundle):
-        assert_same_rows(a, b)
+        if name == "resnet8":
+            assert_same_rows(a, b, RESNET8_TOL, RESNET8_ACC_TOL)
+        else:
+            assert_same_rows(a, b)
         sa, sb = summary(a), summary(b)
         assert (sa["run_name"], sa["N"], sa["C"], sa["status"], sa["data_fingerprint"]) == \
                (sb["run_name"], sb["N"], sb["C"], sb["status"], sb["data_fingerprint"])
