@@ -14,6 +14,7 @@ import pandas as pd
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 import analysis  # noqa: E402
+import laws  # noqa: E402
 
 # The truth: L(N, D) = E + A/N^alpha + B/D_eff^beta, D_eff = D·(epochs/20)^0.5, terms of CIFAR's
 # size (loss ~0.4-2 nats over N 1e3..1e7, D 1e3..5e4).
@@ -152,3 +153,12 @@ DATA_PLAN = [(32, 2, D, EPOCHS) for D in (1000, 2000, 4000, 8000, 16000, 32000, 
 SMALL_GRID = dict(a=[2.0, 8.0], b=[0.0, 4.0], e=[-2.0, 0.0], alpha=[0.2, 0.8], beta=[0.2, 0.8])
 
 
+def assert_joint_recovers(fit: dict, abs_tol: dict, law=LAW):
+    """A converged joint fit near the true law (abs_tol per parameter, ~4 SD of the design), each
+    estimate inside its own 95% interval."""
+    assert fit["converged"] and not fit["warnings"] and fit["n_boot_converged"] == 50
+    for name, tol in abs_tol.items():
+        assert abs(fit[name] - law[name]) <= tol, (name, fit[name], law[name])
+    for name in laws.JOINT_PARAMS:
+        lo, hi = fit[f"{name}_ci95"]
+        assert lo < fit[name] < hi, name

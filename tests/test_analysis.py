@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from synthetic_runs import (DATA_PLAN, EPOCHS, LAW, REPO, SMALL_GRID, WIDTH_GROUP, WIDTH_PLAN,
-                            WIDTHS, cnn_flops, cnn_params, isoflop_points, loaded, make_runs,
-                            optimum, single, sweep_points, true_loss, width_for, write,
-                            write_sweep)
+                            WIDTHS, assert_joint_recovers, cnn_flops, cnn_params, isoflop_points,
+                            loaded, make_runs, optimum, single, sweep_points, true_loss, width_for,
+                            write, write_sweep)
 import analysis
 import laws
 from analysis import AnalysisError
@@ -205,14 +205,8 @@ def test_joint_fit_recovers_the_law(tmp_path):
     label, frame = analysis.joint_slice(runs.configs)
     assert label == "joint: epochs=20" and len(frame) == len(runs.configs)
     joint = laws.fit_joint(frame.N, frame.D, frame.L, n_boot=50).to_json()   # default grid
-    assert joint["converged"] and not joint["warnings"] and joint["n_boot_converged"] == 50
     # SD over 30 simulated sweeps: alpha 0.017, beta 0.025, E 0.041; tolerances ~4 SD
-    assert joint["alpha"] == pytest.approx(LAW["alpha"], abs=0.07)
-    assert joint["beta"] == pytest.approx(LAW["beta"], abs=0.10)
-    assert joint["E"] == pytest.approx(LAW["E"], abs=0.16)
-    for name in laws.JOINT_PARAMS:
-        lo, hi = joint[f"{name}_ci95"]
-        assert lo < joint[name] < hi
+    assert_joint_recovers(joint, dict(alpha=0.07, beta=0.10, E=0.16))
 
 
 # ---------------------------------------------------------------------------------------------
