@@ -289,10 +289,10 @@ class Worker:
         codes = {}
         for bundle in bundles:
             bundle = [dataclasses.replace(c, force=force or c.force) for c in bundle]
-            # train.py's rule: a run with a summary is skipped (its row repaired), with force its
-            # old checkpoint is dropped and it trains again.
-            codes.update(self._run_isolated([c for c in bundle
-                                             if not train.finished_summary(c, stem_of(c))], log))
+            # train.py's rule: a run with a summary is skipped (its row repaired); with force it
+            # trains again, its old checkpoint dropped under its lock (_run_isolated, train.train).
+            codes.update(self._run_isolated([c for c in bundle if c.force
+                                             or not train.finished_summary(c, stem_of(c))], log))
         return codes
 
     def _run_isolated(self, cfgs, log) -> dict:
@@ -301,12 +301,13 @@ class Worker:
         names = [train.run_name(c) for c in cfgs]
         try:
             if len(cfgs) > 1:
-                with claimed(cfgs):
-                    statuses = self.train_bundle(cfgs)
+                with claimed(cfgs):  # as train.train: looked at again under the locks
+                    todo = [c for c in cfgs if not train.finished_summary(c, stem_of(c))]
+                    statuses = self.train_bundle(todo) if todo else {}
             else:  # a bundle of one is train.py's run, bit for bit (train.train claims it)
                 statuses = {names[0]: train.train(cfgs[0])["status"]}
             log(f"bundle of {len(cfgs)}: " + ", ".join(f"{n} {s}" for n, s in statuses.items()))
-            return {name: 0 for name in statuses}
+            return {name: 0 for name in names}
         except Exception as error:  # noqa: BLE001 - a run's failure must not end the queue
             if len(cfgs) > 1:  # retry alone (each resumes its checkpoint) to find the culprit
                 log(f"bundle of {len(cfgs)} failed ({error!r}); retrying its runs one by one")
