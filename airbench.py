@@ -98,7 +98,7 @@ from torch import nn
 import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image
 from train import (MAX_SEED, ConfigError, as_flag, device_name, hp, resolve_device, sync,
-                   validate)
+                   training_flops, validate)
 from train import config_id as _config_id
 from utils import (append_row, atomic_write, config_yaml, file_lock, git_version,
                    parser_from_dataclass, set_seed, settings_given, write_csv)
@@ -620,7 +620,7 @@ def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, times, 
         run_name=run_name(cfg), config_id=config_id(cfg), status=status, model=MODEL_NAME,
         width=cfg.width, depth=CONVS_PER_BLOCK, seed=cfg.seed, N=N, D=D, epochs=epochs,
         C=N * D * epochs, flops_per_image=flops_per_image,
-        total_flops=3 * flops_per_image * D * epochs,  # forward + backward ~ 3x forward
+        total_flops=training_flops(flops_per_image, D, epochs),
         final_test_loss_avg_last5=mean("val_loss"), final_test_acc_avg_last5=mean("val_acc"),
         tta_val_acc=tta_val_acc,
         best_test_loss=min((r["val_loss"] for r in rows), default=float("nan")),

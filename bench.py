@@ -105,7 +105,7 @@ def timed_table(args, device, device_name):
             cfg = pipeline_config(pipeline, device, width=width, depth=depth,
                                   dataset_size=args.dataset_size, data_dir=args.data_dir)
             summary, epoch_s, eval_s = time_epochs(cfg, args.warmup, args.epochs)
-            tflops = 3 * summary["flops_per_image"] * args.dataset_size / epoch_s / 1e12
+            tflops = train.training_flops(summary["flops_per_image"], args.dataset_size, 1) / epoch_s / 1e12
             peak = peak_tflops(device_name, cfg.precision)
             rows.append(dict(size=size, pipeline=pipeline, epoch_s=epoch_s, eval_s=eval_s,
                              projected_100_epochs_s=projected_run_s(epoch_s, eval_s),

@@ -240,8 +240,9 @@ def flops_per_image(model: str, width: int, depth: int, bn: bool) -> int:
 
 
 def training_flops(cfg: train.Config) -> int:
-    """train.summarize's total_flops: backward ~ 2x forward."""
-    return 3 * flops_per_image(cfg.model, cfg.width, cfg.depth, cfg.bn) * cfg.dataset_size * cfg.num_epochs
+    """A planned run's total_flops, as train.summarize will record it."""
+    return train.training_flops(flops_per_image(cfg.model, cfg.width, cfg.depth, cfg.bn),
+                                cfg.dataset_size, cfg.num_epochs)
 
 
 def gpu_bench_figures(path: str):

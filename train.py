@@ -296,7 +296,7 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         C=N * D * epochs,  # the brief's compute proxy
         steps=epochs * math.ceil(D / cfg.batch_size),  # optimiser steps (last batch partial)
         flops_per_image=flops_per_image,
-        total_flops=3 * flops_per_image * D * epochs,  # forward + backward ~ 3x forward
+        total_flops=training_flops(flops_per_image, D, epochs),
         **last5_and_best(rows, "test"),
         final_train_loss=rows[-1]["train_loss"] if rows else float("nan"),
         final_train_acc=rows[-1]["train_acc"] if rows else float("nan"),
@@ -315,6 +315,11 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         code_version=git_version(), **fingerprints,
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return row
+
+
+def training_flops(flops_per_image: int, images: float, epochs: float) -> float:
+    """FLOPs of training on `images` images for `epochs` epochs: forward + backward ~ 3x forward."""
+    return 3 * flops_per_image * images * epochs
 
 
 def is_diverged(losses, params_finite: bool) -> bool:
