@@ -204,6 +204,8 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=watch, daemon=True, name="exit_with_parent").start()
+
+
 # ---------------------------------------------------------------------------------------------
 # Config files: a YAML mapping of a hyperparameter dataclass's fields (document 004's habit)
 

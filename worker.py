@@ -154,7 +154,7 @@ class Copy:
 
     def __init__(self, cfg, device):
         self.cfg, self.name = cfg, train.run_name(cfg)
-        self.stem = os.path.join(cfg.results_dir, "runs", self.name)
+        self.stem = stem_of(cfg)
         torch.manual_seed(cfg.seed)  # train.py's initialisation of this seed
         self.model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn).to(device)
         self.optimizer = train.make_optimizer(self.model, cfg, device)
