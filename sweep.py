@@ -23,7 +23,6 @@ import argparse
 import functools
 import glob
 import itertools
-import json
 import math
 import os
 import re
@@ -44,7 +43,7 @@ import train
 import worker
 from data import NUM_TRAIN
 from model import build_model, forward_flops_per_image, num_params
-from utils import PARENT_PID_ENV, file_lock, read_csv, write_csv
+from utils import PARENT_PID_ENV, ResultsFileError, file_lock, read_csv, read_summary, write_csv
 from worker import log_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -500,10 +499,15 @@ def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
 
 def collect(results_dir: str) -> int:
     """Rebuild final_data.csv from the per-run summaries. The old file is kept beside it."""
-    rows = []
+    rows, damaged = [], []
     for path in sorted(glob.glob(os.path.join(results_dir, "runs", "*.json"))):
-        with open(path) as f:
-            rows.append(json.load(f))
+        try:
+            rows.append(read_summary(path))
+        except ResultsFileError as e:
+            damaged.append(str(e))
+    if damaged:  # refused whole: a rebuilt file without them would drop their rows unnoticed
+        raise PlanError(f"{len(damaged)} damaged run summaries, final_data.csv left as it is:\n  "
+                        + "\n  ".join(damaged))
     if not rows:
         raise PlanError(f"no run summaries under {results_dir}/runs/")
     rows.sort(key=lambda r: r.get("timestamp", ""))
@@ -782,11 +786,10 @@ def report(codes: dict, results_dir: str):
 
 
 def _status(results_dir, name):
-    path = os.path.join(results_dir, "runs", name + ".json")
-    if not os.path.exists(path):
+    try:
+        return read_summary(os.path.join(results_dir, "runs", name + ".json")).get("status")
+    except ResultsFileError:  # none, or damaged: the run's own log says which
         return None
-    with open(path) as f:
-        return json.load(f).get("status")
 
 
 if __name__ == "__main__":

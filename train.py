@@ -34,7 +34,7 @@ import data
 from model import MODELS, build_model, count_params, forward_flops_per_image, num_params
 from utils import (ConfigFileError, ResultsFileError, append_row, atomic_write, config_yaml,
                    csv_tail_error, exit_with_parent, file_lock, git_version, parser_from_dataclass,
-                   read_config_file, read_csv, set_seed, settings_given, write_csv)
+                   read_config_file, read_csv, read_summary, set_seed, settings_given, write_csv)
 
 LAST_K = 5  # the brief's final metric averages the last 5 test evaluations (= last 5 epochs)
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
@@ -561,8 +561,7 @@ def finished_summary(cfg: Config, stem: str):
         with contextlib.suppress(FileNotFoundError):  # the old run's: retraining starts afresh
             os.remove(stem + ".ckpt.pt")
         return None
-    with open(stem + ".json") as f:
-        summary = json.load(f)
+    summary = read_summary(stem + ".json")
     final = os.path.join(cfg.results_dir, "final_data.csv")
     if not os.path.exists(final) or summary["run_name"] not in {r.get("run_name") for r in read_csv(final)}:
         append_row(final, summary, key="run_name")

@@ -9,6 +9,7 @@ import argparse
 import csv
 import dataclasses
 import io
+import json
 import os
 import random
 import re
@@ -121,6 +122,21 @@ def csv_tail_error(path: str):
                 f"crash. Delete that line (python sweep.py collect rebuilds the file from "
                 f"runs/*.json), then run again")
     return None
+
+
+def read_summary(path: str) -> dict:
+    """A run's summary (runs/<run_name>.json). A damaged one (a crash mid-write, a hand edit) is
+    named with the way out rather than met with a traceback."""
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as e:
+        summary = e
+    if not isinstance(summary, dict) or "run_name" not in summary:
+        reason = f"{type(summary).__name__}: {summary}" if isinstance(summary, Exception) else "no run_name"
+        raise ResultsFileError(f"{path} is not a readable run summary ({reason}); delete it, or "
+                               f"pass --force, to train that run again")
+    return summary
 
 
 def append_row(path: str, row: dict, key: str = None) -> None:

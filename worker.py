@@ -33,7 +33,7 @@ import data
 import fused
 import train
 from model import build_model, count_params, forward_flops_per_image, num_params
-from utils import atomic_write, exit_with_parent, set_seed, write_csv
+from utils import ResultsFileError, atomic_write, exit_with_parent, set_seed, write_csv
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
 GPU_MAX_BUNDLE = 16  # copies per fused network on CUDA: a plan's 3 seeds x a few lr values
@@ -291,8 +291,15 @@ class Worker:
             bundle = [dataclasses.replace(c, force=force or c.force) for c in bundle]
             # train.py's rule: a run with a summary is skipped (its row repaired); with force it
             # trains again, its old checkpoint dropped under its lock (_run_isolated, train.train).
-            codes.update(self._run_isolated([c for c in bundle if c.force
-                                             or not train.finished_summary(c, stem_of(c))], log))
+            todo = []
+            for c in bundle:
+                try:
+                    if c.force or not train.finished_summary(c, stem_of(c)):
+                        todo.append(c)
+                except ResultsFileError as error:  # fails this run, as train.py would
+                    log(f"failed: {train.run_name(c)}: {error}")
+                    codes[train.run_name(c)] = 1
+            codes.update(self._run_isolated(todo, log))
         return codes
 
     def _run_isolated(self, cfgs, log) -> dict:

@@ -6,7 +6,7 @@
 # Here, once per session (the device gets the checkout only):
 #   mkdir -p .gpu-data && cp -r ../shared/cifar10 .gpu-data/    (.gitignore already ignores it;
 #   in a worktree .git is a file, so .git/info/exclude cannot be written)
-# Then one device call per stage, e.g.
+# Then one device call per stage, the first one `smoke`, e.g.
 #   run(command="bash Notes/gpu_session.sh speed", carry=[".gpu-data"], timeout_s=600)
 # Every stage writes its logs and tables under $OUT; copy the tables into Notes/benchmarks.md
 # under a heading naming the device (bench.py's tables already carry device, date and commit).
@@ -24,13 +24,29 @@ step() {  # step SECONDS NAME COMMAND...: one measurement, cut off at SECONDS, l
   local limit=$1 name=$2; shift 2
   log "$name: $*"
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
-  log "$name: exit $?"
+  local code=$?
+  log "$name: exit $code"
+  [ $code = 0 ] || tail -n 8 "$OUT/$name.log"  # lands in the device call's output_tail
 }
 
 [ -f data/cifar-10-batches-py/test_batch ] || python .gpu-data/cifar10/prepare.py data
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 
 case "${1:-}" in
+smoke)  # every CUDA-only path on a tiny problem (compile + CUDA graphs, bf16, --deterministic,
+  # fused bundles in the worker, bench.py, airbench): a broken path shows here in minutes
+  # instead of eating a 10-minute stage. The session's first call, alone (cut-offs: 8.5 min).
+  rm -rf results/smoke
+  TINY="--depth 1 --dataset_size 2000 --num_epochs 2 --test_freq 1 --results_dir results/smoke"
+  step 120 smoke_fast python train.py --width 8 $TINY $FAST
+  step 60 smoke_deterministic python train.py --width 8 $TINY --deterministic
+  step 180 smoke_worker python sweep.py width --widths 16,32 --seeds 0,1 \
+    --results_dir results/smoke -- --depth 1 --dataset_size 2000 --num_epochs 2 --test_freq 1 $FAST
+  step 60 smoke_bench python bench.py --sizes 8x1 --dataset_size 2000 --warmup 1 --epochs 1 \
+    --notes "$OUT/smoke_bench.md"
+  step 90 smoke_airbench python airbench.py --runs 1 --notes "$OUT/smoke_airbench.md"
+  cp results/smoke/final_data.csv "$OUT/smoke_final_data.csv" 2>/dev/null
+  ;;
 speed)  # issue 14, items 1 and 3: every pipeline's s/epoch and MFU; --deterministic on CUDA
   rm -rf results/det_a results/det_b  # a warm machine keeps them: a rerun would skip, not train
   step 330 bench_timed python bench.py --sizes 32x2,8x1,128x4 --notes "$OUT/bench_timed.md"
@@ -84,7 +100,7 @@ study)  # issue 15: the study, resumed from the last call's results
       | grep "study plan"; } > "$OUT/study_left.txt" 2>&1
   ;;
 *)
-  echo "usage: bash Notes/gpu_session.sh speed|recipe|airbench|airbench_variants|resnet8|engine|engine_sweep|study" >&2
+  echo "usage: bash Notes/gpu_session.sh smoke|speed|recipe|airbench|airbench_variants|resnet8|engine|engine_sweep|study" >&2
   exit 2
   ;;
 esac

@@ -1,5 +1,6 @@
 """Bad runs, reruns, damaged files and killed sweeps (issue 17): each test failed before its fix."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,44 @@ def test_kill_between_summary_and_cleanup_does_not_cause_a_rerun(data_dir, tmp_p
     tiny_run(data_dir, tmp_path, resume=True)
     assert [r["run_name"] for r in read_csv(str(tmp_path / "final_data.csv"))] == [name]
     assert not (tmp_path / "runs" / f"{name}.ckpt.pt").exists()
+
+
+def damage_summary(results_dir, cfg) -> str:
+    """A summary cut off mid-write (a full disk, a hand edit); returns its path."""
+    path = os.path.join(str(results_dir), "runs", train.run_name(cfg) + ".json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write('{"run_name": "cnn_w4')
+    return path
+
+
+def test_a_damaged_summary_is_named_by_train_py_and_collect_without_a_traceback(data_dir, tmp_path,
+                                                                              capsys):
+    tiny_run(data_dir, tmp_path, seed=1)
+    final = tmp_path / "final_data.csv"
+    before = final.read_text()
+    path = damage_summary(tmp_path, train.Config(**{**TINY, "data_dir": data_dir}))
+    flags = [f"--{k}={v}" for k, v in TINY.items() if k != "quiet"]
+    named = re.escape(path)
+    with pytest.raises(SystemExit, match=rf"error: {named} is not a readable run summary.*--force"):
+        train.main([*flags, "--quiet", f"--data_dir={data_dir}", f"--results_dir={tmp_path}"])
+    with pytest.raises(SystemExit, match=rf"1 damaged run summaries.*\n  {named}"):
+        sweep.main(["collect", "--results_dir", str(tmp_path)])
+    assert final.read_text() == before  # left as it was, no backup taken
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".bak")] == []
+    train.main([*flags, "--quiet", f"--data_dir={data_dir}", f"--results_dir={tmp_path}", "--force"])
+    assert sweep.collect(str(tmp_path)) == 2  # the way out the message gives
+
+
+def test_a_damaged_summary_fails_only_its_run_in_a_worker(data_dir, tmp_path):
+    import worker
+    cfgs = [train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path), "seed": s})
+            for s in (0, 1)]
+    damage_summary(tmp_path, cfgs[0])
+    lines = []
+    codes = worker.Worker().run(worker.make_bundles(cfgs, 2), log=lines.append)
+    assert codes == {train.run_name(cfgs[0]): 1, train.run_name(cfgs[1]): 0}
+    assert any("not a readable run summary" in line for line in lines)
 
 
 # --- 3. killing a sweep stops its trainings
