@@ -127,13 +127,16 @@ def csv_tail_error(path: str):
 def read_summary(path: str) -> dict:
     """A run's summary (runs/<run_name>.json). A damaged one (a crash mid-write, a hand edit) is
     named with the way out rather than met with a traceback."""
+    reason = None
     try:
         with open(path) as f:
             summary = json.load(f)
     except (OSError, ValueError) as e:
-        summary = e
-    if not isinstance(summary, dict) or "run_name" not in summary:
-        reason = f"{type(summary).__name__}: {summary}" if isinstance(summary, Exception) else "no run_name"
+        reason = f"{type(e).__name__}: {e}"
+    else:
+        if not isinstance(summary, dict) or "run_name" not in summary:
+            reason = "no run_name"
+    if reason:
         raise ResultsFileError(f"{path} is not a readable run summary ({reason}); delete it, or "
                                f"pass --force, to train that run again")
     return summary

@@ -297,8 +297,7 @@ class Worker:
                     if c.force or not train.finished_summary(c, stem_of(c)):
                         todo.append(c)
                 except ResultsFileError as error:  # fails this run, as train.py would
-                    log(f"failed: {train.run_name(c)}: {error}")
-                    codes[train.run_name(c)] = 1
+                    codes.update(self._failed(c, train.run_name(c), error, log))
             codes.update(self._run_isolated(todo, log))
         return codes
 
@@ -319,9 +318,14 @@ class Worker:
             if len(cfgs) > 1:  # retry alone (each resumes its checkpoint) to find the culprit
                 log(f"bundle of {len(cfgs)} failed ({error!r}); retrying its runs one by one")
                 return {n: code for c in cfgs for n, code in self._run_isolated([c], log).items()}
-            write_failure(cfgs[0], names[0])
-            log(f"failed: {names[0]}: {error!r}, log {log_path(cfgs[0].results_dir, names[0])}")
-            return {names[0]: 1}
+            return self._failed(cfgs[0], names[0], error, log)
+
+    @staticmethod
+    def _failed(cfg, name, error, log) -> dict:
+        """A failed run, reported as sweep.py reports a failed process: its log has the traceback."""
+        write_failure(cfg, name)
+        log(f"failed: {name}: {error!r}, log {log_path(cfg.results_dir, name)}")
+        return {name: 1}
 
 
 def allow_recompiles() -> None:

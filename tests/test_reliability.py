@@ -14,6 +14,7 @@ import data
 import sweep
 import train
 import utils
+import worker
 from conftest import REPO, write_synthetic_cifar10
 from test_train import TINY, tiny_run
 from utils import ResultsFileError, append_row, read_csv
@@ -117,7 +118,6 @@ def test_a_damaged_summary_is_named_by_train_py_and_collect_without_a_traceback(
 
 
 def test_a_damaged_summary_fails_only_its_run_in_a_worker(data_dir, tmp_path):
-    import worker
     cfgs = [train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path), "seed": s})
             for s in (0, 1)]
     damage_summary(tmp_path, cfgs[0])
@@ -125,6 +125,8 @@ def test_a_damaged_summary_fails_only_its_run_in_a_worker(data_dir, tmp_path):
     codes = worker.Worker().run(worker.make_bundles(cfgs, 2), log=lines.append)
     assert codes == {train.run_name(cfgs[0]): 1, train.run_name(cfgs[1]): 0}
     assert any("not a readable run summary" in line for line in lines)
+    with open(worker.log_path(str(tmp_path), train.run_name(cfgs[0]))) as f:  # sweep.py points here
+        assert "not a readable run summary" in f.read()
 
 
 # --- 3. killing a sweep stops its trainings
