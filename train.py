@@ -595,10 +595,10 @@ def _train_guarded(cfg, name, device, stem, cifar) -> dict:
 
 def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
     """Train, validation and test tensors (on the device for the tensor loader), the training
-    indices and the data fingerprints (data.fingerprints). The split's indices are saved in
-    runs/<run_name>/ (not runs/*.json, which sweep.py reads as summaries). `cifar`: the data set
-    when already loaded (train() loads it before taking the run's lock; worker.py once for many
-    runs)."""
+    indices, the data fingerprints (data.fingerprints) and the validation indices. The split's
+    indices are saved in runs/<run_name>/ (not runs/*.json, which sweep.py reads as summaries).
+    `cifar`: the data set when already loaded (train() loads it before taking the run's lock;
+    worker.py once for many runs)."""
     cifar = data.load_cifar10(cfg.data_dir) if cifar is None else cifar
     available = len(cifar.train_labels)
     num_val = data.val_count(cfg.val_size, available)
@@ -616,7 +616,7 @@ def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
     else:  # the whole data set lives on the device as uint8
         train_x, train_y, val_x, val_y, test_x, test_y = (
             t.to(device) for t in (train_x, train_y, val_x, val_y, test_x, test_y))
-    return (train_x, train_y), (val_x, val_y), (test_x, test_y), indices, fingerprints
+    return (train_x, train_y), (val_x, val_y), (test_x, test_y), indices, fingerprints, val_indices
 
 
 def save_split(stem: str, cfg: Config, indices, val_indices) -> None:
@@ -628,7 +628,7 @@ def save_split(stem: str, cfg: Config, indices, val_indices) -> None:
 
 def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
     set_seed(cfg.seed, cfg.deterministic)
-    (train_x, train_y), val_set, test_set, indices, fingerprints = load_splits(cfg, device, stem, cifar)
+    (train_x, train_y), val_set, test_set, indices, fingerprints, _ = load_splits(cfg, device, stem, cifar)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn)
     model = model.to(device, memory_format=memory_format(cfg))

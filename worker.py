@@ -181,17 +181,13 @@ class Worker:
         self.cifar, self.splits, self.nets = {}, {}, {}
 
     def data(self, cfg, device, stem):
-        """train.load_splits' tensors, loaded and fingerprinted once per split and device, and
-        the validation indices (for each copy's split.json)."""
+        """train.load_splits' tensors and indices, loaded and fingerprinted once per split and
+        device."""
         key = (cfg.data_dir, cfg.dataset_size, cfg.val_size, cfg.subset_seed, str(device))
         if key not in self.splits:
             if cfg.data_dir not in self.cifar:
                 self.cifar[cfg.data_dir] = data.load_cifar10(cfg.data_dir)
-            available = len(self.cifar[cfg.data_dir].train_labels)
-            val_indices = data.split_indices(available, cfg.dataset_size, data.val_count(
-                cfg.val_size, available), cfg.subset_seed)[1]
-            self.splits[key] = (*train.load_splits(cfg, device, stem, self.cifar[cfg.data_dir]),
-                                val_indices)
+            self.splits[key] = train.load_splits(cfg, device, stem, self.cifar[cfg.data_dir])
         return self.splits[key]
 
     def network(self, copies, device):
