@@ -62,6 +62,7 @@ PIPELINES = {
 PEAK_TFLOPS = {"H100": {"bf16": 989.4, "fp32": 494.7}, "H200": {"bf16": 989.4, "fp32": 494.7}}
 BRIEF_EPOCHS, BRIEF_TEST_FREQ = 100, 5  # the recipe projected to and run by --full
 NO_EVAL = 10 ** 6  # test_freq for timed runs: evaluate only at the final epochs
+SIZE = re.compile(r"[1-9][0-9]*x[1-9][0-9]*")  # WIDTHxDEPTH of --sizes and --fused_size
 
 
 def peak_tflops(device_name: str, precision: str):
@@ -341,7 +342,7 @@ def main():
     unknown = set(args.pipelines) - set(PIPELINES)
     if unknown:
         parser.error(f"unknown pipelines {sorted(unknown)}; choose from {list(PIPELINES)}")
-    bad_sizes = [s for s in args.sizes if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", s)]
+    bad_sizes = [s for s in args.sizes if not SIZE.fullmatch(s)]
     if bad_sizes:
         parser.error(f"--sizes takes WIDTHxDEPTH,... e.g. 32x2,8x1, got {bad_sizes}")
     if not 1 <= args.dataset_size <= data.NUM_TRAIN:
@@ -359,7 +360,7 @@ def main():
             parser.error("--engines takes worker,process; --fused_pipeline one of " + ", ".join(PIPELINES))
         if any(k < 1 for k in args.fused_copies):
             parser.error("--fused_copies must be >= 1")
-        if not re.fullmatch(r"[1-9][0-9]*x[1-9][0-9]*", args.fused_size):
+        if not SIZE.fullmatch(args.fused_size):
             parser.error(f"--fused_size must be WIDTHxDEPTH, e.g. 32x2, got {args.fused_size!r}")
         text = engine_report(args, device, device_name)
     elif args.sweep_jobs:
