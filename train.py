@@ -34,12 +34,16 @@ import data
 from model import MODELS, build_model, count_params, forward_flops_per_image, num_params
 from utils import (ConfigFileError, ResultsFileError, append_row, atomic_write, config_yaml,
                    csv_tail_error, exit_with_parent, file_lock, git_version, parser_from_dataclass,
-                   read_config_file, read_csv, read_summary, set_seed, settings_given, write_csv)
+                   read_config_file, read_csv, read_summary, remove_rows, set_seed, settings_given,
+                   write_csv)
 
 LAST_K = 5  # the brief's final metric averages the last 5 test evaluations (= last 5 epochs)
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
 # An experiment name becomes a folder name under runs/: no separators, no hidden or parent folders.
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# Where --force keeps the old summary until the retrain has its own; not *.json, which sweep.py
+# reads as summaries.
+REPLACED = ".json.replaced"
 
 
 def hp(default, help, *, min=None, max=None, choices=None, result=True):
@@ -558,8 +562,7 @@ def finished_summary(cfg: Config, stem: str):
     if not os.path.exists(stem + ".json"):
         return None
     if cfg.force:
-        with contextlib.suppress(FileNotFoundError):  # the old run's: retraining starts afresh
-            os.remove(stem + ".ckpt.pt")
+        set_aside(cfg, stem)
         return None
     summary = read_summary(stem + ".json")
     final = os.path.join(cfg.results_dir, "final_data.csv")
@@ -571,6 +574,17 @@ def finished_summary(cfg: Config, stem: str):
         print(f"{summary['run_name']}: already {summary['status']} ({stem}.json), skipped; "
               f"--force retrains it")
     return summary
+
+
+def set_aside(cfg: Config, stem: str) -> None:
+    """--force, under the run's lock: the old summary becomes <stem>.json.replaced and its row
+    leaves final_data.csv, so that until the retrain writes its own summary the run counts as
+    unfinished: a retrain that is killed is continued by --resume (or a sweep) like any other run.
+    The old run's checkpoint is dropped: the retrain starts afresh."""
+    remove_rows(os.path.join(cfg.results_dir, "final_data.csv"), "run_name", run_name(cfg))
+    os.replace(stem + ".json", stem + REPLACED)  # second: a kill between the two is repaired
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(stem + ".ckpt.pt")
 
 
 def _train_guarded(cfg, name, device, stem, cifar) -> dict:
@@ -687,9 +701,9 @@ def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerp
         named = os.path.join(os.path.dirname(stem), cfg.experiment_name)
         save_model(named if cfg.experiment_name else stem, model, summary, cfg)
     append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary, key="run_name")
-    ckpt_path = stem + ".ckpt.pt"
-    if not cfg.keep_checkpoints and os.path.exists(ckpt_path):
-        os.remove(ckpt_path)
+    for leftover in [REPLACED] + ([] if cfg.keep_checkpoints else [".ckpt.pt"]):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(stem + leftover)
     if not cfg.quiet:
         print(f"{name}: {status}, final_test_loss_avg_last5={summary['final_test_loss_avg_last5']:.4f} "
               f"final_test_acc_avg_last5={summary['final_test_acc_avg_last5']:.4f} N={N:,} "

@@ -174,6 +174,23 @@ def append_row(path: str, row: dict, key: str = None) -> None:
             os.fsync(f.fileno())
 
 
+def remove_rows(path: str, key: str, value: str) -> None:
+    """Drop the rows whose `key` column is `value` from a CSV shared by many processes; a torn last
+    row is refused (ResultsFileError), as append_row refuses it."""
+    with file_lock(path):
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            return
+        error = csv_tail_error(path)
+        if error:
+            raise ResultsFileError(error)
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f))
+        rows = read_csv(path)
+        kept = [r for r in rows if r.get(key) != value]
+        if len(kept) < len(rows):
+            write_csv(path, kept, columns)
+
+
 def parser_from_dataclass(cls, description: str = "") -> argparse.ArgumentParser:
     """One flag per field of a hyperparameter dataclass whose fields carry help/choices metadata
     (train.hp): the dataclass stays the single table and the CLI is derived from it. A bool field

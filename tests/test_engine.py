@@ -265,6 +265,38 @@ def test_killed_bundle_resumes_to_the_same_rows(data_dir, tmp_path, monkeypatch)
     assert rows(killed[0]).iloc[0].equals(first_epoch)
 
 
+def test_a_killed_force_retrain_of_a_bundle_is_continued_by_a_plain_rerun(data_dir, tmp_path,
+                                                                         monkeypatch):
+    cfgs = configs(data_dir, tmp_path, [dict(seed=0, resume=True), dict(seed=1, resume=True)],
+                   num_epochs=3)
+    quiet = dict(log=lambda line: None)
+    worker.Worker().run(worker.make_bundles(cfgs, 2), **quiet)
+    first = [rows(c) for c in cfgs]
+    save, calls = train.save_checkpoint, []
+
+    def kill_after_epoch_2(*args):
+        save(*args)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", kill_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        worker.Worker().run(worker.make_bundles(cfgs, 2), force=True, **quiet)
+    saved_epochs = []
+    monkeypatch.setattr(train, "save_checkpoint",
+                        lambda *args: saved_epochs.append(len(args[3])) or save(*args))
+    assert worker.Worker().run(worker.make_bundles(cfgs, 2), **quiet) == {
+        train.run_name(c): 0 for c in cfgs}  # not skipped: the retrain counts as unfinished
+    assert saved_epochs == [3, 3]  # and continued from its checkpoints: epoch 3 only
+    for cfg, before in zip(cfgs, first):
+        pd.testing.assert_frame_equal(rows(cfg).drop(columns=["epoch_time_s", "eval_time_s"]),
+                                      before.drop(columns=["epoch_time_s", "eval_time_s"]))
+        stem = worker.stem_of(cfg)
+        assert not os.path.exists(stem + train.REPLACED) and os.path.exists(stem + ".json")
+    assert len(pd.read_csv(os.path.join(str(tmp_path), "final_data.csv"))) == 2
+
+
 def test_worker_skips_finished_runs(data_dir, tmp_path):
     cfgs = configs(data_dir, tmp_path, [dict(seed=0, resume=True)])
     assert worker.Worker().run(worker.make_bundles(cfgs), log=lambda line: None) == {train.run_name(cfgs[0]): 0}

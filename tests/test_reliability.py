@@ -16,7 +16,7 @@ import train
 import utils
 import worker
 from conftest import REPO, write_synthetic_cifar10
-from test_train import TINY, tiny_run
+from test_train import TINY, epoch_rows, tiny_run
 from utils import ResultsFileError, append_row, read_csv
 
 SLOW_FLAGS = ["--depth=1", "--dataset_size=500", "--num_epochs=300", "--test_freq=1000",
@@ -61,6 +61,32 @@ def test_rerun_of_a_finished_run_is_skipped_and_force_retrains_it(data_dir, tmp_
     forced = tiny_run(data_dir, tmp_path, resume=True, force=True)
     rows = read_csv(str(tmp_path / "final_data.csv"))
     assert [r["timestamp"] for r in rows] == [forced["timestamp"]]  # replaced, not duplicated
+
+
+def test_a_killed_force_retrain_counts_as_unfinished_and_resume_continues_it(data_dir, tmp_path,
+                                                                            monkeypatch):
+    first = tiny_run(data_dir, tmp_path)
+    stem, first_rows = tmp_path / "runs" / first["run_name"], epoch_rows(tmp_path, first)
+    real_save, epochs_trained = train.save_checkpoint, []
+    def save_then_crash(path, model, optimizer, rows, cfg):
+        real_save(path, model, optimizer, rows, cfg)
+        epochs_trained.append(len(rows))
+        if len(rows) == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(data_dir, tmp_path, force=True)
+    # the old summary is kept aside; nothing marks the run finished any more
+    assert utils.read_summary(str(stem) + train.REPLACED)["timestamp"] == first["timestamp"]
+    assert not stem.with_suffix(".json").exists() and read_csv(str(tmp_path / "final_data.csv")) == []
+    assert first["run_name"] not in sweep.finished_names(str(tmp_path))
+
+    resumed = tiny_run(data_dir, tmp_path, resume=True)  # no --force: a plain resume
+    assert epochs_trained == [1, 2, 3]  # epoch 3 only, from the retrain's checkpoint
+    assert resumed["timestamp"] != first["timestamp"]
+    assert [r["timestamp"] for r in read_csv(str(tmp_path / "final_data.csv"))] == [resumed["timestamp"]]
+    assert not os.path.exists(str(stem) + train.REPLACED) and not stem.with_suffix(".ckpt.pt").exists()
+    pd.testing.assert_frame_equal(epoch_rows(tmp_path, resumed), first_rows)  # same seed, same run
 
 
 def test_force_leaves_the_checkpoint_of_a_run_another_process_is_training(data_dir, tmp_path):
