@@ -144,7 +144,7 @@ def with_defaults(frame, path, assumed: dict) -> pd.DataFrame:
     """Bookkeeping columns of train.py that another trainer's CSV lacks; `assumed` collects what
     was filled in, for one note."""
     frame = frame.copy()
-    name = os.path.basename(str(path))
+    name = str(path)  # not its basename: a/runs.csv and b/runs.csv hold different runs
 
     def fill(column, values, how):
         if column not in frame.columns:

@@ -342,6 +342,16 @@ def test_fits_json_states_bootstrap_and_huber_delta(tmp_path):
     assert data["joint"]["bootstrap"] == "configs"
 
 
+def test_minimal_csvs_of_one_name_in_two_folders_are_different_runs(tmp_path):
+    frame = make_runs(sweep_points(), seeds=(0,))
+    minimal = pd.DataFrame(dict(N=frame.N, D=frame.D, loss=frame.final_test_loss_avg_last5))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    paths = [write(tmp_path / folder, minimal, "runs.csv") for folder in "ab"]
+    runs = analysis.load(paths)
+    assert len(runs.rows) == 2 * len(minimal)
+    assert not any("rerun" in note for note in runs.notes)
+
+
 def test_a_minimal_csv_of_N_D_loss_is_fitted_end_to_end(tmp_path, capsys):
     """Runs from another trainer: only N, D and a loss column, one row per run."""
     frame = make_runs(sweep_points(), seeds=(0,))
