@@ -557,8 +557,8 @@ def claim_experiment(cfg: Config, runs_dir: str, name: str) -> None:
 
 def finished_summary(cfg: Config, stem: str):
     """The summary of a run that finished (or diverged) earlier, or None (also with cfg.force).
-    Repairs what a kill between the summary and the clean-up left: the row in final_data.csv and
-    the checkpoint."""
+    Repairs what a kill between the summary and the clean-up left: the row in final_data.csv, the
+    checkpoint and the summary --force set aside."""
     if not os.path.exists(stem + ".json"):
         return None
     if cfg.force:
@@ -568,8 +568,7 @@ def finished_summary(cfg: Config, stem: str):
     final = os.path.join(cfg.results_dir, "final_data.csv")
     if not os.path.exists(final) or summary["run_name"] not in {r.get("run_name") for r in read_csv(final)}:
         append_row(final, summary, key="run_name")
-    if not cfg.keep_checkpoints and os.path.exists(stem + ".ckpt.pt"):
-        os.remove(stem + ".ckpt.pt")
+    clean_up(cfg, stem)
     if not cfg.quiet:
         print(f"{summary['run_name']}: already {summary['status']} ({stem}.json), skipped; "
               f"--force retrains it")
@@ -701,14 +700,20 @@ def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerp
         named = os.path.join(os.path.dirname(stem), cfg.experiment_name)
         save_model(named if cfg.experiment_name else stem, model, summary, cfg)
     append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary, key="run_name")
-    for leftover in [REPLACED] + ([] if cfg.keep_checkpoints else [".ckpt.pt"]):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(stem + leftover)
+    clean_up(cfg, stem)
     if not cfg.quiet:
         print(f"{name}: {status}, final_test_loss_avg_last5={summary['final_test_loss_avg_last5']:.4f} "
               f"final_test_acc_avg_last5={summary['final_test_acc_avg_last5']:.4f} N={N:,} "
               f"D={summary['D']:,} epochs={summary['epochs']} wall_time_s={summary['wall_time_s']:.1f}")
     return summary
+
+
+def clean_up(cfg, stem) -> None:
+    """What a run with a summary no longer needs: the old summary --force set aside, and the
+    checkpoint unless kept."""
+    for leftover in [REPLACED] + ([] if cfg.keep_checkpoints else [".ckpt.pt"]):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(stem + leftover)
 
 
 def save_model(stem, model, summary, cfg):

@@ -151,17 +151,13 @@ def append_row(path: str, row: dict, key: str = None) -> None:
     configuration keeps one row). A last line missing its newline gets it; a torn last row is
     refused (ResultsFileError) rather than glued onto."""
     with file_lock(path):
-        if not os.path.exists(path) or os.path.getsize(path) == 0:
+        columns = _checked_header(path)
+        if columns is None:
             return write_csv(path, [row], list(row))
-        error = csv_tail_error(path)
-        if error:
-            raise ResultsFileError(error)
         with open(path, "rb+") as f:
             f.seek(-1, os.SEEK_END)
             if f.read(1) != b"\n":
                 f.write(b"\n")
-        with open(path, newline="") as f:
-            columns = next(csv.reader(f))
         new = [k for k in row if k not in columns]
         old = read_csv(path) if new or key else None
         if new or (key and any(r.get(key) == str(row[key]) for r in old)):
@@ -178,17 +174,25 @@ def remove_rows(path: str, key: str, value: str) -> None:
     """Drop the rows whose `key` column is `value` from a CSV shared by many processes; a torn last
     row is refused (ResultsFileError), as append_row refuses it."""
     with file_lock(path):
-        if not os.path.exists(path) or os.path.getsize(path) == 0:
+        columns = _checked_header(path)
+        if columns is None:
             return
-        error = csv_tail_error(path)
-        if error:
-            raise ResultsFileError(error)
-        with open(path, newline="") as f:
-            columns = next(csv.reader(f))
         rows = read_csv(path)
         kept = [r for r in rows if r.get(key) != value]
         if len(kept) < len(rows):
             write_csv(path, kept, columns)
+
+
+def _checked_header(path: str):
+    """The columns of a shared CSV about to be changed (its lock held), or None when it has no
+    header yet; a torn last row is refused (ResultsFileError)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    error = csv_tail_error(path)
+    if error:
+        raise ResultsFileError(error)
+    with open(path, newline="") as f:
+        return next(csv.reader(f))
 
 
 def parser_from_dataclass(cls, description: str = "") -> argparse.ArgumentParser:

@@ -116,6 +116,23 @@ def test_kill_between_summary_and_cleanup_does_not_cause_a_rerun(data_dir, tmp_p
     assert not (tmp_path / "runs" / f"{name}.ckpt.pt").exists()
 
 
+def test_a_force_retrain_killed_after_its_summary_leaves_nothing_set_aside(data_dir, tmp_path,
+                                                                            monkeypatch):
+    name = tiny_run(data_dir, tmp_path)["run_name"]
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed after the summary was written")
+    monkeypatch.setattr(train, "append_row", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(data_dir, tmp_path, force=True)
+    monkeypatch.undo()
+    replaced = tmp_path / "runs" / (name + train.REPLACED)
+    assert replaced.exists()
+    monkeypatch.setattr(train, "_train_locked", lambda *a, **k: pytest.fail("trained again"))
+    retrained = tiny_run(data_dir, tmp_path, resume=True)
+    assert [r["timestamp"] for r in read_csv(str(tmp_path / "final_data.csv"))] == [retrained["timestamp"]]
+    assert not replaced.exists()
+
+
 def damage_summary(results_dir, cfg) -> str:
     """A summary cut off mid-write (a full disk, a hand edit); returns its path."""
     path = os.path.join(str(results_dir), "runs", train.run_name(cfg) + ".json")
