@@ -557,7 +557,6 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
         losses, outputs = [], []
         for i in range(min(steps_per_epoch, total_steps - step)):
             x = to_input(x_epoch[i * cfg.batch_size:(i + 1) * cfg.batch_size], precision)
-            x = x.contiguous(memory_format=fmt)  # a no-op: x_epoch is already in fmt
             y = y_epoch[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             smoothing = label_smoothing_at(step, total_steps, cfg)
             factor = lr_factor(step, total_steps, cfg)

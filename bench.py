@@ -205,7 +205,7 @@ def fused_table(args, device) -> pd.DataFrame:
     """Images/s per copy of a bundle of K copies (seeds 0..K-1) of one shape, timed over
     --epochs after --warmup epochs, against a single train.py run (K=1) of that shape."""
     width, depth = map(int, args.fused_size.split("x"))
-    rows, args.failures = [], getattr(args, "failures", [])
+    rows = []
     for K in args.fused_copies:
         cfgs = [pipeline_config(args.fused_pipeline, device, width=width, depth=depth, seed=seed,
                                 dataset_size=args.dataset_size, data_dir=args.data_dir,

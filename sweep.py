@@ -489,6 +489,12 @@ def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
     for name, future in futures.items():
         if future.result() != 0:  # failed runs also have their own logs, unless the worker died
             print(f"  {name} exited {future.result()}, log {log_path(results_dir, name)}", file=sys.stderr)
+    return summary_codes(runs, results_dir)
+
+
+def summary_codes(runs, results_dir) -> dict:
+    """Exit codes read from the results: 0 for a run that has its summary, 1 for one that has
+    none (it failed, or its worker died before it)."""
     done = finished_names(results_dir)
     return {r.name: 0 if r.name in done else 1 for r in runs}
 
@@ -752,8 +758,7 @@ def main(argv=None):
     else:  # one array task per bundle
         tasks = worker_tasks(todo, args.results_dir, len(todo), args.max_bundle, args.force)
         codes = launch_submitit(todo, args.results_dir, args, tasks)
-        codes = {r.name: 0 if r.name in finished_names(args.results_dir) else 1
-                 for r in todo} if codes else {}
+        codes = summary_codes(todo, args.results_dir) if codes else {}
     if STOP.is_set():
         report_stopped(codes, args.results_dir)
     report(codes, args.results_dir)

@@ -606,12 +606,11 @@ def _train_guarded(cfg, name, device, stem, cifar) -> dict:
         raise
 
 
-def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
+def load_splits(cfg: Config, device: torch.device, cifar=None):
     """Train, validation and test tensors (on the device for the tensor loader), the training
-    indices, the data fingerprints (data.fingerprints) and the validation indices. The split's
-    indices are saved in runs/<run_name>/ (not runs/*.json, which sweep.py reads as summaries).
-    `cifar`: the data set when already loaded (train() loads it before taking the run's lock;
-    worker.py once for many runs)."""
+    indices, the data fingerprints (data.fingerprints) and the validation indices (save_split
+    records them). `cifar`: the data set when already loaded (train() loads it before taking the
+    run's lock; worker.py once for many runs)."""
     cifar = data.load_cifar10(cfg.data_dir) if cifar is None else cifar
     available = len(cifar.train_labels)
     num_val = data.val_count(cfg.val_size, available)
@@ -621,7 +620,6 @@ def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
         raise ConfigError(f"--{e} in {cfg.data_dir}") from None
     train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
     fingerprints = data.fingerprints(cifar, train_x, train_y)
-    save_split(stem, cfg, indices, val_indices)
     val_x, val_y = cifar.train_images[val_indices], cifar.train_labels[val_indices]
     test_x, test_y = cifar.test_images, cifar.test_labels
     if cfg.loader == "torchvision":  # the brief's pipeline indexes the full set with a Subset
@@ -633,6 +631,8 @@ def load_splits(cfg: Config, device: torch.device, stem: str, cifar=None):
 
 
 def save_split(stem: str, cfg: Config, indices, val_indices) -> None:
+    """A run's validation split, in runs/<run_name>/ (not runs/*.json, which sweep.py reads as
+    summaries)."""
     if len(val_indices):
         atomic_write(os.path.join(stem, "split.json"), json.dumps(dict(
             subset_seed=cfg.subset_seed, train_indices=indices.tolist(),
@@ -641,7 +641,9 @@ def save_split(stem: str, cfg: Config, indices, val_indices) -> None:
 
 def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
     set_seed(cfg.seed, cfg.deterministic)
-    (train_x, train_y), val_set, test_set, indices, fingerprints, _ = load_splits(cfg, device, stem, cifar)
+    (train_x, train_y), val_set, test_set, indices, fingerprints, val_indices = load_splits(
+        cfg, device, cifar)
+    save_split(stem, cfg, indices, val_indices)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn)
     model = model.to(device, memory_format=memory_format(cfg))

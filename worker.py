@@ -180,14 +180,14 @@ class Worker:
     def __init__(self):
         self.cifar, self.splits, self.nets = {}, {}, {}
 
-    def data(self, cfg, device, stem):
+    def data(self, cfg, device):
         """train.load_splits' tensors and indices, loaded and fingerprinted once per split and
         device."""
         key = (cfg.data_dir, cfg.dataset_size, cfg.val_size, cfg.subset_seed, str(device))
         if key not in self.splits:
             if cfg.data_dir not in self.cifar:
                 self.cifar[cfg.data_dir] = data.load_cifar10(cfg.data_dir)
-            self.splits[key] = train.load_splits(cfg, device, stem, self.cifar[cfg.data_dir])
+            self.splits[key] = train.load_splits(cfg, device, self.cifar[cfg.data_dir])
         return self.splits[key]
 
     def network(self, copies, device):
@@ -218,15 +218,13 @@ class Worker:
         by_epoch = {}
         for c in copies:
             by_epoch.setdefault(len(c.rows), []).append(c)
-        if len(by_epoch) > 1:
-            return {name: status for group in by_epoch.values()
-                    for name, status in self._train(group, device).items()}
-        return self._train(copies, device)
+        return {name: status for group in by_epoch.values()
+                for name, status in self._train(group, device).items()}
 
     def _train(self, copies, device) -> dict:
         cfg, K = copies[0].cfg, len(copies)
         (train_x, train_y), val_set, test_set, indices, fingerprints, val_indices = self.data(
-            cfg, device, copies[0].stem)
+            cfg, device)
         for c in copies:
             train.save_split(c.stem, c.cfg, indices, val_indices)
         N, flops_per_image = count_params(copies[0].model), forward_flops_per_image(copies[0].model)
@@ -234,7 +232,6 @@ class Worker:
         optimizer = fused.make_optimizer(net, [c.cfg for c in copies])
         for k, c in enumerate(copies):
             optimizer.load_state(k, c.optimizer_states())
-        live = list(range(K))
         for epoch in range(len(copies[0].rows) + 1, cfg.num_epochs + 1):
             lrs = [train.epoch_lr(epoch - 1, c.cfg) for c in copies]
             optimizer.set_lr(lrs)
@@ -250,7 +247,7 @@ class Worker:
                     val = list(zip(*evaluate(step_net, train.test_batches(cfg, *val_set), cfg, device, K)))
             finite = fused.params_finite(net).tolist()
             eval_s = time.perf_counter() - t1
-            for k in list(live):
+            for k in list(optimizer.live):
                 c = copies[k]
                 c.rows.append(dict(epoch=epoch, train_loss=train_loss[k], train_acc=train_acc[k],
                                    test_loss=test[k][0], test_acc=test[k][1], lr=lrs[k],
@@ -263,13 +260,12 @@ class Worker:
                 if train.is_diverged((train_loss[k], test[k][0], val[k][0]), finite[k]):
                     c.status = "diverged"
                     optimizer.freeze(k)
-                    live.remove(k)
                     self._finish(c, N, flops_per_image, fingerprints, device, len(val_set[1]), K)
                 else:
                     train.save_checkpoint(c.stem + ".ckpt.pt", c.model, c.optimizer, c.rows, c.cfg)
-            if not live:
+            if not optimizer.live:
                 break
-        for k in live:
+        for k in optimizer.live:
             self._finish(copies[k], N, flops_per_image, fingerprints, device, len(val_set[1]), K)
         return {c.name: c.status for c in copies}
 
