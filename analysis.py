@@ -375,9 +375,8 @@ def plan_groups(configs) -> list:
 
 
 def _group(x, plan, frame, columns) -> Group:
-    fields = {c: _plain(frame[c].iloc[0]) for c in columns}
-    held = " ".join(f"{c}={v}" for c, v in fields.items())
-    return Group(x, plan, f"{plan}: {held}" if held else plan, frame, {"plan": plan, **fields})
+    fields = {c: plots.plain(frame[c].iloc[0]) for c in columns}
+    return Group(x, plan, _label(plan, frame, columns), frame, {"plan": plan, **fields})
 
 
 def frontier(frame, x, tolerance=BUDGET_TOLERANCE) -> pd.DataFrame:
@@ -389,17 +388,8 @@ def frontier(frame, x, tolerance=BUDGET_TOLERANCE) -> pd.DataFrame:
 
 
 def _label(plan, frame, columns) -> str:
-    held = " ".join(f"{c}={_plain(frame[c].iloc[0])}" for c in columns)
+    held = " ".join(f"{c}={plots.plain(frame[c].iloc[0])}" for c in columns)
     return f"{plan}: {held}" if held else plan
-
-
-def _plain(value):
-    if isinstance(value, (float, np.floating)) and float(value).is_integer() and \
-            abs(value) < 1e15:   # 1e300 as an int is 301 digits in a label
-        return int(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def joint_slice(configs):
@@ -409,7 +399,7 @@ def joint_slice(configs):
     context, varying = context_columns(configs)
     best = None
     for frame in slices(configs, context + ["epochs"]):
-        if frame.N.nunique() >= 2 and frame.D.nunique() >= 2 and len(frame) >= 6:
+        if laws.joint_design_ok(frame.N, frame.D):
             if best is None or len(frame) > len(best):
                 best = frame
     if best is None:
@@ -540,11 +530,7 @@ class ComputeOptimal:
                    n_budgets_fitted=sum(not b.edge for b in self.budgets),
                    budgets=[b.to_json(self.partner, self.compute) for b in self.budgets])
         if self.joint is not None:
-            a, b = self.joint.allocation()
-            a_samples, b_samples = self.joint.allocation_samples()
-            out.update(joint_a=a, joint_b=b,
-                       joint_a_ci95=None if a is None else laws.percentile_ci(a_samples),
-                       joint_b_ci95=None if a is None else laws.percentile_ci(b_samples))
+            out.update({f"joint_{k}": v for k, v in self.joint.allocation_json().items()})
         return out
 
 
@@ -580,7 +566,7 @@ class Analysis:
             influence=self.influence,
             hyperparameters=None if table is None else dict(
                 fields=self.hyperparameter_fields,
-                rows=[{k: _plain(v) for k, v in r.items()} for r in table.to_dict("records")]),
+                rows=[{k: plots.plain(v) for k, v in r.items()} for r in table.to_dict("records")]),
             warnings=self.warnings, figures=self.figures))
 
 
@@ -604,8 +590,9 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
     rosenfeld_ceiling = ceiling if ceiling is not None else \
         (RANDOM_GUESS_ERROR if is_error_rate(runs.loss) else None)
     configs, warnings = runs.configs, []
-    table = hyperparameter_table(runs.rows, hyperparameter_fields(configs, vs))
-    fields = [] if table is None else hyperparameter_fields(configs, vs)
+    fields = hyperparameter_fields(configs, vs)
+    table = hyperparameter_table(runs.rows, fields)
+    fields = [] if table is None else fields
     groups = plan_groups(configs)
     single = _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, warnings)
     joint, delta_used, delta_source = _joint(configs, n_boot, seed, delta, grid, bootstrap,
@@ -686,9 +673,6 @@ def _joint(configs, n_boot, seed, delta, grid, bootstrap, warnings):
         return None, used, source
     fitted.group, fitted.epochs, fitted.configs = label, float(frame.epochs.iloc[0]), frame
     fitted.n_runs, fitted.delta_source = int(frame.n_seeds.sum()), source
-    lost = {"alpha": ("a=", "alpha="), "beta": ("b=", "beta=")}
-    moot = tuple(f"joint fit: optimum {p}" for name in fitted.not_identified for p in lost[name])
-    fitted.warnings = [w for w in fitted.warnings if not w.startswith(moot)]   # said below
     warnings += fitted.warnings
     if fitted.not_identified:
         warnings.append(f"joint fit: {', '.join(fitted.not_identified)} {laws.NOT_IDENTIFIED} "
@@ -736,8 +720,6 @@ def compute_optimal(configs, *, compute="C", partner="D", n_boot=200, seed=0, bo
 
 
 def _budget_warnings(result) -> list:
-    if result is None:
-        return []
     warnings = [f"{result.group}: budget {result.compute}={b.compute:.3g} has its minimum at an "
                 f"end of the N grid (or no minimum); left out of the exponent fit, widen or "
                 f"re-centre its grid (Czech et al. 2026)" for b in result.budgets if b.edge]
@@ -795,7 +777,7 @@ def _single_influence(groups, single) -> list:
             continue
         x, L = group.configs[group.x].to_numpy(float), group.configs.L.to_numpy(float)
         try:
-            shifts = laws.influence(x, L, "saturating")
+            shifts = laws.influence(x, L, "saturating", theta=fit.fit.theta)
         except laws.FitError:
             continue
         for i in np.flatnonzero(np.abs(shifts) > se):
@@ -822,9 +804,9 @@ def _joint_influence(joint) -> list:
 
 
 def _point(config) -> str:
-    return " ".join(f"{c}={_plain(config[c]):.4g}" if isinstance(_plain(config[c]), float)
-                    else f"{c}={_plain(config[c])}" for c in ("N", "D", "epochs")
-                    if c in config.index)
+    values = {c: plots.plain(config[c]) for c in ("N", "D", "epochs") if c in config.index}
+    return " ".join(f"{c}={v:.4g}" if isinstance(v, float) else f"{c}={v}"
+                    for c, v in values.items())
 
 
 def _code_version_warnings(groups, joint) -> list:
@@ -846,10 +828,11 @@ def _code_version_warnings(groups, joint) -> list:
 def _nothing_to_fit(configs) -> str:
     return (f"nothing to fit in {len(configs)} configuration(s): a single-variable fit needs >= "
             f"{MIN_DISTINCT} configurations that differ only in width, depth or D (or a compute "
-            f"frontier of >= {MIN_DISTINCT}); the joint fit >= 6 configurations with >= 2 distinct "
-            f"N and D at one epochs value; a constant-compute budget >= {MIN_DISTINCT} runs of "
-            f"different N within ±{BUDGET_TOLERANCE:.0%} of one compute; a hyperparameter table "
-            f"a recipe column (lr, momentum, ...) that varies")
+            f"frontier of >= {MIN_DISTINCT}); the joint fit >= {laws.JOINT_MIN_CONFIGS} "
+            f"configurations with >= {laws.JOINT_MIN_DISTINCT} distinct N and D at one epochs "
+            f"value; a constant-compute budget >= {MIN_DISTINCT} runs of different N within "
+            f"±{BUDGET_TOLERANCE:.0%} of one compute; a hyperparameter table a recipe column "
+            f"(lr, momentum, ...) that varies")
 
 
 def _finite(value):
@@ -978,8 +961,9 @@ def plan_report(result: Analysis, plan: str) -> str:
 def _joint_section(joint) -> list:
     title = "## Joint fit L(N, D) = E + A/N^alpha + B/D^beta"
     if joint is None:
-        return [title, "", "(no slice with both N and D varying: needs >= 6 configurations, "
-                ">= 2 distinct N and D)", ""]
+        return [title, "", f"(no slice with both N and D varying: needs >= "
+                f"{laws.JOINT_MIN_CONFIGS} configurations, >= {laws.JOINT_MIN_DISTINCT} distinct "
+                f"N and D)", ""]
     status = "converged" if joint["converged"] else "NOT converged"
     rows = [{"param": p, "value": _g(joint[p]), "95% CI": _ci(joint[f"{p}_ci95"]),
              "flag": (laws.NOT_IDENTIFIED if p in joint["not_identified"] else
@@ -1059,7 +1043,7 @@ def figures(result: Analysis, *, runs_dir=None, curves=None):
         groups = [g for g in result.groups if g.x == x]
         if groups:
             fits = [f for f in result.single if f.x == x]
-            unidentified = sorted({f.group.split(":")[0] for f in fits
+            unidentified = sorted({f.plan for f in fits
                                    if f.form == "saturating" and not f.to_json()["identified"]})
             wanted.append((f"loss_vs_{x}.png", lambda x=x, groups=groups, fits=fits,
                            u=unidentified: plots.loss_vs_x(x, groups, fits, label, u)))

@@ -39,7 +39,9 @@ JOINT_GRID = dict(a=np.arange(0.0, 26.0, 5.0), b=np.arange(0.0, 26.0, 5.0),
 JOINT_PARAMS = ("E", "A", "alpha", "B", "beta")
 JOINT_LOWER = np.array([-np.inf, -np.inf, -np.inf, 0.0, 0.0])    # internal (a, b, e, alpha, beta)
 JOINT_UPPER = np.array([np.inf, np.inf, np.inf, ALPHA_MAX, ALPHA_MAX])
+TERM_PARAMS = {"alpha": ("a", "alpha"), "beta": ("b", "beta")}   # internal (A/N^α, B/D^β)
 PRUNE_ITERATIONS, PRUNE_KEEP = 30, 64
+JOINT_MIN_CONFIGS, JOINT_MIN_DISTINCT = 6, 2   # 5 parameters: a 6th point is the first test
 BOUND_TOL = 1e-6           # a parameter this close to a bound is on it
 NOT_IDENTIFIED = "not identified by these runs"
 TERM_SHARE_MIN = 0.01      # a joint-law term below 1% of the loss everywhere carries no exponent
@@ -101,9 +103,6 @@ class Noise:
     def point_sd(self) -> np.ndarray:
         """SD of each point's log seed mean."""
         return self.sigma / np.sqrt(self.n_seeds)
-
-    def subset(self, mask) -> "Noise":
-        return Noise([s for s, keep in zip(self.seeds, mask) if keep])
 
 
 def noise_from_seeds(seed_losses) -> Noise:
@@ -197,7 +196,6 @@ def _fit_saturating(x, L, ceiling=None, start=None):
     else:
         theta0 = np.array([start[0], math.log(start[1]), start[2]])
     lower, upper = np.array([0.0, -np.inf, 0.0]), np.array([E_max, np.inf, ALPHA_MAX])
-    theta0 = np.clip(theta0, lower, upper)
 
     def residuals(theta):
         E, log_A, alpha = theta
@@ -261,7 +259,6 @@ def _fit_rosenfeld(x, L, ceiling=None, start=None):
         start = _fit_saturating(x, below / np.sqrt(ceiling ** 2 - below ** 2))
     theta0 = np.array([start[0], math.log(start[1]), start[2]])
     lower, upper = np.array([0.0, -np.inf, 0.0]), np.array([np.inf, np.inf, ALPHA_MAX])
-    theta0 = np.clip(theta0, lower, upper)
 
     def envelope(theta):
         c_inf, log_b, beta = theta
@@ -519,11 +516,12 @@ def exponent_identified(value, interval, at_bound: bool) -> bool:
     return interval is None or interval[1] - interval[0] < 0.5 * ALPHA_MAX
 
 
-def influence(x, L, form, *, ceiling=None) -> np.ndarray:
-    """Change of the exponent when each point is left out (nan where the refit is impossible)."""
+def influence(x, L, form, *, ceiling=None, theta=None) -> np.ndarray:
+    """Change of the exponent when each point is left out (nan where the refit is impossible).
+    theta: the fit on every point, when already made."""
     x, L = np.asarray(x, float), np.asarray(L, float)
     spec = FORMS[form]
-    theta = spec.fit(x, L, ceiling)
+    theta = spec.fit(x, L, ceiling) if theta is None else theta
     index = list(spec.params).index(EXPONENT[form])
     shifts = np.full(len(x), np.nan)
     for i in range(len(x)):
@@ -666,7 +664,6 @@ class JointFit:
     n_runs: int
     objective: float
     converged: bool
-    n_boot_converged: int
     delta: float
     log_rmse: float
     warnings: list
@@ -680,6 +677,10 @@ class JointFit:
     configs: object = None     # what analysis.py fitted it on (a table of configurations)
     delta_source: str = ""
     term_share: dict = field(default_factory=dict)   # largest share of L_hat of A/N^α, B/D^β
+
+    @property
+    def n_boot_converged(self) -> int:
+        return len(self.samples)
 
     def predict(self, N, D):
         p = self.params
@@ -710,33 +711,42 @@ class JointFit:
             return None, None
         return beta / (alpha + beta), alpha / (alpha + beta)
 
+    def allocation_json(self) -> dict:
+        """a, b and their 95% intervals (None when the exponents are not identified)."""
+        a, b = self.allocation()
+        a_samples, b_samples = self.allocation_samples()
+        identified = a is not None
+        return dict(a=a, b=b, a_ci95=percentile_ci(a_samples) if identified else None,
+                    b_ci95=percentile_ci(b_samples) if identified else None)
+
     def to_json(self) -> dict:
         out = dict(self.params)
         for i, name in enumerate(JOINT_PARAMS):
             out[f"{name}_ci95"] = percentile_ci(self.samples[:, i])
-        a, b = self.allocation()
-        a_samples, b_samples = self.allocation_samples()
-        identified = a is not None
-        out.update(a=a, b=b, a_ci95=percentile_ci(a_samples) if identified else None,
-                   b_ci95=percentile_ci(b_samples) if identified else None,
-                   n=self.n, n_runs=self.n_runs, group=self.group, epochs=self.epochs,
+        not_identified = self.not_identified
+        out.update(**self.allocation_json(), n=self.n, n_runs=self.n_runs, group=self.group,
+                   epochs=self.epochs,
                    objective=self.objective, converged=self.converged, delta=self.delta,
                    delta_source=self.delta_source, bootstrap=self.bootstrap,
                    n_boot=len(self.samples) + self.n_boot_dropped,
                    n_boot_converged=self.n_boot_converged, n_boot_dropped=self.n_boot_dropped,
                    noise_inflation=self.inflation, at_bound=self.at_bound,
                    term_share=self.term_share,
-                   not_identified=self.not_identified, identified=not self.not_identified,
+                   not_identified=not_identified, identified=not not_identified,
                    log_rmse=self.log_rmse, warnings=self.warnings)
         return out
 
 
+def joint_design_ok(N, D) -> bool:
+    return len(N) >= JOINT_MIN_CONFIGS and np.unique(N).size >= JOINT_MIN_DISTINCT and \
+        np.unique(D).size >= JOINT_MIN_DISTINCT
+
+
 def check_joint_design(N, D, L):
-    n = len(L)
-    if n < 6 or np.unique(N).size < 2 or np.unique(D).size < 2:
-        raise FitError(f"the joint law needs at least 6 configurations with at least 2 "
-                       f"distinct N and 2 distinct D; got {n} with {np.unique(N).size} N "
-                       f"and {np.unique(D).size} D")
+    if not joint_design_ok(N, D):
+        raise FitError(f"the joint law needs at least {JOINT_MIN_CONFIGS} configurations with at "
+                       f"least {JOINT_MIN_DISTINCT} distinct N and {JOINT_MIN_DISTINCT} distinct "
+                       f"D; got {len(L)} with {np.unique(N).size} N and {np.unique(D).size} D")
 
 
 def fit_joint(N, D, L, *, delta=HUBER_DELTA, n_boot=200, rng=None, grid=None,
@@ -756,30 +766,31 @@ def fit_joint(N, D, L, *, delta=HUBER_DELTA, n_boot=200, rng=None, grid=None,
                       samples=np.empty((0, 5)), n=n, n_runs=n,
                       objective=float(joint_objective(theta_hat[None], log_N, log_D, log_L,
                                                       ones, delta)[0][0]),
-                      converged=converged, n_boot_converged=0, delta=delta,
-                      log_rmse=float("nan"), warnings=warnings, theta=theta_hat)
-    fitted.log_rmse = float(np.sqrt(np.mean((np.log(fitted.predict(N, D)) - log_L) ** 2)))
+                      converged=converged, delta=delta, log_rmse=float("nan"), warnings=[],
+                      theta=theta_hat)
     predicted = fitted.predict(N, D)
+    fitted.log_rmse = float(np.sqrt(np.mean((np.log(predicted) - log_L) ** 2)))
     fitted.term_share = dict(alpha=float(np.max(fitted.params["A"] * N ** -fitted.params["alpha"]
                                                 / predicted)),
                              beta=float(np.max(fitted.params["B"] * D ** -fitted.params["beta"]
                                                / predicted)))
-    fitted.at_bound = [name for i, name in ((3, "alpha"), (4, "beta"))
-                       if theta_hat[i] <= BOUND_TOL or theta_hat[i] >= ALPHA_MAX - BOUND_TOL]
+    fitted.at_bound = [name for i, name in ((3, "alpha"), (4, "beta")) if _on_bound(theta_hat, i)]
     mode = resolve_bootstrap(bootstrap, noise) if n_boot else "none"
     if mode != "none":
         rng = rng if rng is not None else np.random.default_rng(0)
         weights, targets, fitted.inflation = resample(
-            mode, n_boot, rng, log_L, np.log(fitted.predict(N, D)), noise, 5)
+            mode, n_boot, rng, log_L, np.log(predicted), noise, 5)
         boot, _, ok = bfgs_batched(
             lambda t, rows: joint_objective(t, log_N, log_D, targets[rows], weights[rows], delta),
             np.tile(theta_hat, (n_boot, 1)), joint_gtol(weights, delta), 5000)
-        fitted.samples = _to_params(boot[ok])
-        fitted.n_boot_converged, fitted.n_boot_dropped = int(ok.sum()), int((~ok).sum())
-        if ok.mean() < 0.9:
-            warnings.append(f"joint fit: only {ok.sum()} of {n_boot} bootstrap refits converged; "
-                            f"the others are left out of the intervals")
+        fitted.samples, fitted.n_boot_dropped = _to_params(boot[ok]), int((~ok).sum())
     fitted.bootstrap = mode
+    # a grid edge is moot for a term the runs do not pin down: not_identified says so instead
+    moot = [p for name in fitted.not_identified for p in TERM_PARAMS[name]]
+    fitted.warnings = warnings + _grid_edge_warnings(theta_hat, grid, skip=moot)
+    if mode != "none" and fitted.n_boot_dropped > 0.1 * n_boot:
+        fitted.warnings.append(f"joint fit: only {fitted.n_boot_converged} of {n_boot} bootstrap "
+                               f"refits converged; the others are left out of the intervals")
     return fitted
 
 
@@ -795,8 +806,7 @@ def _joint_optimum(log_N, log_D, log_L, delta, grid):
     keep = np.argsort(f)[:PRUNE_KEEP]
     theta, f, _ = bfgs_batched(fun, theta[keep], joint_gtol(ones[keep], delta), 5000)
     best = int(np.argmin(f))
-    theta_hat, converged, warnings = _polish(fun, theta[best], n, delta)
-    return theta_hat, converged, warnings + _grid_edge_warnings(theta_hat, grid)
+    return _polish(fun, theta[best], n, delta)
 
 
 def _polish(fun, theta, n, delta):
@@ -822,13 +832,17 @@ def _polish(fun, theta, n, delta):
     return theta, converged, warnings
 
 
-def _grid_edge_warnings(theta, grid=None) -> list:
+def _on_bound(theta, i) -> bool:
+    return theta[i] <= JOINT_LOWER[i] + BOUND_TOL or theta[i] >= JOINT_UPPER[i] - BOUND_TOL
+
+
+def _grid_edge_warnings(theta, grid=None, skip=()) -> list:
     """An optimum outside the grid of starts may have been missed by it. Exponents on their bound
-    are reported as not identified instead."""
+    are reported as not identified instead, as are the internal parameters named in `skip`."""
     grid = JOINT_GRID if grid is None else grid
     warnings = []
     for i, (value, name) in enumerate(zip(theta, ("a", "b", "e", "alpha", "beta"))):
-        if value <= JOINT_LOWER[i] + BOUND_TOL or value >= JOINT_UPPER[i] - BOUND_TOL:
+        if _on_bound(theta, i) or name in skip:
             continue
         lo, hi = float(np.min(grid[name])), float(np.max(grid[name]))
         if not lo < value < hi:
@@ -924,12 +938,12 @@ def fit_allocation(budgets, *, n_boot=200, rng=None, bootstrap="configs") -> All
         noise = None
     mode = resolve_bootstrap(bootstrap, noise) if n_boot else "none"
     rng = rng if rng is not None else np.random.default_rng(0)
-    samples, inflation = _allocation_bootstrap(usable, n_boot, rng, mode) if n_boot else \
+    samples, inflation = _allocation_bootstrap(usable, n_boot, rng, mode, noise) if n_boot else \
         (np.empty((0, 4)), 1.0)
     return Allocation(a, b, (a0, b0), samples, mode, inflation, n_boot - len(samples))
 
 
-def _allocation_bootstrap(budgets, n_boot, rng, mode):
+def _allocation_bootstrap(budgets, n_boot, rng, mode, noise):
     """Every budget's parabola refitted on resampled runs (batched least squares), its vertex
     found, both lines refitted across budgets. A budget whose resampled parabola has no minimum
     (or fewer than 3 distinct N) drops out of that resample; a resample left with < 2 budgets
@@ -938,8 +952,7 @@ def _allocation_bootstrap(budgets, n_boot, rng, mode):
     resamples), inflated by one Birge ratio pooled over the budgets."""
     inflation = 1.0
     if mode == "parametric":
-        sigma = Noise([s for budget in budgets for s in budget.noise.seeds]).sigma
-        point_sd = [sigma / np.sqrt(budget.noise.n_seeds) for budget in budgets]
+        point_sd = [noise.sigma / np.sqrt(budget.noise.n_seeds) for budget in budgets]
         chi2 = dof = 0.0
         for budget, sd in zip(budgets, point_sd):
             fitted = np.polyval(budget.coef, np.log(budget.N))
@@ -958,6 +971,7 @@ def _allocation_bootstrap(budgets, n_boot, rng, mode):
         else:
             weights, targets, _ = resample(mode, n_boot, rng, log_L, log_L, budget.noise, 3)
         design = np.stack([u * u, u, np.ones_like(u)], 1)
+        slope, intercept = np.polyfit(u, np.log(budget.partner), 1)
         for k in range(n_boot):
             w = weights[k]
             if np.unique(u[w > 0]).size < 3:
@@ -967,7 +981,6 @@ def _allocation_bootstrap(budgets, n_boot, rng, mode):
                                         rcond=None)[0]
             if c0 > 0:
                 vertex = -c1 / (2 * c0)
-                slope, intercept = np.polyfit(u, np.log(budget.partner), 1)
                 vertices[k, j] = vertex, intercept + slope * vertex
     log_C = np.log([b.compute for b in budgets])
     rows = []

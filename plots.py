@@ -55,9 +55,13 @@ def colours(n):
         colormaps["viridis"](np.linspace(0, 0.9, n))
 
 
-def _plain(value):
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+def plain(value):
+    """A number as a label or JSON shows it: 50000.0 as 50000, numpy scalars as Python's."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer() and \
+            abs(value) < 1e15:   # 1e300 as an int is 301 digits in a label
         return int(value)
+    if isinstance(value, np.generic):
+        return value.item()
     return value
 
 
@@ -73,7 +77,7 @@ def split_fields(field_dicts) -> tuple:
 
 def _field(key, value) -> str:
     """'plan' names a kind of curve (width, depth, data): shown as its value alone."""
-    return f"{value} plan" if key == "plan" else f"{key}={_plain(value)}"
+    return f"{value} plan" if key == "plan" else f"{key}={plain(value)}"
 
 
 def title(ax, text, shared="", width_in=6.4):
@@ -212,10 +216,9 @@ def hyperparameter(table, field, others, metric_label):
     """Metric (mean ± std over seeds) against one swept hyperparameter, a line per combination of
     the other varying columns. table: one row per setting with columns field, *others, mean, std."""
     fig, (ax,) = figure()
-    combos = [dict(zip(others, key if isinstance(key, tuple) else (key,))) for key, _ in
-              table.groupby(list(others), sort=True, dropna=False)] if others else [{}]
-    frames = [f for _, f in table.groupby(list(others), sort=True, dropna=False)] if others \
-        else [table]
+    parts = list(table.groupby(list(others), sort=True, dropna=False)) if others else [((), table)]
+    combos = [dict(zip(others, key if isinstance(key, tuple) else (key,))) for key, _ in parts]
+    frames = [f for _, f in parts]
     labels, shared = split_fields(combos)
     for colour, frame, label in zip(colours(len(frames)), frames, labels):
         frame = frame.sort_values(field)

@@ -16,6 +16,7 @@ from synthetic_runs import (DATA_PLAN, EPOCHS, LAW, REPO, SMALL_GRID, WIDTH_GROU
                             loaded, make_runs, optimum, single, sweep_points, true_loss, width_for,
                             write, write_sweep)
 import analysis
+import plots
 import laws
 from analysis import AnalysisError
 
@@ -286,9 +287,6 @@ def test_n_versus_epochs_trade_off(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Extrapolation
-
-# ---------------------------------------------------------------------------------------------
 # Outputs
 
 def test_cli_writes_every_file_and_prints_the_table(tmp_path, capsys):
@@ -515,7 +513,7 @@ def test_overflowing_compute_is_refused_and_huge_values_label_readably(tmp_path,
     path = write(tmp_path, pd.DataFrame(dict(N=x * 1e300, D=1e300, loss=2 * x ** -0.1)))
     assert analysis.main([path, "--out", str(tmp_path / "o"), "--n-boot", "0"]) == 2
     assert "column 'C' must be positive and finite" in capsys.readouterr().err
-    assert analysis._plain(1e300) == 1e300 and analysis._plain(50000.0) == 50000
+    assert plots.plain(1e300) == 1e300 and plots.plain(50000.0) == 50000
 
 
 def test_a_column_named_like_an_alias_is_that_column(tmp_path):

@@ -209,6 +209,18 @@ def test_degenerate_joint_fit_stays_in_bounds_and_says_not_identified():
     assert data["identified"] is False and data["a"] is None and data["a_ci95"] is None
 
 
+def test_a_grid_edge_is_warned_for_identified_exponents_only():
+    """D does not matter, so beta is not identified (said once, by not_identified): where it lands
+    against the grid says nothing. alpha, identified and outside its grid, is warned about."""
+    rng = np.random.default_rng(4)
+    N, D = JOINT_N[:12], JOINT_D[:12]
+    L = (0.4 + 20 * N ** -0.35) * np.exp(0.02 * rng.standard_normal(N.size))
+    narrow = dict(SMALL_GRID, alpha=[0.05, 0.1], beta=[0.5, 0.6])
+    fit = laws.fit_joint(N, D, L, n_boot=50, rng=np.random.default_rng(0), grid=narrow)
+    assert fit.not_identified == ["beta"]
+    assert [w.split("=")[0] for w in fit.warnings] == ["joint fit: optimum alpha"], fit.warnings
+
+
 def test_joint_influence_finds_the_outlier():
     L = true_loss(JOINT_N, JOINT_D)
     L[np.argmin(JOINT_D * 1e9 + JOINT_N)] *= 1.2   # smallest D, smallest N
