@@ -23,6 +23,20 @@ SLOW_FLAGS = ["--depth=1", "--dataset_size=500", "--num_epochs=300", "--test_fre
               "--batch_size=32", "--device=cpu"]
 
 
+def forbid_training(monkeypatch):
+    monkeypatch.setattr(train, "_train_locked", lambda *a, **k: pytest.fail("trained again"))
+
+
+def kill_after_summary(data_dir, tmp_path, monkeypatch, **overrides):
+    """Runs tiny_run and kills it between writing the summary and appending its row."""
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed after the summary was written")
+    monkeypatch.setattr(train, "append_row", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(data_dir, tmp_path, **overrides)
+    monkeypatch.undo()
+
+
 # --- 1. appends never corrupt final_data.csv
 
 
@@ -53,7 +67,7 @@ def test_a_torn_final_data_csv_is_refused_before_training(tmp_path):
 def test_rerun_of_a_finished_run_is_skipped_and_force_retrains_it(data_dir, tmp_path, monkeypatch,
                                                                    capsys):
     first = tiny_run(data_dir, tmp_path, quiet=False)
-    monkeypatch.setattr(train, "_train_locked", lambda *a, **k: pytest.fail("trained again"))
+    forbid_training(monkeypatch)
     again = tiny_run(data_dir, tmp_path, resume=True, quiet=False)
     assert again["timestamp"] == first["timestamp"] and "already finished" in capsys.readouterr().out
     assert len(read_csv(str(tmp_path / "final_data.csv"))) == 1
@@ -102,15 +116,10 @@ def test_force_leaves_the_checkpoint_of_a_run_another_process_is_training(data_d
 
 
 def test_kill_between_summary_and_cleanup_does_not_cause_a_rerun(data_dir, tmp_path, monkeypatch):
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed after the summary was written")
-    monkeypatch.setattr(train, "append_row", killed)
-    with pytest.raises(KeyboardInterrupt):
-        tiny_run(data_dir, tmp_path, keep_checkpoints=False)
-    monkeypatch.undo()
+    kill_after_summary(data_dir, tmp_path, monkeypatch, keep_checkpoints=False)
     name = train.run_name(train.Config(**{**TINY, "data_dir": data_dir}))
     assert (tmp_path / "runs" / f"{name}.ckpt.pt").exists()
-    monkeypatch.setattr(train, "_train_locked", lambda *a, **k: pytest.fail("trained again"))
+    forbid_training(monkeypatch)
     tiny_run(data_dir, tmp_path, resume=True)
     assert [r["run_name"] for r in read_csv(str(tmp_path / "final_data.csv"))] == [name]
     assert not (tmp_path / "runs" / f"{name}.ckpt.pt").exists()
@@ -119,15 +128,10 @@ def test_kill_between_summary_and_cleanup_does_not_cause_a_rerun(data_dir, tmp_p
 def test_a_force_retrain_killed_after_its_summary_leaves_nothing_set_aside(data_dir, tmp_path,
                                                                             monkeypatch):
     name = tiny_run(data_dir, tmp_path)["run_name"]
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed after the summary was written")
-    monkeypatch.setattr(train, "append_row", killed)
-    with pytest.raises(KeyboardInterrupt):
-        tiny_run(data_dir, tmp_path, force=True)
-    monkeypatch.undo()
+    kill_after_summary(data_dir, tmp_path, monkeypatch, force=True)
     replaced = tmp_path / "runs" / (name + train.REPLACED)
     assert replaced.exists()
-    monkeypatch.setattr(train, "_train_locked", lambda *a, **k: pytest.fail("trained again"))
+    forbid_training(monkeypatch)
     retrained = tiny_run(data_dir, tmp_path, resume=True)
     assert [r["timestamp"] for r in read_csv(str(tmp_path / "final_data.csv"))] == [retrained["timestamp"]]
     assert not replaced.exists()
