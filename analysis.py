@@ -45,13 +45,15 @@ import plots
 
 DEFAULT_LOSS = "final_test_loss_avg_last5"
 FALLBACK_LOSS = "loss"      # the loss column of a minimal CSV (N, D, loss)
-LOSS_ALIASES = {"error": "1 - final_test_acc_avg_last5", "best_error": "1 - best_test_acc"}
+LOSS_ALIASES = {"error": "1 - final_test_acc_avg_last5", "best_error": "1 - best_test_acc",
+                "final_error": "1 - final_test_acc"}
 TEXT = ("run_name", "config_id", "status", "model", "data_fingerprint", "source_fingerprint",
         "code_version")
 NUMERIC = ("width", "depth", "seed", "N", "D", "epochs", "C", "flops_per_image", "total_flops",
            "budget", "batch_size", "lr", "momentum", "weight_decay", "subset_seed", "steps",
-           "final_test_loss_avg_last5", "final_test_acc_avg_last5", "best_test_loss",
-           "best_test_acc", "final_train_loss", "final_train_acc")
+           "final_test_loss_avg_last5", "final_test_acc_avg_last5", "final_test_loss",
+           "final_test_acc", "best_test_loss", "best_test_acc", "final_train_loss",
+           "final_train_acc")
 CONTEXT = ("model", "bn", "optimizer", "batch_size", "lr", "scheduler", "momentum", "betas",
            "weight_decay", "augment", "normalize", "subset_seed")
 X_COLUMNS = ("N", "D", "C", "total_flops")

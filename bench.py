@@ -111,7 +111,8 @@ def timed_table(args, device, device_name):
             rows.append(dict(size=size, pipeline=pipeline, epoch_s=epoch_s, eval_s=eval_s,
                              projected_100_epochs_s=projected_run_s(epoch_s, eval_s),
                              images_per_s=args.dataset_size / epoch_s, tflops=tflops,
-                             mfu=tflops / peak if peak else float("nan")))
+                             mfu=tflops / peak if peak else float("nan"),
+                             threads=torch.get_num_threads()))
             print(f"  {size} {pipeline}: {epoch_s:.3f} s/epoch", file=sys.stderr)
     table = pd.DataFrame(rows)
     brief = table[table.pipeline == "brief"].set_index("size")["epoch_s"]

@@ -51,7 +51,7 @@ TRAIN_PY = os.path.join(HERE, "train.py")
 WORKER_PY = os.path.join(HERE, "worker.py")
 # Curated bench.py tables: bench.py writes to results/benchmarks.md, GPU tables are copied here.
 BENCH_NOTES = os.path.join(HERE, "Notes", "benchmarks.md")
-PLANS = ["width", "depth", "data", "compute", "grid", "study"]
+PLANS = ["width", "depth", "data", "compute", "grid", "study", "pocket"]
 DEFAULT_WIDTHS = [4, 8, 16, 32, 64, 128]   # doubling
 DEFAULT_DEPTHS = [1, 2, 3, 4, 5, 6]
 DEFAULT_DATASET_SIZES = [50_000, 25_000, 12_500, 6_250, 3_125, 1_562]  # halving
@@ -63,24 +63,54 @@ GRID_FIELDS = [f for f in fields(train.Config) if f.name != "seed" and (
     f.type in (int, float) or f.metadata["choices"] or f.type is bool and f.metadata["result"])]
 GRID_ALIASES = {"width": "widths", "depth": "depths", "dataset_size": "dataset_sizes"}
 
-# `sweep.py study`: the brief's four plans and a grid for the joint L(N, D), 100 epochs, the
-# brief's recipe (train.Config's defaults: depth 2, width 32, D = 50,000 where fixed). Points
-# shared by several plans (32x2 at D = 50,000 is in four) run once.
-STUDY_EPOCHS = 100
-STUDY_SUBPLANS = {
-    "width": dict(widths=DEFAULT_WIDTHS, seeds=[0, 1, 2]),
-    "depth": dict(depths=DEFAULT_DEPTHS, seeds=[0, 1, 2]),
-    "data": dict(dataset_sizes=DEFAULT_DATASET_SIZES, seeds=[0, 1, 2]),
-    "grid": dict(widths=[8, 16, 32, 64], dataset_sizes=[50_000, 25_000, 12_500, 6_250, 3_125],
-                 seeds=[0, 1]),
-    # IsoFLOP budgets half a decade apart, N traded against D at 100 epochs. Widths on a
-    # sqrt(2)-step ladder (N ~ width^2, so N steps ~2x) give every budget 5-6 sizes with
-    # 1,000 <= D <= 50,000 at depth 2; D >= 1,000 (100 images a class) keeps the smallest
-    # subsets out of the pure-memorisation regime.
-    "compute": dict(budgets=[1e10, 3e10, 1e11, 3e11, 1e12],
-                    widths=[4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128], min_dataset_size=1_000,
-                    seeds=[0, 1]),
+# A study is several plans run as one: points shared by plans run once. `fixed` holds the
+# settings of every run (the value a plan does not vary), `flags` the train.py flags of every run.
+@dataclass
+class Study:
+    epochs: int
+    fixed: dict
+    subplans: dict
+    flags: tuple = ()
+    jobs_per_core: bool = False  # CPU default: one single-threaded run per core (2x1: 1.5x faster)
+
+
+LADDER_DATASET_SIZES = [50_000, 25_000, 12_500, 6_250, 3_125, 1_562]  # halving
+STUDIES = {
+    # `sweep.py study`: the brief's four plans and a grid for the joint L(N, D), 100 epochs, the
+    # brief's recipe (train.Config's defaults: depth 2, width 32, D = 50,000 where fixed).
+    "study": Study(epochs=100, fixed=dict(width=train.Config.width, depth=train.Config.depth,
+                                          dataset_size=train.Config.dataset_size), subplans={
+        "width": dict(widths=DEFAULT_WIDTHS, seeds=[0, 1, 2]),
+        "depth": dict(depths=DEFAULT_DEPTHS, seeds=[0, 1, 2]),
+        "data": dict(dataset_sizes=DEFAULT_DATASET_SIZES, seeds=[0, 1, 2]),
+        "grid": dict(widths=[8, 16, 32, 64], dataset_sizes=[50_000, 25_000, 12_500, 6_250, 3_125],
+                     seeds=[0, 1]),
+        # IsoFLOP budgets half a decade apart, N traded against D at 100 epochs. Widths on a
+        # sqrt(2)-step ladder (N ~ width^2, so N steps ~2x) give every budget 5-6 sizes with
+        # 1,000 <= D <= 50,000 at depth 2; D >= 1,000 (100 images a class) keeps the smallest
+        # subsets out of the pure-memorisation regime.
+        "compute": dict(budgets=[1e10, 3e10, 1e11, 3e11, 1e12],
+                        widths=[4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128], min_dataset_size=1_000,
+                        seeds=[0, 1]),
+    }),
+    # `sweep.py pocket`: the same recipe sized for 2 CPU cores (about an hour): depth-1 networks
+    # of N = 546 .. 53,962, 10 epochs. Short schedules are fitted on final_test_loss (the last
+    # epoch, at lr 0.1 * (1 - cos(pi / 10)) / 2 = 0.0024): the last 5 epochs of a 10-epoch cosine
+    # still descend, so their mean sits above where the run ends. Evaluation only at those last
+    # 5 epochs (test_freq 10), in batches of 250 (4x faster than 1,000 on the CPU's caches).
+    "pocket": Study(epochs=10, fixed=dict(width=8, depth=1, dataset_size=50_000),
+                    flags=("--test_freq=10", "--eval_batch_size=250"), jobs_per_core=True,
+                    subplans={
+        "width": dict(widths=[2, 3, 4, 6, 8, 12, 16, 24], seeds=[0, 1]),
+        "data": dict(dataset_sizes=LADDER_DATASET_SIZES, seeds=[0, 1]),
+        "grid": dict(widths=[2, 4, 8, 16], dataset_sizes=LADDER_DATASET_SIZES, seeds=[0, 1]),
+        # N * D = C / 10 of 1.3e7, 2.7e7, 5.5e7: 5-6 widths of the ladder each with
+        # 1,500 <= D <= 50,000, centred where the grid's runs put the loss minimum.
+        "compute": dict(budgets=[1.3e8, 2.7e8, 5.5e8], widths=[2, 3, 4, 6, 8, 12, 16, 24],
+                        min_dataset_size=1_500, seeds=[0, 1]),
+    }),
 }
+STUDY_SUBPLANS = STUDIES["study"].subplans
 STUDY_MIN_SIZES_PER_BUDGET = 5
 
 
@@ -115,7 +145,7 @@ def plan_points(args) -> tuple:
         points = [dict(dataset_size=n) for n in args.dataset_sizes]
     elif args.plan == "grid":
         points = grid_points(args)
-    elif args.plan == "study":
+    elif args.plan in STUDIES:
         return study_points(args)
     else:
         points, dropped = compute_points(args)
@@ -141,19 +171,17 @@ def grid_points(args) -> list:
 
 
 def study_points(args) -> tuple:
-    """Every sub-plan of STUDY_SUBPLANS, tagged with its name; plan() merges shared points."""
-    points, dropped = [], []
-    for name, settings in STUDY_SUBPLANS.items():
-        sub = argparse.Namespace(**{**vars(args), "plan": name, "num_epochs": STUDY_EPOCHS,
+    """Every sub-plan of the study, tagged with its name; plan() merges shared points."""
+    study, points, dropped = STUDIES[args.plan], [], []
+    for name, settings in study.subplans.items():
+        sub = argparse.Namespace(**{**vars(args), "plan": name, "num_epochs": study.epochs,
                                     "tradeoff": "data", "dataset_sizes_given": False,
-                                    "widths": [train.Config.width], "depths": [train.Config.depth],
-                                    "dataset_sizes": [train.Config.dataset_size],
+                                    "widths": [study.fixed["width"]],
+                                    "depths": [study.fixed["depth"]],
+                                    "dataset_sizes": [study.fixed["dataset_size"]],
                                     "grid_values": {}, **settings})
         sub_points, sub_dropped = plan_points(sub)
-        points += [dict(p, plan=name, depth=p.get("depth", train.Config.depth),
-                        width=p.get("width", train.Config.width),
-                        dataset_size=p.get("dataset_size", train.Config.dataset_size))
-                   for p in sub_points]
+        points += [dict({**study.fixed, **p}, plan=name) for p in sub_points]
         dropped += sub_dropped
     return points, dropped
 
@@ -244,10 +272,10 @@ def training_flops(cfg: train.Config) -> int:
                                 cfg.dataset_size, cfg.num_epochs)
 
 
-def gpu_bench_figures(path: str):
-    """(heading, {(size, pipeline): TFLOP/s}) of the latest bench.py timed table in `path` that was
-    measured on a GPU (a heading `## date · device · torch ...` whose device is not cpu or mps),
-    or None when there is none."""
+def bench_figures(path: str, on_cpu: bool):
+    """(heading, {(size, pipeline): {column: value}}) of the latest bench.py timed table in `path`
+    measured on the CPU (on_cpu) or on a GPU (a heading `## date · device · torch ...` whose
+    device is not cpu or mps), or None when there is none."""
     if not os.path.exists(path):
         return None
     latest = None
@@ -256,16 +284,16 @@ def gpu_bench_figures(path: str):
     for section in sections:
         heading, *lines = section.splitlines()
         parts = [p.strip() for p in heading.split("·")]
-        if len(parts) < 3 or parts[1] in ("cpu", "mps"):
+        if len(parts) < 3 or (parts[1] == "cpu") != on_cpu or parts[1] == "mps":
             continue
         table = [[c.strip() for c in l.strip().strip("|").split("|")] for l in lines if l.startswith("|")]
         if not table or not {"size", "pipeline", "tflops"} <= set(table[0]):
             continue
-        col = {name: i for i, name in enumerate(table[0])}
         figures = {}
         for row in table[2:]:  # after the header and the |---| line
             try:
-                figures[(row[col["size"]], row[col["pipeline"]])] = float(row[col["tflops"]])
+                values = {name: float(v) for name, v in zip(table[0], row) if name not in ("size", "pipeline")}
+                figures[(row[table[0].index("size")], row[table[0].index("pipeline")])] = values
             except (ValueError, IndexError):
                 continue
         if figures:
@@ -280,27 +308,50 @@ def bench_pipeline(cfg: train.Config) -> str:
     return max(matches, key=lambda name: len(bench.PIPELINES[name]), default="default")
 
 
-def projected_gpu_s(runs, figures: dict, pipeline: str):
-    """Training seconds of the runs one after another: each run's FLOPs over the TFLOP/s bench.py
-    measured for this pipeline at the size nearest in FLOPs per image (small models are
-    launch-bound, so a single figure for all sizes would be wrong by several x). None without a
-    figure for the pipeline."""
-    measured = {size: tflops for (size, name), tflops in figures.items()
-                if name == pipeline and re.fullmatch(r"\d+x\d+", size) and tflops > 0}
+def nearest_figures(cfg: train.Config, figures: dict, pipeline: str):
+    """bench.py's row for this pipeline at the size nearest in FLOPs per image (small models are
+    launch-bound, so a single figure for all sizes would be wrong by several x); None if none."""
+    measured = {size: row for (size, name), row in figures.items()
+                if name == pipeline and re.fullmatch(r"\d+x\d+", size) and row["tflops"] > 0}
     if not measured:
         return None
-    size_flops = {size: flops_per_image("cnn", *map(int, size.split("x")), False) for size in measured}
+    f = flops_per_image(cfg.model, cfg.width, cfg.depth, cfg.bn)
+    return measured[min(measured, key=lambda size: abs(math.log(
+        flops_per_image("cnn", *map(int, size.split("x")), False) / f)))]
+
+
+def projected_gpu_s(runs, figures: dict, pipeline: str):
+    """Training seconds of the runs one after another: each run's FLOPs over the TFLOP/s bench.py
+    measured for this pipeline at the nearest size. None without a figure for the pipeline."""
+    rows = [nearest_figures(run.cfg, figures, pipeline) for run in runs]
+    if not rows or rows[0] is None:
+        return None
+    return sum(training_flops(run.cfg) / (row["tflops"] * 1e12) for run, row in zip(runs, rows))
+
+
+def projected_cpu_s(runs, figures: dict, pipeline: str, jobs: int):
+    """Wall seconds of the runs on the CPU bench.py measured, evaluation included: each run's
+    epochs at the images/s of the nearest size plus its evaluations at that size's eval_s (10,000
+    test images), with `jobs` runs at once sharing the cores. A table measured at T threads (its
+    `threads` column; all cores when absent) runs cores / T trainings at once at that speed."""
+    figures = {key: row for key, row in figures.items() if {"images_per_s", "eval_s"} <= set(row)}
+    rows = [nearest_figures(run.cfg, figures, pipeline) for run in runs]
+    if not rows or rows[0] is None:
+        return None
+    cores = os.cpu_count() or 1
     total_s = 0.0
-    for run in runs:
+    for run, row in zip(runs, rows):
         c = run.cfg
-        f = flops_per_image(c.model, c.width, c.depth, c.bn)
-        nearest = min(measured, key=lambda size: abs(math.log(size_flops[size] / f)))
-        total_s += training_flops(c) / (measured[nearest] * 1e12)
-    return total_s
+        evals = sum(train.is_eval_epoch(e, c) for e in range(1, c.num_epochs + 1))
+        total_s += (c.num_epochs * c.dataset_size / row["images_per_s"]
+                    + evals * row["eval_s"])
+    threads = rows[0].get("threads", cores)
+    return total_s / max(1, min(jobs, cores // max(1, int(threads)))) if threads < cores else total_s
 
 
-def size_report(plan_name: str, runs: list, bench_notes: str) -> list:
-    """Lines saying how big a plan is and, from GPU bench figures when there are any, how long."""
+def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> list:
+    """Lines saying how big a plan is and, from bench.py's figures when there are any, how long
+    on a GPU and, for runs on the CPU, on this CPU."""
     lines = [f"{plan_name} plan: {len(runs)} runs"]
     if any(r.plans for r in runs):
         tags = [t for r in runs for t in r.plans]
@@ -317,8 +368,8 @@ def size_report(plan_name: str, runs: list, bench_notes: str) -> list:
     flops = sum(training_flops(r.cfg) for r in runs)
     lines.append(f"{sum(r.cfg.dataset_size * r.cfg.num_epochs for r in runs):,} image-epochs, "
                  f"{flops:.3g} training FLOPs (3 x forward_flops_per_image x D x epochs)")
-    figures = gpu_bench_figures(bench_notes)
     pipeline = bench_pipeline(runs[0].cfg)
+    figures = bench_figures(bench_notes, on_cpu=False)
     seconds = projected_gpu_s(runs, figures[1], pipeline) if figures else None
     if seconds is None:
         where = f"for the {pipeline} pipeline " if figures else ""
@@ -330,6 +381,19 @@ def size_report(plan_name: str, runs: list, bench_notes: str) -> list:
                      f"training, one run at a time "
                      f"(evaluation and start-up not included), from the {pipeline} pipeline's "
                      f"TFLOP/s in {bench_notes}: {figures[0]}")
+    device = runs[0].cfg.device
+    if device == "cpu" or device == "auto" and not visible_gpus():
+        figures = bench_figures(bench_notes, on_cpu=True)
+        seconds = projected_cpu_s(runs, figures[1], pipeline, jobs) if figures else None
+        if seconds is None:
+            lines.append(f"projected CPU time: unknown, no CPU figures with images_per_s and "
+                         f"eval_s for the {pipeline} pipeline in {bench_notes} (python bench.py "
+                         f"--device cpu measures them)")
+        else:
+            lines.append(f"projected CPU time: {seconds / 60:,.0f} min wall with --jobs {jobs} "
+                         f"on {os.cpu_count()} cores (training and evaluation; start-up not "
+                         f"included), from the {pipeline} pipeline's images_per_s and eval_s in "
+                         f"{bench_notes}: {figures[0]}")
     return lines
 
 
@@ -580,7 +644,9 @@ def build_parser():
     p.add_argument("--results_dir", default=None, help="default results (or --results_dir given after --)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--force", action="store_true", help="rerun configurations that have a row")
-    p.add_argument("--jobs", type=int, default=1, help="trainings at once per GPU (in all on CPU)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="trainings at once per GPU (in all on CPU, sharing the cores); default 1, "
+                        "the pocket study on a CPU: one single-threaded training per core")
     p.add_argument("--gpus", type=int_list, default=None, help="GPU ids, e.g. 0,1 (default: all visible)")
     p.add_argument("--engine", choices=["worker", "process"], default="worker",
                    help="worker: worker.py processes training fused bundles of same-shape runs; "
@@ -648,20 +714,21 @@ def parse_args(argv=None):
         args.extra = extra + [f"--results_dir={args.results_dir}"]
     if args.plan == "collect":
         return args
-    base = train.parse_config(args.extra)  # bad extra flags fail here, before anything runs
-    if args.plan == "study":
+    if args.plan in STUDIES:
         fixed = [f"--{k}" for k in STUDY_FIXED if getattr(args, k) is not None]
         if fixed:
-            parser.error(f"the study's plan is fixed (STUDY_SUBPLANS in sweep.py), "
+            parser.error(f"the {args.plan}'s plan is fixed (STUDIES in sweep.py), "
                          f"{', '.join(fixed)} cannot change it; run the single plans for other "
                          f"grids (settings of every run go after --, e.g. -- --precision=bf16)")
+        args.extra = list(STUDIES[args.plan].flags) + args.extra  # flags typed after -- win
+    base = train.parse_config(args.extra)  # bad extra flags fail here, before anything runs
     grid_lists(args, parser)
     after = args.extra_given.get("num_epochs", args.num_epochs)
     if args.num_epochs and after != args.num_epochs:  # the one before -- would win silently
         parser.error(f"--num_epochs {args.num_epochs} before -- and {after} after it disagree; "
                      f"give it once")
-    if args.plan == "study":
-        args.num_epochs = STUDY_EPOCHS
+    if args.plan in STUDIES:
+        args.num_epochs = STUDIES[args.plan].epochs
     args.seeds = args.seeds or [0]
     args.budgets = args.budgets or DEFAULT_BUDGETS
     args.tradeoff = args.tradeoff or "data"
@@ -677,6 +744,10 @@ def parse_args(argv=None):
     args.depths = args.depths or (DEFAULT_DEPTHS if args.plan == "depth" else [base.depth])
     args.dataset_sizes = args.dataset_sizes or (DEFAULT_DATASET_SIZES if args.plan == "data" else
                                                 [base.dataset_size])
+    if args.jobs is None:
+        per_core = args.plan in STUDIES and STUDIES[args.plan].jobs_per_core
+        on_cpu = base.device == "cpu" or base.device == "auto" and not visible_gpus()
+        args.jobs = (os.cpu_count() or 1) if per_core and on_cpu else 1
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     if args.max_bundle is not None and args.max_bundle < 1:
@@ -721,9 +792,10 @@ def main(argv=None):
         runs, dropped = plan(args)
     except PlanError as e:
         sys.exit(f"error: {e}")
-    if args.plan == "study" and dropped:  # by design: the ladder is wider than any one budget
-        print(f"{len(dropped)} (budget, width) pairs of the study's compute plan need D outside "
-              f"{STUDY_SUBPLANS['compute']['min_dataset_size']:,}..{NUM_TRAIN:,} and are left out",
+    if args.plan in STUDIES and dropped:  # by design: the ladder is wider than any one budget
+        print(f"{len(dropped)} (budget, width) pairs of the {args.plan} study's compute plan need "
+              f"D outside {STUDIES[args.plan].subplans['compute']['min_dataset_size']:,}.."
+              f"{NUM_TRAIN:,} and are left out",
               file=sys.stderr)
     else:
         for reason in dropped:
@@ -734,7 +806,7 @@ def main(argv=None):
             N = num_params(c.model, c.width, c.depth, c.bn)
             print(f"{printable(run)}  # N={N} D={c.dataset_size} epochs={c.num_epochs} "
                   f"C={N * c.dataset_size * c.num_epochs:.4g}")
-        for line in size_report(args.plan, runs, args.bench_notes):  # stdout stays runnable
+        for line in size_report(args.plan, runs, args.bench_notes, args.jobs):  # stdout stays runnable
             print(f"# {line}", file=sys.stderr)
         return
     done = set() if args.force else finished_names(args.results_dir)

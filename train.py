@@ -46,11 +46,16 @@ EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 REPLACED = ".json.replaced"
 
 
-def hp(default, help, *, min=None, max=None, choices=None, result=True):
+NO_NEUTRAL = object()
+
+
+def hp(default, help, *, min=None, max=None, choices=None, result=True, neutral=NO_NEUTRAL):
     """One hyperparameter. result=False marks settings that cannot change what is learned (paths,
-    logging); they are left out of the run name and config_id."""
+    logging); they are left out of the run name and config_id. A setting added to the lab after
+    its first results exist gives `neutral`, the value that behaves as the lab did before it:
+    config_id hashes it only when it differs, so runs made before it keep their names."""
     return field(default=default, metadata=dict(help=help, min=min, max=max, choices=choices,
-                                                result=result))
+                                                result=result, neutral=neutral))
 
 
 # Studies of the seed documents: name -> (what it is, the defaults it sets). Flags given on the
@@ -248,7 +253,8 @@ def config_id(cfg: Config) -> str:
     """Hash of every setting that can change what is learned, except the seed: rows sharing it
     are seeds of one configuration."""
     keys = {f.name: getattr(cfg, f.name) for f in fields(type(cfg))
-            if f.metadata["result"] and f.name != "seed"}
+            if f.metadata["result"] and f.name != "seed"
+            and getattr(cfg, f.name) != f.metadata.get("neutral", NO_NEUTRAL)}
     if getattr(cfg, "loader", None) == "torchvision":  # workers draw the transforms' random stream
         keys["num_workers"] = cfg.num_workers
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
@@ -279,14 +285,16 @@ def is_eval_epoch(epoch: int, cfg: Config) -> bool:
 
 
 def last5_and_best(rows: list, split: str) -> dict:
-    """final_<split>_{loss,acc}_avg_last5 (mean of the last 5 evaluations) and best_<split>_*;
-    NaN where that split was never evaluated."""
+    """final_<split>_{loss,acc}_avg_last5 (mean of the last 5 evaluations), final_<split>_*
+    (the last evaluation, after the epoch at the smallest lr: the metric of short schedules,
+    where the last 5 epochs still descend) and best_<split>_*; NaN where never evaluated."""
     evals = [r for r in rows if r[f"{split}_loss"] != ""]
     last, nan = evals[-LAST_K:], float("nan")
     out = {}
     for metric, best in (("loss", min), ("acc", max)):
         key = f"{split}_{metric}"
         out[f"final_{key}_avg_last5"] = sum(r[key] for r in last) / len(last) if last else nan
+        out[f"final_{key}"] = last[-1][key] if last else nan
         out[f"best_{key}"] = best((r[key] for r in evals), default=nan)
     return out
 
@@ -316,6 +324,7 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         wall_time_s=sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows),
         num_workers=cfg.num_workers if cfg.loader == "torchvision" else "",
         device=str(device), device_name=device_name(device), torch_version=torch.__version__,
+        num_threads=torch.get_num_threads(),  # CPU results differ in the last bits across it
         code_version=git_version(), **fingerprints,
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     return row
