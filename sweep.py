@@ -465,6 +465,11 @@ def gpu_env(gpu, jobs: int = 1) -> dict:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     else:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+        # glibc hands each step's large activations back to the kernel and faults them in again
+        # at the next step; keeping freed memory in the process saves that (tiny networks:
+        # +25% images/s at 4x1). Changes no number a run computes.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(2 ** 30))
+        env.setdefault("MALLOC_TRIM_THRESHOLD_", str(2 ** 31))
     return env
 
 
