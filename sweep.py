@@ -223,7 +223,7 @@ def plan(args) -> tuple:
         budget = point.pop("budget", float("nan"))
         tag = point.pop("plan", None)
         flags = [train.as_flag(k, v) if isinstance(v, bool) else f"--{k}={v}"
-                 for k, v in point.items()]
+                 for k, v in point.items()] + ([] if math.isnan(budget) else [f"--budget={budget:g}"])
         if args.num_epochs and "num_epochs" not in point:
             flags.append(f"--num_epochs={args.num_epochs}")
         clash = sorted(k for k in point if k in args.extra_given and args.extra_given[k] != point[k])
@@ -241,7 +241,8 @@ def plan(args) -> tuple:
         if run.name in runs:  # the study: one run serves every sub-plan that contains it
             shared = runs[run.name]
             shared.plans += (tag,) if tag not in shared.plans else ()
-            shared.budget = budget if math.isnan(shared.budget) else shared.budget
+            if math.isnan(shared.budget) and not math.isnan(budget):
+                shared.argv, shared.cfg, shared.budget = run.argv, run.cfg, budget
         else:
             runs[run.name] = run
     if not runs:

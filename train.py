@@ -127,6 +127,9 @@ class Config:
     test_freq: int = hp(5, "evaluate on the 10,000 test images every this many epochs (and at "
                            "each of the last 5)", min=1, result=False)
     eval_batch_size: int = hp(1000, "images per evaluation batch", min=1, result=False)
+    budget: float = hp(0.0, "the IsoFLOP budget C = N*D*epochs the run was planned for (sweep.py "
+                            "sets it; recorded so analysis.py groups a budget's runs exactly, not "
+                            "by nearby C; 0: none)", min=0.0, result=False)
     num_workers: int = hp(0, "DataLoader workers (--loader torchvision only)", min=0, result=False)
     data_dir: str = hp("data", "holds cifar-10-batches-py/ (downloaded there if absent)", result=False)
     results_dir: str = hp("results", "where runs/ and final_data.csv go", result=False)
@@ -319,7 +322,8 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         if flag in row and getattr(cfg, key) != needed:
             row[flag] = ""
     row.update(
-        test_freq=cfg.test_freq, preset=cfg.preset, experiment_name=cfg.experiment_name,
+        test_freq=cfg.test_freq, budget=cfg.budget or "", preset=cfg.preset,
+        experiment_name=cfg.experiment_name,
         train_time_s=sum(r["epoch_time_s"] for r in rows),
         wall_time_s=sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows),
         num_workers=cfg.num_workers if cfg.loader == "torchvision" else "",
