@@ -219,8 +219,13 @@ def main():
     parser.add_argument("--bn", action="store_true", help="BatchNorm in simplecnn")
     args = parser.parse_args()
     _, width, depth = MODELS[args.model]
-    args.width, args.depth = args.width or width, args.depth or depth
-    model = build_model(args.model, args.width, args.depth, args.bn)
+    args.width = width if args.width is None else args.width
+    args.depth = depth if args.depth is None else args.depth
+    for name in ("width", "depth"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    with torch.device("meta"):  # shapes only: any size is counted without allocating it
+        model = build_model(args.model, args.width, args.depth, args.bn)
     print(f"{args.model} width={args.width} depth={args.depth}: N={count_params(model):,} "
           f"forward_flops_per_image={forward_flops_per_image(model):,}")
 

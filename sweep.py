@@ -20,6 +20,7 @@ Ctrl-C or SIGTERM stops the sweep and its trainings cleanly (rerun the same comm
 trainings also stop by themselves when the sweep is SIGKILLed.
 """
 import argparse
+import csv
 import functools
 import glob
 import itertools
@@ -27,6 +28,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,7 +192,7 @@ def compute_points(args) -> tuple:
     """For each budget and model size, the D (or epochs) that makes N*D*epochs the budget."""
     points, dropped = [], []
     base = train.parse_config(args.extra)
-    epochs = args.num_epochs or base.num_epochs
+    epochs = base.num_epochs if args.num_epochs is None else args.num_epochs
     fixed_D = args.dataset_sizes[0] if args.dataset_sizes_given else base.dataset_size
     for budget in args.budgets:
         for width in args.widths:
@@ -224,7 +226,7 @@ def plan(args) -> tuple:
         tag = point.pop("plan", None)
         flags = [train.as_flag(k, v) if isinstance(v, bool) else f"--{k}={v}"
                  for k, v in point.items()] + ([] if math.isnan(budget) else [f"--budget={budget:g}"])
-        if args.num_epochs and "num_epochs" not in point:
+        if args.num_epochs is not None and "num_epochs" not in point:
             flags.append(f"--num_epochs={args.num_epochs}")
         clash = sorted(k for k in point if k in args.extra_given and args.extra_given[k] != point[k])
         if clash:
@@ -573,8 +575,11 @@ def summary_codes(runs, results_dir) -> dict:
 # collect
 
 
-def collect(results_dir: str) -> int:
-    """Rebuild final_data.csv from the per-run summaries. The old file is kept beside it."""
+def collect(results_dir: str) -> tuple:
+    """Rebuild final_data.csv from the per-run summaries: (summaries read, the backup of the old
+    file or None, the run names of its rows that no summary backs). The new file replaces the old
+    one atomically, so a full disk leaves the old one as it was; the old one stays as a backup
+    under a name no other collect takes; its rows without a summary are named, not lost."""
     rows, damaged = [], []
     for path in sorted(glob.glob(os.path.join(results_dir, "runs", "*.json"))):
         try:
@@ -589,11 +594,38 @@ def collect(results_dir: str) -> int:
     rows.sort(key=lambda r: r.get("timestamp", ""))
     columns = list(dict.fromkeys(k for row in rows for k in row))
     target = os.path.join(results_dir, "final_data.csv")
+    backup, orphans = None, []
     with file_lock(target):
         if os.path.exists(target):
-            os.replace(target, f"{target}.{time.strftime('%Y%m%dT%H%M%S')}.bak")
-        write_csv(target, rows, columns)
-    return len(rows)
+            backup = keep_backup(target)
+            try:
+                old = {r.get("run_name") for r in read_csv(target)}
+            except (OSError, UnicodeDecodeError, csv.Error):
+                old = set()  # unreadable: all of it stays in the backup
+            orphans = sorted(name for name in old - {r["run_name"] for r in rows} if name)
+        try:
+            write_csv(target, rows, columns)
+        except OSError as e:
+            raise PlanError(f"could not write {target} ({e.strerror or e}); it is left as it was"
+                            + (f", with a copy in {backup}" if backup else "")) from None
+    return len(rows), backup, orphans
+
+
+def keep_backup(path: str) -> str:
+    """A second name for `path` (a hard link: no copy, no space), unique even for two collects in
+    one second; the file under it is never replaced."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for i in itertools.count():
+        backup = f"{path}.{stamp}{f'.{i}' if i else ''}.bak"
+        try:
+            os.link(path, backup)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links
+            if not os.path.exists(backup):
+                shutil.copy2(path, backup)
+                return backup
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,7 +633,16 @@ def collect(results_dir: str) -> int:
 
 
 def int_list(text):
-    values = [int(float(v)) for v in text.split(",") if v.strip()]
+    """Whole numbers (1e3 is 1000); 1.5 or nan is refused, not rounded."""
+    values = []
+    for v in (v.strip() for v in text.split(",") if v.strip()):
+        try:
+            number = float(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{v!r} is not a whole number") from None
+        if not math.isfinite(number) or number != int(number):
+            raise argparse.ArgumentTypeError(f"{v!r} is not a whole number")
+        values.append(int(number))
     if not values:
         raise argparse.ArgumentTypeError("needs at least one value")
     return values
@@ -698,7 +739,7 @@ def grid_lists(args, parser) -> None:
                      f"every run of the {args.plan} plan goes after --, e.g. -- --{next(iter(values))}=V")
     elif epochs and len(epochs) > 1:
         parser.error("--num_epochs takes one value except in the grid plan")
-    if epochs and len(epochs) == 1:
+    if epochs is not None and len(epochs) == 1:
         args.num_epochs = epochs[0]
 
 
@@ -729,8 +770,10 @@ def parse_args(argv=None):
         args.extra = list(STUDIES[args.plan].flags) + args.extra  # flags typed after -- win
     base = train.parse_config(args.extra)  # bad extra flags fail here, before anything runs
     grid_lists(args, parser)
+    if args.num_epochs is not None and args.num_epochs < 1:  # would divide budgets by 0
+        parser.error(f"invalid configuration: --num_epochs must be >= 1, got {args.num_epochs}")
     after = args.extra_given.get("num_epochs", args.num_epochs)
-    if args.num_epochs and after != args.num_epochs:  # the one before -- would win silently
+    if args.num_epochs is not None and after != args.num_epochs:  # the one before -- would win silently
         parser.error(f"--num_epochs {args.num_epochs} before -- and {after} after it disagree; "
                      f"give it once")
     if args.plan in STUDIES:
@@ -793,7 +836,12 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.plan == "collect":
-            print(f"rebuilt {args.results_dir}/final_data.csv from {collect(args.results_dir)} run summaries")
+            count, backup, orphans = collect(args.results_dir)
+            print(f"rebuilt {args.results_dir}/final_data.csv from {count} run summaries"
+                  + (f"; the old file is kept as {backup}" if backup else ""))
+            if orphans:
+                print(f"{len(orphans)} rows of the old file have no run summary and are left out "
+                      f"(they stay in {backup}): {', '.join(orphans)}", file=sys.stderr)
             return
         runs, dropped = plan(args)
     except PlanError as e:

@@ -606,15 +606,17 @@ def _execute_notebook(folder, monkeypatch):
 
 
 def test_notebook_reads_the_committed_study_when_results_has_none(tmp_path, monkeypatch):
-    write_sweep(str(tmp_path / "Notes" / "study"))
+    write_sweep(str(tmp_path / "Notes" / "pocket_study"))
     text, images = _execute_notebook(tmp_path, monkeypatch)
-    assert "Runs from Notes/study/final_data.csv" in text
+    assert "Runs from Notes/pocket_study/final_data.csv" in text
     assert len(images) >= 7 and (tmp_path / "out" / "fits.json").exists()
+    # fitted on the loss the committed study was designed for
+    assert json.loads((tmp_path / "out" / "fits.json").read_text())["loss"] == "final_test_loss"
 
 
 def test_notebook_says_clearly_when_there_are_no_runs(tmp_path, monkeypatch):
     text, images = _execute_notebook(tmp_path, monkeypatch)
-    assert "No runs to analyse" in text and "Notes/study/final_data.csv" in text
+    assert "No runs to analyse" in text and "Notes/pocket_study/final_data.csv" in text
     assert not images and not (tmp_path / "out").exists()
 
 

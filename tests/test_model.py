@@ -112,3 +112,14 @@ def test_simplecnn_has_batchnorm_only_when_asked():
     assert sum(isinstance(m, nn.MaxPool2d) for m in plain.modules()) == 3
     with pytest.raises(ValueError, match="simplecnn"):
         build_model("cnn", 4, 1, bn=True)
+
+
+def test_cli_refuses_a_zero_width_and_counts_huge_ones_without_memory(monkeypatch, capsys):
+    import model
+    monkeypatch.setattr("sys.argv", ["model.py", "--width", "0"])
+    with pytest.raises(SystemExit) as exit_:  # was: the default model's N, exit 0
+        model.main()
+    assert exit_.value.code == 2 and "--width must be >= 1, got 0" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["model.py", "--width", "100000", "--depth", "2"])
+    model.main()  # 2.8e12 parameters: counted on the meta device, nothing allocated
+    assert "N=2,790,010,900,010" in capsys.readouterr().out

@@ -161,7 +161,7 @@ def test_a_damaged_summary_is_named_by_train_py_and_collect_without_a_traceback(
     assert final.read_text() == before  # left as it was, no backup taken
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".bak")] == []
     train.main([*flags, "--quiet", f"--data_dir={data_dir}", f"--results_dir={tmp_path}", "--force"])
-    assert sweep.collect(str(tmp_path)) == 2  # the way out the message gives
+    assert sweep.collect(str(tmp_path))[0] == 2  # the way out the message gives
 
 
 def test_a_damaged_summary_fails_only_its_run_in_a_worker(data_dir, tmp_path):
@@ -447,3 +447,100 @@ def test_summary_records_optimiser_steps(data_dir, tmp_path):
 def test_bench_tables_go_under_results_by_default():
     import bench
     assert bench.build_parser().parse_args([]).notes == os.path.join("results", "benchmarks.md")
+
+
+# --- collect never makes a results folder worse; a summary must be its run's own
+
+def summaries_folder(tmp_path, names=("run_a", "run_b")):
+    """runs/<name>.json for each name, and a final_data.csv holding them plus a row of a run
+    whose summary is gone."""
+    os.makedirs(tmp_path / "runs")
+    for i, name in enumerate(names):
+        (tmp_path / "runs" / f"{name}.json").write_text(
+            f'{{"run_name": "{name}", "N": {i + 1}, "timestamp": "2026-01-0{i + 1}"}}')
+    final = tmp_path / "final_data.csv"
+    final.write_text("run_name,N\n" + "".join(f"{n},{i + 1}\n" for i, n in enumerate(names))
+                     + "lost_run,9\n")
+    return final
+
+
+def test_two_collects_in_one_second_keep_both_backups(tmp_path, monkeypatch, capsys):
+    final = summaries_folder(tmp_path)
+    original = final.read_text()
+    monkeypatch.setattr(sweep.time, "strftime", lambda *a: "20260101T000000")
+    sweep.main(["collect", "--results_dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert "rebuilt" in out.out and "1 rows of the old file have no run summary" in out.err
+    assert "lost_run" in out.err
+    sweep.main(["collect", "--results_dir", str(tmp_path)])
+    backups = {p.name: p.read_text() for p in tmp_path.iterdir() if p.name.endswith(".bak")}
+    assert len(backups) == 2  # the first one, with the row only it had, is still there
+    assert backups["final_data.csv.20260101T000000.bak"] == original
+    assert [r["run_name"] for r in read_csv(final)] == ["run_a", "run_b"]
+
+
+def test_collect_on_a_full_disk_leaves_final_data_as_it_was(tmp_path, monkeypatch, capsys):
+    final = summaries_folder(tmp_path)
+    original = final.read_text()
+
+    def full(path, data, mode="w"):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(utils, "atomic_write", full)
+    with pytest.raises(SystemExit, match="could not write .*final_data.csv \\(No space left on "
+                                         "device\\); it is left as it was, with a copy in"):
+        sweep.main(["collect", "--results_dir", str(tmp_path)])
+    assert final.read_text() == original
+
+
+def test_a_summary_holding_another_runs_summary_is_refused(data_dir, tmp_path, capsys):
+    final = summaries_folder(tmp_path)
+    (tmp_path / "runs" / "run_b.json").write_text((tmp_path / "runs" / "run_a.json").read_text())
+    before = final.read_text()
+    with pytest.raises(SystemExit, match="run_b.json is not a readable run summary \\(it holds the "
+                                         "summary of run_a"):
+        sweep.main(["collect", "--results_dir", str(tmp_path)])
+    assert final.read_text() == before
+    # train.py does not take it for its own run either: it names the file instead of skipping.
+    cfg = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path)})
+    name = train.run_name(cfg)
+    (tmp_path / "runs" / f"{name}.json").write_text((tmp_path / "runs" / "run_a.json").read_text())
+    with pytest.raises(ResultsFileError, match=f"{name}.json is not a readable run summary"):
+        train.finished_summary(cfg, str(tmp_path / "runs" / name))
+
+
+# --- a run's identity survives the lab gaining a setting
+
+# run_name of these configurations as the lab named them before settings could be neutral
+# (commit a5cf1ae): a results folder made then must still be recognised.
+NAMES_BEFORE = {
+    "cnn_w32_d2_D50000_e100_s0_0431677f92": dict(),
+    "cnn_w4_d1_D500_e3_s0_adamw_528b083f8b": dict(width=4, depth=1, dataset_size=500, num_epochs=3,
+                                                 optimizer="adamw"),
+}
+
+
+def test_run_names_are_those_of_earlier_versions(tmp_path, monkeypatch):
+    for name, settings in NAMES_BEFORE.items():
+        assert train.run_name(train.Config(**settings)) == name
+    # A results folder of that version: its runs are skipped, not trained again.
+    settings = NAMES_BEFORE["cnn_w4_d1_D500_e3_s0_adamw_528b083f8b"]
+    cfg = train.Config(**settings, results_dir=str(tmp_path), quiet=True)
+    os.makedirs(tmp_path / "runs")
+    (tmp_path / "runs" / "cnn_w4_d1_D500_e3_s0_adamw_528b083f8b.json").write_text(
+        '{"run_name": "cnn_w4_d1_D500_e3_s0_adamw_528b083f8b", "status": "finished"}')
+    forbid_training(monkeypatch)
+    assert train.train(cfg)["status"] == "finished"
+
+
+def test_a_new_setting_at_its_neutral_value_keeps_every_run_name():
+    from dataclasses import dataclass, fields as dc_fields
+
+    @dataclass
+    class Upgraded(train.Config):  # the lab a version later, with one more setting
+        precise_bn: bool = train.hp(False, "recompute BatchNorm statistics", neutral=False)
+
+    for settings in NAMES_BEFORE.values():
+        old, new = train.Config(**settings), Upgraded(**settings)
+        assert train.config_id(new) == train.config_id(old)
+        assert train.config_id(Upgraded(**settings, precise_bn=True)) != train.config_id(old)
+    assert "precise_bn" in {f.name for f in dc_fields(Upgraded)}

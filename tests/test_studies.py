@@ -121,7 +121,7 @@ def test_validation_is_logged_per_evaluation_and_summarised(data_dir, tmp_path):
     available = len(data.load_cifar10(data_dir).train_labels)
     train_idx, val_idx = data.split_indices(available, 300, 100, subset_seed=42)  # the preset's
     assert split["train_indices"] == train_idx.tolist() and split["val_indices"] == val_idx.tolist()
-    assert sweep.collect(str(tmp_path)) == 1  # the split file is not taken for a summary
+    assert sweep.collect(str(tmp_path))[0] == 1  # the split file is not taken for a summary
     plain = tiny_run(data_dir, tmp_path / "plain", dataset_size=300, subset_seed=42)
     assert plain["data_fingerprint"] == summary["data_fingerprint"]  # the split keeps the D images
     assert np.isnan(plain["final_val_loss_avg_last5"]) and plain["val_images"] == 0

@@ -60,6 +60,10 @@ def test_grid_takes_a_list_of_every_numeric_or_choice_field_of_config(tmp_path):
     (["grid", "--width", "8", "--widths", "8"], "--width and --widths are the same list"),
     (["width", "--lr", "0.1,0.2"], "lists of train.py settings are for the grid plan"),
     (["depth", "--num_epochs", "3,4"], "--num_epochs takes one value except in the grid plan"),
+    (["width", "--num_epochs", "0"], "--num_epochs must be >= 1, got 0"),  # was: 100 epochs
+    (["width", "--depths", "1.5"], "argument --depths: '1.5' is not a whole number"),  # was: 1
+    (["width", "--seeds", "0.7"], "argument --seeds: '0.7' is not a whole number"),  # was: 0
+    (["width", "--widths", "inf"], "argument --widths: 'inf' is not a whole number"),
     (["study", "--seeds", "0"], "the study's plan is fixed"),
     (["study", "--momentum", "0.8"], "--momentum cannot change it"),
     (["width", "--", "--experiment_name", "x"], "--experiment_name x names one configuration"),
