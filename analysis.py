@@ -42,6 +42,7 @@ import pandas as pd
 
 import laws
 import plots
+from utils import torn_last_row
 
 DEFAULT_LOSS = "final_test_loss_avg_last5"
 FALLBACK_LOSS = "loss"      # the loss column of a minimal CSV (N, D, loss)
@@ -103,8 +104,15 @@ def load(paths, *, loss=None, where=None, model=None, allow_mixed_data=False) ->
 def read_results(paths) -> tuple:
     if not paths:
         raise AnalysisError("no CSV given")
-    frames = [_read_csv(path) for path in paths]
-    notes = [f"read {sum(map(len, frames))} rows from {len(paths)} file(s)"]
+    frames, notes = [], []
+    for path in paths:
+        frame = _read_csv(path)
+        torn = torn_last_row(path)
+        if torn:  # as the writers refuse to append to it, the fits do not take it as a run
+            frame = frame.iloc[:-1]
+            notes.append(f"{torn}: left out")
+        frames.append(frame)
+    notes.insert(0, f"read {sum(map(len, frames))} rows from {len(paths)} file(s)")
     assumed = {}
     frames = [with_defaults(frame, path, assumed) for frame, path in zip(frames, paths)]
     rows = pd.concat(frames, ignore_index=True)

@@ -20,13 +20,13 @@ import threading
 import time
 
 import numpy as np
-import torch
 import yaml
 from filelock import FileLock
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
     """Seed every RNG; with `deterministic`, make CUDA kernels reproducible (the brief's default)."""
+    import torch  # here, so that analysis.py reads results without loading torch
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -109,6 +109,16 @@ def csv_tail_error(path: str):
         return None
     if os.path.isdir(path) or not os.access(path, os.R_OK | os.W_OK):
         return f"{path} is not a writable file"
+    torn = torn_last_row(path)
+    if torn:
+        return (f"{torn}. Delete that line (python sweep.py collect rebuilds the file from "
+                f"runs/*.json), then run again")
+    return None
+
+
+def torn_last_row(path: str):
+    """A sentence naming the last line of the CSV at `path` when it is not a whole row (no
+    newline at its end and fewer fields than the header: a write cut off), else None."""
     with open(path, "rb") as f:
         f.seek(-1, os.SEEK_END)
         if f.read(1) == b"\n":
@@ -119,8 +129,7 @@ def csv_tail_error(path: str):
     if len(lines) > 1 and len(lines[-1]) != len(lines[0]):
         return (f"{path}: line {text.count(chr(10)) + 1} (the last) is not a whole row "
                 f"({len(lines[-1])} of {len(lines[0])} fields), probably a write cut off by a "
-                f"crash. Delete that line (python sweep.py collect rebuilds the file from "
-                f"runs/*.json), then run again")
+                f"crash")
     return None
 
 

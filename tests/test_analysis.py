@@ -626,3 +626,19 @@ def test_notebook_is_committed_without_outputs():
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code[0].source.count("os.environ.get") >= 2 and "CSV_PATHS" in code[0].source
     assert all(cell.outputs == [] and cell.execution_count is None for cell in code)
+
+
+def test_a_row_cut_off_mid_write_is_left_out_with_a_note(tmp_path):
+    """train.py refuses to append to such a file; the fits must not take the torn row for a run
+    (its loss truncated to a wrong number moved the exponents)."""
+    frame = make_runs(WIDTH_PLAN, seeds=(0,))
+    path = write(tmp_path, frame)
+    whole = open(path).read()
+    last = whole.splitlines()[-1]
+    with open(path, "a") as f:
+        f.write(last[:len(last) // 3])  # cut off: no newline, a third of the fields
+    runs = analysis.load([path])
+    assert len(runs.rows) == len(frame)
+    line = whole.count("\n") + 1
+    assert any(f"line {line} (the last) is not a whole row" in n and "left out" in n
+               for n in runs.notes), runs.notes
