@@ -13,6 +13,7 @@ results/final_data.csv.
 """
 import argparse
 import contextlib
+import errno
 import importlib.util
 import io
 import hashlib
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -885,6 +887,18 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     except (KeyboardInterrupt, Stopped) as e:
         sys.exit(stopped_exit_code(e, run_name(cfg)))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        sys.exit(f"error: {disk_full_message(e, cfg.results_dir)}; {run_name(cfg)} stopped, the "
+                 f"epochs it finished are in its checkpoint: free some space and rerun with --resume")
+
+
+def disk_full_message(e: OSError, folder: str) -> str:
+    """One line for a full disk: which file, how much is free where the results go."""
+    free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
+    where = f" writing {e.filename}" if e.filename else f" writing under {folder}"
+    return f"no space left on the device{where} ({free / 2 ** 20:,.1f} MiB free there)"
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import train
 import utils
 import worker
 from conftest import REPO, write_synthetic_cifar10
-from test_train import TINY, epoch_rows, tiny_run
+from test_train import TIME_COLUMNS, TINY, epoch_rows, tiny_run
 from utils import ResultsFileError, append_row, read_csv
 
 SLOW_FLAGS = ["--depth=1", "--dataset_size=500", "--num_epochs=300", "--test_freq=1000",
@@ -544,3 +544,30 @@ def test_a_new_setting_at_its_neutral_value_keeps_every_run_name():
         assert train.config_id(new) == train.config_id(old)
         assert train.config_id(Upgraded(**settings, precise_bn=True)) != train.config_id(old)
     assert "precise_bn" in {f.name for f in dc_fields(Upgraded)}
+
+
+# --- a full disk: one line, and the run resumes to the same rows
+
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_path, monkeypatch):
+    flags = [f"--{k}={v}" for k, v in TINY.items() if k != "quiet"] + [
+        "--num_epochs=3", "--quiet", f"--data_dir={data_dir}", f"--results_dir={tmp_path}"]
+    real_save, saved = train.save_checkpoint, []
+
+    def full_at_epoch_2(path, model, optimizer, rows, cfg):
+        if len(rows) == 2:
+            raise OSError(28, "No space left on device", path)
+        saved.append(len(rows))
+        real_save(path, model, optimizer, rows, cfg)
+    monkeypatch.setattr(train, "save_checkpoint", full_at_epoch_2)
+    with pytest.raises(SystemExit) as exit_:  # was: an OSError traceback
+        train.main(flags)
+    message = str(exit_.value.code)
+    assert message.startswith("error: no space left on the device writing ")
+    assert ".ckpt.pt" in message and "MiB free there" in message and "--resume" in message
+    monkeypatch.undo()
+    train.main(flags + ["--resume"])
+    resumed = pd.read_csv(next((tmp_path / "runs").glob("*.csv")))
+    train.main(flags + ["--force", f"--results_dir={tmp_path / 'again'}"])
+    whole = pd.read_csv(next((tmp_path / "again" / "runs").glob("*.csv")))
+    pd.testing.assert_frame_equal(resumed.drop(columns=list(TIME_COLUMNS)),
+                                  whole.drop(columns=list(TIME_COLUMNS)))
