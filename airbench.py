@@ -714,6 +714,9 @@ def main(argv=None):
         bench(cfg)
     except (data.DataError, ConfigError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # runs already finished are in the results table
+        sys.exit(f"airbench.py: stopped by Ctrl-C; the runs that finished are in "
+                 f"{cfg.results_dir}, the one in progress is lost")
 
 
 if __name__ == "__main__":

@@ -1171,6 +1171,10 @@ def main(argv=None) -> int:
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"analysis.py: stopped by Ctrl-C; {args.out} may hold some of its files, not all",
+              file=sys.stderr)
+        return 130
     print(markdown_report(result))
     names = ", ".join(os.path.basename(p) for p in paths)
     print(f"wrote {len(paths)} files to {args.out}: {names}")

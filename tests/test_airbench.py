@@ -487,3 +487,11 @@ def test_results_table_reports_mean_and_std_over_runs():
     assert ("| 3 | 0.9300 ± 0.0100 | 3.100 ± 0.100 | 2.100 ± 0.100 | 0.9200 ± 0.0100 | abc |"
             in table)
     assert "`python airbench.py --runs 3` (seeds 0..2, after 1 warm-up run)" in table
+
+
+def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, tmp_path):
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ab, "bench", interrupted)
+    with pytest.raises(SystemExit, match="airbench.py: stopped by Ctrl-C; the runs that finished"):
+        ab.main(["--results_dir", str(tmp_path), "--device", "cpu"])

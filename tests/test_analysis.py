@@ -642,3 +642,10 @@ def test_a_row_cut_off_mid_write_is_left_out_with_a_note(tmp_path):
     line = whole.count("\n") + 1
     assert any(f"line {line} (the last) is not a whole row" in n and "left out" in n
                for n in runs.notes), runs.notes
+
+
+def test_ctrl_c_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    path = write(tmp_path, make_runs(WIDTH_PLAN, seeds=(0,)))
+    monkeypatch.setattr(analysis, "analyse", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert analysis.main([path, "--out", str(tmp_path / "out")]) == 130
+    assert capsys.readouterr().err.startswith("analysis.py: stopped by Ctrl-C")
