@@ -617,9 +617,12 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
     if joint is not None and joint.n >= 7:
         frame = joint.configs
         try:
+            noise = noise_of(frame)
             extrapolations.append(laws.extrapolate_joint(
                 frame.N, frame.D, frame.L, frame.C, group=joint.group, delta=joint.delta,
-                grid=grid, point_sd=noise_of(frame).point_sd()))
+                grid=grid, point_sd=noise.point_sd(), noise=noise, n_boot=n_boot,
+                rng=laws.stream(seed, "joint extrapolation", data_key(frame.N, frame.D, frame.L)),
+                bootstrap=bootstrap))
         except laws.FitError as e:
             warnings.append(f"joint extrapolation skipped: {e}")
     influence = _single_influence(groups, single) + _joint_influence(joint)
@@ -900,7 +903,14 @@ def _extrapolation_table(rows) -> str:
                     "max |rel error|": _g(e["max_abs_rel_error"], 2),
                     "log RMSE": _g(e["log_rmse"], 2),
                     "seed-noise floor": _g(e["noise_floor_log_rmse"], 2),
-                    "beyond noise": _g(e["log_rmse_beyond_noise"], 2)} for e in rows])
+                    "beyond noise": _g(e["log_rmse_beyond_noise"], 2),
+                    "in 95% interval": _within(e["held_out"])} for e in rows])
+
+
+def _within(held_out) -> str:
+    """How many held-out points fall inside their prediction interval ('' where none has one)."""
+    tested = [h["within_interval"] for h in held_out if "within_interval" in h]
+    return f"{sum(tested)} of {len(tested)}" if tested else ""
 
 
 def _influence_table(rows) -> str:

@@ -1050,14 +1050,29 @@ def _extrapolation(x_name, group, form, n_fit, x, observed, predicted, extra=Non
 
 
 def extrapolate_joint(N, D, L, C, *, group, delta=HUBER_DELTA, grid=None,
-                      point_sd=None) -> Extrapolation:
-    """Hold out the configurations of the largest N·D (a fifth, at least one)."""
+                      point_sd=None, noise: Optional[Noise] = None, n_boot=0, rng=None,
+                      bootstrap="auto") -> Extrapolation:
+    """Hold out the configurations of the largest N·D (a fifth, at least one). With n_boot, each
+    held-out point gets the 95% interval in which the law fitted without it says its seed mean
+    should fall: bootstrap refits of that law (its parameter uncertainty) times the point's own
+    seed noise, so `within_interval` tests the law, not the point's luck."""
     N, D, L, C = (np.asarray(v, float) for v in (N, D, L, C))
     size = N * D
     n_holdout = max(1, len(L) // 5)
     held = size >= np.sort(size)[-n_holdout]
-    fitted = fit_joint(N[~held], D[~held], L[~held], delta=delta, n_boot=0, grid=grid)
+    fit_noise = None if noise is None else Noise([s for s, h in zip(noise.seeds, held) if not h])
+    fitted = fit_joint(N[~held], D[~held], L[~held], delta=delta, n_boot=n_boot, grid=grid,
+                       rng=rng, noise=fit_noise, bootstrap=bootstrap)
     extra = [dict(N=float(n), D=float(d)) for n, d in zip(N[held], D[held])]
+    if len(fitted.samples):
+        E, A, alpha, B, beta = (fitted.samples[:, [i]] for i in range(5))
+        log_p = np.log(E + A / N[held] ** alpha + B / D[held] ** beta)
+        sd = np.zeros(held.sum()) if point_sd is None else np.nan_to_num(np.asarray(point_sd, float)[held])
+        draws = log_p + fitted.inflation * sd * (rng or np.random.default_rng(0)).standard_normal(log_p.shape)
+        lo, hi = np.exp(np.percentile(draws, [2.5, 97.5], axis=0))
+        for i, (observed, low, high) in enumerate(zip(L[held], lo, hi)):
+            extra[i].update(interval=[float(low), float(high)],
+                            within_interval=bool(low <= observed <= high))
     return _extrapolation("C", group, "joint", int((~held).sum()), C[held], L[held],
                           fitted.predict(N[held], D[held]), extra, _floor(point_sd, held))
 

@@ -168,6 +168,24 @@ def test_joint_fit_recovers_the_law_with_the_default_grid():
     assert_joint_recovers(fit, dict(alpha=0.04, beta=0.08, E=0.12))
 
 
+def test_held_out_largest_compute_gets_an_interval_that_holds_the_law_and_not_a_break():
+    L, noise = joint_sweep(np.random.default_rng(0))
+    C = JOINT_N * JOINT_D * 20
+    common = dict(group="joint", delta=laws.noise_scaled_delta(noise), grid=SMALL_GRID,
+                  point_sd=noise.point_sd(), noise=noise, n_boot=50, bootstrap="parametric")
+    held = laws.extrapolate_joint(JOINT_N, JOINT_D, L, C, rng=np.random.default_rng(1),
+                                  **common).held_out
+    assert len(held) == len(L) // 5
+    truth = true_loss([h["N"] for h in held], [h["D"] for h in held])
+    assert all(h["interval"][0] < t < h["interval"][1] for h, t in zip(held, truth))
+    assert sum(h["within_interval"] for h in held) >= len(held) - 1  # 95% intervals, 8 points
+    # The law breaks beyond the fitted range (15% worse at the largest N·D): the intervals say so.
+    broken = L * np.where(JOINT_N * JOINT_D >= np.sort(JOINT_N * JOINT_D)[-len(held)], 1.15, 1.0)
+    held = laws.extrapolate_joint(JOINT_N, JOINT_D, broken, C, rng=np.random.default_rng(1),
+                                  **common).held_out
+    assert not any(h["within_interval"] for h in held)
+
+
 def test_huber_fit_shrugs_off_an_outlier_least_squares_does_not():
     rng = np.random.default_rng(2)
     L = true_loss(JOINT_N, JOINT_D) * np.exp(0.0115 * rng.standard_normal(JOINT_N.size))
