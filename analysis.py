@@ -1169,8 +1169,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def out_error(out: str):
+    """Why the report cannot go to folder `out`, or None: checked before minutes of fitting."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"--out {out} is a file; give a folder for fits.json, fits.md and the figures"
+    parent = out
+    while not os.path.exists(parent):
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not os.access(parent, os.W_OK):
+        return f"--out {out}: {parent} is not writable"
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if out_error(args.out):
+        print(f"error: {out_error(args.out)}", file=sys.stderr)
+        return 2
     try:
         runs = load(args.csv, loss=args.loss, where=args.where, model=args.model,
                     allow_mixed_data=args.allow_mixed_data)
