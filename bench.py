@@ -354,6 +354,9 @@ def main():
             parser.error(f"--{flag} must be >= {least}, got {value}")
     if args.sweep_jobs is not None and any(k < 1 for k in args.sweep_jobs):
         parser.error(f"--sweep_jobs must be >= 1 each, got {args.sweep_jobs}")
+    device_errors = train.device_errors(args.device)
+    if device_errors:
+        parser.error(device_errors[0])
     device = str(train.resolve_device(args.device))
     device_name = train.device_name(torch.device(device))
     if args.sweep:

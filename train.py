@@ -180,7 +180,7 @@ def validate(cfg, errors=()) -> None:
                 break
     if isinstance(cfg, Config) and not errors:  # combinations assume each value is in range
         errors += _combination_errors(cfg) + _results_file_errors(cfg.results_dir)
-    errors += _device_errors(cfg.device) + _writable_errors(cfg.results_dir)
+    errors += device_errors(cfg.device) + _writable_errors(cfg.results_dir)
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
 
@@ -205,7 +205,7 @@ def _combination_errors(cfg: Config) -> list:
     return errors
 
 
-def _device_errors(name: str) -> list:
+def device_errors(name: str) -> list:
     if name == "auto":
         return []
     try:

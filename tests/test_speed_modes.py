@@ -77,6 +77,7 @@ def test_sweep_benchmark_defaults_to_the_fast_pipeline():
     (["--dataset_size", "0"], "--dataset_size must be in 1..50000, got 0"),
     (["--epochs", "0"], "--epochs must be >= 1, got 0"),
     (["--sweep_jobs", "1,0"], "--sweep_jobs must be >= 1 each"),
+    (["--device", "foo"], "--device 'foo' is not a device"),  # was: a RuntimeError traceback
 ])
 def test_bad_benchmark_flags_are_refused_before_anything_runs(flags, message, tmp_path):
     notes = tmp_path / "benchmarks.md"
