@@ -109,7 +109,11 @@ def csv_tail_error(path: str):
         return None
     if os.path.isdir(path) or not os.access(path, os.R_OK | os.W_OK):
         return f"{path} is not a writable file"
-    torn = torn_last_row(path)
+    try:
+        torn = torn_last_row(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        return (f"{path} is not a CSV text file ({type(e).__name__}); move it aside (python "
+                f"sweep.py collect rebuilds it from runs/*.json), then run again")
     if torn:
         return (f"{torn}. Delete that line (python sweep.py collect rebuilds the file from "
                 f"runs/*.json), then run again")

@@ -571,3 +571,13 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
     whole = pd.read_csv(next((tmp_path / "again" / "runs").glob("*.csv")))
     pd.testing.assert_frame_equal(resumed.drop(columns=list(TIME_COLUMNS)),
                                   whole.drop(columns=list(TIME_COLUMNS)))
+
+
+def test_a_final_data_csv_that_is_not_text_is_named_before_training(tmp_path, monkeypatch,
+                                                                      capsys):
+    (tmp_path / "final_data.csv").write_bytes(bytes(range(256)))
+    forbid_training(monkeypatch)
+    with pytest.raises(SystemExit) as exit_:  # was: a UnicodeDecodeError traceback
+        train.main(["--width=2", "--depth=1", "--num_epochs=1", f"--results_dir={tmp_path}"])
+    assert exit_.value.code == 2
+    assert "final_data.csv is not a CSV text file" in capsys.readouterr().err
