@@ -188,3 +188,11 @@ def test_cli_end_to_end_with_missing_data_prints_one_clear_error(tmp_path):
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "error: CIFAR-10 was not found" in proc.stderr
+
+
+def test_summary_records_the_last_evaluation_and_the_thread_count(data_dir, tmp_path):
+    summary = tiny_run(data_dir, tmp_path, num_epochs=3, test_freq=1)
+    rows = pd.read_csv(os.path.join(tmp_path, "runs", summary["run_name"] + ".csv"))
+    assert summary["final_test_loss"] == rows.test_loss.iloc[-1]
+    assert summary["final_test_acc"] == rows.test_acc.iloc[-1]
+    assert summary["num_threads"] == torch.get_num_threads() and summary["budget"] == ""
