@@ -1,9 +1,9 @@
 """airbench94 (Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU", arXiv 2404.00498) in
-the lab, with seed document 003's three variants as flags.
+the lab, with the three variants of the airbench study as flags.
 
     python airbench.py                       # one run (on CUDA after a warm-up run)
     python airbench.py --runs 8              # 1 warm-up run, then 8 seeds; mean/std printed
-    python airbench.py --translate_schedule cyclic --runs 8      # document 003's variants
+    python airbench.py --translate_schedule cyclic --runs 8      # the three variants
     python airbench.py --label_smoothing_final 0.0 --runs 8
     python airbench.py --whiten_unfreeze_epoch 5 --runs 8
 
@@ -80,7 +80,7 @@ training set, no per-image gather), --label_smoothing_final (linear per step, pr
 total_steps, from --label_smoothing at step 0), --whiten_unfreeze_epoch k (the whitening weights
 frozen initially and "unfrozen after the specified epoch": frozen in epochs 1..k, trainable from
 epoch k + 1, counted from 1, like the bias's "trains in epochs 1..3"; in a parameter group of their
-own, as document 003 has it, with the ordinary group's lr and decay; 0: frozen throughout).
+own, as the variants study has it, with the ordinary group's lr and decay; 0: frozen throughout).
 """
 import json
 import math
@@ -155,7 +155,7 @@ class AirbenchConfig:
     ema_decay_pow: float = hp(3.0, "power of training progress in the EMA decay", min=0.0)
     translate_pad: int = hp(2, "max translation in pixels (reflect padding)", min=0, max=16)
     tta_level: int = hp(2, "0: none, 1: + mirror, 2: + mirror + 1-pixel shifts", min=0, max=2)
-    # --- document 003's variants ---
+    # --- the variants study's three variants ---
     translate_schedule: str = hp("random", "random: per-image offsets (paper); cyclic: one offset "
                                            "per epoch for all images", choices=["random", "cyclic"])
     label_smoothing_final: float = hp(-1.0, "anneal label smoothing linearly (step / total_steps) "
@@ -378,7 +378,7 @@ def epoch_images(padded, labels, epoch: int, cfg: AirbenchConfig):
 
 def whiten_trainable(epoch: int, cfg: AirbenchConfig) -> bool:
     """Whether the whitening weights train in `epoch` (counted from 1): from epoch
-    whiten_unfreeze_epoch on (issue 11's convention, "from epoch k" counted from 1; document 003's
+    whiten_unfreeze_epoch on ("from epoch k" counted from 1; the variants study's
     "after epoch k" is the same switch one epoch earlier); 0 keeps them frozen (the paper)."""
     return 0 < cfg.whiten_unfreeze_epoch <= epoch
 
@@ -386,7 +386,7 @@ def whiten_trainable(epoch: int, cfg: AirbenchConfig) -> bool:
 def param_groups(model: AirbenchNet, cfg: AirbenchConfig) -> dict:
     """name -> (params, torch lr, torch weight decay), the reference's two groups: BatchNorm
     biases at bias_lr_scale x the lr, everything else (the whitening bias included) at the lr;
-    plus document 003's own group for the whitening weights (the ordinary lr; no grad, so skipped
+    plus the variants study's own group for the whitening weights (the ordinary lr; no grad, so skipped
     by SGD, unless --whiten_unfreeze_epoch). All shrink by wd per step (module docstring)."""
     kilostep_scale = LR_REFERENCE_BATCH * (1 + 1 / (1 - cfg.momentum))
     lr = cfg.lr / kilostep_scale

@@ -1,7 +1,8 @@
-"""Benchmark the training pipelines against the brief's, on the current device.
+"""Benchmark the training pipelines against the reference one ("brief": torchvision
+DataLoader), on the current device.
 
     python bench.py                                  # timed epochs, the default sizes, all pipelines
-    python bench.py --full --seeds 3                 # + whole 100-epoch runs of the brief's recipe
+    python bench.py --full --seeds 3                 # + whole 100-epoch runs of the scaling recipe
     python bench.py --device cpu --sizes 32x2 --dataset_size 5000 --pipelines brief,default
     python bench.py --sweep_jobs 1,2,4,8             # sweep.py's width plan, K trainings per GPU
 
@@ -16,7 +17,7 @@ dirty the tracked tree and mark every later run's code_version '+dirty'.
 default; `--sweep_args` replaces the plan's arguments) once per K = trainings at once per GPU,
 each into a fresh results folder: packing small models onto one GPU is the point of --jobs.
 
-`--sweep width` measures the sweep engine (issue 13) in one call, into --out: the width plan's
+`--sweep width` measures the sweep engine in one call, into --out: the width plan's
 wall time through each of `--engines` (sweep_engines.csv), then images/s per copy of a fused
 bundle of K copies against a single run of the same shape, with GPU utilisation sampled on CUDA
 (fused_throughput.csv), and report.md with device, date, command and commit:
@@ -45,7 +46,8 @@ import data
 import train
 import worker
 
-# Pipelines compared. "brief" is seed document 000 literally: torchvision transforms + DataLoader.
+# Pipelines compared. "brief" is the scaling recipe as first specified, literally: torchvision
+# transforms + DataLoader.
 # The ones between default and fast add one lever at a time, so the table says what each bought.
 PIPELINES = {
     "brief": dict(loader="torchvision"),
@@ -75,7 +77,7 @@ def peak_tflops(device_name: str, precision: str):
 def pipeline_config(pipeline, device, **overrides):
     options = {**PIPELINES[pipeline], "device": device, "quiet": True, **overrides}
     if pipeline == "brief" and device.startswith("cuda"):
-        options["num_workers"] = min(8, os.cpu_count() or 1)  # the baseline issue 3 measured
+        options["num_workers"] = min(8, os.cpu_count() or 1)  # the DataLoader baseline as first measured
     if options.get("compile", "off") != "off" and not device.startswith("cuda"):
         options["compile"] = "default"  # CUDA graphs and GPU autotuning need CUDA
     return train.Config(**options)
@@ -244,7 +246,7 @@ def fused_table(args, device) -> pd.DataFrame:
 
 
 def engine_report(args, device, device_name) -> str:
-    """The sweep engine's measurements (issue 13's targets) as markdown. Each table goes to --out
+    """The sweep engine's measurements as markdown. Each table goes to --out
     as soon as it is measured, so a run cut short keeps what it finished."""
     def save(name, table):
         if args.out:

@@ -1,9 +1,9 @@
-"""CIFAR-10: loading, seeded nested subsets, and the brief's augmentation in two implementations.
+"""CIFAR-10: loading, seeded nested subsets, and the recipe's augmentation in two implementations.
 
 - `tensor` loader (default): all images stay on the training device as uint8; each batch is
   cropped and flipped with a few batched tensor ops (the airbench approach), so there is no
   DataLoader, no worker process and no host round-trip per step.
-- `torchvision` loader: the brief taken literally (torchvision transforms on PIL images,
+- `torchvision` loader: the recipe taken literally (torchvision transforms on PIL images,
   torch.utils.data.Subset, DataLoader). Kept as the reference that benchmarks and equivalence
   tests compare against.
 
@@ -30,7 +30,7 @@ PAD = 4  # RandomCrop(32, padding=4)
 CROP = 32
 NUM_OFFSETS = 2 * PAD + 1  # 9 positions per axis, 81 crops in all
 AUGMENT_CHUNK = 10_000  # images per gather: bounds the padded copy to ~50 MB
-# Per-channel mean and std of CIFAR-10's training pixels in [0, 1], as seed document 004 lists them.
+# Per-channel mean and std of CIFAR-10's training pixels in [0, 1], as the ResNet-8 SGD-vs-AdamW study lists them.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
 
@@ -193,7 +193,7 @@ def sample_crop_flip(n: int, generator: torch.Generator):
 
 
 def to_float(images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-    """uint8 -> float in [0, 1], as ToTensor does (the brief uses no normalisation); with
+    """uint8 -> float in [0, 1], as ToTensor does (the scaling recipe uses no normalisation); with
     normalize, then per-channel (x - MEAN) / STD as transforms.Normalize does."""
     x = images.float().div_(255)
     if normalize:
@@ -235,7 +235,7 @@ def tensor_batches(images, labels, batch_size, seed, epoch, augment=True, normal
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference pipeline: the brief literally
+# Reference pipeline: the recipe literally (torchvision transforms, Subset, DataLoader)
 
 
 class ArrayDataset(torch.utils.data.Dataset):

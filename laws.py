@@ -15,7 +15,7 @@ fitted to the log of its linear form, as its authors do (_fit_m4_at says why). I
   - seeds: each configuration's seeds resampled with replacement, the deviation of the resampled
     mean scaled by sqrt(n/(n-1)) so that 2-3 seeds do not shrink the spread;
   - configs: whole configurations resampled. Needs no seeds, but on a fixed design it mixes design
-    variation into the spread: issue 12 measured joint intervals 1.2-1.45x and IsoFLOP intervals
+    variation into the spread: we measured joint intervals 1.2-1.45x and IsoFLOP intervals
     4-5x wider than the spread of the estimates.
 Bootstrap refits that do not converge are dropped and counted, never averaged in.
 """

@@ -4,15 +4,15 @@ Every network takes the same two size knobs, `width` (channels of the first stag
 width*2**s) and `depth` (blocks per stage), so any of them can join a width or depth sweep, and
 has `features(x)`, the pooled representation the classifier reads.
 
-- cnn (seed document 000, the scaling study): three stages of `depth` ConvBlocks, MaxPool2d(2)
+- cnn (the scaling study's network): three stages of `depth` ConvBlocks, MaxPool2d(2)
   after stages 1 and 2, global average pool, Linear(4*width -> 10). ConvBlock = Conv3x3(padding 1,
   with bias, as nn.Conv2d defaults) + BatchNorm2d + ReLU.
-- resnet8 (seed document 004): He et al.'s CIFAR ResNet (6n+2 layers, n = depth): a 3x3 conv,
+- resnet8 (the ResNet-8 SGD-vs-AdamW study): He et al.'s CIFAR ResNet (6n+2 layers, n = depth): a 3x3 conv,
   three stages of `depth` BasicBlocks (two 3x3 convs, BatchNorm, identity shortcut), the 2nd and
   3rd stage starting with stride 2, global average pool, fc. At width 16, depth 1 it is ResNet-8
   (8 weighted layers). Shortcuts that change shape subsample and zero-pad channels (He et al.'s
   option A), so they add no weighted layer and no parameter.
-- simplecnn (seed document 002, the CPU speedrun): three stages of `depth` Conv3x3 (+ optional
+- simplecnn (the CPU speedrun): three stages of `depth` Conv3x3 (+ optional
   BatchNorm) + ReLU, each followed by MaxPool2d(2), then flatten -> Linear(16*4*width ->
   8*width) -> ReLU -> Linear(-> 10). Document 002 names no exact architecture; this is the
   conventional small conv-pool-fc network it describes, without BatchNorm unless `bn`.
@@ -113,7 +113,7 @@ class ResNet(nn.Module):
 
 
 class SimpleCNN(nn.Module):
-    """Conv-pool stages and a two-layer classifier, BatchNorm only with `bn` (document 002)."""
+    """Conv-pool stages and a two-layer classifier, BatchNorm only with `bn` (the CPU speedrun)."""
 
     def __init__(self, width: int = 32, depth: int = 1, bn: bool = False,
                  num_classes: int = NUM_CLASSES):
@@ -154,7 +154,7 @@ def build_model(name: str = "cnn", width: int = 32, depth: int = 2, bn: bool = F
 
 
 def count_params(model: nn.Module) -> int:
-    """N as the brief defines it: trainable parameters only."""
+    """N as the scaling study defines it: trainable parameters only."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -2,7 +2,7 @@
 points they were fitted on, and returns a matplotlib Figure (object-oriented: no pyplot state, no
 backend needed). analysis.py decides which to draw and saves them.
 
-Readability (issue 17): a legend names only what differs between its curves; what they all share
+Readability: a legend names only what differs between its curves; what they all share
 goes in one short wrapped line under the title, so legends stay small and the axes keep the figure.
 """
 import math

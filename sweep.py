@@ -1,4 +1,4 @@
-"""Plan and launch the brief's four scaling experiments, in parallel, safely and resumably.
+"""Plan and launch the four scaling experiments (width, depth, data, compute), in parallel, safely and resumably.
 
     python sweep.py width --seeds 0,1,2 --jobs 4          # depth and D fixed
     python sweep.py depth                                  # width and D fixed
@@ -78,7 +78,7 @@ class Study:
 
 LADDER_DATASET_SIZES = [50_000, 25_000, 12_500, 6_250, 3_125, 1_562]  # halving
 STUDIES = {
-    # `sweep.py study`: the brief's four plans and a grid for the joint L(N, D), 100 epochs, the
+    # `sweep.py study`: the four plans and a grid for the joint L(N, D), 100 epochs, the
     # brief's recipe (train.Config's defaults: depth 2, width 32, D = 50,000 where fixed).
     "study": Study(epochs=100, fixed=dict(width=train.Config.width, depth=train.Config.depth,
                                           dataset_size=train.Config.dataset_size), subplans={

@@ -39,7 +39,7 @@ from utils import (ConfigFileError, ResultsFileError, append_row, atomic_write, 
                    read_config_file, read_csv, read_summary, remove_rows, set_seed, settings_given,
                    write_csv)
 
-LAST_K = 5  # the brief's final metric averages the last 5 test evaluations (= last 5 epochs)
+LAST_K = 5  # the scaling study's final metric averages the last 5 test evaluations (= last 5 epochs)
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
 # An experiment name becomes a folder name under runs/: no separators, no hidden or parent folders.
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -60,19 +60,19 @@ def hp(default, help, *, min=None, max=None, choices=None, result=True, neutral=
                                                 result=result, neutral=neutral))
 
 
-# Studies of the seed documents: name -> (what it is, the defaults it sets). Flags given on the
+# The lab's other studies: name -> (what it is, the defaults it sets). Flags given on the
 # command line override them; width, depth and dataset_size left unset take the model's defaults.
 PRESETS = {
-    "none": ("the scaling study's recipe (seed documents 000/001): Config's defaults", {}),
-    "resnet8_sgd": ("document 004: ResNet-8, SGD, constant lr, 10% validation, normalised", dict(
+    "none": ("the scaling study's recipe: Config's defaults", {}),
+    "resnet8_sgd": ("ResNet-8 SGD-vs-AdamW study: ResNet-8, SGD, constant lr, 10% validation, normalised", dict(
         model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="sgd", lr=0.1,
         momentum=0.9, weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True, seed=42,
         subset_seed=42)),
-    "resnet8_adamw": ("document 004: ResNet-8, AdamW, constant lr, 10% validation, normalised", dict(
+    "resnet8_adamw": ("ResNet-8 SGD-vs-AdamW study: ResNet-8, AdamW, constant lr, 10% validation, normalised", dict(
         model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="adamw", lr=1e-3,
         betas=(0.9, 0.999), weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True,
         seed=42, subset_seed=42)),
-    "speedrun_cpu": ("document 002's best CPU setting: simplecnn without BN, no augmentation", dict(
+    "speedrun_cpu": ("the CPU speedrun's best setting: simplecnn without BN, no augmentation", dict(
         model="simplecnn", bn=False, optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=0.0,
         scheduler="none", num_epochs=10, batch_size=64, augment=False, test_freq=1, device="cpu")),
 }
@@ -84,7 +84,7 @@ ONLY_WITH = {"momentum": ("optimizer", "sgd"), "betas": ("optimizer", "adamw"),
 
 @dataclass
 class Config:
-    # --- what is trained: the scaling knobs (seed document 000) ---
+    # --- what is trained: the scaling knobs ---
     model: str = hp("cnn", "network family (model.py)", choices=sorted(MODELS))
     width: int = hp(32, "channels of the first stage; stage s has width*2**s (unset: the "
                         "model's default, cnn 32, resnet8 16, simplecnn 32)", min=1)
@@ -102,12 +102,12 @@ class Config:
     seed: int = hp(0, "seed of init, data order and augmentation", min=0, max=MAX_SEED)
     augment: bool = hp(True, "RandomCrop(32, padding 4) + horizontal flip of training images "
                              "(--no_augment: none)")
-    normalize: bool = hp(False, "per-channel (x - mean) / std of CIFAR-10 (document 004); the "
+    normalize: bool = hp(False, "per-channel (x - mean) / std of CIFAR-10 (the ResNet-8 study's); the "
                                 "brief uses pixels in [0, 1]")
-    # --- how it is trained: SGD + cosine, the brief's recipe ---
+    # --- how it is trained: SGD + cosine, the scaling recipe ---
     num_epochs: int = hp(100, "epochs; a cosine schedule reaches 0 at the end", min=1)
     batch_size: int = hp(256, "images per step", min=1)
-    optimizer: str = hp("sgd", "sgd (the brief's) or adamw", choices=["sgd", "adamw"])
+    optimizer: str = hp("sgd", "sgd (the scaling recipe's) or adamw", choices=["sgd", "adamw"])
     lr: float = hp(0.1, "peak learning rate (epoch 0)", min=0.0)
     scheduler: str = hp("cosine", "cosine: annealed to 0 over num_epochs, stepped per epoch; "
                                   "none: constant", choices=["cosine", "none"])
@@ -116,7 +116,7 @@ class Config:
     weight_decay: float = hp(5e-4, "weight decay: SGD's coupled L2, AdamW's decoupled", min=0.0)
     # --- how fast: levers that change speed, not what a run should converge to ---
     loader: str = hp("tensor", "tensor: uint8 data on the device, batched crop/flip; "
-                               "torchvision: the brief's DataLoader pipeline (reference)",
+                               "torchvision: the literal DataLoader pipeline (reference)",
                      choices=["tensor", "torchvision"])
     precision: str = hp("fp32", "fp32, or bf16 autocast (CUDA)", choices=["fp32", "bf16"])
     channels_last: bool = hp(False, "NHWC memory format (faster convolutions with bf16 on GPU)")
@@ -144,7 +144,7 @@ class Config:
                                      "grad_norm_<layer> columns of the per-epoch CSV", result=False)
     save_model: bool = hp(False, "final weights and metrics.json under runs/<run_name>/ "
                                  "(runs/<experiment_name>/ when named)", result=False)
-    experiment_name: str = hp("", "a name of your choice for this run (document 004's "
+    experiment_name: str = hp("", "a name of your choice for this run (the ResNet-8 study's "
                                   "sgd_seed42): recorded in the summary, names the folder of "
                                   "--save_model; one name, one configuration", result=False)
     trackio: str = hp("", "trackio project to log per-epoch metrics to (pip install trackio; "
@@ -310,7 +310,7 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
     row = dict(
         run_name=run_name(cfg), config_id=config_id(cfg), status=status, model=cfg.model,
         width=cfg.width, depth=cfg.depth, seed=cfg.seed, N=N, D=D, epochs=epochs,
-        C=N * D * epochs,  # the brief's compute proxy
+        C=N * D * epochs,  # the scaling study's compute proxy
         steps=epochs * math.ceil(D / cfg.batch_size),  # optimiser steps (last batch partial)
         flops_per_image=flops_per_image,
         total_flops=training_flops(flops_per_image, D, epochs),
@@ -637,7 +637,7 @@ def load_splits(cfg: Config, device: torch.device, cifar=None):
     fingerprints = data.fingerprints(cifar, train_x, train_y)
     val_x, val_y = cifar.train_images[val_indices], cifar.train_labels[val_indices]
     test_x, test_y = cifar.test_images, cifar.test_labels
-    if cfg.loader == "torchvision":  # the brief's pipeline indexes the full set with a Subset
+    if cfg.loader == "torchvision":  # the reference pipeline indexes the full set with a Subset
         train_x, train_y = cifar.train_images, cifar.train_labels
     else:  # the whole data set lives on the device as uint8
         train_x, train_y, val_x, val_y, test_x, test_y = (

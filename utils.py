@@ -25,7 +25,7 @@ from filelock import FileLock
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
-    """Seed every RNG; with `deterministic`, make CUDA kernels reproducible (the brief's default)."""
+    """Seed every RNG; with `deterministic`, make CUDA kernels reproducible (the default)."""
     import torch  # here, so that analysis.py reads results without loading torch
     random.seed(seed)
     np.random.seed(seed)
@@ -262,7 +262,7 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Config files: a YAML mapping of a hyperparameter dataclass's fields (document 004's habit)
+# Config files: a YAML mapping of a hyperparameter dataclass's fields (the ResNet-8 study's habit)
 
 
 class ConfigFileError(ValueError):

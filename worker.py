@@ -84,7 +84,7 @@ def network_key(cfg: train.Config, copies: int) -> tuple:
 
 
 def bundle_cost(bundle: list) -> float:
-    """Work of a bundle in the brief's compute units, K * N * D * epochs (closed-form N)."""
+    """Work of a bundle in the scaling study's compute units, K * N * D * epochs (closed-form N)."""
     c = bundle[0]
     return len(bundle) * num_params(c.model, c.width, c.depth, c.bn) * c.dataset_size * c.num_epochs
 

@@ -170,7 +170,7 @@ def test_param_groups_bn_biases_scaled_everything_else_ordinary():
     assert trained == other | {id(p) for p in bn_biases}
     assert groups["other"][1] == pytest.approx(11.5 / KILOSTEP_SCALE)
     assert groups["norm_biases"][1] == pytest.approx(64 * groups["other"][1])
-    # document 003: the whitening weights in a group of their own, the ordinary lr and decay
+    # the variants study: the whitening weights in a group of their own, the ordinary lr and decay
     assert [id(p) for p in groups["whiten_weight"][0]] == [id(net.whiten.weight)]
     assert groups["whiten_weight"][1:] == groups["other"][1:]
     assert len(groups) == 3

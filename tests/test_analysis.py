@@ -443,7 +443,7 @@ def test_degenerate_joint_fit_still_writes_the_report(tmp_path, monkeypatch):
 
 def test_degenerate_joint_fit_raises_no_numeric_warning(tmp_path):
     """Constant-compute budgets whose loss does not depend on D (beta not identified), every
-    figure drawn: no ComplexWarning, overflow or other warning escapes (issue 17 saw
+    figure drawn: no ComplexWarning, overflow or other warning escapes (we saw
     OverflowError: complex exponentiation drawing the joint law's allocation)."""
     import warnings
     points = isoflop_points([1e8, 1e9, 1e10], factor=3.0, count=5)

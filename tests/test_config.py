@@ -1,4 +1,4 @@
-"""Config files, --print_config and named experiments (issue 16): document 004's way of driving
+"""Config files, --print_config and named experiments: the ResNet-8 study's way of driving
 runs, on top of the same Config table as the flags."""
 import dataclasses
 import json

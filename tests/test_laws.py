@@ -248,7 +248,7 @@ def test_joint_influence_finds_the_outlier():
 
 
 # ---------------------------------------------------------------------------------------------
-# Coverage over many synthetic sweeps (issue 12's target: 93-97%; asserted 90-99%)
+# Coverage over many synthetic sweeps (target: 93-97%; asserted 90-99%)
 
 def test_joint_and_isoflop_intervals_have_nominal_coverage():
     """60 sweeps, 3 seeds per configuration, default (parametric) bootstrap of 100 refits. Measured

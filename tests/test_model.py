@@ -56,7 +56,7 @@ def test_unknown_model_is_refused():
     assert "cnn" in MODELS
 
 
-# --- the networks of the other studies (seed documents 002 and 004)
+# --- the networks of the other studies (the CPU speedrun, the ResNet-8 study)
 
 ALL_MODELS = [(name, w, d, bn) for name in MODELS for w, d in [(4, 1), (8, 2), (16, 1)]
               for bn in ([False, True] if name == "simplecnn" else [False])]

@@ -1,4 +1,4 @@
-"""Bad runs, reruns, damaged files and killed sweeps (issue 17): each test failed before its fix."""
+"""Bad runs, reruns, damaged files and killed sweeps: each test failed before its fix."""
 import os
 import re
 import signal

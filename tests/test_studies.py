@@ -1,5 +1,5 @@
-"""The other studies served by train.py: document 004 (ResNet-8, SGD vs AdamW, validation split,
-gradient norms, saved models, trackio) and document 002 (the CPU speedrun)."""
+"""The other studies served by train.py: the ResNet-8 SGD-vs-AdamW study (validation split,
+gradient norms, saved models, trackio) and the CPU speedrun."""
 import dataclasses
 import json
 import os
@@ -39,7 +39,7 @@ def test_preset_fills_defaults_and_explicit_flags_override(tmp_path):
     assert (cfg.batch_size, cfg.test_freq, cfg.optimizer, cfg.momentum, cfg.weight_decay,
             cfg.scheduler, cfg.normalize) == (128, 10, "sgd", 0.9, 1e-4, "none", True)
     assert (cfg.val_size, cfg.dataset_size) == (0.1, 45_000)  # 10% carved off, the rest trains
-    assert (cfg.seed, cfg.subset_seed) == (42, 42)  # document 004 seeds the split with 42 too
+    assert (cfg.seed, cfg.subset_seed) == (42, 42)  # the ResNet-8 study seeds the split with 42 too
 
     adamw = train.parse_config(["--preset", "resnet8_adamw", "--width", "32", "--no_normalize"])
     # Document 004's config gives weight_decay 0.0001 for both optimisers.
@@ -106,7 +106,7 @@ def test_no_augment_serves_the_images_unchanged():
     assert torch.equal(torch.cat([x for x, _ in batches]), data.to_float(images[order]))
 
 
-# --- document 004's test plan, shrunk
+# --- the ResNet-8 study's test plan, shrunk
 
 
 def test_validation_is_logged_per_evaluation_and_summarised(data_dir, tmp_path):

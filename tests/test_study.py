@@ -1,4 +1,4 @@
-"""sweep.py's grid over any train.Config field (issue 16) and the named scaling study (issue 15):
+"""sweep.py's grid over any train.Config field and the named scaling study:
 planning only, nothing is trained here."""
 import itertools
 import json
