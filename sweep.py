@@ -1,4 +1,5 @@
-"""Plan and launch the four scaling experiments (width, depth, data, compute), in parallel, safely and resumably.
+"""Plan and launch scaling experiments (width, depth, data, compute, studies), in parallel,
+safely and resumably.
 
     python sweep.py width --seeds 0,1,2 --jobs 4          # depth and D fixed
     python sweep.py depth                                  # width and D fixed
@@ -73,13 +74,15 @@ class Study:
     fixed: dict
     subplans: dict
     flags: tuple = ()
-    jobs_per_core: bool = False  # CPU default: one single-threaded run per core (2x1: 1.5x faster)
+    # CPU default: one single-threaded training per core, so a run has 1 thread on any machine
+    # and repeats to the bit there (CPU sums differ in the last bits across thread counts).
+    jobs_per_core: bool = False
 
 
 LADDER_DATASET_SIZES = [50_000, 25_000, 12_500, 6_250, 3_125, 1_562]  # halving
 STUDIES = {
     # `sweep.py study`: the four plans and a grid for the joint L(N, D), 100 epochs, the
-    # brief's recipe (train.Config's defaults: depth 2, width 32, D = 50,000 where fixed).
+    # scaling recipe (train.Config's defaults: depth 2, width 32, D = 50,000 where fixed).
     "study": Study(epochs=100, fixed=dict(width=train.Config.width, depth=train.Config.depth,
                                           dataset_size=train.Config.dataset_size), subplans={
         "width": dict(widths=DEFAULT_WIDTHS, seeds=[0, 1, 2]),
@@ -99,7 +102,7 @@ STUDIES = {
     # of N = 546 .. 53,962, 10 epochs. Short schedules are fitted on final_test_loss (the last
     # epoch, at lr 0.1 * (1 - cos(pi / 10)) / 2 = 0.0024): the last 5 epochs of a 10-epoch cosine
     # still descend, so their mean sits above where the run ends. Evaluation only at those last
-    # 5 epochs (test_freq 10), in batches of 250 (4x faster than 1,000 on the CPU's caches).
+    # 5 epochs (test_freq 10), in batches of 250 (1.65x the images/s of 1,000 at 16x1 here).
     "pocket": Study(epochs=10, fixed=dict(width=8, depth=1, dataset_size=50_000),
                     flags=("--test_freq=10", "--eval_batch_size=250"), jobs_per_core=True,
                     subplans={

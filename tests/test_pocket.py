@@ -128,3 +128,29 @@ def test_pocket_dry_run_projects_cpu_time_from_bench_figures(tmp_path, capsys, m
 def test_pocket_runs_record_the_last_evaluation_and_their_threads():
     row = train.last5_and_best([dict(test_loss=v, test_acc=0.5) for v in (1.2, 1.0, 0.9)], "test")
     assert row["final_test_loss"] == 0.9 and row["final_test_loss_avg_last5"] == pytest.approx(31 / 30)
+
+
+# A law with the pocket study's scale (losses 1-2.5 nats over N 5e2..5e4, D 1.5e3..5e4) whose
+# compute-optimal N lies inside each budget's widths, as the committed study measured it.
+POCKET_LAW = dict(E=0.6, A=20.0, alpha=0.45, B=20.0, beta=0.35)
+
+
+def test_the_analysis_finds_every_law_in_a_synthetic_pocket_study(tmp_path):
+    """The plan, drawn from a known law with 2 seeds at 2% noise, gives analysis.py every fit it
+    promises: L(N), L(D), the joint law near the truth, three budgets with interior minima."""
+    from synthetic_runs import SMALL_GRID, make_runs, true_loss, write
+    runs, _ = pocket(tmp_path / "plan")
+    points = [(r.cfg.width, 1, r.cfg.dataset_size, 10) for r in runs]
+    frame = make_runs(points, seeds=(0, 1), loss_fn=lambda N, D, e: true_loss(N, D, e, POCKET_LAW))
+    budget = {(r.cfg.width, r.cfg.dataset_size): r.cfg.budget or float("nan") for r in runs}
+    frame["budget"] = [budget[(w, D)] for w, D in zip(frame.width, frame.D)]
+    frame["final_test_loss"] = frame.final_test_loss_avg_last5
+    result = analysis.analyse(analysis.load([write(tmp_path, frame)], loss="final_test_loss"),
+                              n_boot=20, grid=SMALL_GRID)
+    plans = {(f.plan, f.form) for f in result.single}
+    assert {("width", "pure"), ("data", "pure")} <= plans
+    joint = result.joint.params
+    assert abs(joint["alpha"] - POCKET_LAW["alpha"]) < 0.1
+    assert abs(joint["beta"] - POCKET_LAW["beta"]) < 0.1
+    budgets = result.compute_optimal.budgets
+    assert len(budgets) == 3 and not any(b.edge for b in budgets)
