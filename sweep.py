@@ -110,7 +110,7 @@ STUDIES = {
         "data": dict(dataset_sizes=LADDER_DATASET_SIZES, seeds=[0, 1]),
         "grid": dict(widths=[2, 4, 8, 16], dataset_sizes=LADDER_DATASET_SIZES, seeds=[0, 1]),
         # N * D = C / 10 of 1.3e7, 2.7e7, 5.5e7: 5-6 widths of the ladder each with
-        # 1,500 <= D <= 50,000, centred where the grid's runs put the loss minimum.
+        # 1,500 <= D <= 50,000; the committed study found each valley's vertex inside its widths.
         "compute": dict(budgets=[1.3e8, 2.7e8, 5.5e8], widths=[2, 3, 4, 6, 8, 12, 16, 24],
                         min_dataset_size=1_500, seeds=[0, 1]),
     }),

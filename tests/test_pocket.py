@@ -131,7 +131,8 @@ def test_pocket_runs_record_the_last_evaluation_and_their_threads():
 
 
 # A law with the pocket study's scale (losses 1-2.5 nats over N 5e2..5e4, D 1.5e3..5e4) whose
-# compute-optimal N lies inside each budget's widths, as the committed study measured it.
+# compute-optimal N lies inside each budget's widths (the committed study's valleys have their
+# vertices inside too).
 POCKET_LAW = dict(E=0.6, A=20.0, alpha=0.45, B=20.0, beta=0.35)
 
 
