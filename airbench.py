@@ -386,8 +386,8 @@ def whiten_trainable(epoch: int, cfg: AirbenchConfig) -> bool:
 def param_groups(model: AirbenchNet, cfg: AirbenchConfig) -> dict:
     """name -> (params, torch lr, torch weight decay), the reference's two groups: BatchNorm
     biases at bias_lr_scale x the lr, everything else (the whitening bias included) at the lr;
-    plus the variants study's own group for the whitening weights (the ordinary lr; no grad, so skipped
-    by SGD, unless --whiten_unfreeze_epoch). All shrink by wd per step (module docstring)."""
+    plus the variants study's own group for the whitening weights (the ordinary lr; no grad, so
+    skipped by SGD, unless --whiten_unfreeze_epoch). All shrink by wd per step (module docstring)."""
     kilostep_scale = LR_REFERENCE_BATCH * (1 + 1 / (1 - cfg.momentum))
     lr = cfg.lr / kilostep_scale
     wd = cfg.weight_decay * cfg.batch_size / kilostep_scale

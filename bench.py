@@ -77,7 +77,7 @@ def peak_tflops(device_name: str, precision: str):
 def pipeline_config(pipeline, device, **overrides):
     options = {**PIPELINES[pipeline], "device": device, "quiet": True, **overrides}
     if pipeline == "brief" and device.startswith("cuda"):
-        options["num_workers"] = min(8, os.cpu_count() or 1)  # the DataLoader baseline as first measured
+        options["num_workers"] = min(8, os.cpu_count() or 1)  # the DataLoader baseline measured first
     if options.get("compile", "off") != "off" and not device.startswith("cuda"):
         options["compile"] = "default"  # CUDA graphs and GPU autotuning need CUDA
     return train.Config(**options)

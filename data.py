@@ -30,7 +30,8 @@ PAD = 4  # RandomCrop(32, padding=4)
 CROP = 32
 NUM_OFFSETS = 2 * PAD + 1  # 9 positions per axis, 81 crops in all
 AUGMENT_CHUNK = 10_000  # images per gather: bounds the padded copy to ~50 MB
-# Per-channel mean and std of CIFAR-10's training pixels in [0, 1], as the ResNet-8 SGD-vs-AdamW study lists them.
+# Per-channel mean and std of CIFAR-10's training pixels in [0, 1], as the ResNet-8 SGD-vs-AdamW
+# study lists them.
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
 

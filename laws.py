@@ -1067,8 +1067,10 @@ def extrapolate_joint(N, D, L, C, *, group, delta=HUBER_DELTA, grid=None,
     if len(fitted.samples):
         E, A, alpha, B, beta = (fitted.samples[:, [i]] for i in range(5))
         log_p = np.log(E + A / N[held] ** alpha + B / D[held] ** beta)
-        sd = np.zeros(held.sum()) if point_sd is None else np.nan_to_num(np.asarray(point_sd, float)[held])
-        draws = log_p + fitted.inflation * sd * (rng or np.random.default_rng(0)).standard_normal(log_p.shape)
+        sd = np.zeros(held.sum()) if point_sd is None else \
+            np.nan_to_num(np.asarray(point_sd, float)[held])
+        rng = rng if rng is not None else np.random.default_rng(0)
+        draws = log_p + fitted.inflation * sd * rng.standard_normal(log_p.shape)
         lo, hi = np.exp(np.percentile(draws, [2.5, 97.5], axis=0))
         for i, (observed, low, high) in enumerate(zip(L[held], lo, hi)):
             extra[i].update(interval=[float(low), float(high)],

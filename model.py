@@ -7,9 +7,10 @@ has `features(x)`, the pooled representation the classifier reads.
 - cnn (the scaling study's network): three stages of `depth` ConvBlocks, MaxPool2d(2)
   after stages 1 and 2, global average pool, Linear(4*width -> 10). ConvBlock = Conv3x3(padding 1,
   with bias, as nn.Conv2d defaults) + BatchNorm2d + ReLU.
-- resnet8 (the ResNet-8 SGD-vs-AdamW study): He et al.'s CIFAR ResNet (6n+2 layers, n = depth): a 3x3 conv,
-  three stages of `depth` BasicBlocks (two 3x3 convs, BatchNorm, identity shortcut), the 2nd and
-  3rd stage starting with stride 2, global average pool, fc. At width 16, depth 1 it is ResNet-8
+- resnet8 (the ResNet-8 SGD-vs-AdamW study): He et al.'s CIFAR ResNet (6n+2 layers, n = depth):
+  a 3x3 conv, three stages of `depth` BasicBlocks (two 3x3 convs, BatchNorm, identity
+  shortcut), the 2nd and 3rd stage starting with stride 2, global average pool, fc. At width 16,
+  depth 1 it is ResNet-8
   (8 weighted layers). Shortcuts that change shape subsample and zero-pad channels (He et al.'s
   option A), so they add no weighted layer and no parameter.
 - simplecnn (the CPU speedrun): three stages of `depth` Conv3x3 (+ optional

@@ -228,7 +228,8 @@ def plan(args) -> tuple:
         budget = point.pop("budget", float("nan"))
         tag = point.pop("plan", None)
         flags = [train.as_flag(k, v) if isinstance(v, bool) else f"--{k}={v}"
-                 for k, v in point.items()] + ([] if math.isnan(budget) else [f"--budget={budget:g}"])
+                 for k, v in point.items()]
+        flags += [] if math.isnan(budget) else [f"--budget={budget:g}"]
         if args.num_epochs is not None and "num_epochs" not in point:
             flags.append(f"--num_epochs={args.num_epochs}")
         clash = sorted(k for k in point if k in args.extra_given and args.extra_given[k] != point[k])
@@ -298,7 +299,8 @@ def bench_figures(path: str, on_cpu: bool):
         figures = {}
         for row in table[2:]:  # after the header and the |---| line
             try:
-                values = {name: float(v) for name, v in zip(table[0], row) if name not in ("size", "pipeline")}
+                values = {name: float(v) for name, v in zip(table[0], row)
+                          if name not in ("size", "pipeline")}
                 figures[(row[table[0].index("size")], row[table[0].index("pipeline")])] = values
             except (ValueError, IndexError):
                 continue
@@ -352,7 +354,8 @@ def projected_cpu_s(runs, figures: dict, pipeline: str, jobs: int):
         total_s += (c.num_epochs * c.dataset_size / row["images_per_s"]
                     + evals * row["eval_s"])
     threads = rows[0].get("threads", cores)
-    return total_s / max(1, min(jobs, cores // max(1, int(threads)))) if threads < cores else total_s
+    at_once = max(1, min(jobs, cores // max(1, int(threads)))) if threads < cores else 1
+    return total_s / at_once
 
 
 def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> list:

@@ -64,11 +64,11 @@ def hp(default, help, *, min=None, max=None, choices=None, result=True, neutral=
 # command line override them; width, depth and dataset_size left unset take the model's defaults.
 PRESETS = {
     "none": ("the scaling study's recipe: Config's defaults", {}),
-    "resnet8_sgd": ("ResNet-8 SGD-vs-AdamW study: ResNet-8, SGD, constant lr, 10% validation, normalised", dict(
+    "resnet8_sgd": ("the ResNet-8 study: SGD, constant lr, 10% validation, normalised", dict(
         model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="sgd", lr=0.1,
         momentum=0.9, weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True, seed=42,
         subset_seed=42)),
-    "resnet8_adamw": ("ResNet-8 SGD-vs-AdamW study: ResNet-8, AdamW, constant lr, 10% validation, normalised", dict(
+    "resnet8_adamw": ("the ResNet-8 study: AdamW, constant lr, 10% validation, normalised", dict(
         model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="adamw", lr=1e-3,
         betas=(0.9, 0.999), weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True,
         seed=42, subset_seed=42)),
@@ -102,7 +102,7 @@ class Config:
     seed: int = hp(0, "seed of init, data order and augmentation", min=0, max=MAX_SEED)
     augment: bool = hp(True, "RandomCrop(32, padding 4) + horizontal flip of training images "
                              "(--no_augment: none)")
-    normalize: bool = hp(False, "per-channel (x - mean) / std of CIFAR-10 (the ResNet-8 study's); the "
+    normalize: bool = hp(False, "per-channel (x - mean) / std of CIFAR-10 (ResNet-8 study); the "
                                 "brief uses pixels in [0, 1]")
     # --- how it is trained: SGD + cosine, the scaling recipe ---
     num_epochs: int = hp(100, "epochs; a cosine schedule reaches 0 at the end", min=1)

@@ -149,7 +149,7 @@ def read_summary(path: str) -> dict:
     else:
         if not isinstance(summary, dict) or "run_name" not in summary:
             reason = "no run_name"
-        elif summary["run_name"] != os.path.basename(path)[:-len(".json")]:
+        elif summary["run_name"] != os.path.basename(path).split(".json")[0]:  # also .json.replaced
             reason = f"it holds the summary of {summary['run_name']} (a copy or a restore?)"
     if reason:
         raise ResultsFileError(f"{path} is not a readable run summary ({reason}); delete it, or "
