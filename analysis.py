@@ -1183,8 +1183,9 @@ def out_error(out: str):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if out_error(args.out):
-        print(f"error: {out_error(args.out)}", file=sys.stderr)
+    refused = out_error(args.out)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
         return 2
     try:
         runs = load(args.csv, loss=args.loss, where=args.where, model=args.model,

@@ -347,15 +347,11 @@ def projected_cpu_s(runs, figures: dict, pipeline: str, jobs: int):
     if not rows or rows[0] is None:
         return None
     cores = os.cpu_count() or 1
-    total_s = 0.0
-    for run, row in zip(runs, rows):
-        c = run.cfg
-        evals = sum(train.is_eval_epoch(e, c) for e in range(1, c.num_epochs + 1))
-        total_s += (c.num_epochs * c.dataset_size / row["images_per_s"]
-                    + evals * row["eval_s"])
-    threads = rows[0].get("threads", cores)
-    at_once = max(1, min(jobs, cores // max(1, int(threads)))) if threads < cores else 1
-    return total_s / at_once
+    total_s = sum(bench.projected_run_s(run.cfg.dataset_size / row["images_per_s"], row["eval_s"],
+                                        run.cfg.num_epochs, run.cfg.test_freq)
+                  for run, row in zip(runs, rows))
+    threads = int(rows[0].get("threads", cores))
+    return total_s / (min(jobs, cores // threads) if threads < cores else 1)
 
 
 def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> list:
