@@ -74,7 +74,7 @@ Where we deliberately differ (results read correctly only with these in mind):
 - N counts trainable parameters at the start (frozen whitening weights and BN scales excluded),
   as model.count_params defines N; depth is recorded as 2 (convs per block).
 
-Document 003's variants: --translate_schedule cyclic (epoch e uses one (dy, dx) for every image,
+The reproduction's variants: --translate_schedule cyclic (epoch e uses one (dy, dx) for every image,
 cycling through a seeded permutation of the 25 offsets: the epoch is one slice of the padded
 training set, no per-image gather), --label_smoothing_final (linear per step, progress = step /
 total_steps, from --label_smoothing at step 0), --whiten_unfreeze_epoch k (the whitening weights
@@ -96,7 +96,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import data
-from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image
+from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, host_memory_bytes
 from train import (MAX_SEED, ConfigError, as_flag, device_name, hp, resolve_device, sync,
                    training_flops, validate)
 from train import config_id as _config_id
@@ -195,6 +195,10 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
                       f"{cfg.dataset_size // cfg.batch_size} steps per epoch) < --lookahead_every "
                       f"{cfg.lookahead_every}: the final lookahead sync would reset the network to "
                       "its initial weights")
+    if 16 * num_params(cfg.width) > host_memory_bytes():  # weights, grads, 2 optimizer states
+        errors.append(f"--width {cfg.width:g} gives N={num_params(cfg.width):,} parameters, more "
+                      f"than this machine's {host_memory_bytes() / 2**30:,.0f} GiB hold in training; "
+                      f"use a smaller --width")
     for name in ("lr", "bias_lr_scale"):
         if getattr(cfg, name) <= 0:  # each group's torch weight decay is wd / (its lr)
             errors.append(f"--{name} must be > 0 (weight decay is decoupled as wd / lr), "
@@ -248,12 +252,27 @@ class Block(nn.Sequential):
                          nn.GELU())
 
 
+WHITEN_CHANNELS = 2 * IMAGE_SHAPE[0] * WHITEN_KERNEL ** 2
+
+
+def block_widths(width: float) -> list:
+    return [max(1, round(w * width)) for w in BLOCK_WIDTHS]
+
+
+def num_params(width: float) -> int:
+    """Closed-form N (count_params of AirbenchNet: the whitening bias, two bias-free convs and two
+    BN biases per block, the head), for the size check before anything is built."""
+    widths = block_widths(width)
+    blocks = sum(9 * c_out * (c_in + c_out) + 2 * c_out for c_in, c_out
+                 in zip([WHITEN_CHANNELS] + widths[:-1], widths))
+    return WHITEN_CHANNELS + blocks + widths[-1] * NUM_CLASSES
+
+
 class AirbenchNet(nn.Module):
     def __init__(self, width: float = 1.0, bn_keep: float = 0.6, output_scale: float = 1 / 9,
                  bn_eps: float = 1e-12):
         super().__init__()
-        widths = [max(1, round(w * width)) for w in BLOCK_WIDTHS]
-        c_whiten = 2 * IMAGE_SHAPE[0] * WHITEN_KERNEL ** 2
+        widths, c_whiten = block_widths(width), WHITEN_CHANNELS
         self.register_buffer("mean", torch.tensor(CIFAR10_MEAN).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(CIFAR10_STD).view(1, -1, 1, 1))
         self.whiten = nn.Conv2d(IMAGE_SHAPE[0], c_whiten, WHITEN_KERNEL, padding=0, bias=True)
@@ -334,7 +353,7 @@ def translate_offsets(pad: int) -> list:
 
 
 def cyclic_offset(epoch: int, pad: int, seed: int) -> tuple:
-    """Document 003's cyclic translation: epoch e (from 0) uses one (dy, dx) for every image, the
+    """The cyclic translation variant: epoch e (from 0) uses one (dy, dx) for every image, the
     offsets visited in a seeded order, each once per len(offsets) epochs."""
     offsets = translate_offsets(pad)
     order = torch.randperm(len(offsets), generator=data.epoch_generator(seed, -1)).tolist()

@@ -62,6 +62,7 @@ PLANS = (("N", "width", ("depth", "D", "epochs")),
          ("N", "depth", ("width", "D", "epochs")),
          ("D", "data", ("width", "depth", "epochs")))
 PLANS_WITHOUT_SHAPE = (("N", "N", ("D", "epochs")), ("D", "data", ("N", "epochs")))
+INFLUENCE_MAX_CONFIGS = 2_000  # leave-one-out is n refits of n points: beyond this, minutes
 MIN_DISTINCT = 3           # points per group: 2 fix a line, the 3rd is the first test of it
 BUDGET_TOLERANCE = 0.1     # sweep.py plans budgets to +-10%
 STEPS_RATIO_MAX = 10       # a budget whose runs' optimiser steps differ more mixes regimes
@@ -162,7 +163,6 @@ def with_defaults(frame, path, assumed: dict) -> pd.DataFrame:
             assumed[column] = how
 
     fill("run_name", [f"{name}:{i + 2}" for i in range(len(frame))], "file:line")
-    fill("config_id", frame.run_name, "each row its own configuration")
     fill("status", "finished", "finished")
     fill("seed", 0, "0")
     if "epochs" not in frame.columns:
@@ -176,6 +176,11 @@ def with_defaults(frame, path, assumed: dict) -> pd.DataFrame:
     if {"N", "D"} <= set(frame.columns):
         fill("C", pd.to_numeric(frame.N, errors="coerce") * pd.to_numeric(frame.D, errors="coerce")
              * pd.to_numeric(frame.epochs, errors="coerce"), "N·D·epochs")
+    if "config_id" not in frame.columns:  # rows alike in all but seed and metrics: one's seeds
+        key = [c for c in (*CONTEXT, "width", "depth", "N", "D", "epochs", "budget")
+               if c in frame.columns]
+        fill("config_id", pd.util.hash_pandas_object(frame[key], index=False).astype(str),
+             f"rows with equal {', '.join(key)} are seeds of one configuration")
     if "data_fingerprint" not in frame.columns and "source_fingerprint" not in frame.columns:
         assumed["data_fingerprint"] = "no check that the runs share a data set"
     return frame
@@ -360,10 +365,15 @@ def plans_for(configs) -> tuple:
                  for x, plan, held in PLANS_WITHOUT_SHAPE if x in configs.columns)
 
 
-def slices(frame, keys) -> list:
-    """The sub-tables sharing values of keys (missing values group together); all when no keys."""
+def slices(frame, keys, varying=None) -> list:
+    """The sub-tables sharing values of keys (missing values group together); all when no keys.
+    With varying, only those in which that column takes MIN_DISTINCT values or more, found
+    before any sub-table is made (a million distinct keys would otherwise make a million)."""
     if not keys:
         return [frame]
+    if varying is not None:
+        distinct = frame.groupby(list(keys), dropna=False, sort=False)[varying].transform("nunique")
+        frame = frame[distinct.to_numpy() >= MIN_DISTINCT]
     return [part for _, part in frame.groupby(list(keys), dropna=False, sort=True)]
 
 
@@ -371,7 +381,7 @@ def plan_groups(configs) -> list:
     context, varying = context_columns(configs)
     groups = []
     for x, plan, held in plans_for(configs):
-        for frame in slices(configs, context + list(held)):
+        for frame in slices(configs, context + list(held), varying=x):
             if frame[x].nunique() >= MIN_DISTINCT:
                 groups.append(_group(x, plan, frame.sort_values(x), varying + list(held)))
     for x in ("C", "total_flops"):
@@ -393,8 +403,11 @@ def frontier(frame, x, tolerance=BUDGET_TOLERANCE) -> pd.DataFrame:
     """Configurations that no other configuration beats at a compute at most (1 + tolerance)
     times theirs: runs of one planned budget tie on compute, so only the best of them is on it."""
     values, L = frame[x].to_numpy(float), frame.L.to_numpy(float)
-    beaten = ((values[None, :] <= values[:, None] * (1 + tolerance)) & (L[None, :] < L[:, None]))
-    return frame[~beaten.any(1)].sort_values(x)
+    order = np.argsort(values, kind="stable")
+    best_so_far = np.minimum.accumulate(L[order])  # lowest loss at or below each sorted compute
+    reach = np.searchsorted(values[order], values * (1 + tolerance), side="right")
+    beaten = best_so_far[reach - 1] < L  # O(n log n): 10^6 runs take a second, not a pairwise matrix
+    return frame[~beaten].sort_values(x)
 
 
 def _label(plan, frame, columns) -> str:
@@ -626,6 +639,12 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
         except laws.FitError as e:
             warnings.append(f"joint extrapolation skipped: {e}")
     influence = _single_influence(groups, single) + _joint_influence(joint)
+    too_many = [g.label for g in groups if len(g.configs) > INFLUENCE_MAX_CONFIGS] + (
+        ["joint"] if joint is not None and joint.n > INFLUENCE_MAX_CONFIGS else [])
+    if too_many:
+        warnings.append(f"influence of single configurations not computed for "
+                        f"{', '.join(too_many)}: more than {INFLUENCE_MAX_CONFIGS:,} configurations "
+                        f"(one refit each)")
     warnings += _code_version_warnings(groups, joint)
     if selected_on_test(runs.loss):
         warnings.append(f"loss {runs.loss!r} is the best of many test evaluations: selected on "
@@ -783,7 +802,7 @@ def _single_influence(groups, single) -> list:
     by_key = {(f.x, f.group): f for f in single if f.form == "saturating"}
     for group in groups:
         fit = by_key.get((group.x, group.label))
-        if fit is None or len(fit.fit.samples) < 10:
+        if fit is None or len(fit.fit.samples) < 10 or len(group.configs) > INFLUENCE_MAX_CONFIGS:
             continue
         se = float(np.std(fit.fit.samples[:, 2], ddof=1))
         if not se > INFLUENCE_MIN:   # every refit the same (an exact law): round-off is not influence
@@ -801,7 +820,7 @@ def _single_influence(groups, single) -> list:
 
 
 def _joint_influence(joint) -> list:
-    if joint is None or len(joint.samples) < 10:
+    if joint is None or len(joint.samples) < 10 or joint.n > INFLUENCE_MAX_CONFIGS:
         return []
     frame = joint.configs
     shifts = laws.joint_influence(frame.N, frame.D, frame.L, joint)

@@ -20,12 +20,13 @@ fitted to the log of its linear form, as its authors do (_fit_m4_at says why). I
 Bootstrap refits that do not converge are dropped and counted, never averaged in.
 """
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-from scipy.optimize import least_squares, lsq_linear, minimize, minimize_scalar
+from scipy.optimize import least_squares, minimize, minimize_scalar
 
 ALPHA_MAX = 5.0            # bound on fitted exponents: beyond it a law is a step within a decade
 HUBER_DELTA = 1e-3         # Hoffmann et al. 2022's delta (absolute, in log L)
@@ -41,6 +42,8 @@ JOINT_LOWER = np.array([-np.inf, -np.inf, -np.inf, 0.0, 0.0])    # internal (a, 
 JOINT_UPPER = np.array([np.inf, np.inf, np.inf, ALPHA_MAX, ALPHA_MAX])
 TERM_PARAMS = {"alpha": ("a", "alpha"), "beta": ("b", "beta")}   # internal (A/N^α, B/D^β)
 PRUNE_ITERATIONS, PRUNE_KEEP = 30, 64
+PRUNE_SAMPLE, FULL_KEEP = 500, 8  # more configurations: starts chosen on a sample of them
+CHUNK_ELEMENTS = 2 ** 22           # (problems x points) per objective evaluation: ~32 MB a temporary
 JOINT_MIN_CONFIGS, JOINT_MIN_DISTINCT = 6, 2   # 5 parameters: a 6th point is the first test
 BOUND_TOL = 1e-6           # a parameter this close to a bound is on it
 NOT_IDENTIFIED = "not identified by these runs"
@@ -319,12 +322,33 @@ def _m4_linear(log_x, L, E, ceiling):
     when it leaves the box."""
     design = np.stack([np.ones_like(log_x), -log_x, np.log(ceiling - L)], 1)
     target = np.log(L - E)
-    coef = np.linalg.lstsq(design, target, rcond=None)[0]
-    if not (0 <= coef[1] <= ALPHA_MAX and 0 <= coef[2] <= ALPHA_MAX):
-        coef = lsq_linear(design, target, bounds=([-np.inf, 0, 0],
-                                                  [np.inf, ALPHA_MAX, ALPHA_MAX])).x
+    coef = _box_lstsq(design, target, ALPHA_MAX)
     residual = design @ coef - target
     return np.array([E, coef[0], coef[1], coef[2]]), float(residual @ residual)
+
+
+def _box_lstsq(design, target, high):
+    """Least squares with the first coefficient free and the others in [0, high], exactly: the
+    optimum of this convex problem is the unconstrained optimum of some choice of bounds held
+    (each bounded coefficient free, at 0 or at high), so every choice is solved and the best
+    feasible one kept. 9 tiny solves for 2 bounded coefficients: ~100x faster than a general
+    solver, which profiles of a flat curve showed taking all the analysis's time."""
+    coef = np.linalg.lstsq(design, target, rcond=None)[0]
+    if np.all(coef[1:] >= 0) and np.all(coef[1:] <= high):
+        return coef
+    best, best_sse = None, np.inf
+    for held in list(itertools.product((None, 0.0, high), repeat=design.shape[1] - 1))[1:]:
+        coef = np.array([0.0, *[np.nan if h is None else h for h in held]])
+        free = np.isnan(coef)
+        free[0] = True
+        rest = target - design[:, ~free] @ coef[~free]
+        coef[free] = np.linalg.lstsq(design[:, free], rest, rcond=None)[0]
+        if np.all(coef[1:] >= 0) and np.all(coef[1:] <= high):
+            residual = design @ coef - target
+            sse = float(residual @ residual)
+            if sse < best_sse:
+                best, best_sse = coef, sse
+    return best
 
 
 def _fit_m4_at(x, L, ceiling, start=None):
@@ -359,7 +383,8 @@ def _fit_m4_at(x, L, ceiling, start=None):
     values = np.array([sse(E) for E in grid])
     candidates = []
     for i in range(grid.size):
-        if values[i] <= values[max(i - 1, 0)] and values[i] <= values[min(i + 1, grid.size - 1)]:
+        # a plateau (a flat curve fits every E alike) is refined once, from its first point
+        if (i == 0 or values[i] < values[i - 1]) and values[i] <= values[min(i + 1, grid.size - 1)]:
             lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
             E = minimize_scalar(sse, bounds=(lo, hi), method="bounded",
                                 options=dict(xatol=1e-9 * max(E_max, 1e-12))).x
@@ -781,7 +806,8 @@ def fit_joint(N, D, L, *, delta=HUBER_DELTA, n_boot=200, rng=None, grid=None,
         weights, targets, fitted.inflation = resample(
             mode, n_boot, rng, log_L, np.log(predicted), noise, 5)
         boot, _, ok = bfgs_batched(
-            lambda t, rows: joint_objective(t, log_N, log_D, targets[rows], weights[rows], delta),
+            in_chunks(lambda t, rows: joint_objective(t, log_N, log_D, targets[rows],
+                                                      weights[rows], delta), n),
             np.tile(theta_hat, (n_boot, 1)), joint_gtol(weights, delta), 5000)
         fitted.samples, fitted.n_boot_dropped = _to_params(boot[ok]), int((~ok).sum())
     fitted.bootstrap = mode
@@ -794,19 +820,45 @@ def fit_joint(N, D, L, *, delta=HUBER_DELTA, n_boot=200, rng=None, grid=None,
     return fitted
 
 
+def in_chunks(fun, n):
+    """fun(theta, rows) evaluated a slice of rows at a time, so that the (rows, n) temporaries of
+    joint_objective stay under CHUNK_ELEMENTS whatever the number of starts or resamples."""
+    size = max(1, CHUNK_ELEMENTS // max(n, 1))
+
+    def chunked(theta, rows):
+        if len(rows) <= size:
+            return fun(theta, rows)
+        parts = [fun(theta[i:i + size], rows[i:i + size]) for i in range(0, len(rows), size)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return chunked
+
+
 def _joint_optimum(log_N, log_D, log_L, delta, grid):
+    """Every start pruned, the best PRUNE_KEEP converged, the best of those polished. Above
+    PRUNE_SAMPLE configurations the starts are chosen on a fixed random PRUNE_SAMPLE of them
+    (choosing where to start needs no more) and the best FULL_KEEP converged on all."""
     n = len(log_L)
+    chosen = np.arange(n) if n <= PRUNE_SAMPLE else np.sort(
+        np.random.default_rng(0).choice(n, PRUNE_SAMPLE, replace=False))
 
-    def fun(theta, rows):
-        return joint_objective(theta, log_N, log_D, log_L, np.ones((len(rows), n)), delta)
+    def on(rows_of_data):
+        def fun(theta, rows):
+            return joint_objective(theta, log_N[rows_of_data], log_D[rows_of_data],
+                                   log_L[rows_of_data], 1.0, delta)
+        return in_chunks(fun, len(rows_of_data))
 
-    starts = joint_grid(grid)
-    ones = np.ones((len(starts), n))
-    theta, f, _ = bfgs_batched(fun, starts, joint_gtol(ones, delta), PRUNE_ITERATIONS)
+    def gtol(k, m):
+        return np.full(k, float(joint_gtol(np.ones(m), delta)))
+
+    starts, m = joint_grid(grid), len(chosen)
+    theta, f, _ = bfgs_batched(on(chosen), starts, gtol(len(starts), m), PRUNE_ITERATIONS)
     keep = np.argsort(f)[:PRUNE_KEEP]
-    theta, f, _ = bfgs_batched(fun, theta[keep], joint_gtol(ones[keep], delta), 5000)
+    theta, f, _ = bfgs_batched(on(chosen), theta[keep], gtol(len(keep), m), 5000)
+    if m < n:
+        keep = np.argsort(f)[:FULL_KEEP]
+        theta, f, _ = bfgs_batched(on(np.arange(n)), theta[keep], gtol(len(keep), n), 5000)
     best = int(np.argmin(f))
-    return _polish(fun, theta[best], n, delta)
+    return _polish(on(np.arange(n)), theta[best], n, delta)
 
 
 def _polish(fun, theta, n, delta):
@@ -858,7 +910,8 @@ def joint_influence(N, D, L, fitted: JointFit) -> np.ndarray:
     n = len(log_L)
     weights = 1 - np.eye(n)
     theta, _, ok = bfgs_batched(
-        lambda t, rows: joint_objective(t, log_N, log_D, log_L, weights[rows], fitted.delta),
+        in_chunks(lambda t, rows: joint_objective(t, log_N, log_D, log_L, weights[rows],
+                                                  fitted.delta), n),
         np.tile(fitted.theta, (n, 1)), joint_gtol(weights, fitted.delta), 5000)
     shifts = theta[:, 3:5] - fitted.theta[3:5]
     shifts[~ok] = np.nan       # a refit that did not converge says nothing about the point

@@ -15,12 +15,13 @@ has `features(x)`, the pooled representation the classifier reads.
   option A), so they add no weighted layer and no parameter.
 - simplecnn (the CPU speedrun): three stages of `depth` Conv3x3 (+ optional
   BatchNorm) + ReLU, each followed by MaxPool2d(2), then flatten -> Linear(16*4*width ->
-  8*width) -> ReLU -> Linear(-> 10). Document 002 names no exact architecture; this is the
+  8*width) -> ReLU -> Linear(-> 10). The CPU speedrun names no exact architecture; this is the
   conventional small conv-pool-fc network it describes, without BatchNorm unless `bn`.
 
     python model.py --width 32 --depth 2      # prints N and forward FLOPs per image
 """
 import argparse
+import os
 
 import torch
 from torch import nn
@@ -29,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR-10, channels first
 NUM_STAGES = 3
+MAX_BUILT_DEPTH = 1_000  # model.py builds shapes up to this depth to count FLOPs (seconds)
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -164,31 +166,32 @@ def conv_params(c_in: int, c_out: int, bias: bool = True, bn: bool = True) -> in
 
 
 def stage_channels(width: int, depth: int, first: int = IMAGE_SHAPE[0]):
-    """(c_in, c_out) of each of the NUM_STAGES * depth 3x3 convs of a plain stack."""
-    pairs, c_in = [], first
+    """(c_in, c_out, count) of the NUM_STAGES * depth 3x3 convs of a plain stack: each stage's
+    first conv, then its depth - 1 repeats (counted, not listed: any depth costs O(stages))."""
+    groups, c_in = [], first
     for stage in range(NUM_STAGES):
-        for _ in range(depth):
-            pairs.append((c_in, width * 2 ** stage))
-            c_in = width * 2 ** stage
-    return pairs
+        c_out = width * 2 ** stage
+        groups += [(c_in, c_out, 1), (c_out, c_out, depth - 1)]
+        c_in = c_out
+    return groups
 
 
 def cnn_num_params(width: int, depth: int) -> int:
     """Closed-form N of ScalingCNN, so sweeps can plan without building models."""
-    convs = sum(conv_params(a, b) for a, b in stage_channels(width, depth))
+    convs = sum(k * conv_params(a, b) for a, b, k in stage_channels(width, depth))
     return convs + 4 * width * NUM_CLASSES + NUM_CLASSES
 
 
 def resnet_num_params(width: int, depth: int) -> int:
     """Closed-form N of ResNet: the stem, two convs per block (no bias), the fc."""
-    convs = sum(conv_params(a, b, bias=False) + conv_params(b, b, bias=False)
-                for a, b in stage_channels(width, depth, first=width))
+    convs = sum(k * (conv_params(a, b, bias=False) + conv_params(b, b, bias=False))
+                for a, b, k in stage_channels(width, depth, first=width))
     stem = conv_params(IMAGE_SHAPE[0], width, bias=False)
     return stem + convs + 4 * width * NUM_CLASSES + NUM_CLASSES
 
 
 def simplecnn_num_params(width: int, depth: int, bn: bool = False) -> int:
-    convs = sum(conv_params(a, b, bn=bn) for a, b in stage_channels(width, depth))
+    convs = sum(k * conv_params(a, b, bn=bn) for a, b, k in stage_channels(width, depth))
     flat = 4 * width * (IMAGE_SHAPE[1] // 2 ** NUM_STAGES) ** 2
     return convs + flat * 8 * width + 8 * width + 8 * width * NUM_CLASSES + NUM_CLASSES
 
@@ -198,6 +201,23 @@ def num_params(name: str, width: int, depth: int, bn: bool = False) -> int:
     if name == "simplecnn":
         return simplecnn_num_params(width, depth, bn)
     return {"cnn": cnn_num_params, "resnet8": resnet_num_params}[name](width, depth)
+
+
+def size_error(name: str, width: int, depth: int, bn: bool = False) -> str:
+    """Why a network cannot be built on this machine ("" if it can): its weights, gradients and
+    optimizer state (4 copies of N floats) must fit in the host's memory, checked from the
+    closed-form N before anything is allocated (torch would otherwise overflow or hang)."""
+    N = num_params(name, width, depth, bn)
+    need = 4 * 4 * N
+    if need > host_memory_bytes():
+        return (f"{name} width {width:,} depth {depth:,} has N={N:,} parameters ({need / 2**30:,.0f} "
+                f"GiB for weights, gradients and optimizer state), more than this machine's "
+                f"{host_memory_bytes() / 2**30:,.0f} GiB; use a smaller --width or --depth")
+    return ""
+
+
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def forward_flops_per_image(model: nn.Module) -> int:
@@ -225,6 +245,11 @@ def main():
     for name in ("width", "depth"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.depth > MAX_BUILT_DEPTH or args.width * 2 ** (NUM_STAGES + 2) > 2 ** 31:
+        N = num_params(args.model, args.width, args.depth, args.bn)
+        print(f"{args.model} width={args.width} depth={args.depth}: N={N:,} (closed form; too large "
+              f"to build even as shapes, so forward FLOPs are not counted)")
+        return
     with torch.device("meta"):  # shapes only: any size is counted without allocating it
         model = build_model(args.model, args.width, args.depth, args.bn)
     print(f"{args.model} width={args.width} depth={args.depth}: N={count_params(model):,} "

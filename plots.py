@@ -9,6 +9,7 @@ import math
 import textwrap
 
 import numpy as np
+import pandas as pd
 
 import laws
 
@@ -224,8 +225,8 @@ def hyperparameter(table, field, others, metric_label):
         frame = frame.sort_values(field)
         ax.errorbar(frame[field], frame["mean"], yerr=frame["std"].fillna(0), fmt="-o", ms=4,
                     capsize=2, color=colour, label=label)
-    values = table[field].astype(float)
-    if (values > 0).all() and values.max() / values.min() >= 10:
+    values = pd.to_numeric(table[field], errors="coerce")  # a swept name (optimizer) is categorical
+    if values.notna().all() and (values > 0).all() and values.max() / values.min() >= 10:
         ax.set_xscale("log")
     ax.set(xlabel=field, ylabel=metric_label)
     many = f"; one line per {', '.join(others)}" if len(frames) > 12 else ""

@@ -639,6 +639,11 @@ def int_list(text):
     values = []
     for v in (v.strip() for v in text.split(",") if v.strip()):
         try:
+            values.append(int(v))  # exact: a float would round 2**63 - 1
+            continue
+        except ValueError:
+            pass
+        try:
             number = float(v)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{v!r} is not a whole number") from None
@@ -701,8 +706,8 @@ def build_parser():
                    help="worker: worker.py processes training fused bundles of same-shape runs; "
                         "process: one train.py process per run")
     p.add_argument("--max_bundle", type=int, default=None,
-                   help=f"worker engine: at most this many runs fused into one network (1: none; "
-                        f"default {worker.GPU_MAX_BUNDLE} on CUDA, 1 on CPU, where fusion is slower)")
+                   help="worker engine: at most this many same-shape runs fused into one network "
+                        "(default 1: no fusion, the measured faster path on CPU; opt in on a GPU)")
     p.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local")
     p.add_argument("--partition", default=None, help="slurm partition")
     p.add_argument("--time_min", type=int, default=60, help="slurm time limit per task, minutes")

@@ -33,7 +33,7 @@ from filelock import Timeout
 from tqdm import tqdm
 
 import data
-from model import MODELS, build_model, count_params, forward_flops_per_image, num_params
+from model import MODELS, build_model, count_params, forward_flops_per_image, num_params, size_error
 from utils import (ConfigFileError, ResultsFileError, append_row, atomic_write, config_yaml,
                    csv_tail_error, exit_with_parent, file_lock, git_version, parser_from_dataclass,
                    read_config_file, read_csv, read_summary, remove_rows, set_seed, settings_given,
@@ -189,6 +189,7 @@ def _combination_errors(cfg: Config) -> list:
     errors = []
     if cfg.bn and cfg.model != "simplecnn":
         errors.append(f"--bn is a switch of --model simplecnn; {cfg.model} always has BatchNorm")
+    errors += [e for e in [size_error(cfg.model, cfg.width, cfg.depth, cfg.bn)] if e]
     if cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size):
         errors.append(f"--val_size must be a whole number of images or a fraction < 1, got {cfg.val_size}")
     num_val = data.val_count(cfg.val_size, data.NUM_TRAIN)

@@ -36,7 +36,6 @@ from model import build_model, count_params, forward_flops_per_image, num_params
 from utils import ResultsFileError, atomic_write, exit_with_parent, set_seed, write_csv
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
-GPU_MAX_BUNDLE = 16  # copies per fused network on CUDA: a plan's 3 seeds x a few lr values
 MAX_CACHED_NETS = 2  # fused modules kept for reuse; a worker's bundles come grouped by shape
 
 
@@ -60,19 +59,15 @@ def bundle_key(cfg: train.Config):
     return tuple((k, v) for k, v in sorted(asdict(cfg).items()) if k not in PER_COPY)
 
 
-def default_max_bundle(device: str) -> int:
-    """Fusion on CUDA only: on CPU a grouped convolution is slower than its K separate ones (3
-    copies of 8x1 ran at 0.85x the images/s of one run on 2 cores; README, Engine)."""
-    return GPU_MAX_BUNDLE if train.resolve_device(device).type == "cuda" else 1
-
-
 def make_bundles(cfgs: list, max_bundle: int = None) -> list:
-    """Lists of configurations that train as one network, in plan order, at most max_bundle each
-    (None: default_max_bundle of their device)."""
+    """Lists of configurations that train as one network, in plan order, at most max_bundle each.
+    Fusion is opt-in (None: 1) on every device: on the CPU a grouped convolution measured slower
+    than its K separate ones (3 copies of 8x1 at 0.85x one run's images/s on 2 cores), and on
+    CUDA it has not been measured yet (Notes/engine.md)."""
     groups = {}
     for cfg in cfgs:
         groups.setdefault(bundle_key(cfg), []).append(cfg)
-    caps = [max_bundle or default_max_bundle(group[0].device) for group in groups.values()]
+    caps = [max_bundle or 1 for _ in groups]
     return [group[i:i + cap] for group, cap in zip(groups.values(), caps)
             for i in range(0, len(group), cap)]
 
@@ -383,8 +378,8 @@ def main(argv=None):
     parser.add_argument("--slice", type=slice_of, default=(0, 1),
                         help="I/N: train bundles I, I+N, I+2N, ... (one of N workers)")
     parser.add_argument("--max_bundle", type=int, default=None,
-                        help=f"copies per fused network (1: no fusion; default {GPU_MAX_BUNDLE} on "
-                             "CUDA, 1 on CPU)")
+                        help="copies per fused network (default 1: no fusion; try 16 on a GPU "
+                             "and measure with bench.py)")
     parser.add_argument("--force", action="store_true", help="train runs that have a summary again")
     args = parser.parse_args(argv)
     if args.max_bundle is not None and args.max_bundle < 1:

@@ -47,7 +47,7 @@ smoke)  # every CUDA-only path on a tiny problem (compile + CUDA graphs, bf16, -
   step 90 smoke_airbench python airbench.py --runs 1 --notes "$OUT/smoke_airbench.md"
   cp results/smoke/final_data.csv "$OUT/smoke_final_data.csv" 2>/dev/null
   ;;
-speed)  # issue 14, items 1 and 3: every pipeline's s/epoch and MFU; --deterministic on CUDA
+speed)  # every pipeline's s/epoch and MFU; --deterministic on CUDA
   rm -rf results/det_a results/det_b  # a warm machine keeps them: a rerun would skip, not train
   step 330 bench_timed python bench.py --sizes 32x2,8x1,128x4 --notes "$OUT/bench_timed.md"
   for run in a b; do
@@ -59,12 +59,12 @@ speed)  # issue 14, items 1 and 3: every pipeline's s/epoch and MFU; --determini
     > "$OUT/deterministic_diff.txt" && log "deterministic: identical rows" \
     || log "deterministic: rows DIFFER (see deterministic_diff.txt)"
   ;;
-recipe)  # issue 14, items 1 and 2: the brief's whole recipe, default vs fast, 3 seeds each
+recipe)  # the scaling recipe end to end, default vs fast, 3 seeds each
   step 560 bench_full python bench.py --sizes 32x2 --pipelines default,fast --warmup 1 \
     --epochs 1 --full --seeds 3 --notes "$OUT/bench_full.md"
   ;;
-airbench|airbench_variants)  # issue 11 / 14 item 5: baseline (bf16; fp16 as the reference
-  # runs it) and document 003's three variants, 8 runs each, two stages of ~3 runs of 8
+airbench|airbench_variants)  # baseline (bf16; fp16 as the reference
+  # runs it) and the reproduction's three variants, 8 runs each, two stages of ~3 runs of 8
   if [ "$1" = airbench ]; then
     variants=("" "--precision fp16" "--translate_schedule cyclic")
   else
@@ -75,20 +75,20 @@ airbench|airbench_variants)  # issue 11 / 14 item 5: baseline (bf16; fp16 as the
     step 170 "$name" python airbench.py --runs 8 $variant --notes "$OUT/airbench.md"
   done
   ;;
-resnet8)  # issue 14 item 4: document 004's presets at their 200 epochs (> 70% test accuracy)
+resnet8)  # the ResNet-8 study's presets at their 200 epochs (> 70% test accuracy)
   for preset in resnet8_sgd resnet8_adamw; do
     step 270 "$preset" python train.py --preset $preset $FAST --results_dir results/resnet8
   done
   cp results/resnet8/final_data.csv "$OUT/resnet8_final_data.csv" 2>/dev/null
   ;;
-engine)  # issue 13: fused vs single images/s and GPU utilisation (bundles of 1, 3, 6, 18)
+engine)  # fused vs single images/s and GPU utilisation (bundles of 1, 3, 6, 18)
   step 560 engine_fusion python bench.py --sweep width --engines '' --out "$OUT/engine"
   ;;
-engine_sweep)  # issue 13: the width plan (18 runs, 100 epochs) through the worker; target 6 min
+engine_sweep)  # the width plan (18 runs, 100 epochs) through the worker; target 6 min
   step 560 engine_worker python bench.py --sweep width --engines worker --fused_copies '' \
     --out "$OUT/engine"
   ;;
-study)  # issue 15: the study, resumed from the last call's results
+study)  # the study, resumed from the last call's results
   [ -f .gpu-data/study_results.tar.gz ] && tar xzf .gpu-data/study_results.tar.gz
   step 520 study python sweep.py study --results_dir results/study -- $FAST
   # Checkpoints stay behind: a width-128 one is tens of MB and carried files are capped at 64 MiB

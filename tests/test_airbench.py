@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import airbench as ab
+from model import count_params
 from train import ConfigError
 
 # The reference's derived quantities at its defaults (50,000 images, batch 1024, momentum 0.85).
@@ -358,6 +359,11 @@ def test_tta_averages_the_listed_views():
     assert sum(w for w, _ in ab.tta_views(x, 2)) == pytest.approx(1)
 
 
+@pytest.mark.parametrize("width", [0.01, 0.25, 0.375, 1.0, 2.5])
+def test_closed_form_N_equals_the_built_network(width):
+    assert ab.num_params(width) == count_params(ab.AirbenchNet(width))
+
+
 def test_bad_flags_are_refused_before_anything_runs(tmp_path):
     base = dict(results_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="--batch_size 1024 exceeds --dataset_size 100"):
@@ -368,6 +374,8 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path):
                                                **base))
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         ab.validate_airbench(ab.AirbenchConfig(lr=0.0, **base))
+    with pytest.raises(ConfigError, match=r"--width 1e\+30 gives N=.* more than this machine"):
+        ab.validate_airbench(ab.AirbenchConfig(width=1e30, **base))  # was: an allocator traceback
     with pytest.raises(ConfigError, match="--bias_lr_scale must be > 0"):
         ab.validate_airbench(ab.AirbenchConfig(bias_lr_scale=0.0, **base))
     with pytest.raises(ConfigError, match="--notes .* is not a writable folder"):

@@ -213,6 +213,20 @@ def test_joint_fit_recovers_the_law(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Compute-optimal allocation
 
+def test_frontier_keeps_exactly_the_runs_nothing_cheaper_beats():
+    rng = np.random.default_rng(0)
+    compute = rng.choice([1e8, 1.05e8, 2e8, 3e8, 5e8, 9e8], 400) * rng.uniform(1, 1.3, 400)
+    L = ((compute / 1e8) ** -0.3 * rng.uniform(1, 1.5, 400)).round(2)  # ties in L too
+    frame = pd.DataFrame(dict(C=compute, L=L))
+    values = frame.C.to_numpy()
+    beaten = ((values[None, :] <= values[:, None] * (1 + analysis.BUDGET_TOLERANCE))
+              & (L[None, :] < L[:, None])).any(1)  # the definition, pairwise
+    assert sorted(analysis.frontier(frame, "C").index) == sorted(frame.index[~beaten])
+    assert 3 <= (~beaten).sum() < 100
+    many = pd.DataFrame(dict(C=np.geomspace(1e8, 1e12, 10 ** 6), L=1.0))
+    assert len(analysis.frontier(many, "C")) == 10 ** 6  # no pairwise matrix (7 TiB here)
+
+
 def test_isoflop_minimum_lands_at_the_known_optimum(tmp_path):
     budgets = [1e8, 1e9, 1e10, 1e11]
     runs = loaded(tmp_path, make_runs(isoflop_points(budgets, factor=3.0, count=7), noise=0.01))
@@ -350,6 +364,20 @@ def test_minimal_csvs_of_one_name_in_two_folders_are_different_runs(tmp_path):
     assert not any("rerun" in note for note in runs.notes)
 
 
+def test_a_minimal_csv_of_a_million_rows_is_fitted_in_seconds(tmp_path):
+    """Another trainer's log: N, D, loss only, repeats of a 4 x 4 grid. Rows alike in N and D are
+    one configuration's seeds (was: each row its own configuration, and fits that never ended)."""
+    rng = np.random.default_rng(0)
+    n = 10 ** 6
+    N, D = rng.choice([1e3, 1e4, 1e5, 1e6], n), rng.choice([1e3, 3e3, 1e4, 3e4], n)
+    L = (LAW["E"] + LAW["A"] / N ** LAW["alpha"] + LAW["B"] / D ** LAW["beta"]) * np.exp(
+        0.01 * rng.standard_normal(n))
+    csv = write(tmp_path, pd.DataFrame(dict(N=N, D=D, loss=L)), "big.csv")
+    result = analysis.analyse(analysis.load([csv]), n_boot=20)
+    assert len(result.runs.configs) == 16 and result.joint.params["alpha"] == pytest.approx(
+        LAW["alpha"], abs=0.02)
+
+
 def test_a_minimal_csv_of_N_D_loss_is_fitted_end_to_end(tmp_path, capsys):
     """Runs from another trainer: only N, D and a loss column, one row per run."""
     frame = make_runs(sweep_points(), seeds=(0,))
@@ -357,8 +385,9 @@ def test_a_minimal_csv_of_N_D_loss_is_fitted_end_to_end(tmp_path, capsys):
     csv = write(tmp_path, minimal, "other.csv")
     assert analysis.main([csv, "--out", str(tmp_path / "out"), "--n-boot", "20"]) == 0
     printed = capsys.readouterr().out
-    assert "absent columns assumed: run_name: file:line; config_id: each row its own " \
-           "configuration; status: finished; seed: 0; epochs: 1; C: N·D·epochs" in printed
+    assert "absent columns assumed: run_name: file:line; status: finished; seed: 0; epochs: 1; " \
+           "C: N·D·epochs; config_id: rows with equal N, D, epochs are seeds of one " \
+           "configuration" in printed
     data = json.loads((tmp_path / "out" / "fits.json").read_text())
     assert data["loss"] == "loss" and data["data"]["n_configs"] == len(minimal)
     # SD of the joint alpha for one seed is sqrt(3) x that of 3 seeds (0.017): 4 SD ~ 0.12
@@ -554,6 +583,20 @@ def test_a_hyperparameter_grid_is_tabulated_with_the_right_means(tmp_path):
     assert "## Hyperparameters" in (out / "fits.md").read_text()
     with pytest.raises(AnalysisError, match="--vs lrr: no such column"):
         analysis.analyse(analysis.load([csv]), vs=["lrr"])
+
+
+def test_a_swept_name_is_drawn_as_categories(tmp_path):
+    """sweep.py grid --optimizers sgd,adamw: the figure of a string field is drawn, not skipped
+    with a ValueError."""
+    rows = [dict(run_name=f"r{o}{lr}{s}", config_id=f"c{o}{lr}", status="finished", model="cnn",
+                 width=16, depth=2, seed=s, N=5e4, D=5000, epochs=10, C=2.5e9, optimizer=o, lr=lr,
+                 final_test_loss_avg_last5=1 + lr + (o == "adamw") + 0.01 * s)
+            for o in ("sgd", "adamw") for lr in (0.01, 0.1) for s in range(2)]
+    out = tmp_path / "out"
+    assert analysis.main([write(tmp_path, pd.DataFrame(rows)), "--out", str(out), "--n-boot", "0"]) == 0
+    data = json.loads((out / "fits.json").read_text())
+    assert "loss_vs_optimizer.png" in data["figures"] and (out / "loss_vs_optimizer.png").stat().st_size
+    assert not [w for w in data["warnings"] if "not drawn" in w]
 
 
 

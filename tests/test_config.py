@@ -72,7 +72,7 @@ def test_preset_then_file_then_command_line(tmp_path):
     assert (cfg.model, cfg.batch_size, cfg.scheduler) == ("resnet8", 128, "none")  # the preset
     assert (cfg.lr, cfg.betas) == (0.001, (0.8, 0.99))  # the file over the preset (1e-3: a float)
     assert (cfg.seed, cfg.optimizer) == (3, "adamw")  # the command line over the file
-    # Document 004's flow: the SGD file with the optimizer switched on the command line. The
+    # The ResNet-8 study's flow: the SGD file with the optimizer switched on the command line. The
     # file's momentum stops applying, as the preset's would; in the file beside adamw it is refused.
     switched = train.parse_config(["--config", os.path.join(CONFIG_DIR, "resnet8_sgd.yaml"),
                                    "--optimizer", "adamw", "--lr", "1e-3"])

@@ -1,4 +1,5 @@
 """The sweep engine: fused bundles train each copy as train.py trains that run alone."""
+import dataclasses
 import json
 import os
 import subprocess
@@ -336,6 +337,8 @@ def test_bundling_groups_exactly_the_runs_that_may_share_a_network():
     bundles = worker.make_bundles(shareable + apart, max_bundle=8)
     assert [len(b) for b in bundles] == [3] + [1] * len(apart)
     assert [len(b) for b in worker.make_bundles(shareable)] == [1, 1, 1]  # CPU: no fusion by default
+    on_gpu = [dataclasses.replace(make(seed=s), device="cuda") for s in range(3)]
+    assert [len(b) for b in worker.make_bundles(on_gpu)] == [1, 1, 1]  # opt-in on CUDA too
     assert [len(b) for b in worker.make_bundles([make(seed=s) for s in range(5)], 2)] == [2, 2, 1]
 
 

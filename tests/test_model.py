@@ -123,3 +123,16 @@ def test_cli_refuses_a_zero_width_and_counts_huge_ones_without_memory(monkeypatc
     monkeypatch.setattr("sys.argv", ["model.py", "--width", "100000", "--depth", "2"])
     model.main()  # 2.8e12 parameters: counted on the meta device, nothing allocated
     assert "N=2,790,010,900,010" in capsys.readouterr().out
+    for argv in (["--width", str(2 ** 63 - 1)], ["--depth", str(10 ** 8)]):  # were: an overflow
+        monkeypatch.setattr("sys.argv", ["model.py", *argv])  # traceback, a build that never ends
+        model.main()
+        assert "(closed form; too large to build even as shapes" in capsys.readouterr().out
+
+
+def test_closed_form_N_of_any_depth_is_immediate_and_sizes_are_checked_before_building():
+    import model
+    assert model.cnn_num_params(32, 10 ** 12) > 10 ** 17  # O(stages), not a list of 3e12 convs
+    assert model.size_error("cnn", 32, 2) == ""
+    for width, depth in ((2 ** 63 - 1, 2), (32, 10 ** 8), (100_000, 2)):
+        message = model.size_error("cnn", width, depth)
+        assert f"width {width:,} depth {depth:,} has N=" in message and "use a smaller" in message

@@ -95,6 +95,7 @@ def test_a_killed_force_retrain_counts_as_unfinished_and_resume_continues_it(dat
     assert not stem.with_suffix(".json").exists() and read_csv(str(tmp_path / "final_data.csv")) == []
     assert first["run_name"] not in sweep.finished_names(str(tmp_path))
 
+    time.sleep(1.05)  # summaries are stamped to the second: the new one must differ
     resumed = tiny_run(data_dir, tmp_path, resume=True)  # no --force: a plain resume
     assert epochs_trained == [1, 2, 3]  # epoch 3 only, from the retrain's checkpoint
     assert resumed["timestamp"] != first["timestamp"]
@@ -279,11 +280,11 @@ def test_divergence_is_seen_in_the_parameters_and_the_evaluation_losses():
 
 
 @pytest.mark.parametrize("lr,dataset_size", [(1e6, 256), (1000.0, 2000)])
-def test_a_huge_lr_is_never_recorded_as_finished_with_a_non_finite_loss(data_dir, tmp_path, lr,
-                                                                         dataset_size):
-    if dataset_size > len(data.load_cifar10(data_dir).train_labels):
+def test_a_huge_lr_is_never_recorded_as_finished_with_a_non_finite_loss(real_data_dir, tmp_path,
+                                                                         lr, dataset_size):
+    if dataset_size > len(data.load_cifar10(real_data_dir).train_labels):
         pytest.skip(f"needs {dataset_size} training images (the real CIFAR-10 under data/)")
-    summary = tiny_run(data_dir, tmp_path, lr=lr, dataset_size=dataset_size, num_epochs=3,
+    summary = tiny_run(real_data_dir, tmp_path, lr=lr, dataset_size=dataset_size, num_epochs=3,
                        test_freq=1)
     assert summary["status"] == "diverged"
     assert read_csv(str(tmp_path / "final_data.csv"))[0]["status"] == "diverged"

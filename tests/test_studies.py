@@ -18,7 +18,7 @@ from conftest import REPO
 from model import build_model
 from test_train import epoch_rows, killed_then_resumed, tiny_run
 
-# Document 004's presets shrunk to seconds: only size, length and evaluation are overridden.
+# The ResNet-8 study's presets shrunk to seconds: only size, length and evaluation are overridden.
 RESNET_TINY = dict(width=4, dataset_size=300, val_size=100, num_epochs=2, test_freq=1,
                    quiet=True, device="cpu")
 
@@ -42,7 +42,7 @@ def test_preset_fills_defaults_and_explicit_flags_override(tmp_path):
     assert (cfg.seed, cfg.subset_seed) == (42, 42)  # the ResNet-8 study seeds the split with 42 too
 
     adamw = train.parse_config(["--preset", "resnet8_adamw", "--width", "32", "--no_normalize"])
-    # Document 004's config gives weight_decay 0.0001 for both optimisers.
+    # The ResNet-8 study's config gives weight_decay 0.0001 for both optimisers.
     assert (adamw.optimizer, adamw.lr, adamw.betas, adamw.weight_decay, adamw.subset_seed) == \
         ("adamw", 1e-3, (0.9, 0.999), 1e-4, 42)
     assert (adamw.width, adamw.normalize) == (32, False)

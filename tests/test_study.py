@@ -43,7 +43,7 @@ def test_grid_takes_a_list_of_every_numeric_or_choice_field_of_config(tmp_path):
     assert {(r.cfg.optimizer, r.cfg.momentum) for r in runs} == {("sgd", 0.8), ("sgd", 0.9), ("adamw", 0.9)}
     assert {(r.cfg.augment, r.cfg.num_epochs, r.cfg.batch_size) for r in runs} == \
         set(itertools.product([True, False], [3, 4], [64]))
-    # Document 004's comparison as a grid: each preset sets its own model size and data.
+    # The ResNet-8 SGD-vs-AdamW comparison as a grid: each preset sets its own model size and data.
     runs, _ = planned(["grid", "--preset", "resnet8_sgd,resnet8_adamw", "--seeds", "0,1"], tmp_path)
     assert sorted((r.cfg.optimizer, r.cfg.seed) for r in runs) == \
         [("adamw", 0), ("adamw", 1), ("sgd", 0), ("sgd", 1)]

@@ -53,6 +53,8 @@ def test_compute_plan_points_are_within_tolerance_of_their_budget(tradeoff, tmp_
 @pytest.mark.parametrize("argv,message", [
     (["compute", "--budgets", "10"], "no feasible configuration"),
     (["width", "--widths", "0"], "--width must be >= 1"),
+    (["width", "--widths", f"4,{2 ** 63 - 1}"], f"width {2 ** 63 - 1:,} depth 2 has N="),  # exact
+    (["depth", "--depths", "100000000"], "more than this machine's"),
     (["width", "--widths", ""], "needs at least one value"),
     (["shape"], "invalid choice"),
     (["width", "--", "--lr=-1"], "--lr must be >= 0"),

@@ -56,8 +56,8 @@ def test_run_name_is_a_function_of_the_configuration():
     assert train.run_name(a) != train.run_name(train.Config(width=8, seed=3))
 
 
-def test_end_to_end_schema_and_last5_average(data_dir, tmp_path):
-    summary = tiny_run(data_dir, tmp_path, num_epochs=7, test_freq=3)
+def test_end_to_end_schema_and_last5_average(real_data_dir, tmp_path):
+    summary = tiny_run(real_data_dir, tmp_path, num_epochs=7, test_freq=3)
     rows = pd.read_csv(tmp_path / "runs" / (summary["run_name"] + ".csv"))
     assert list(rows.columns[:7]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc",
                                       "lr", "epoch_time_s"]
@@ -87,10 +87,10 @@ def test_learning_happens(synthetic_data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("loader", ["tensor", "torchvision"])
-def test_same_seed_gives_identical_epochs(data_dir, tmp_path, loader):
-    a = tiny_run(data_dir, tmp_path / "a", loader=loader)
-    b = tiny_run(data_dir, tmp_path / "b", loader=loader)
-    c = tiny_run(data_dir, tmp_path / "c", loader=loader, seed=1)
+def test_same_seed_gives_identical_epochs(real_data_dir, tmp_path, loader):
+    a = tiny_run(real_data_dir, tmp_path / "a", loader=loader)
+    b = tiny_run(real_data_dir, tmp_path / "b", loader=loader)
+    c = tiny_run(real_data_dir, tmp_path / "c", loader=loader, seed=1)
     pd.testing.assert_frame_equal(epoch_rows(tmp_path / "a", a), epoch_rows(tmp_path / "b", b))
     assert not epoch_rows(tmp_path / "a", a).equals(epoch_rows(tmp_path / "c", c))
     assert a["data_fingerprint"] == c["data_fingerprint"]
@@ -110,9 +110,9 @@ def killed_then_resumed(data_dir, results_dir, monkeypatch, **overrides):
     return tiny_run(data_dir, results_dir, resume=True, **overrides)
 
 
-def test_resumed_run_equals_uninterrupted(data_dir, tmp_path, monkeypatch):
-    full = tiny_run(data_dir, tmp_path / "full", num_epochs=4)
-    resumed = killed_then_resumed(data_dir, tmp_path / "resumed", monkeypatch, num_epochs=4)
+def test_resumed_run_equals_uninterrupted(real_data_dir, tmp_path, monkeypatch):
+    full = tiny_run(real_data_dir, tmp_path / "full", num_epochs=4)
+    resumed = killed_then_resumed(real_data_dir, tmp_path / "resumed", monkeypatch, num_epochs=4)
 
     pd.testing.assert_frame_equal(epoch_rows(tmp_path / "full", full),
                                   epoch_rows(tmp_path / "resumed", resumed))
@@ -146,7 +146,10 @@ BAD_FLAGS = [
     (["--width", "four"], "invalid int value"),
     (["--loader", "dali"], "invalid choice"),
     (["--no_such_flag", "1"], "unrecognized arguments"),
-    # combinations (documents 002 and 004's flags)
+    # sizes no machine holds: refused from the closed-form N, before torch overflows or hangs
+    (["--width", str(2 ** 63 - 1)], "has N=23,734,695,092,735,457,822"),
+    (["--depth", "100000000"], "more than this machine's"),
+    # combinations (the CPU speedrun's and the ResNet-8 study's flags)
     (["--betas", "0.9", "0.99"], "--betas applies only with --optimizer adamw"),
     (["--optimizer", "adamw", "--momentum", "0.5"], "--momentum applies only with --optimizer sgd"),
     (["--val_size", "5000", "--dataset_size", "46000"], "exceed the 50,000 training images"),
