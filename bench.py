@@ -52,6 +52,7 @@ import worker
 PIPELINES = {
     "brief": dict(loader="torchvision"),
     "default": dict(loader="tensor"),
+    "channels_last": dict(loader="tensor", channels_last=True),  # one lever alone (CPU: per size)
     "nondeterministic": dict(loader="tensor", deterministic=False),
     "bf16": dict(loader="tensor", deterministic=False, precision="bf16", channels_last=True),
     "compiled": dict(loader="tensor", deterministic=False, precision="bf16", channels_last=True,
@@ -72,6 +73,21 @@ def peak_tflops(device_name: str, precision: str):
         if key in device_name:
             return peaks[precision]
     return None
+
+
+def measured_peak_tflops(precision: str, size: int = 2048, repeats: int = 5) -> float:
+    """A CPU's peak on the threads this process uses, measured: the best of `repeats` square
+    matmuls (dense, large enough that BLAS runs near its peak). No datasheet says what 2 shared
+    cloud cores deliver."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e12
 
 
 def pipeline_config(pipeline, device, **overrides):
@@ -102,6 +118,11 @@ def projected_run_s(epoch_s, eval_s, num_epochs=BRIEF_EPOCHS, test_freq=BRIEF_TE
 
 def timed_table(args, device, device_name):
     rows = []
+    num_test = len(data.load_cifar10(args.data_dir).test_labels)
+    if device == "cpu":  # measured once, on the same threads as the trainings
+        args.cpu_peak = {p: measured_peak_tflops(p) for p in ("fp32", "bf16")}
+        print(f"  measured peak: {args.cpu_peak['fp32']:.3f} TFLOP/s fp32, "
+              f"{args.cpu_peak['bf16']:.3f} bf16 ({torch.get_num_threads()} threads)", file=sys.stderr)
     for size in args.sizes:
         width, depth = map(int, size.split("x"))
         for pipeline in args.pipelines:
@@ -109,10 +130,15 @@ def timed_table(args, device, device_name):
                                   dataset_size=args.dataset_size, data_dir=args.data_dir)
             summary, epoch_s, eval_s = time_epochs(cfg, args.warmup, args.epochs)
             tflops = train.training_flops(summary["flops_per_image"], args.dataset_size, 1) / epoch_s / 1e12
-            peak = peak_tflops(device_name, cfg.precision)
+            peak = args.cpu_peak[cfg.precision] if device == "cpu" else \
+                peak_tflops(device_name, cfg.precision)
             rows.append(dict(size=size, pipeline=pipeline, epoch_s=epoch_s, eval_s=eval_s,
                              projected_100_epochs_s=projected_run_s(epoch_s, eval_s),
-                             images_per_s=args.dataset_size / epoch_s, tflops=tflops,
+                             images_per_s=args.dataset_size / epoch_s,
+                             eval_images_per_s=num_test / eval_s,
+                             # cost of evaluating one image over training one (ideal: ~1/3)
+                             eval_vs_train=(eval_s / num_test) / (epoch_s / args.dataset_size),
+                             tflops=tflops,
                              mfu=tflops / peak if peak else float("nan"),
                              threads=torch.get_num_threads()))
             print(f"  {size} {pipeline}: {epoch_s:.3f} s/epoch", file=sys.stderr)
@@ -316,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full", action="store_true", help="also run the whole recipe")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of each --full run")
     parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process (the pocket study trains on 1 per core)")
     parser.add_argument("--notes", default=os.path.join("results", "benchmarks.md"),
                         help="markdown file the table is appended to; '' to not append")
     parser.add_argument("--sweep_jobs", type=lambda s: [int(k) for k in s.split(",")],
@@ -356,6 +384,10 @@ def main():
             parser.error(f"--{flag} must be >= {least}, got {value}")
     if args.sweep_jobs is not None and any(k < 1 for k in args.sweep_jobs):
         parser.error(f"--sweep_jobs must be >= 1 each, got {args.sweep_jobs}")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     device_errors = train.device_errors(args.device)
     if device_errors:
         parser.error(device_errors[0])

@@ -1,4 +1,5 @@
 """Every speed mode trains end to end and writes the same records; the benchmark runs."""
+import io
 import subprocess
 import sys
 
@@ -34,12 +35,25 @@ def test_bench_prints_and_records_a_table(data_dir, tmp_path):
     proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes", "4x1",
                            "--dataset_size", "200", "--warmup", "1", "--epochs", "1",
                            "--pipelines", "brief,default", "--data_dir", data_dir,
-                           "--notes", str(notes)],
+                           "--threads", "1", "--notes", str(notes)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     text = notes.read_text()
     assert "| 4x1    | brief" in text and "| 4x1    | default" in text and "speedup_vs_brief" in text
     assert text.strip() in proc.stdout
+    table = pd.read_csv(io.StringIO("\n".join(line for line in text.splitlines()
+                                              if line.startswith("|") and "---" not in line)),
+                        sep="|", skipinitialspace=True).rename(columns=str.strip)
+    assert (table.threads == 1).all()
+    # on a CPU the peak is measured (a matmul on the same threads), so the fraction of it is known
+    assert ((table.mfu > 0) & (table.mfu < 1)).all()
+    assert (table.eval_images_per_s > 0).all() and (table.eval_vs_train > 0).all()
+
+
+def test_bench_refuses_a_thread_count_below_one():
+    proc = subprocess.run([sys.executable, "bench.py", "--threads", "0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--threads must be >= 1, got 0" in proc.stderr
 
 
 def test_projection_counts_the_briefs_evaluations():
