@@ -280,10 +280,57 @@ def _field_value(value, kind, where):
     ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))
           or kind is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
-        hint = " (YAML reads off/on/yes/no as booleans: quote it)" if isinstance(value, bool) else ""
+        hint = " (quote it for a string)" if isinstance(value, bool) else ""
         raise ConfigFileError(f"{where} must be {kind.__name__}, got {value!r} "
                               f"({type(value).__name__}){hint}")
     return float(value) if kind is float else value  # 1 and 1.0 must hash to one config_id
+
+
+class AmbiguousYAML(yaml.constructor.ConstructorError):
+    """A value or key that YAML 1.1 would read one way and its writer may have meant another."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, minus its guesses: a repeated key (it keeps the last), yes/no/
+    on/off as booleans, 010 as octal 8, 0x/0b/0o numbers and 1:30 as 90 (sexagesimal) are errors,
+    each naming its line, so a hand-written config file means one thing."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise AmbiguousYAML(
+                    None, None, f"key {key!r} is given twice (which one is meant?)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_bool(self, node):
+        if node.value.lower() not in ("true", "false"):
+            raise AmbiguousYAML(
+                None, None, f"{node.value!r} is a boolean only by YAML 1.1's guess: write true or "
+                f"false (or quote it for a string)", node.start_mark)
+        return node.value.lower() == "true"
+
+    def construct_yaml_int(self, node):
+        digits = node.value.replace("_", "").lstrip("+-")
+        if ":" in digits or (len(digits) > 1 and digits[0] == "0"):
+            raise AmbiguousYAML(
+                None, None, f"{node.value!r} is read by YAML 1.1 as octal, hexadecimal, binary or "
+                f"base 60: write the number in decimal without leading zeros", node.start_mark)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node):
+        if ":" in node.value:
+            raise AmbiguousYAML(
+                None, None, f"{node.value!r} is read by YAML 1.1 as base 60: write it in decimal",
+                node.start_mark)
+        return super().construct_yaml_float(node)
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:bool", StrictLoader.construct_yaml_bool)
+StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
 
 
 def read_config_file(path: str, cls) -> dict:
@@ -293,11 +340,13 @@ def read_config_file(path: str, cls) -> dict:
     validation, as for flags."""
     try:
         with open(path) as f:
-            loaded = yaml.safe_load(f)
+            loaded = yaml.load(f, Loader=StrictLoader)
     except OSError as e:
         raise ConfigFileError(f"cannot read config file {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise ConfigFileError(f"config file {path} is not a text file") from None
+    except AmbiguousYAML as e:
+        raise ConfigFileError(f"config file {path} is ambiguous: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigFileError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(loaded, dict):
