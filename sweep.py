@@ -488,6 +488,8 @@ def launch_local(runs, results_dir, jobs, gpus, skipped=0, quiet=False) -> dict:
 
     def work(run):
         with lock:
+            if counts.get("disk full"):  # every later run would fail the same way
+                return train.DISK_FULL_EXIT
             gpu = free.pop()
             counts["running"] += 1
             bar.set_postfix(counts)
@@ -496,6 +498,8 @@ def launch_local(runs, results_dir, jobs, gpus, skipped=0, quiet=False) -> dict:
             free.append(gpu)
             counts["running"] -= 1
             counts["failed"] += code not in (0, None)
+            if code == train.DISK_FULL_EXIT:
+                counts["disk full"] = 1
             bar.update()
             bar.set_postfix(counts)
         return code
@@ -563,7 +567,10 @@ def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
     for name, future in futures.items():
         if future.result() != 0:  # failed runs also have their own logs, unless the worker died
             print(f"  {name} exited {future.result()}, log {log_path(results_dir, name)}", file=sys.stderr)
-    return summary_codes(runs, results_dir)
+    codes = summary_codes(runs, results_dir)
+    if any(f.result() == train.DISK_FULL_EXIT for f in futures.values()):
+        codes = {name: code and train.DISK_FULL_EXIT for name, code in codes.items()}
+    return codes
 
 
 def summary_codes(runs, results_dir) -> dict:
@@ -870,6 +877,28 @@ def main(argv=None):
         for line in size_report(args.plan, runs, args.bench_notes, args.jobs):  # stdout stays runnable
             print(f"# {line}", file=sys.stderr)
         return
+    try:
+        codes = launch(args, runs)
+    except OSError as e:  # the sweep's own files: plan, logs
+        if not train.is_disk_full(e):
+            raise
+        sys.exit(f"error: {train.disk_full_message(e, args.results_dir)}: " + DISK_FULL_ADVICE)
+    if train.DISK_FULL_EXIT in codes.values():
+        stopped = sum(code == train.DISK_FULL_EXIT for code in codes.values())
+        free = shutil.disk_usage(args.results_dir).free / 2 ** 20
+        sys.exit(f"error: no space left on the device under {args.results_dir} ({free:,.1f} MiB "
+                 f"free); {stopped} run(s) not finished: " + DISK_FULL_ADVICE)
+    if STOP.is_set():
+        report_stopped(codes, args.results_dir)
+    report(codes, args.results_dir)
+
+
+DISK_FULL_ADVICE = ("free some space and rerun the same command (finished runs are skipped, "
+                    "unfinished ones resume from their checkpoints)")
+
+
+def launch(args, runs) -> dict:
+    """Train the runs of the plan that have no summary yet; {run_name: exit code}."""
     done = set() if args.force else finished_names(args.results_dir)
     todo = [r for r in runs if r.name not in done]
     print(f"{args.plan} plan: {len(runs)} runs, {len(runs) - len(todo)} skipped (already have a "
@@ -892,9 +921,7 @@ def main(argv=None):
         tasks = worker_tasks(todo, args.results_dir, len(todo), args.max_bundle, args.force)
         codes = launch_submitit(todo, args.results_dir, args, tasks)
         codes = summary_codes(todo, args.results_dir) if codes else {}
-    if STOP.is_set():
-        report_stopped(codes, args.results_dir)
-    report(codes, args.results_dir)
+    return codes
 
 
 def report_stopped(codes: dict, results_dir: str):

@@ -889,10 +889,19 @@ def main(argv=None):
     except (KeyboardInterrupt, Stopped) as e:
         sys.exit(stopped_exit_code(e, run_name(cfg)))
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(e):
             raise
-        sys.exit(f"error: {disk_full_message(e, cfg.results_dir)}; {run_name(cfg)} stopped, the "
-                 f"epochs it finished are in its checkpoint: free some space and rerun with --resume")
+        print(f"error: {disk_full_message(e, cfg.results_dir)}; {run_name(cfg)} stopped, the epochs "
+              f"it finished are in its checkpoint: free some space and rerun with --resume",
+              file=sys.stderr)
+        sys.exit(DISK_FULL_EXIT)
+
+
+DISK_FULL_EXIT = 28  # ENOSPC's number: tells sweep.py to launch nothing more
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def disk_full_message(e: OSError, folder: str) -> str:

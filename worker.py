@@ -302,6 +302,8 @@ class Worker:
             log(f"bundle of {len(cfgs)}: " + ", ".join(f"{n} {s}" for n, s in statuses.items()))
             return {name: 0 for name in names}
         except Exception as error:  # noqa: BLE001 - a run's failure must not end the queue
+            if train.is_disk_full(error):  # ... but a full disk would fail every run after it
+                raise
             if len(cfgs) > 1:  # retry alone (each resumes its checkpoint) to find the culprit
                 log(f"bundle of {len(cfgs)} failed ({error!r}); retrying its runs one by one")
                 return {n: code for c in cfgs for n, code in self._run_isolated([c], log).items()}
@@ -398,6 +400,13 @@ def main(argv=None):
         codes = Worker().run(bundles, args.force, log=lambda line: print(line, flush=True))
     except (KeyboardInterrupt, train.Stopped) as e:
         sys.exit(train.stopped_exit_code(e, f"worker {i}/{n}"))
+    except OSError as e:
+        if not train.is_disk_full(e):
+            raise
+        folder = cfgs[0].results_dir if cfgs else "."
+        print(f"error: {train.disk_full_message(e, folder)}; worker {i}/{n} stopped, its runs "
+              f"keep their checkpoints: free some space and rerun", flush=True)
+        sys.exit(train.DISK_FULL_EXIT)
     failed = [name for name, code in codes.items() if code]
     print(f"worker {i}/{n}: {len(codes) - len(failed)} done, {len(failed)} failed", flush=True)
     sys.exit(1 if failed else 0)

@@ -549,7 +549,8 @@ def test_a_new_setting_at_its_neutral_value_keeps_every_run_name():
 
 # --- a full disk: one line, and the run resumes to the same rows
 
-def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_path, monkeypatch):
+def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_path, monkeypatch,
+                                                                capsys):
     flags = [f"--{k}={v}" for k, v in TINY.items() if k != "quiet"] + [
         "--num_epochs=3", "--quiet", f"--data_dir={data_dir}", f"--results_dir={tmp_path}"]
     real_save, saved = train.save_checkpoint, []
@@ -562,7 +563,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
     monkeypatch.setattr(train, "save_checkpoint", full_at_epoch_2)
     with pytest.raises(SystemExit) as exit_:  # was: an OSError traceback
         train.main(flags)
-    message = str(exit_.value.code)
+    message = capsys.readouterr().err
+    assert exit_.value.code == train.DISK_FULL_EXIT  # tells a sweep to launch nothing more
     assert message.startswith("error: no space left on the device writing ")
     assert ".ckpt.pt" in message and "MiB free there" in message and "--resume" in message
     monkeypatch.undo()
@@ -572,6 +574,31 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
     whole = pd.read_csv(next((tmp_path / "again" / "runs").glob("*.csv")))
     pd.testing.assert_frame_equal(resumed.drop(columns=list(TIME_COLUMNS)),
                                   whole.drop(columns=list(TIME_COLUMNS)))
+
+
+@pytest.mark.parametrize("engine", ["process", "worker"])
+def test_a_full_disk_stops_a_sweep_with_one_line_and_launches_nothing_more(engine, tmp_path,
+                                                                           monkeypatch):
+    argv = ["width", "--widths", "4,8,16", "--seeds", "0", "--num_epochs", "1", "--jobs", "1",
+            "--engine", engine, "--results_dir", str(tmp_path), "--", "--dataset_size=64"]
+    launched = []
+
+    def full(command, log, env):  # the first training finds the disk full
+        launched.append(command)
+        return train.DISK_FULL_EXIT
+    monkeypatch.setattr(sweep, "run_one", full)
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(argv)
+    assert str(exit_.value.code).startswith(f"error: no space left on the device under {tmp_path}")
+    assert "run(s) not finished: free some space and rerun the same command" in str(exit_.value.code)
+    assert len(launched) == 1  # was: every later run launched, and failed, one by one
+
+    def no_space(*args, **kwargs):  # the sweep's own files: its plan, its logs
+        raise OSError(28, "No space left on device", str(tmp_path / "logs" / "plan.json"))
+    monkeypatch.setattr(sweep, "run_one", no_space)
+    with pytest.raises(SystemExit) as exit_:  # was: an OSError traceback
+        sweep.main(argv)
+    assert str(exit_.value.code).startswith("error: no space left on the device writing ")
 
 
 def test_a_final_data_csv_that_is_not_text_is_named_before_training(tmp_path, monkeypatch,
