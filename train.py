@@ -4,7 +4,7 @@
 
 Every hyperparameter is a field of `Config` below; the command-line flags, the columns of
 results/final_data.csv and the run name are all generated from it, so a new knob is one line.
-`--preset NAME` fills the defaults of a study (PRESETS; `--list_presets` shows them), then
+`--preset NAME` fills the defaults of a study (config/NAME.yaml; `--list_presets` shows them), then
 `--config FILE.yaml` (a mapping of Config fields), then the flags given on the command line;
 `--print_config` prints the resolved Config as such a file. Writes results/runs/<run_name>.csv
 (one row per epoch), results/runs/<run_name>.json (the summary, written atomically),
@@ -15,8 +15,10 @@ import argparse
 import contextlib
 import errno
 import importlib.util
-import io
+import functools
+import glob
 import hashlib
+import io
 import json
 import math
 import os
@@ -60,22 +62,12 @@ def hp(default, help, *, min=None, max=None, choices=None, result=True, neutral=
                                                 result=result, neutral=neutral))
 
 
-# The lab's other studies: name -> (what it is, the defaults it sets). Flags given on the
-# command line override them; width, depth and dataset_size left unset take the model's defaults.
-PRESETS = {
-    "none": ("the scaling study's recipe: Config's defaults", {}),
-    "resnet8_sgd": ("the ResNet-8 study: SGD, constant lr, 10% validation, normalised", dict(
-        model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="sgd", lr=0.1,
-        momentum=0.9, weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True, seed=42,
-        subset_seed=42)),
-    "resnet8_adamw": ("the ResNet-8 study: AdamW, constant lr, 10% validation, normalised", dict(
-        model="resnet8", batch_size=128, num_epochs=200, test_freq=10, optimizer="adamw", lr=1e-3,
-        betas=(0.9, 0.999), weight_decay=1e-4, scheduler="none", val_size=0.1, normalize=True,
-        seed=42, subset_seed=42)),
-    "speedrun_cpu": ("the CPU speedrun's best setting: simplecnn without BN, no augmentation", dict(
-        model="simplecnn", bn=False, optimizer="sgd", lr=0.02, momentum=0.9, weight_decay=0.0,
-        scheduler="none", num_epochs=10, batch_size=64, augment=False, test_freq=1, device="cpu")),
-}
+# The lab's other studies are config files: config/NAME.yaml holds the settings `--preset NAME`
+# sets (its first line, a comment, says what it is). Flags given on the command line override them;
+# width, depth and dataset_size left unset take the model's defaults.
+PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
+NO_PRESET = ("none", "the scaling study's recipe: Config's defaults")
+
 
 # Flags that mean something only beside another setting: given without it, they are refused.
 ONLY_WITH = {"momentum": ("optimizer", "sgd"), "betas": ("optimizer", "adamw"),
@@ -149,8 +141,8 @@ class Config:
                                   "--save_model; one name, one configuration", result=False)
     trackio: str = hp("", "trackio project to log per-epoch metrics to (pip install trackio; "
                           "stored under $TRACKIO_DIR; trackio show opens the dashboard)", result=False)
-    preset: str = hp("none", "defaults of a study (--list_presets); explicit flags override",
-                     choices=sorted(PRESETS), result=False)
+    preset: str = hp("none", "defaults of a study: config/NAME.yaml (--list_presets); explicit "
+                             "flags override", result=False)
     quiet: bool = hp(False, "no progress bar or summary line", result=False)
 
 
@@ -782,9 +774,10 @@ def make_config(given: dict) -> Config:
     if unknown:
         raise ConfigError(f"unknown options {sorted(unknown)}; see python train.py --help")
     preset = given.get("preset", "none")
-    if preset not in PRESETS:
-        raise ConfigError(f"--preset must be one of {sorted(PRESETS)}, got {preset!r}")
-    values = {**PRESETS[preset][1], **given}
+    if preset not in presets():
+        raise ConfigError(f"--preset must be one of {sorted(presets())} (config/*.yaml), got "
+                          f"{preset!r}")
+    values = {**presets()[preset][1], **given}
     if "betas" in values:
         values["betas"] = tuple(values["betas"])
     model = values.get("model", Config.model)
@@ -829,9 +822,21 @@ def as_flag(name: str, value) -> str:
     return f"--{name} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
 
 
+@functools.lru_cache
+def presets() -> dict:
+    """{name: (what it is, {setting: value})}: "none" and each config/NAME.yaml."""
+    found = {NO_PRESET[0]: (NO_PRESET[1], {})}
+    for path in sorted(glob.glob(os.path.join(PRESET_DIR, "*.yaml"))):
+        with open(path) as f:
+            about = f.readline().lstrip("#").strip()
+        found[os.path.basename(path)[:-len(".yaml")]] = (about, read_config_file(path, Config))
+    return found
+
+
 def presets_text() -> str:
     flags = lambda values: " ".join(as_flag(k, v) for k, v in values.items()) or "(no flags)"
-    return "\n".join(f"{name}: {about}\n    {flags(values)}" for name, (about, values) in PRESETS.items())
+    return "\n".join(f"{name}: {about}\n    {flags(values)}"
+                     for name, (about, values) in presets().items())
 
 
 def typed_flags(argv) -> tuple:

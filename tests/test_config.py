@@ -22,16 +22,26 @@ def parse_fails(argv, capsys):
     return capsys.readouterr().err
 
 
-@pytest.mark.parametrize("preset", ["resnet8_sgd", "resnet8_adamw"])
-def test_shipped_config_files_equal_the_presets(preset, tmp_path):
+@pytest.mark.parametrize("preset", ["resnet8_sgd", "resnet8_adamw", "speedrun_cpu"])
+def test_a_preset_is_its_config_file(preset):
+    """--preset NAME and --config config/NAME.yaml are one configuration (only the label
+    differs), and the run names are those the presets had as a table in train.py."""
     path = os.path.join(CONFIG_DIR, f"{preset}.yaml")
-    assert train.parse_config(["--config", path]) == train.parse_config(["--preset", preset])
-    # The file spells every setting out: without its preset line only the label differs.
-    bare = tmp_path / "bare.yaml"
-    bare.write_text("".join(l for l in open(path) if not l.startswith("preset:")))
-    from_file = train.parse_config(["--config", str(bare)])
-    assert from_file.preset == "none"
+    from_file = train.parse_config(["--config", path])
     assert dataclasses.replace(from_file, preset=preset) == train.parse_config(["--preset", preset])
+    assert train.run_name(from_file) == dict(
+        resnet8_sgd="resnet8_w16_d1_D45000_e200_s42_f2a334b39c",
+        resnet8_adamw="resnet8_w16_d1_D45000_e200_s42_adamw_e8c021878b",
+        speedrun_cpu="simplecnn_w32_d1_D50000_e10_s0_a3e74dec87")[preset]
+
+
+def test_a_new_preset_is_one_file(tmp_path, monkeypatch):
+    (tmp_path / "tiny_sgd.yaml").write_text("# a tiny study\nwidth: 4\nlr: 0.05\n")
+    monkeypatch.setattr(train, "PRESET_DIR", str(tmp_path))
+    monkeypatch.setattr(train, "presets", train.presets.__wrapped__)  # uncached: reads tmp_path
+    cfg = train.parse_config(["--preset", "tiny_sgd", "--lr", "0.1"])
+    assert (cfg.width, cfg.lr, cfg.preset) == (4, 0.1, "tiny_sgd")  # the flag over the file
+    assert "tiny_sgd: a tiny study\n    --width 4 --lr 0.05" in train.presets_text()
 
 
 @pytest.mark.parametrize("text,message", [
@@ -188,9 +198,9 @@ def test_airbench_saves_the_config_of_each_recorded_run(data_dir, tmp_path):
 
 
 def test_a_config_file_after_the_separator_is_the_base_of_every_run_of_a_sweep(tmp_path, capsys):
-    """The shipped files (and --print_config's output) set every field, force and results_dir
-    included: the plan's settings override the file's as typed flags do, and sweep.py's
-    --results_dir wins over the file's."""
+    """The plan's settings override a config file's as typed flags do, and sweep.py's
+    --results_dir wins over the file's (--print_config's output sets every field, results_dir
+    included)."""
     import sweep
     shipped = os.path.join(CONFIG_DIR, "resnet8_sgd.yaml")
     args = sweep.parse_args(["grid", "--lr", "0.05,0.1", "--seeds", "0,1", "--results_dir",
@@ -199,8 +209,8 @@ def test_a_config_file_after_the_separator_is_the_base_of_every_run_of_a_sweep(t
     preset = train.parse_config(["--preset", "resnet8_sgd"])
     assert sorted((r.cfg.lr, r.cfg.seed) for r in runs) == [(0.05, 0), (0.05, 1), (0.1, 0), (0.1, 1)]
     assert all(dataclasses.replace(r.cfg, lr=preset.lr, seed=preset.seed, force=False, resume=False,
-                                   quiet=False, results_dir=preset.results_dir) == preset
-               for r in runs)
+                                   quiet=False, results_dir=preset.results_dir,
+                                   preset="resnet8_sgd") == preset for r in runs)
     assert args.results_dir == str(tmp_path) and {r.cfg.results_dir for r in runs} == {str(tmp_path)}
 
     forcing = tmp_path / "force.yaml"

@@ -60,7 +60,7 @@ def test_list_presets_prints_runnable_flags(capsys):
         train.parse_config(["--list_presets"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for name in train.PRESETS:
+    for name in train.presets():
         assert f"{name}:" in out
     flags = out.split("resnet8_adamw:")[1].splitlines()[1].split()
     preset = train.parse_config(["--preset", "resnet8_adamw"])

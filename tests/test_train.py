@@ -157,7 +157,7 @@ BAD_FLAGS = [
     (["--val_size", "12.5"], "whole number of images or a fraction"),
     (["--bn"], "--bn is a switch of --model simplecnn"),
     (["--model", "resnet8", "--optimizer", "adamw", "--betas", "0.9", "1.5"], "--betas must be in"),
-    (["--preset", "resnet9"], "invalid choice"),
+    (["--preset", "resnet9"], "--preset must be one of ['none', 'resnet8_adamw', 'resnet8_sgd'"),
     (["--scheduler", "step"], "invalid choice"),
 ]
 
