@@ -97,9 +97,9 @@ from torch import nn
 
 import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, host_memory_bytes
-from train import (MAX_SEED, ConfigError, as_flag, device_name, hp, resolve_device, sync,
-                   training_flops, validate)
-from train import config_id as _config_id
+from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
+from config import config_id as _config_id
+from train import device_name, sync, training_flops
 from utils import (append_row, atomic_write, config_yaml, file_lock, git_version,
                    parser_from_dataclass, set_seed, settings_given, write_csv)
 

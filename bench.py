@@ -43,6 +43,7 @@ import pandas as pd
 import torch
 
 import data
+import config
 import train
 import worker
 
@@ -169,7 +170,7 @@ def full_runs(args, device):
 
 def sweep_args_default() -> str:
     """The width plan at 3 seeds, every run in the fast pipeline."""
-    flags = " ".join(train.as_flag(k, v) for k, v in PIPELINES["fast"].items())
+    flags = " ".join(config.as_flag(k, v) for k, v in PIPELINES["fast"].items())
     return f"--seeds 0,1,2 -- {flags}"
 
 
@@ -388,7 +389,7 @@ def main():
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    device_errors = train.device_errors(args.device)
+    device_errors = config.device_errors(args.device)
     if device_errors:
         parser.error(device_errors[0])
     device = str(train.resolve_device(args.device))

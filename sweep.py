@@ -42,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 import bench
+import config
 import train
 import worker
 from data import NUM_TRAIN
@@ -63,7 +64,8 @@ DEFAULT_BUDGETS = [1e11, 3e11, 1e12]  # C = N*D*epochs: 3-4 widths of 4..128 per
 # included), and the switches that can change what is learned. seed has --seeds; tuples such as
 # betas stay single values after --.
 GRID_FIELDS = [f for f in fields(train.Config) if f.name != "seed" and (
-    f.type in (int, float) or f.metadata["choices"] or f.type is bool and f.metadata["result"])]
+    f.type in (int, float) or f.metadata["choices"] or f.name == "preset"
+    or f.type is bool and f.metadata["result"])]
 GRID_ALIASES = {"width": "widths", "depth": "depths", "dataset_size": "dataset_sizes"}
 
 # A study is several plans run as one: points shared by plans run once. `fixed` holds the
@@ -167,7 +169,7 @@ def grid_points(args) -> list:
     points = []
     for values in itertools.product(*axes.values()):
         point = {k: v for k, v in zip(axes, values) if v is not None}
-        for flag, (key, needed) in train.ONLY_WITH.items():
+        for flag, (key, needed) in config.ONLY_WITH.items():
             if flag in point and key in point and point[key] != needed:
                 del point[flag]
         if point not in points:
@@ -227,7 +229,7 @@ def plan(args) -> tuple:
     for point in points:
         budget = point.pop("budget", float("nan"))
         tag = point.pop("plan", None)
-        flags = [train.as_flag(k, v) if isinstance(v, bool) else f"--{k}={v}"
+        flags = [config.as_flag(k, v) if isinstance(v, bool) else f"--{k}={v}"
                  for k, v in point.items()]
         flags += [] if math.isnan(budget) else [f"--budget={budget:g}"]
         if args.num_epochs is not None and "num_epochs" not in point:
@@ -678,8 +680,9 @@ def field_list(f):
                 value = {"true": True, "false": False}[v.lower()] if f.type is bool else f.type(v)
             except (KeyError, ValueError):
                 raise argparse.ArgumentTypeError(f"{v!r} is not of type {f.type.__name__}") from None
-            if f.metadata["choices"] and value not in f.metadata["choices"]:
-                raise argparse.ArgumentTypeError(f"{v!r} is not one of {f.metadata['choices']}")
+            choices = sorted(config.presets()) if f.name == "preset" else f.metadata["choices"]
+            if choices and value not in choices:
+                raise argparse.ArgumentTypeError(f"{v!r} is not one of {choices}")
             values.append(value)
         return values
     return parse
@@ -825,7 +828,7 @@ def extra_flags(parser, extra: list, args) -> dict:
     finished runs from its results folder and decides itself what is rerun. A --config file there
     is every run's base, which the plan's settings override as typed flags do; of its settings
     only force: true is refused, and its results_dir is the sweep's unless given before --."""
-    from_file, given = train.typed_flags(extra) if extra else ({}, {})
+    from_file, given = config.typed_flags(extra) if extra else ({}, {})
     if from_file.get("force"):
         parser.error("the --config file after -- sets force: true; what is rerun is sweep.py's to "
                      "decide: put --force before --")

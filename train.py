@@ -2,7 +2,7 @@
 
     python train.py --width 32 --depth 2 --dataset_size 10000
 
-Every hyperparameter is a field of `Config` below; the command-line flags, the columns of
+Every hyperparameter is a field of `Config` (config.py); the command-line flags, the columns of
 results/final_data.csv and the run name are all generated from it, so a new knob is one line.
 `--preset NAME` fills the defaults of a study (config/NAME.yaml; `--list_presets` shows them), then
 `--config FILE.yaml` (a mapping of Config fields), then the flags given on the command line;
@@ -11,23 +11,17 @@ results/final_data.csv and the run name are all generated from it, so a new knob
 results/runs/<run_name>.yaml (the resolved Config) and appends the summary to
 results/final_data.csv.
 """
-import argparse
 import contextlib
 import errno
-import importlib.util
-import functools
-import glob
-import hashlib
 import io
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 
 import torch
 import torch.nn.functional as F
@@ -35,234 +29,21 @@ from filelock import Timeout
 from tqdm import tqdm
 
 import data
-from model import MODELS, build_model, count_params, forward_flops_per_image, num_params, size_error
-from utils import (ConfigFileError, ResultsFileError, append_row, atomic_write, config_yaml,
-                   csv_tail_error, exit_with_parent, file_lock, git_version, parser_from_dataclass,
-                   read_config_file, read_csv, read_summary, remove_rows, set_seed, settings_given,
-                   write_csv)
+from config import (ONLY_WITH, Config, ConfigError, config_id, config_text, make_config,
+                    parse_config, resolve_device, run_name, validate)
+from model import build_model, count_params, forward_flops_per_image, num_params
+from utils import (ConfigFileError, ResultsFileError, append_row, atomic_write, exit_with_parent,
+                   file_lock, git_version, read_config_file, read_csv, read_summary, remove_rows,
+                   set_seed, write_csv)
 
 LAST_K = 5  # the scaling study's final metric averages the last 5 test evaluations (= last 5 epochs)
-MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
-# An experiment name becomes a folder name under runs/: no separators, no hidden or parent folders.
-EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 # Where --force keeps the old summary until the retrain has its own; not *.json, which sweep.py
 # reads as summaries.
 REPLACED = ".json.replaced"
 
 
-NO_NEUTRAL = object()
-
-
-def hp(default, help, *, min=None, max=None, choices=None, result=True, neutral=NO_NEUTRAL):
-    """One hyperparameter. result=False marks settings that cannot change what is learned (paths,
-    logging); they are left out of the run name and config_id. A setting added to the lab after
-    its first results exist gives `neutral`, the value that behaves as the lab did before it:
-    config_id hashes it only when it differs, so runs made before it keep their names."""
-    return field(default=default, metadata=dict(help=help, min=min, max=max, choices=choices,
-                                                result=result, neutral=neutral))
-
-
-# The lab's other studies are config files: config/NAME.yaml holds the settings `--preset NAME`
-# sets (its first line, a comment, says what it is). Flags given on the command line override them;
-# width, depth and dataset_size left unset take the model's defaults.
-PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config")
-NO_PRESET = ("none", "the scaling study's recipe: Config's defaults")
-
-
-# Flags that mean something only beside another setting: given without it, they are refused.
-ONLY_WITH = {"momentum": ("optimizer", "sgd"), "betas": ("optimizer", "adamw"),
-             "num_workers": ("loader", "torchvision")}
-
-
-@dataclass
-class Config:
-    # --- what is trained: the scaling knobs ---
-    model: str = hp("cnn", "network family (model.py)", choices=sorted(MODELS))
-    width: int = hp(32, "channels of the first stage; stage s has width*2**s (unset: the "
-                        "model's default, cnn 32, resnet8 16, simplecnn 32)", min=1)
-    depth: int = hp(2, "blocks per stage (unset: the model's default, cnn 2, resnet8 1, "
-                       "simplecnn 1)", min=1)
-    bn: bool = hp(False, "BatchNorm in simplecnn (cnn and resnet8 always have it)")
-    dataset_size: int = hp(50_000, "D: training images, the first D of the subset_seed "
-                                   "permutation (nested across D; unset with --val_size: all "
-                                   "that the split leaves)", min=1, max=data.NUM_TRAIN)
-    val_size: float = hp(0.0, "validation images carved off the 50,000 before subsetting: a "
-                              "count, or a fraction < 1 (0.1 = 5,000); test set untouched",
-                         min=0.0, max=data.NUM_TRAIN - 1)
-    subset_seed: int = hp(0, "seed of the fixed permutation that picks the D (and validation) "
-                             "images", min=0, max=MAX_SEED)
-    seed: int = hp(0, "seed of init, data order and augmentation", min=0, max=MAX_SEED)
-    augment: bool = hp(True, "RandomCrop(32, padding 4) + horizontal flip of training images "
-                             "(--no_augment: none)")
-    normalize: bool = hp(False, "per-channel (x - mean) / std of CIFAR-10 (ResNet-8 study); the "
-                                "brief uses pixels in [0, 1]")
-    # --- how it is trained: SGD + cosine, the scaling recipe ---
-    num_epochs: int = hp(100, "epochs; a cosine schedule reaches 0 at the end", min=1)
-    batch_size: int = hp(256, "images per step", min=1)
-    optimizer: str = hp("sgd", "sgd (the scaling recipe's) or adamw", choices=["sgd", "adamw"])
-    lr: float = hp(0.1, "peak learning rate (epoch 0)", min=0.0)
-    scheduler: str = hp("cosine", "cosine: annealed to 0 over num_epochs, stepped per epoch; "
-                                  "none: constant", choices=["cosine", "none"])
-    momentum: float = hp(0.9, "SGD momentum (sgd only)", min=0.0, max=1.0)
-    betas: tuple = hp((0.9, 0.999), "AdamW's beta1 beta2 (adamw only)", min=0.0, max=0.999999)
-    weight_decay: float = hp(5e-4, "weight decay: SGD's coupled L2, AdamW's decoupled", min=0.0)
-    # --- how fast: levers that change speed, not what a run should converge to ---
-    loader: str = hp("tensor", "tensor: uint8 data on the device, batched crop/flip; "
-                               "torchvision: the literal DataLoader pipeline (reference)",
-                     choices=["tensor", "torchvision"])
-    precision: str = hp("fp32", "fp32, or bf16 autocast (CUDA)", choices=["fp32", "bf16"])
-    channels_last: bool = hp(False, "NHWC memory format (faster convolutions with bf16 on GPU)")
-    compile: str = hp("off", "torch.compile the model; reduce-overhead also captures it in CUDA "
-                             "graphs (one launch per step instead of dozens)",
-                      choices=["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead"])
-    deterministic: bool = hp(True, "cudnn.deterministic and deterministic algorithms: runs "
-                                   "bit-reproducible from --seed")
-    # --- evaluation and bookkeeping: cannot change what is learned ---
-    test_freq: int = hp(5, "evaluate on the 10,000 test images every this many epochs (and at "
-                           "each of the last 5)", min=1, result=False)
-    eval_batch_size: int = hp(1000, "images per evaluation batch", min=1, result=False)
-    budget: float = hp(0.0, "the IsoFLOP budget C = N*D*epochs the run was planned for (sweep.py "
-                            "sets it; recorded so analysis.py groups a budget's runs exactly, not "
-                            "by nearby C; 0: none)", min=0.0, result=False)
-    num_workers: int = hp(0, "DataLoader workers (--loader torchvision only)", min=0, result=False)
-    data_dir: str = hp("data", "holds cifar-10-batches-py/ (downloaded there if absent)", result=False)
-    results_dir: str = hp("results", "where runs/ and final_data.csv go", result=False)
-    device: str = hp("auto", "auto (cuda if available), cpu, cuda, cuda:N, mps", result=False)
-    resume: bool = hp(False, "continue from this configuration's checkpoint if there is one", result=False)
-    force: bool = hp(False, "retrain a configuration that already has a summary (replacing its "
-                            "row); without it such a run is skipped", result=False)
-    keep_checkpoints: bool = hp(False, "keep the per-epoch checkpoint after the run finishes", result=False)
-    log_grad_norms: bool = hp(False, "per-layer gradient norms (mean over the epoch's steps) as "
-                                     "grad_norm_<layer> columns of the per-epoch CSV", result=False)
-    save_model: bool = hp(False, "final weights and metrics.json under runs/<run_name>/ "
-                                 "(runs/<experiment_name>/ when named)", result=False)
-    experiment_name: str = hp("", "a name of your choice for this run (the ResNet-8 study's "
-                                  "sgd_seed42): recorded in the summary, names the folder of "
-                                  "--save_model; one name, one configuration", result=False)
-    trackio: str = hp("", "trackio project to log per-epoch metrics to (pip install trackio; "
-                          "stored under $TRACKIO_DIR; trackio show opens the dashboard)", result=False)
-    preset: str = hp("none", "defaults of a study: config/NAME.yaml (--list_presets); explicit "
-                             "flags override", result=False)
-    quiet: bool = hp(False, "no progress bar or summary line", result=False)
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names each bad flag and its valid range."""
-
-
-def validate(cfg, errors=()) -> None:
-    """Refuse bad input before any data is read or any file written (any hp dataclass)."""
-    errors = list(errors)
-    for f in fields(type(cfg)):
-        value, m = getattr(cfg, f.name), f.metadata
-        if not isinstance(value, f.type) or (f.type is int and isinstance(value, bool)):
-            if not (f.type is float and isinstance(value, int) and not isinstance(value, bool)):
-                errors.append(f"--{f.name} must be {f.type.__name__}, got {value!r}")
-                continue
-        if m["choices"] and value not in m["choices"]:
-            errors.append(f"--{f.name} must be one of {m['choices']}, got {value!r}")
-        lo, hi = m["min"], m["max"]
-        for v in (value if isinstance(value, tuple) else (value,)):
-            if isinstance(v, float) and not math.isfinite(v):  # NaN passes every comparison
-                errors.append(f"--{f.name} must be a finite number, got {value!r}")
-                break
-            if (lo is not None and v < lo) or (hi is not None and v > hi):
-                bounds = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-                errors.append(f"--{f.name} must be {bounds}, got {value!r}")
-                break
-    if isinstance(cfg, Config) and not errors:  # combinations assume each value is in range
-        errors += _combination_errors(cfg) + _results_file_errors(cfg.results_dir)
-    errors += device_errors(cfg.device) + _writable_errors(cfg.results_dir)
-    if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
-
-
-def _combination_errors(cfg: Config) -> list:
-    errors = []
-    if cfg.bn and cfg.model != "simplecnn":
-        errors.append(f"--bn is a switch of --model simplecnn; {cfg.model} always has BatchNorm")
-    errors += [e for e in [size_error(cfg.model, cfg.width, cfg.depth, cfg.bn)] if e]
-    if cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size):
-        errors.append(f"--val_size must be a whole number of images or a fraction < 1, got {cfg.val_size}")
-    num_val = data.val_count(cfg.val_size, data.NUM_TRAIN)
-    if num_val < data.NUM_TRAIN and cfg.dataset_size + num_val > data.NUM_TRAIN:
-        errors.append(f"--dataset_size {cfg.dataset_size} + --val_size {num_val} images exceed the "
-                      f"{data.NUM_TRAIN:,} training images; use --dataset_size <= "
-                      f"{data.NUM_TRAIN - num_val} (or leave it unset)")
-    if cfg.experiment_name and not EXPERIMENT_NAME.fullmatch(cfg.experiment_name):
-        errors.append(f"--experiment_name must be letters, digits, _ . - (a folder name under "
-                      f"runs/), got {cfg.experiment_name!r}")
-    if cfg.trackio and importlib.util.find_spec("trackio") is None:
-        errors.append("--trackio needs the trackio package, which is not installed: "
-                      "pip install trackio (or drop --trackio)")
-    return errors
-
-
-def device_errors(name: str) -> list:
-    if name == "auto":
-        return []
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        return [f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps"]
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return [f"--device {name}: CUDA is not available on this machine"]
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        return [f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)"]
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        return [f"--device {name}: MPS is not available on this machine"]
-    if device.type not in ("cpu", "cuda", "mps"):
-        return [f"--device {name!r} is not supported; use auto, cpu, cuda, cuda:N or mps"]
-    return []
-
-
-def _writable_errors(path: str) -> list:
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        return [f"--results_dir {path!r} is not writable ({probe} is not a writable folder)"]
-    return []
-
-
-def _results_file_errors(results_dir: str) -> list:
-    """runs/ and final_data.csv are written only after training: check them before it."""
-    runs, final = os.path.join(results_dir, "runs"), os.path.join(results_dir, "final_data.csv")
-    errors = []
-    if os.path.exists(runs) and (not os.path.isdir(runs) or not os.access(runs, os.W_OK | os.X_OK)):
-        errors.append(f"--results_dir: {runs} is not a writable folder")
-    if os.path.exists(final):
-        tail = csv_tail_error(final)
-        errors += [f"--results_dir: {tail}"] if tail else []
-    return errors
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 # ---------------------------------------------------------------------------------------------
-# Names and records
-
-
-def config_id(cfg: Config) -> str:
-    """Hash of every setting that can change what is learned, except the seed: rows sharing it
-    are seeds of one configuration."""
-    keys = {f.name: getattr(cfg, f.name) for f in fields(type(cfg))
-            if f.metadata["result"] and f.name != "seed"
-            and getattr(cfg, f.name) != f.metadata.get("neutral", NO_NEUTRAL)}
-    if getattr(cfg, "loader", None) == "torchvision":  # workers draw the transforms' random stream
-        keys["num_workers"] = cfg.num_workers
-    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def run_name(cfg: Config) -> str:
-    """Readable and unique: the same configuration always gets the same name."""
-    optimizer = "" if cfg.optimizer == "sgd" else f"_{cfg.optimizer}"
-    return (f"{cfg.model}_w{cfg.width}_d{cfg.depth}_D{cfg.dataset_size}_e{cfg.num_epochs}"
-            f"_s{cfg.seed}{optimizer}_{config_id(cfg)}")
+# Records of a run
 
 
 def epoch_lr(epoch: int, cfg: Config) -> float:
@@ -766,104 +547,12 @@ def load_checkpoint(path, model, optimizer) -> list:
 # Entry points
 
 
-def make_config(given: dict) -> Config:
-    """The Config of the settings a user gave: the preset fills what was not given, then the
-    model's default width and depth, then (with a validation split) dataset_size = all that the
-    split leaves, then Config's defaults. Validated; flags that need another setting are refused."""
-    unknown = set(given) - {f.name for f in fields(Config)}
-    if unknown:
-        raise ConfigError(f"unknown options {sorted(unknown)}; see python train.py --help")
-    preset = given.get("preset", "none")
-    if preset not in presets():
-        raise ConfigError(f"--preset must be one of {sorted(presets())} (config/*.yaml), got "
-                          f"{preset!r}")
-    values = {**presets()[preset][1], **given}
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    model = values.get("model", Config.model)
-    if model in MODELS:
-        values.setdefault("width", MODELS[model][1])
-        values.setdefault("depth", MODELS[model][2])
-    val_size = values.get("val_size")
-    if isinstance(val_size, (int, float)) and math.isfinite(val_size) and "dataset_size" not in values:
-        values["dataset_size"] = max(1, data.NUM_TRAIN - data.val_count(val_size, data.NUM_TRAIN))
-    cfg = Config(**values)
-    errors = [f"--{flag} applies only with --{key} {needed}, not --{key} {getattr(cfg, key)}"
-              for flag, (key, needed) in ONLY_WITH.items()
-              if flag in given and getattr(cfg, key) != needed]
-    validate(cfg, errors)
-    return cfg
-
-
 def run_experiment(seed, batch_size, num_epochs, test_freq, width, depth, dataset_size, **options):
     """The brief's signature; `options` are any other Config fields (preset="..." included).
     Returns the summary row."""
     return train(make_config(dict(options, seed=seed, batch_size=batch_size, num_epochs=num_epochs,
                                   test_freq=test_freq, width=width, depth=depth,
                                   dataset_size=dataset_size)))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = parser_from_dataclass(Config, __doc__.split("\n\n")[0])
-    parser.add_argument("--list_presets", action="store_true", help="show the presets and exit")
-    return parser
-
-
-def config_text(cfg: Config) -> str:
-    """The resolved Config as a --config file, without settings that do not apply (momentum
-    under AdamW), which make_config would refuse when the file is fed back."""
-    return config_yaml(cfg, skip=[flag for flag, (key, needed) in ONLY_WITH.items()
-                                  if getattr(cfg, key) != needed])
-
-
-def as_flag(name: str, value) -> str:
-    if isinstance(value, bool):
-        return f"--{name}" if value else f"--no_{name}"
-    return f"--{name} {' '.join(map(str, value)) if isinstance(value, tuple) else value}"
-
-
-@functools.lru_cache
-def presets() -> dict:
-    """{name: (what it is, {setting: value})}: "none" and each config/NAME.yaml."""
-    found = {NO_PRESET[0]: (NO_PRESET[1], {})}
-    for path in sorted(glob.glob(os.path.join(PRESET_DIR, "*.yaml"))):
-        with open(path) as f:
-            about = f.readline().lstrip("#").strip()
-        found[os.path.basename(path)[:-len(".yaml")]] = (about, read_config_file(path, Config))
-    return found
-
-
-def presets_text() -> str:
-    flags = lambda values: " ".join(as_flag(k, v) for k, v in values.items()) or "(no flags)"
-    return "\n".join(f"{name}: {about}\n    {flags(values)}"
-                     for name, (about, values) in presets().items())
-
-
-def typed_flags(argv) -> tuple:
-    """({field: value} of argv's --config file, {field: value} typed in argv), without defaults;
-    print_config and list_presets among the typed under their own names when given."""
-    from_file, typed, print_config, _ = settings_given(build_parser(), argv, Config, ["list_presets"])
-    return from_file, {**typed, **({"print_config": True} if print_config else {})}
-
-
-def parse_config(argv=None) -> Config:
-    parser = build_parser()
-    from_file, typed, print_config, path = settings_given(parser, argv, Config, ["list_presets"])
-    if typed.pop("list_presets", False):
-        print(presets_text())
-        parser.exit()
-    # A file's setting that needs one the command line changed (the file's momentum, a typed
-    # --optimizer adamw) no longer applies, as a preset's would not.
-    from_file = {k: v for k, v in from_file.items() if not (
-        k in ONLY_WITH and ONLY_WITH[k][0] in typed and typed[ONLY_WITH[k][0]] != ONLY_WITH[k][1])}
-    try:
-        cfg = make_config({**from_file, **typed})
-    except ConfigError as e:
-        parser.error(f"{e}\n  (settings from {path} and the command line)" if path else str(e))
-    if print_config:
-        print(config_text(cfg), end="")
-        parser.exit()
-    return cfg
 
 
 class Stopped(BaseException):

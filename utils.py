@@ -212,7 +212,7 @@ def _checked_header(path: str):
 
 def parser_from_dataclass(cls, description: str = "") -> argparse.ArgumentParser:
     """One flag per field of a hyperparameter dataclass whose fields carry help/choices metadata
-    (train.hp): the dataclass stays the single table and the CLI is derived from it. A bool field
+    (config.hp): the dataclass stays the single table and the CLI is derived from it. A bool field
     X gets --X and --no_X (and a hidden --no-X); a tuple field takes as many values as its
     default has."""
     parser = argparse.ArgumentParser(description=description,

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+import config
 import train
 from conftest import REPO
 from model import build_model
@@ -37,11 +38,11 @@ def test_a_preset_is_its_config_file(preset):
 
 def test_a_new_preset_is_one_file(tmp_path, monkeypatch):
     (tmp_path / "tiny_sgd.yaml").write_text("# a tiny study\nwidth: 4\nlr: 0.05\n")
-    monkeypatch.setattr(train, "PRESET_DIR", str(tmp_path))
-    monkeypatch.setattr(train, "presets", train.presets.__wrapped__)  # uncached: reads tmp_path
+    monkeypatch.setattr(config, "PRESET_DIR", str(tmp_path))
+    monkeypatch.setattr(config, "presets", config.presets.__wrapped__)  # uncached: reads tmp_path
     cfg = train.parse_config(["--preset", "tiny_sgd", "--lr", "0.1"])
     assert (cfg.width, cfg.lr, cfg.preset) == (4, 0.1, "tiny_sgd")  # the flag over the file
-    assert "tiny_sgd: a tiny study\n    --width 4 --lr 0.05" in train.presets_text()
+    assert "tiny_sgd: a tiny study\n    --width 4 --lr 0.05" in config.presets_text()
 
 
 @pytest.mark.parametrize("text,message", [

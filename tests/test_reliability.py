@@ -12,6 +12,7 @@ import torch
 
 import data
 import sweep
+import config
 import train
 import utils
 import worker
@@ -410,7 +411,7 @@ def test_no_stale_lock_after_a_run_or_an_offline_failure(data_dir, tmp_path):
 
 
 def test_help_spells_bool_flags_as_the_readme_does():
-    text = train.build_parser().format_help()
+    text = config.build_parser().format_help()
     assert "--no_bn" in text and "--no-bn" not in text
     assert train.parse_config(["--no-augment"]).augment is False  # the old spelling still works
 
@@ -538,7 +539,7 @@ def test_a_new_setting_at_its_neutral_value_keeps_every_run_name():
 
     @dataclass
     class Upgraded(train.Config):  # the lab a version later, with one more setting
-        precise_bn: bool = train.hp(False, "recompute BatchNorm statistics", neutral=False)
+        precise_bn: bool = config.hp(False, "recompute BatchNorm statistics", neutral=False)
 
     for settings in NAMES_BEFORE.values():
         old, new = train.Config(**settings), Upgraded(**settings)

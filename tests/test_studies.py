@@ -13,6 +13,7 @@ import torch
 
 import data
 import sweep
+import config
 import train
 from conftest import REPO
 from model import build_model
@@ -60,7 +61,7 @@ def test_list_presets_prints_runnable_flags(capsys):
         train.parse_config(["--list_presets"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for name in train.presets():
+    for name in config.presets():
         assert f"{name}:" in out
     flags = out.split("resnet8_adamw:")[1].splitlines()[1].split()
     preset = train.parse_config(["--preset", "resnet8_adamw"])
@@ -68,8 +69,8 @@ def test_list_presets_prints_runnable_flags(capsys):
 
 
 def test_trackio_missing_is_a_clear_message(monkeypatch):
-    real = train.importlib.util.find_spec
-    monkeypatch.setattr(train.importlib.util, "find_spec",
+    real = config.importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec",
                         lambda name, *a: None if name == "trackio" else real(name, *a))
     with pytest.raises(train.ConfigError, match="pip install trackio"):
         train.make_config({"trackio": "study"})

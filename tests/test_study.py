@@ -31,7 +31,8 @@ def test_lr_by_momentum_grid_plans_four_runs_with_their_values(tmp_path):
 def test_grid_takes_a_list_of_every_numeric_or_choice_field_of_config(tmp_path):
     flags = sweep.build_parser()._option_string_actions
     sweepable = {f.name for f in fields(train.Config) if f.name != "seed" and (
-        f.type in (int, float) or f.metadata["choices"] or f.type is bool and f.metadata["result"])}
+        f.type in (int, float) or f.metadata["choices"] or f.name == "preset"
+        or f.type is bool and f.metadata["result"])}
     assert {"model", "lr", "momentum", "weight_decay", "optimizer", "batch_size", "augment",
             "preset", "test_freq"} <= sweepable and "quiet" not in sweepable
     assert {f.name for f in sweep.GRID_FIELDS} == sweepable
