@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 import bench
 import config
+import records
 import train
 import worker
 from data import NUM_TRAIN
@@ -491,7 +492,7 @@ def launch_local(runs, results_dir, jobs, gpus, skipped=0, quiet=False) -> dict:
     def work(run):
         with lock:
             if counts.get("disk full"):  # every later run would fail the same way
-                return train.DISK_FULL_EXIT
+                return records.DISK_FULL_EXIT
             gpu = free.pop()
             counts["running"] += 1
             bar.set_postfix(counts)
@@ -500,7 +501,7 @@ def launch_local(runs, results_dir, jobs, gpus, skipped=0, quiet=False) -> dict:
             free.append(gpu)
             counts["running"] -= 1
             counts["failed"] += code not in (0, None)
-            if code == train.DISK_FULL_EXIT:
+            if code == records.DISK_FULL_EXIT:
                 counts["disk full"] = 1
             bar.update()
             bar.set_postfix(counts)
@@ -570,8 +571,8 @@ def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
         if future.result() != 0:  # failed runs also have their own logs, unless the worker died
             print(f"  {name} exited {future.result()}, log {log_path(results_dir, name)}", file=sys.stderr)
     codes = summary_codes(runs, results_dir)
-    if any(f.result() == train.DISK_FULL_EXIT for f in futures.values()):
-        codes = {name: code and train.DISK_FULL_EXIT for name, code in codes.items()}
+    if any(f.result() == records.DISK_FULL_EXIT for f in futures.values()):
+        codes = {name: code and records.DISK_FULL_EXIT for name, code in codes.items()}
     return codes
 
 
@@ -883,11 +884,11 @@ def main(argv=None):
     try:
         codes = launch(args, runs)
     except OSError as e:  # the sweep's own files: plan, logs
-        if not train.is_disk_full(e):
+        if not records.is_disk_full(e):
             raise
-        sys.exit(f"error: {train.disk_full_message(e, args.results_dir)}: " + DISK_FULL_ADVICE)
-    if train.DISK_FULL_EXIT in codes.values():
-        stopped = sum(code == train.DISK_FULL_EXIT for code in codes.values())
+        sys.exit(f"error: {records.disk_full_message(e, args.results_dir)}: " + DISK_FULL_ADVICE)
+    if records.DISK_FULL_EXIT in codes.values():
+        stopped = sum(code == records.DISK_FULL_EXIT for code in codes.values())
         free = shutil.disk_usage(args.results_dir).free / 2 ** 20
         sys.exit(f"error: no space left on the device under {args.results_dir} ({free:,.1f} MiB "
                  f"free); {stopped} run(s) not finished: " + DISK_FULL_ADVICE)

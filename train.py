@@ -12,12 +12,9 @@ results/runs/<run_name>.yaml (the resolved Config) and appends the summary to
 results/final_data.csv.
 """
 import contextlib
-import errno
-import io
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -25,23 +22,17 @@ from dataclasses import asdict, fields
 
 import torch
 import torch.nn.functional as F
-from filelock import Timeout
 from tqdm import tqdm
 
 import data
+import records
 from config import (ONLY_WITH, Config, ConfigError, config_id, config_text, make_config,
                     parse_config, resolve_device, run_name, validate)
 from model import build_model, count_params, forward_flops_per_image, num_params
-from utils import (ConfigFileError, ResultsFileError, append_row, atomic_write, exit_with_parent,
-                   file_lock, git_version, read_config_file, read_csv, read_summary, remove_rows,
+from utils import (ResultsFileError, append_row, atomic_write, exit_with_parent, git_version,
                    set_seed, write_csv)
 
 LAST_K = 5  # the scaling study's final metric averages the last 5 test evaluations (= last 5 epochs)
-# Where --force keeps the old summary until the retrain has its own; not *.json, which sweep.py
-# reads as summaries.
-REPLACED = ".json.replaced"
-
-
 # ---------------------------------------------------------------------------------------------
 # Records of a run
 
@@ -290,89 +281,16 @@ def train(cfg: Config) -> dict:
     validate(cfg)
     name, device = run_name(cfg), resolve_device(cfg.device)
     stem = os.path.join(cfg.results_dir, "runs", name)
-    done = not cfg.force and finished_summary(cfg, stem)  # --force's clean-up: under the lock
+    # --force's clean-up waits for the lock
+    done = not cfg.force and records.finished_summary(cfg, stem)
     if done:
         return done
     cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind
     os.makedirs(os.path.dirname(stem), exist_ok=True)
-    claim_experiment(cfg, os.path.dirname(stem), name)
-    with run_lock(stem, name):  # another process may have finished it while this one loaded data
-        return finished_summary(cfg, stem) or _train_guarded(cfg, name, device, stem, cifar)
-
-
-@contextlib.contextmanager
-def run_lock(stem: str, name: str):
-    """Hold one configuration's lock (two processes on it would interleave its files), or
-    ConfigError. The lock file is removed while held, so none is left behind."""
-    lock = file_lock(stem)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise ConfigError(f"{name} is already being trained by another process") from None
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(lock.lock_file)
-        lock.release()
-
-
-def claim_experiment(cfg: Config, runs_dir: str, name: str) -> None:
-    """runs/<experiment_name>/ holds one configuration: the first run given the name writes its
-    config.yaml there; a later run under that name with another run_name is refused before it
-    trains (a rerun or resume of the same configuration is welcome), unless the name's run never
-    trained (refused, out of memory): then the name passes to this one."""
-    if not cfg.experiment_name:
-        return
-    folder = os.path.join(runs_dir, cfg.experiment_name)
-    path = os.path.join(folder, "config.yaml")
-    with file_lock(folder):
-        owner = None
-        if os.path.exists(path):
-            try:
-                owner = run_name(Config(**read_config_file(path, Config)))
-            except ConfigFileError as e:
-                raise ConfigError(f"--experiment_name {cfg.experiment_name}: {e}") from None
-        trained = owner and any(os.path.exists(os.path.join(runs_dir, owner + ending))
-                                for ending in (".json", ".csv", ".ckpt.pt", ".lock"))
-        if owner != name and trained:
-            raise ConfigError(
-                f"--experiment_name {cfg.experiment_name} already names run {owner} ({path}); "
-                f"this configuration ({name}) would overwrite its saved model and metrics: "
-                f"choose another name")
-        if owner != name:
-            atomic_write(path, config_text(cfg))
-
-
-def finished_summary(cfg: Config, stem: str):
-    """The summary of a run that finished (or diverged) earlier, or None (also with cfg.force).
-    Repairs what a kill between the summary and the clean-up left: the row in final_data.csv, the
-    checkpoint and the summary --force set aside."""
-    if not os.path.exists(stem + ".json"):
-        return None
-    if cfg.force:
-        set_aside(cfg, stem)
-        return None
-    summary = read_summary(stem + ".json")
-    final = os.path.join(cfg.results_dir, "final_data.csv")
-    if not os.path.exists(final) or summary["run_name"] not in {r.get("run_name") for r in read_csv(final)}:
-        append_row(final, summary, key="run_name")
-    clean_up(cfg, stem)
-    if not cfg.quiet:
-        print(f"{summary['run_name']}: already {summary['status']} ({stem}.json), skipped; "
-              f"--force retrains it")
-    return summary
-
-
-def set_aside(cfg: Config, stem: str) -> None:
-    """--force, under the run's lock: the old summary becomes <stem>.json.replaced and its row
-    leaves final_data.csv, so that until the retrain writes its own summary the run counts as
-    unfinished: a retrain that is killed is continued by --resume (or a sweep) like any other run.
-    The old run's checkpoint is dropped: the retrain starts afresh."""
-    remove_rows(os.path.join(cfg.results_dir, "final_data.csv"), "run_name", run_name(cfg))
-    os.replace(stem + ".json", stem + REPLACED)  # second: a kill between the two is repaired
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(stem + ".ckpt.pt")
+    records.claim_experiment(cfg, os.path.dirname(stem), name)
+    with records.run_lock(stem, name):  # another process may have finished it meanwhile
+        return (records.finished_summary(cfg, stem)
+                or _train_guarded(cfg, name, device, stem, cifar))
 
 
 def _train_guarded(cfg, name, device, stem, cifar) -> dict:
@@ -440,7 +358,7 @@ def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
     optimizer, grad_norms = make_optimizer(model, cfg, device), GradNorms(model, cfg.log_grad_norms)
     rows, ckpt_path = [], stem + ".ckpt.pt"
     if cfg.resume and os.path.exists(ckpt_path):
-        rows = load_checkpoint(ckpt_path, model, optimizer)
+        rows = records.load_checkpoint(ckpt_path, model, optimizer)
     step_model = compiled(model, cfg)
 
     status = "finished"
@@ -471,7 +389,7 @@ def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
             if is_diverged((train_loss, test_loss, val_loss), params_finite(model)):
                 status = "diverged"
                 break
-            save_checkpoint(ckpt_path, model, optimizer, rows, cfg)
+            records.save_checkpoint(ckpt_path, model, optimizer, rows, cfg)
             bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
                             test_loss=test_loss if test_loss == "" else f"{test_loss:.3f}")
     bar.close()
@@ -489,58 +407,14 @@ def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerp
     atomic_write(stem + ".yaml", config_text(cfg))  # `--config` of this file repeats the run
     if cfg.save_model:
         named = os.path.join(os.path.dirname(stem), cfg.experiment_name)
-        save_model(named if cfg.experiment_name else stem, model, summary, cfg)
+        records.save_model(named if cfg.experiment_name else stem, model, summary, cfg)
     append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary, key="run_name")
-    clean_up(cfg, stem)
+    records.clean_up(cfg, stem)
     if not cfg.quiet:
         print(f"{name}: {status}, final_test_loss_avg_last5={summary['final_test_loss_avg_last5']:.4f} "
               f"final_test_acc_avg_last5={summary['final_test_acc_avg_last5']:.4f} N={N:,} "
               f"D={summary['D']:,} epochs={summary['epochs']} wall_time_s={summary['wall_time_s']:.1f}")
     return summary
-
-
-def clean_up(cfg, stem) -> None:
-    """What a run with a summary no longer needs: the old summary --force set aside, and the
-    checkpoint unless kept."""
-    for leftover in [REPLACED] + ([] if cfg.keep_checkpoints else [".ckpt.pt"]):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(stem + leftover)
-
-
-def save_model(stem, model, summary, cfg):
-    """<stem>/model.pt (the state_dict) and metrics.json (summary + configuration); stem is
-    runs/<run_name> or runs/<experiment_name>."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    atomic_write(os.path.join(stem, "model.pt"), buf.getvalue(), mode="wb")
-    atomic_write(os.path.join(stem, "metrics.json"),
-                 json.dumps(dict(summary=summary, config=asdict(cfg)), indent=1) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints: written atomically after every epoch, so a killed run loses at most one epoch.
-# The schedule and the data order are functions of the epoch, so model + optimizer + rows are
-# the whole state.
-
-
-def save_checkpoint(path, model, optimizer, rows, cfg):
-    buf = io.BytesIO()
-    torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rows=rows,
-                    config=asdict(cfg)), buf)
-    atomic_write(path, buf.getvalue(), mode="wb")
-
-
-def load_checkpoint(path, model, optimizer) -> list:
-    try:
-        state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        return list(state["rows"])
-    except Exception as e:  # truncated, random bytes, empty, another architecture, ...
-        detail = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"checkpoint {path} is damaged or belongs to another configuration "
-                          f"({type(e).__name__}: {detail}); delete it to train this run from its "
-                          f"first epoch, or run without --resume") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,26 +457,14 @@ def main(argv=None):
     except (KeyboardInterrupt, Stopped) as e:
         sys.exit(stopped_exit_code(e, run_name(cfg)))
     except OSError as e:
-        if not is_disk_full(e):
+        if not records.is_disk_full(e):
             raise
-        print(f"error: {disk_full_message(e, cfg.results_dir)}; {run_name(cfg)} stopped, the epochs "
-              f"it finished are in its checkpoint: free some space and rerun with --resume",
-              file=sys.stderr)
-        sys.exit(DISK_FULL_EXIT)
+        print(f"error: {records.disk_full_message(e, cfg.results_dir)}; {run_name(cfg)} stopped, "
+              f"the epochs it finished are in its checkpoint: free some space and rerun with "
+              f"--resume", file=sys.stderr)
+        sys.exit(records.DISK_FULL_EXIT)
 
 
-DISK_FULL_EXIT = 28  # ENOSPC's number: tells sweep.py to launch nothing more
-
-
-def is_disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-def disk_full_message(e: OSError, folder: str) -> str:
-    """One line for a full disk: which file, how much is free where the results go."""
-    free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
-    where = f" writing {e.filename}" if e.filename else f" writing under {folder}"
-    return f"no space left on the device{where} ({free / 2 ** 20:,.1f} MiB free there)"
 
 
 if __name__ == "__main__":

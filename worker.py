@@ -10,11 +10,11 @@ shape is built (and compiled) once and reused: the next bundle of that shape loa
 into it. Runs that may share a network (`bundle_key`: every setting equal except the seed and the
 cheap per-copy hyperparameters PER_COPY) train as one bundle of up to --max_bundle copies
 (fused.py). Every copy writes exactly what `train.py` writes (run_name, per-epoch CSV, checkpoint
-after each epoch, summary JSON, final_data.csv row) through train.py's own functions, so a run
-can be resumed by either and analysis cannot tell them apart. A bundle of one, and runs that
-cannot be fused (--loader torchvision, --log_grad_norms, --trackio), run through train.train in
-this process. A bundle that fails is retried run by run; a run that still fails has its
-traceback in results/logs/<run_name>.log and the others carry on.
+after each epoch, summary JSON, final_data.csv row) through train.py's and records.py's own
+functions, so a run can be resumed by either and analysis cannot tell them apart. A bundle of
+one, and runs that cannot be fused (--loader torchvision, --log_grad_norms, --trackio), run
+through train.train in this process. A bundle that fails is retried run by run; a run that
+still fails has its traceback in results/logs/<run_name>.log and the others carry on.
 """
 import argparse
 import contextlib
@@ -31,6 +31,7 @@ import torch
 
 import data
 import fused
+import records
 import train
 from model import build_model, count_params, forward_flops_per_image, num_params
 from utils import ResultsFileError, atomic_write, exit_with_parent, set_seed, write_csv
@@ -155,7 +156,7 @@ class Copy:
         self.optimizer = train.make_optimizer(self.model, cfg, device)
         self.rows, self.status = [], "finished"
         if cfg.resume and os.path.exists(self.stem + ".ckpt.pt"):
-            self.rows = train.load_checkpoint(self.stem + ".ckpt.pt", self.model, self.optimizer)
+            self.rows = records.load_checkpoint(self.stem + ".ckpt.pt", self.model, self.optimizer)
 
     def optimizer_states(self):
         """Per parameter, the torch optimiser's state ({} before its first step)."""
@@ -207,7 +208,7 @@ class Worker:
         resumed at different epochs (a kill between their checkpoints) train as separate bundles."""
         device = train.resolve_device(cfgs[0].device)
         for cfg in cfgs:  # train.py's rule: one --experiment_name, one configuration
-            train.claim_experiment(cfg, os.path.dirname(stem_of(cfg)), train.run_name(cfg))
+            records.claim_experiment(cfg, os.path.dirname(stem_of(cfg)), train.run_name(cfg))
         set_seed(cfgs[0].seed, cfgs[0].deterministic)
         copies = [Copy(cfg, device) for cfg in cfgs]
         by_epoch = {}
@@ -257,7 +258,7 @@ class Worker:
                     optimizer.freeze(k)
                     self._finish(c, N, flops_per_image, fingerprints, device, len(val_set[1]), K)
                 else:
-                    train.save_checkpoint(c.stem + ".ckpt.pt", c.model, c.optimizer, c.rows, c.cfg)
+                    records.save_checkpoint(c.stem + ".ckpt.pt", c.model, c.optimizer, c.rows, c.cfg)
             if not optimizer.live:
                 break
         for k in optimizer.live:
@@ -281,7 +282,7 @@ class Worker:
             todo = []
             for c in bundle:
                 try:
-                    if c.force or not train.finished_summary(c, stem_of(c)):
+                    if c.force or not records.finished_summary(c, stem_of(c)):
                         todo.append(c)
                 except ResultsFileError as error:  # fails this run, as train.py would
                     codes.update(self._failed(c, train.run_name(c), error, log))
@@ -295,14 +296,14 @@ class Worker:
         try:
             if len(cfgs) > 1:
                 with claimed(cfgs):  # as train.train: looked at again under the locks
-                    todo = [c for c in cfgs if not train.finished_summary(c, stem_of(c))]
+                    todo = [c for c in cfgs if not records.finished_summary(c, stem_of(c))]
                     statuses = self.train_bundle(todo) if todo else {}
             else:  # a bundle of one is train.py's run, bit for bit (train.train claims it)
                 statuses = {names[0]: train.train(cfgs[0])["status"]}
             log(f"bundle of {len(cfgs)}: " + ", ".join(f"{n} {s}" for n, s in statuses.items()))
             return {name: 0 for name in names}
         except Exception as error:  # noqa: BLE001 - a run's failure must not end the queue
-            if train.is_disk_full(error):  # ... but a full disk would fail every run after it
+            if records.is_disk_full(error):  # ... but a full disk would fail every run after it
                 raise
             if len(cfgs) > 1:  # retry alone (each resumes its checkpoint) to find the culprit
                 log(f"bundle of {len(cfgs)} failed ({error!r}); retrying its runs one by one")
@@ -337,7 +338,7 @@ def claimed(cfgs):
     with contextlib.ExitStack() as stack:
         for cfg in cfgs:
             os.makedirs(os.path.join(cfg.results_dir, "runs"), exist_ok=True)
-            stack.enter_context(train.run_lock(stem_of(cfg), train.run_name(cfg)))
+            stack.enter_context(records.run_lock(stem_of(cfg), train.run_name(cfg)))
         yield
 
 
@@ -401,12 +402,12 @@ def main(argv=None):
     except (KeyboardInterrupt, train.Stopped) as e:
         sys.exit(train.stopped_exit_code(e, f"worker {i}/{n}"))
     except OSError as e:
-        if not train.is_disk_full(e):
+        if not records.is_disk_full(e):
             raise
         folder = cfgs[0].results_dir if cfgs else "."
-        print(f"error: {train.disk_full_message(e, folder)}; worker {i}/{n} stopped, its runs "
+        print(f"error: {records.disk_full_message(e, folder)}; worker {i}/{n} stopped, its runs "
               f"keep their checkpoints: free some space and rerun", flush=True)
-        sys.exit(train.DISK_FULL_EXIT)
+        sys.exit(records.DISK_FULL_EXIT)
     failed = [name for name, code in codes.items() if code]
     print(f"worker {i}/{n}: {len(codes) - len(failed)} done, {len(failed)} failed", flush=True)
     sys.exit(1 if failed else 0)

@@ -11,6 +11,7 @@ import torch
 
 import fused
 import sweep
+import records
 import train
 import worker
 from conftest import REPO
@@ -243,7 +244,7 @@ def test_killed_bundle_resumes_to_the_same_rows(data_dir, tmp_path, monkeypatch)
     copies = [dict(seed=0, resume=True), dict(seed=1, resume=True)]
     whole, killed = (configs(data_dir, tmp_path / d, copies, num_epochs=3) for d in ("a", "b"))
     worker.Worker().run(worker.make_bundles(whole, 2), log=lambda line: None)
-    save, calls = train.save_checkpoint, []
+    save, calls = records.save_checkpoint, []
 
     def kill_at_fourth(*args):  # epoch 2: copy 0 saved, then killed before copy 1's checkpoint
         calls.append(1)
@@ -251,10 +252,10 @@ def test_killed_bundle_resumes_to_the_same_rows(data_dir, tmp_path, monkeypatch)
             raise KeyboardInterrupt
         save(*args)
 
-    monkeypatch.setattr(train, "save_checkpoint", kill_at_fourth)
+    monkeypatch.setattr(records, "save_checkpoint", kill_at_fourth)
     with pytest.raises(KeyboardInterrupt):
         worker.Worker().run(worker.make_bundles(killed, 2), log=lambda line: None)
-    monkeypatch.setattr(train, "save_checkpoint", save)
+    monkeypatch.setattr(records, "save_checkpoint", save)
     assert not os.path.exists(os.path.join(killed[0].results_dir, "final_data.csv"))
     first_epoch = rows(killed[0]).iloc[0].copy()
     train.train(killed[0])  # the checkpoints are train.py's: train.py resumes a fused copy
@@ -273,7 +274,7 @@ def test_a_killed_force_retrain_of_a_bundle_is_continued_by_a_plain_rerun(data_d
     quiet = dict(log=lambda line: None)
     worker.Worker().run(worker.make_bundles(cfgs, 2), **quiet)
     first = [rows(c) for c in cfgs]
-    save, calls = train.save_checkpoint, []
+    save, calls = records.save_checkpoint, []
 
     def kill_after_epoch_2(*args):
         save(*args)
@@ -281,11 +282,11 @@ def test_a_killed_force_retrain_of_a_bundle_is_continued_by_a_plain_rerun(data_d
         if len(calls) == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", kill_after_epoch_2)
+    monkeypatch.setattr(records, "save_checkpoint", kill_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         worker.Worker().run(worker.make_bundles(cfgs, 2), force=True, **quiet)
     saved_epochs = []
-    monkeypatch.setattr(train, "save_checkpoint",
+    monkeypatch.setattr(records, "save_checkpoint",
                         lambda *args: saved_epochs.append(len(args[3])) or save(*args))
     assert worker.Worker().run(worker.make_bundles(cfgs, 2), **quiet) == {
         train.run_name(c): 0 for c in cfgs}  # not skipped: the retrain counts as unfinished
@@ -294,7 +295,7 @@ def test_a_killed_force_retrain_of_a_bundle_is_continued_by_a_plain_rerun(data_d
         pd.testing.assert_frame_equal(rows(cfg).drop(columns=["epoch_time_s", "eval_time_s"]),
                                       before.drop(columns=["epoch_time_s", "eval_time_s"]))
         stem = worker.stem_of(cfg)
-        assert not os.path.exists(stem + train.REPLACED) and os.path.exists(stem + ".json")
+        assert not os.path.exists(stem + records.REPLACED) and os.path.exists(stem + ".json")
     assert len(pd.read_csv(os.path.join(str(tmp_path), "final_data.csv"))) == 2
 
 
@@ -470,17 +471,17 @@ def test_a_bundle_resumes_train_py_adamw_checkpoints_to_the_same_rows(data_dir, 
     whole, killed = (configs(data_dir, tmp_path / d, copies, **shared) for d in ("a", "b"))
     for cfg in whole:
         train.train(cfg)
-    save = train.save_checkpoint
+    save = records.save_checkpoint
 
     def kill_after_first_epoch(path, model, optimizer, rows, cfg):
         save(path, model, optimizer, rows, cfg)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", kill_after_first_epoch)
+    monkeypatch.setattr(records, "save_checkpoint", kill_after_first_epoch)
     for cfg in killed:
         with pytest.raises(KeyboardInterrupt):
             train.train(cfg)
-    monkeypatch.setattr(train, "save_checkpoint", save)
+    monkeypatch.setattr(records, "save_checkpoint", save)
     codes = worker.Worker().run(worker.make_bundles(killed, 2), log=lambda line: None)
     assert codes == {train.run_name(c): 0 for c in killed}
     for a, b in zip(whole, killed):

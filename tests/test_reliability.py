@@ -13,12 +13,13 @@ import torch
 import data
 import sweep
 import config
+import records
 import train
 import utils
 import worker
 from conftest import REPO, write_synthetic_cifar10
 from test_train import TIME_COLUMNS, TINY, epoch_rows, tiny_run
-from utils import ResultsFileError, append_row, read_csv
+from utils import ResultsFileError, append_row, file_lock, read_csv
 
 SLOW_FLAGS = ["--depth=1", "--dataset_size=500", "--num_epochs=300", "--test_freq=1000",
               "--batch_size=32", "--device=cpu"]
@@ -82,17 +83,17 @@ def test_a_killed_force_retrain_counts_as_unfinished_and_resume_continues_it(dat
                                                                             monkeypatch):
     first = tiny_run(data_dir, tmp_path)
     stem, first_rows = tmp_path / "runs" / first["run_name"], epoch_rows(tmp_path, first)
-    real_save, epochs_trained = train.save_checkpoint, []
+    real_save, epochs_trained = records.save_checkpoint, []
     def save_then_crash(path, model, optimizer, rows, cfg):
         real_save(path, model, optimizer, rows, cfg)
         epochs_trained.append(len(rows))
         if len(rows) == 2:
             raise KeyboardInterrupt("killed after epoch 2")
-    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(records, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         tiny_run(data_dir, tmp_path, force=True)
     # the old summary is kept aside; nothing marks the run finished any more
-    assert utils.read_summary(str(stem) + train.REPLACED)["timestamp"] == first["timestamp"]
+    assert utils.read_summary(str(stem) + records.REPLACED)["timestamp"] == first["timestamp"]
     assert not stem.with_suffix(".json").exists() and read_csv(str(tmp_path / "final_data.csv")) == []
     assert first["run_name"] not in sweep.finished_names(str(tmp_path))
 
@@ -101,7 +102,7 @@ def test_a_killed_force_retrain_counts_as_unfinished_and_resume_continues_it(dat
     assert epochs_trained == [1, 2, 3]  # epoch 3 only, from the retrain's checkpoint
     assert resumed["timestamp"] != first["timestamp"]
     assert [r["timestamp"] for r in read_csv(str(tmp_path / "final_data.csv"))] == [resumed["timestamp"]]
-    assert not os.path.exists(str(stem) + train.REPLACED) and not stem.with_suffix(".ckpt.pt").exists()
+    assert not os.path.exists(str(stem) + records.REPLACED) and not stem.with_suffix(".ckpt.pt").exists()
     pd.testing.assert_frame_equal(epoch_rows(tmp_path, resumed), first_rows)  # same seed, same run
 
 
@@ -111,7 +112,7 @@ def test_force_leaves_the_checkpoint_of_a_run_another_process_is_training(data_d
     os.makedirs(tmp_path / "runs")
     stem.with_suffix(".json").write_text("{}")  # the old summary; another process retrains it
     stem.with_suffix(".ckpt.pt").write_bytes(b"its latest epoch")
-    with train.file_lock(str(stem)):
+    with file_lock(str(stem)):
         with pytest.raises(train.ConfigError, match="already being trained"):
             train.train(cfg)
     assert stem.with_suffix(".ckpt.pt").read_bytes() == b"its latest epoch"
@@ -131,7 +132,7 @@ def test_a_force_retrain_killed_after_its_summary_leaves_nothing_set_aside(data_
                                                                             monkeypatch):
     name = tiny_run(data_dir, tmp_path)["run_name"]
     kill_after_summary(data_dir, tmp_path, monkeypatch, force=True)
-    replaced = tmp_path / "runs" / (name + train.REPLACED)
+    replaced = tmp_path / "runs" / (name + records.REPLACED)
     assert replaced.exists()
     forbid_training(monkeypatch)
     retrained = tiny_run(data_dir, tmp_path, resume=True)
@@ -507,7 +508,7 @@ def test_a_summary_holding_another_runs_summary_is_refused(data_dir, tmp_path, c
     name = train.run_name(cfg)
     (tmp_path / "runs" / f"{name}.json").write_text((tmp_path / "runs" / "run_a.json").read_text())
     with pytest.raises(ResultsFileError, match=f"{name}.json is not a readable run summary"):
-        train.finished_summary(cfg, str(tmp_path / "runs" / name))
+        records.finished_summary(cfg, str(tmp_path / "runs" / name))
 
 
 # --- a run's identity survives the lab gaining a setting
@@ -554,18 +555,18 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
                                                                 capsys):
     flags = [f"--{k}={v}" for k, v in TINY.items() if k != "quiet"] + [
         "--num_epochs=3", "--quiet", f"--data_dir={data_dir}", f"--results_dir={tmp_path}"]
-    real_save, saved = train.save_checkpoint, []
+    real_save, saved = records.save_checkpoint, []
 
     def full_at_epoch_2(path, model, optimizer, rows, cfg):
         if len(rows) == 2:
             raise OSError(28, "No space left on device", path)
         saved.append(len(rows))
         real_save(path, model, optimizer, rows, cfg)
-    monkeypatch.setattr(train, "save_checkpoint", full_at_epoch_2)
+    monkeypatch.setattr(records, "save_checkpoint", full_at_epoch_2)
     with pytest.raises(SystemExit) as exit_:  # was: an OSError traceback
         train.main(flags)
     message = capsys.readouterr().err
-    assert exit_.value.code == train.DISK_FULL_EXIT  # tells a sweep to launch nothing more
+    assert exit_.value.code == records.DISK_FULL_EXIT  # tells a sweep to launch nothing more
     assert message.startswith("error: no space left on the device writing ")
     assert ".ckpt.pt" in message and "MiB free there" in message and "--resume" in message
     monkeypatch.undo()
@@ -586,7 +587,7 @@ def test_a_full_disk_stops_a_sweep_with_one_line_and_launches_nothing_more(engin
 
     def full(command, log, env):  # the first training finds the disk full
         launched.append(command)
-        return train.DISK_FULL_EXIT
+        return records.DISK_FULL_EXIT
     monkeypatch.setattr(sweep, "run_one", full)
     with pytest.raises(SystemExit) as exit_:
         sweep.main(argv)

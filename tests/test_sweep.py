@@ -10,7 +10,7 @@ import pytest
 import sweep
 import train
 from conftest import REPO
-from utils import read_csv
+from utils import file_lock, read_csv
 
 TINY_FLAGS = ["--depth=1", "--dataset_size=200", "--num_epochs=2", "--test_freq=10",
               "--batch_size=64", "--device=cpu"]
@@ -98,7 +98,7 @@ def test_a_failing_run_is_reported_while_the_others_finish(data_dir, tmp_path, c
     runs, _ = planned(argv)
     blocked = runs[0].name
     os.makedirs(tmp_path / "runs")
-    with train.file_lock(str(tmp_path / "runs" / blocked)):  # "another process" holds this one
+    with file_lock(str(tmp_path / "runs" / blocked)):  # "another process" holds this one
         with pytest.raises(SystemExit) as exit_:
             sweep.main(argv)
     assert exit_.value.code == 1

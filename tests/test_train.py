@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
+import records
 import train
 from conftest import REPO
-from utils import read_csv
+from utils import file_lock, read_csv
 
 TINY = dict(width=4, depth=1, dataset_size=300, num_epochs=3, test_freq=10, batch_size=64,
             quiet=True, device="cpu")
@@ -98,15 +99,15 @@ def test_same_seed_gives_identical_epochs(real_data_dir, tmp_path, loader):
 
 def killed_then_resumed(data_dir, results_dir, monkeypatch, **overrides):
     """A run killed right after epoch 2's checkpoint, then resumed; returns its summary."""
-    real_save = train.save_checkpoint
+    real_save = records.save_checkpoint
     def save_then_crash(path, model, optimizer, rows, cfg):
         real_save(path, model, optimizer, rows, cfg)
         if len(rows) == 2:
             raise KeyboardInterrupt("killed after epoch 2")
-    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(records, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
         tiny_run(data_dir, results_dir, **overrides)
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(records, "save_checkpoint", real_save)
     return tiny_run(data_dir, results_dir, resume=True, **overrides)
 
 
@@ -129,7 +130,7 @@ def test_divergence_is_recorded_not_raised(data_dir, tmp_path):
 def test_a_configuration_runs_once_at_a_time(data_dir, tmp_path):
     cfg = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path)})
     os.makedirs(tmp_path / "runs")
-    with train.file_lock(str(tmp_path / "runs" / train.run_name(cfg))):
+    with file_lock(str(tmp_path / "runs" / train.run_name(cfg))):
         with pytest.raises(train.ConfigError, match="already being trained"):
             train.train(cfg)
 
