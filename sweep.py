@@ -850,6 +850,10 @@ def visible_gpus():
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else None
 
 
+DISK_FULL_ADVICE = ("free some space and rerun the same command (finished runs are skipped, "
+                    "unfinished ones resume from their checkpoints)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -889,16 +893,13 @@ def main(argv=None):
         sys.exit(f"error: {records.disk_full_message(e, args.results_dir)}: " + DISK_FULL_ADVICE)
     if records.DISK_FULL_EXIT in codes.values():
         stopped = sum(code == records.DISK_FULL_EXIT for code in codes.values())
-        free = shutil.disk_usage(args.results_dir).free / 2 ** 20
+        free = shutil.disk_usage(args.results_dir).free / 2 ** 20 if os.path.isdir(
+            args.results_dir) else 0.0
         sys.exit(f"error: no space left on the device under {args.results_dir} ({free:,.1f} MiB "
                  f"free); {stopped} run(s) not finished: " + DISK_FULL_ADVICE)
     if STOP.is_set():
         report_stopped(codes, args.results_dir)
     report(codes, args.results_dir)
-
-
-DISK_FULL_ADVICE = ("free some space and rerun the same command (finished runs are skipped, "
-                    "unfinished ones resume from their checkpoints)")
 
 
 def launch(args, runs) -> dict:
