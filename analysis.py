@@ -65,6 +65,7 @@ PLANS_WITHOUT_SHAPE = (("N", "N", ("D", "epochs")), ("D", "data", ("N", "epochs"
 INFLUENCE_MAX_CONFIGS = 2_000  # leave-one-out is n refits of n points: beyond this, minutes
 MIN_DISTINCT = 3           # points per group: 2 fix a line, the 3rd is the first test of it
 BUDGET_TOLERANCE = 0.1     # sweep.py plans budgets to +-10%
+MAX_LISTED = 5              # budgets named in one warning; the rest are counted
 STEPS_RATIO_MAX = 10       # a budget whose runs' optimiser steps differ more mixes regimes
 RANDOM_GUESS_ERROR = 0.9   # 10 classes: the Rosenfeld envelope's default ceiling on error rates
 
@@ -752,9 +753,13 @@ def compute_optimal(configs, *, compute="C", partner="D", n_boot=200, seed=0, bo
 
 
 def _budget_warnings(result) -> list:
-    warnings = [f"{result.group}: budget {result.compute}={b.compute:.3g} has its minimum at an "
-                f"end of the N grid (or no minimum); left out of the exponent fit, widen or "
-                f"re-centre its grid (Czech et al. 2026)" for b in result.budgets if b.edge]
+    edges = [f"{b.compute:.3g}" for b in result.budgets if b.edge]
+    if len(edges) > MAX_LISTED:  # a log with continuous compute has hundreds of such "budgets"
+        edges = edges[:MAX_LISTED] + [f"... ({len(edges)} in all)"]
+    warnings = [f"{result.group}: budget{'s' if len(edges) > 1 else ''} {result.compute}="
+                f"{', '.join(edges)} ha{'ve' if len(edges) > 1 else 's'} the minimum at an end of "
+                f"the N grid (or none); left out of the exponent fit, widen or re-centre the grid "
+                f"(Czech et al. 2026)"] if edges else []
     for b in result.budgets:
         if "steps" in b.configs.columns and b.configs.steps.notna().all():
             ratio = b.configs.steps.max() / b.configs.steps.min()

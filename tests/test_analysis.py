@@ -259,6 +259,18 @@ def test_isoflop_flags_a_budget_whose_grid_misses_the_minimum(tmp_path):
     assert len(warnings) == 1 and "minimum at an end of the N grid" in warnings[0]
 
 
+def test_many_edge_budgets_make_one_warning():
+    """A log with continuous compute finds hundreds of one-run-wide "budgets": one warning names
+    the first few and counts the rest (was: one warning each)."""
+    from types import SimpleNamespace
+    budgets = [SimpleNamespace(edge=True, compute=c, configs=pd.DataFrame())
+               for c in np.geomspace(1e6, 1e9, 300)]
+    result = SimpleNamespace(group="constant C: epochs=1", compute="C", budgets=budgets, a=0.5)
+    warnings = analysis._budget_warnings(result)
+    assert len(warnings) == 1 and "(300 in all)" in warnings[0]
+    assert warnings[0].startswith("constant C: epochs=1: budgets C=1e+06, ")
+
+
 def test_budgets_by_measured_flops(tmp_path):
     """--compute total_flops: budgets planned in FLOPs, which for a CNN are not ∝ N·D: FLOPs per
     parameter run from 214 (wide, shallow) to 286 (deep: extra blocks at 32x32 resolution)."""
