@@ -96,7 +96,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import data
-from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, host_memory_bytes
+from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
 from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
 from config import config_id as _config_id
 from train import device_name, sync, training_flops
@@ -195,10 +195,8 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
                       f"{cfg.dataset_size // cfg.batch_size} steps per epoch) < --lookahead_every "
                       f"{cfg.lookahead_every}: the final lookahead sync would reset the network to "
                       "its initial weights")
-    if 16 * num_params(cfg.width) > host_memory_bytes():  # weights, grads, 2 optimizer states
-        errors.append(f"--width {cfg.width:g} gives N={num_params(cfg.width):,} parameters, more "
-                      f"than this machine's {host_memory_bytes() / 2**30:,.0f} GiB hold in training; "
-                      f"use a smaller --width")
+    errors += [e for e in [memory_error(f"--width {cfg.width:g}", num_params(cfg.width),
+                                       "--width")] if e]
     for name in ("lr", "bias_lr_scale"):
         if getattr(cfg, name) <= 0:  # each group's torch weight decay is wd / (its lr)
             errors.append(f"--{name} must be > 0 (weight decay is decoupled as wd / lr), "

@@ -382,9 +382,8 @@ def plan_groups(configs) -> list:
     context, varying = context_columns(configs)
     groups = []
     for x, plan, held in plans_for(configs):
-        for frame in slices(configs, context + list(held), varying=x):
-            if frame[x].nunique() >= MIN_DISTINCT:
-                groups.append(_group(x, plan, frame.sort_values(x), varying + list(held)))
+        for frame in slices(configs, context + list(held), varying=x):  # MIN_DISTINCT x each
+            groups.append(_group(x, plan, frame.sort_values(x), varying + list(held)))
     for x in ("C", "total_flops"):
         if x not in configs.columns or configs[x].isna().any():
             continue

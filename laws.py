@@ -842,10 +842,9 @@ def _joint_optimum(log_N, log_D, log_L, delta, grid):
         np.random.default_rng(0).choice(n, PRUNE_SAMPLE, replace=False))
 
     def on(rows_of_data):
-        def fun(theta, rows):
-            return joint_objective(theta, log_N[rows_of_data], log_D[rows_of_data],
-                                   log_L[rows_of_data], 1.0, delta)
-        return in_chunks(fun, len(rows_of_data))
+        N_, D_, L_ = log_N[rows_of_data], log_D[rows_of_data], log_L[rows_of_data]  # sliced once
+        return in_chunks(lambda theta, rows: joint_objective(theta, N_, D_, L_, 1.0, delta),
+                         len(rows_of_data))
 
     def gtol(k, m):
         return np.full(k, float(joint_gtol(np.ones(m), delta)))
@@ -854,11 +853,12 @@ def _joint_optimum(log_N, log_D, log_L, delta, grid):
     theta, f, _ = bfgs_batched(on(chosen), starts, gtol(len(starts), m), PRUNE_ITERATIONS)
     keep = np.argsort(f)[:PRUNE_KEEP]
     theta, f, _ = bfgs_batched(on(chosen), theta[keep], gtol(len(keep), m), 5000)
+    on_all = on(np.arange(n))
     if m < n:
         keep = np.argsort(f)[:FULL_KEEP]
-        theta, f, _ = bfgs_batched(on(np.arange(n)), theta[keep], gtol(len(keep), n), 5000)
+        theta, f, _ = bfgs_batched(on_all, theta[keep], gtol(len(keep), n), 5000)
     best = int(np.argmin(f))
-    return _polish(on(np.arange(n)), theta[best], n, delta)
+    return _polish(on_all, theta[best], n, delta)
 
 
 def _polish(fun, theta, n, delta):

@@ -207,13 +207,19 @@ def size_error(name: str, width: int, depth: int, bn: bool = False) -> str:
     """Why a network cannot be built on this machine ("" if it can): its weights, gradients and
     optimizer state (4 copies of N floats) must fit in the host's memory, checked from the
     closed-form N before anything is allocated (torch would otherwise overflow or hang)."""
-    N = num_params(name, width, depth, bn)
-    need = 4 * 4 * N
-    if need > host_memory_bytes():
-        return (f"{name} width {width:,} depth {depth:,} has N={N:,} parameters ({need / 2**30:,.0f} "
-                f"GiB for weights, gradients and optimizer state), more than this machine's "
-                f"{host_memory_bytes() / 2**30:,.0f} GiB; use a smaller --width or --depth")
-    return ""
+    return memory_error(f"{name} width {width:,} depth {depth:,}",
+                        num_params(name, width, depth, bn), "--width or --depth")
+
+
+def memory_error(what: str, N: int, flags: str) -> str:
+    """"" if N parameters train in the host's memory (weights, gradients and two optimizer states:
+    16 bytes each), else why not, naming the flags to shrink."""
+    need = 16 * N
+    if need <= host_memory_bytes():
+        return ""
+    return (f"{what} has N={N:,} parameters ({need / 2**30:,.0f} GiB for weights, gradients and "
+            f"optimizer state), more than this machine's {host_memory_bytes() / 2**30:,.0f} GiB; "
+            f"use a smaller {flags}")
 
 
 def host_memory_bytes() -> int:

@@ -150,6 +150,10 @@ def is_disk_full(e: BaseException) -> bool:
 
 def disk_full_message(e: OSError, folder: str) -> str:
     """One line for a full disk: which file, how much is free where the results go."""
-    free = shutil.disk_usage(folder).free if os.path.isdir(folder) else 0
     where = f" writing {e.filename}" if e.filename else f" writing under {folder}"
-    return f"no space left on the device{where} ({free / 2 ** 20:,.1f} MiB free there)"
+    return f"no space left on the device{where} ({free_mib(folder):,.1f} MiB free there)"
+
+
+def free_mib(folder: str) -> float:
+    """Free space where folder is (0 for a folder that could not even be created)."""
+    return shutil.disk_usage(folder).free / 2 ** 20 if os.path.isdir(folder) else 0.0

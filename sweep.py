@@ -893,10 +893,9 @@ def main(argv=None):
         sys.exit(f"error: {records.disk_full_message(e, args.results_dir)}: " + DISK_FULL_ADVICE)
     if records.DISK_FULL_EXIT in codes.values():
         stopped = sum(code == records.DISK_FULL_EXIT for code in codes.values())
-        free = shutil.disk_usage(args.results_dir).free / 2 ** 20 if os.path.isdir(
-            args.results_dir) else 0.0
-        sys.exit(f"error: no space left on the device under {args.results_dir} ({free:,.1f} MiB "
-                 f"free); {stopped} run(s) not finished: " + DISK_FULL_ADVICE)
+        sys.exit(f"error: no space left on the device under {args.results_dir} "
+                 f"({records.free_mib(args.results_dir):,.1f} MiB free); {stopped} run(s) not "
+                 f"finished: " + DISK_FULL_ADVICE)
     if STOP.is_set():
         report_stopped(codes, args.results_dir)
     report(codes, args.results_dir)

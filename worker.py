@@ -68,9 +68,8 @@ def make_bundles(cfgs: list, max_bundle: int = None) -> list:
     groups = {}
     for cfg in cfgs:
         groups.setdefault(bundle_key(cfg), []).append(cfg)
-    caps = [max_bundle or 1 for _ in groups]
-    return [group[i:i + cap] for group, cap in zip(groups.values(), caps)
-            for i in range(0, len(group), cap)]
+    cap = max_bundle or 1
+    return [group[i:i + cap] for group in groups.values() for i in range(0, len(group), cap)]
 
 
 def network_key(cfg: train.Config, copies: int) -> tuple:

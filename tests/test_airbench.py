@@ -374,7 +374,7 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path):
                                                **base))
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         ab.validate_airbench(ab.AirbenchConfig(lr=0.0, **base))
-    with pytest.raises(ConfigError, match=r"--width 1e\+30 gives N=.* more than this machine"):
+    with pytest.raises(ConfigError, match=r"--width 1e\+30 has N=.* more than this machine"):
         ab.validate_airbench(ab.AirbenchConfig(width=1e30, **base))  # was: an allocator traceback
     with pytest.raises(ConfigError, match="--bias_lr_scale must be > 0"):
         ab.validate_airbench(ab.AirbenchConfig(bias_lr_scale=0.0, **base))
