@@ -10,8 +10,8 @@ the lab, with the three variants of the airbench study as flags.
 Why a script of its own rather than a train.py preset: the recipe differs from train.py's loop in
 almost everything (frozen whitening layer, per-step schedule, parameter groups with decoupled
 hyperparameters, lookahead, label smoothing, TTA, fractional epochs). It shares data.py (loading,
-subsets, fingerprint, the batched crop gather), utils.py (seeding, results writers, the
-dataclass -> argparse helper) and train.py's validation, config_id and row format, so its rows
+subsets, fingerprint, the batched crop gather), records.py (the locked results files), config.py
+(validation, config_id, the dataclass -> argparse and YAML helpers) and train.py's row format, so its rows
 land in results/final_data.csv beside the scaling runs.
 
 The recipe, checked value by value against the paper and its released script (the paper-era
@@ -100,8 +100,9 @@ from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_imag
 from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
 from config import config_id as _config_id
 from train import device_name, sync, training_flops
-from utils import (append_row, atomic_write, config_yaml, file_lock, git_version,
-                   parser_from_dataclass, set_seed, settings_given, write_csv)
+from config import config_yaml, parse_settings, parser_from_dataclass
+from records import append_row, atomic_write, file_lock, write_csv
+from utils import git_version, set_seed
 
 MODEL_NAME = "airbench94"
 BLOCK_WIDTHS = (64, 256, 256)  # the paper's three blocks, multiplied by --width
@@ -712,17 +713,12 @@ def bench(cfg: AirbenchConfig) -> list:
 
 def parse_config(argv=None) -> AirbenchConfig:
     """Defaults < --config FILE.yaml < flags typed on the command line, as in train.py."""
-    parser = parser_from_dataclass(AirbenchConfig, __doc__.split("\n\n")[0])
-    from_file, typed, print_config, path = settings_given(parser, argv, AirbenchConfig)
-    cfg = AirbenchConfig(**{**from_file, **typed})
-    try:
+    def make(from_file, typed):
+        cfg = AirbenchConfig(**{**from_file, **typed})
         validate_airbench(cfg)
-    except ConfigError as e:
-        parser.error(f"{e}\n  (settings from {path} and the command line)" if path else str(e))
-    if print_config:
-        print(config_yaml(cfg), end="")
-        parser.exit()
-    return cfg
+        return cfg
+    return parse_settings(parser_from_dataclass(AirbenchConfig, __doc__.split("\n\n")[0]), argv,
+                          AirbenchConfig, make)
 
 
 def main(argv=None):

@@ -42,7 +42,7 @@ import pandas as pd
 
 import laws
 import plots
-from utils import torn_last_row
+from records import torn_last_row
 
 DEFAULT_LOSS = "final_test_loss_avg_last5"
 FALLBACK_LOSS = "loss"      # the loss column of a minimal CSV (N, D, loss)

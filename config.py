@@ -7,6 +7,7 @@ YAML config files; a run's identity (config_id, run_name).
     python train.py --list_presets    # the presets, as the flags they stand for
 """
 import argparse
+import dataclasses
 import functools
 import glob
 import hashlib
@@ -18,11 +19,12 @@ import re
 from dataclasses import dataclass, field, fields
 
 import torch
+import yaml
 
 import data
 from model import MODELS, size_error
-from utils import (config_yaml, csv_tail_error, parser_from_dataclass, read_config_file,
-                   settings_given)
+from records import atomic_write, csv_tail_error, file_lock
+from utils import ConfigError
 
 DESCRIPTION = "Train one configuration of the scaling study and log it under results/."
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
@@ -123,10 +125,6 @@ class Config:
     preset: str = hp("none", "defaults of a study: config/NAME.yaml (--list_presets); explicit "
                              "flags override", result=False)
     quiet: bool = hp(False, "no progress bar or summary line", result=False)
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names each bad flag and its valid range."""
 
 
 def validate(cfg, errors=()) -> None:
@@ -313,20 +311,239 @@ def typed_flags(argv) -> tuple:
 
 
 def parse_config(argv=None) -> Config:
-    parser = build_parser()
-    from_file, typed, print_config, path = settings_given(parser, argv, Config, ["list_presets"])
+    return parse_settings(build_parser(), argv, Config, _config_of, config_text, ["list_presets"])
+
+
+def _config_of(from_file: dict, typed: dict) -> Config:
     if typed.pop("list_presets", False):
         print(presets_text())
-        parser.exit()
+        raise SystemExit(0)
     # A file's setting that needs one the command line changed (the file's momentum, a typed
     # --optimizer adamw) no longer applies, as a preset's would not.
     from_file = {k: v for k, v in from_file.items() if not (
         k in ONLY_WITH and ONLY_WITH[k][0] in typed and typed[ONLY_WITH[k][0]] != ONLY_WITH[k][1])}
+    return make_config({**from_file, **typed})
+
+
+def claim_experiment(cfg: Config, runs_dir: str, name: str) -> None:
+    """runs/<experiment_name>/ holds one configuration: the first run given the name writes its
+    config.yaml there; a later run under that name with another run_name is refused before it
+    trains (a rerun or resume of the same configuration is welcome), unless the name's run never
+    trained (refused, out of memory): then the name passes to this one."""
+    if not cfg.experiment_name:
+        return
+    folder = os.path.join(runs_dir, cfg.experiment_name)
+    path = os.path.join(folder, "config.yaml")
+    with file_lock(folder):
+        owner = None
+        if os.path.exists(path):
+            try:
+                owner = run_name(Config(**read_config_file(path, Config)))
+            except ConfigFileError as e:
+                raise ConfigError(f"--experiment_name {cfg.experiment_name}: {e}") from None
+        trained = owner and any(os.path.exists(os.path.join(runs_dir, owner + ending))
+                                for ending in (".json", ".csv", ".ckpt.pt", ".lock"))
+        if owner != name and trained:
+            raise ConfigError(
+                f"--experiment_name {cfg.experiment_name} already names run {owner} ({path}); "
+                f"this configuration ({name}) would overwrite its saved model and metrics: "
+                f"choose another name")
+        if owner != name:
+            atomic_write(path, config_text(cfg))
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line and config files, derived from a hyperparameter dataclass (Config, airbench's)
+
+
+def parser_from_dataclass(cls, description: str = "") -> argparse.ArgumentParser:
+    """One flag per field of a hyperparameter dataclass whose fields carry help/choices metadata
+    (config.hp): the dataclass stays the single table and the CLI is derived from it. A bool field
+    X gets --X and --no_X (and a hidden --no-X); a tuple field takes as many values as its
+    default has."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        m = f.metadata
+        if f.type is bool:
+            parser.add_argument(f"--{f.name}", action="store_true", default=f.default, help=m["help"])
+            parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
+                                default=argparse.SUPPRESS, help=f"switch --{f.name} off")
+            parser.add_argument(f"--no-{f.name}", dest=f.name, action="store_false",
+                                help=argparse.SUPPRESS)
+        elif f.type is tuple:
+            parser.add_argument(f"--{f.name}", type=type(f.default[0]), nargs=len(f.default),
+                                default=f.default, help=m["help"])
+        else:
+            parser.add_argument(f"--{f.name}", type=f.type, default=f.default,
+                                choices=m["choices"], help=m["help"])
+    return parser
+
+
+def given_args(parser: argparse.ArgumentParser, argv, names) -> dict:
+    """Only the flags given on the command line, without defaults: a dest absent from the
+    namespace argparse is handed gets its default, one already there does not."""
+    unset = object()
+    namespace = parser.parse_args(argv, namespace=argparse.Namespace(**{n: unset for n in names}))
+    return {k: v for k, v in vars(namespace).items() if v is not unset}
+
+
+class ConfigFileError(ValueError):
+    """A config file that cannot be applied; the message names the file and the key."""
+
+
+# PyYAML reads YAML 1.1, where `1e-3` (no dot) is a string, not a float: accept such numbers.
+_FLOAT_TEXT = re.compile(r"[-+]?(\d[\d_]*\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _field_value(value, kind, where):
+    """value converted to kind (bool, int, float, str), or ConfigFileError naming `where`."""
+    if kind is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value.replace("_", ""))
+    ok = (isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+          or kind is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        hint = " (quote it for a string)" if isinstance(value, bool) else ""
+        raise ConfigFileError(f"{where} must be {kind.__name__}, got {value!r} "
+                              f"({type(value).__name__}){hint}")
+    return float(value) if kind is float else value  # 1 and 1.0 must hash to one config_id
+
+
+class AmbiguousYAML(yaml.constructor.ConstructorError):
+    """A value or key that YAML 1.1 would read one way and its writer may have meant another."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, minus its guesses: a repeated key (it keeps the last), yes/no/
+    on/off as booleans, 010 as octal 8, 0x/0b/0o numbers and 1:30 as 90 (sexagesimal) are errors,
+    each naming its line, so a hand-written config file means one thing."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise AmbiguousYAML(
+                    None, None, f"key {key!r} is given twice (which one is meant?)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_bool(self, node):
+        if node.value.lower() not in ("true", "false"):
+            raise AmbiguousYAML(
+                None, None, f"{node.value!r} is a boolean only by YAML 1.1's guess: write true or "
+                f"false (or quote it for a string)", node.start_mark)
+        return node.value.lower() == "true"
+
+    def construct_yaml_int(self, node):
+        digits = node.value.replace("_", "").lstrip("+-")
+        if ":" in digits or (len(digits) > 1 and digits[0] == "0"):
+            raise AmbiguousYAML(
+                None, None, f"{node.value!r} is read by YAML 1.1 as octal, hexadecimal, binary or "
+                f"base 60: write the number in decimal without leading zeros", node.start_mark)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node):
+        if ":" in node.value:
+            raise AmbiguousYAML(
+                None, None, f"{node.value!r} is read by YAML 1.1 as base 60: write it in decimal",
+                node.start_mark)
+        return super().construct_yaml_float(node)
+
+
+StrictLoader.add_constructor("tag:yaml.org,2002:bool", StrictLoader.construct_yaml_bool)
+StrictLoader.add_constructor("tag:yaml.org,2002:int", StrictLoader.construct_yaml_int)
+StrictLoader.add_constructor("tag:yaml.org,2002:float", StrictLoader.construct_yaml_float)
+
+
+def read_config_file(path: str, cls) -> dict:
+    """{field: value} of a YAML mapping of cls's fields, each converted to its field's type
+    (lists to tuples, ints to floats where the field is a float) so the dataclass built from it
+    equals the one built from the same flags. Ranges and combinations are left to the caller's
+    validation, as for flags."""
     try:
-        cfg = make_config({**from_file, **typed})
+        with open(path) as f:
+            loaded = yaml.load(f, Loader=StrictLoader)
+    except OSError as e:
+        raise ConfigFileError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigFileError(f"config file {path} is not a text file") from None
+    except AmbiguousYAML as e:
+        raise ConfigFileError(f"config file {path} is ambiguous: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigFileError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        got = "an empty file" if loaded is None else f"a {type(loaded).__name__}"
+        raise ConfigFileError(f"config file {path} must be a mapping of settings (key: value), "
+                              f"got {got}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in loaded if k not in known)
+    if unknown:
+        raise ConfigFileError(f"config file {path}: unknown key(s) {unknown}; valid keys are the "
+                              f"flags of --help: {sorted(known)}")
+    values = {}
+    for key, value in loaded.items():
+        f, where = known[key], f"config file {path}: key '{key}'"
+        if f.type is tuple:
+            n, kind = len(f.default), type(f.default[0])
+            if not isinstance(value, (list, tuple)) or len(value) != n:
+                raise ConfigFileError(f"{where} must be a list of {n} {kind.__name__}s, got {value!r}")
+            values[key] = tuple(_field_value(v, kind, where) for v in value)
+        else:
+            values[key] = _field_value(value, f.type, where)
+    return values
+
+
+def config_yaml(cfg, skip=()) -> str:
+    """cfg as a YAML mapping in field order, each line commented with its help: read back by
+    read_config_file it gives the same values. `skip`: fields to leave out."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        if f.name in skip:
+            continue
+        value = getattr(cfg, f.name)
+        value = list(value) if isinstance(value, tuple) else value
+        text = yaml.safe_dump({f.name: value}, default_flow_style=True, width=10 ** 6).strip()
+        lines.append(f"{text[1:-1]}  # {f.metadata['help']}")  # strip the flow mapping's braces
+    return "\n".join(lines) + "\n"
+
+
+def add_config_file_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--config and --print_config. Not fields of the table: they say where settings come from,
+    not what they are."""
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML mapping of settings (keys "
+                        "are these flags' names), applied after --preset and before the flags "
+                        "typed on the command line")
+    parser.add_argument("--print_config", action="store_true", help="print the resolved "
+                        "configuration as a --config file and exit (nothing runs)")
+    return parser
+
+
+def settings_given(parser, argv, cls, extra=()) -> tuple:
+    """(file's settings, typed settings, print_config, config path or None); the typed win when
+    merged, defaults are left out. Adds --config and --print_config to parser; a bad file exits
+    via parser.error."""
+    add_config_file_flags(parser)
+    given = given_args(parser, argv, [f.name for f in dataclasses.fields(cls)] +
+                       ["config", "print_config", *extra])
+    print_config, path = given.pop("print_config", False), given.pop("config", None)
+    try:
+        from_file = read_config_file(path, cls) if path else {}
+    except ConfigFileError as e:
+        parser.error(str(e))
+    return from_file, given, print_config, path
+
+
+def parse_settings(parser, argv, cls, make, text=config_yaml, extra=()):
+    """Defaults < --config FILE.yaml < the flags typed in argv, made into a configuration by
+    make(file's settings, typed settings), which validates it; a bad setting exits via
+    parser.error naming it (and the file), --print_config prints text(configuration) and exits."""
+    from_file, typed, print_config, path = settings_given(parser, argv, cls, extra)
+    try:
+        cfg = make(from_file, typed)
     except ConfigError as e:
         parser.error(f"{e}\n  (settings from {path} and the command line)" if path else str(e))
     if print_config:
-        print(config_text(cfg), end="")
+        print(text(cfg), end="")
         parser.exit()
     return cfg

@@ -174,10 +174,15 @@ class FusedOptimizer:
         self.alive[k] = False
         self.live = [j for j in self.live if j != k]
 
+    def objective(self, losses):
+        """What a step minimises: the sum of the live copies' losses, selected so that a NaN copy
+        cannot leak into the sum."""
+        return torch.where(self.alive, losses, 0.0).sum()
+
     def set_lr(self, lrs):
         self.lr = [float(v) for v in lrs]
 
-    def zero_grad(self):
+    def zero_grad(self, set_to_none=True):  # torch.optim's signature; always to None
         for p in self.params:
             p.grad = None
 

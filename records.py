@@ -1,21 +1,191 @@
-"""A run's records, kept safe on disk: the lock that lets one process train a configuration, the
-experiment-name claim, finished summaries (and the repair of what a kill left), the --force
-set-aside, checkpoints written atomically after every epoch, saved models, and what a full disk
-means. train.py and worker.py write through these, so a run is resumable by either."""
+"""Results kept safe on disk. Results files are shared by many processes (a sweep finishes runs
+concurrently) and hold days of compute, so every write happens under a file lock, a row is written
+whole in one call, a file that must change shape is replaced atomically (temp file + rename), and
+nothing is truncated. On top of that store, a run's records: the lock that lets one process train
+a configuration, finished summaries (and the repair of what a kill left), the --force set-aside,
+checkpoints written atomically after every epoch, saved models, and what a full disk means.
+train.py and worker.py write through these, so a run is resumable by either.
+
+torch is imported only where a checkpoint is written or read: analysis.py reads results through
+this module without loading it."""
 import contextlib
+import csv
 import errno
 import io
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import asdict
 
-import torch
-from filelock import Timeout
+from filelock import FileLock, Timeout
 
-from config import Config, ConfigError, config_text, run_name
-from utils import (ConfigFileError, append_row, atomic_write, file_lock, read_config_file, read_csv,
-                   read_summary, remove_rows)
+from utils import ConfigError
+
+# ---------------------------------------------------------------------------------------------
+# The locked CSV store
+
+
+def atomic_write(path: str, data, mode: str = "w") -> None:
+    """Write a whole file or nothing: readers see the old or the new version, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from collaborators
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _csv_text(rows, columns, header=True) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="raise")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_csv(path: str, rows: list, columns: list) -> None:
+    atomic_write(path, _csv_text(rows, columns))
+
+
+def read_csv(path: str) -> list:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def file_lock(path: str) -> FileLock:
+    return FileLock(path + ".lock")
+
+
+class ResultsFileError(RuntimeError):
+    """A results CSV that cannot be appended to safely; the message names the file and line."""
+
+
+def csv_tail_error(path: str):
+    """Why appending a row to the CSV at `path` would corrupt it, or None. A last line without
+    its newline (a hand edit, a crash mid-write) would have the next row glued onto it."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    if os.path.isdir(path) or not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is not a writable file"
+    try:
+        torn = torn_last_row(path)
+    except (UnicodeDecodeError, csv.Error) as e:
+        return (f"{path} is not a CSV text file ({type(e).__name__}); move it aside (python "
+                f"sweep.py collect rebuilds it from runs/*.json), then run again")
+    if torn:
+        return (f"{torn}. Delete that line (python sweep.py collect rebuilds the file from "
+                f"runs/*.json), then run again")
+    return None
+
+
+def torn_last_row(path: str):
+    """A sentence naming the last line of the CSV at `path` when it is not a whole row (no
+    newline at its end and fewer fields than the header: a write cut off), else None."""
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return None
+    with open(path, newline="") as f:
+        text = f.read()
+    lines = list(csv.reader(io.StringIO(text)))
+    if len(lines) > 1 and len(lines[-1]) != len(lines[0]):
+        return (f"{path}: line {text.count(chr(10)) + 1} (the last) is not a whole row "
+                f"({len(lines[-1])} of {len(lines[0])} fields), probably a write cut off by a "
+                f"crash")
+    return None
+
+
+def read_summary(path: str) -> dict:
+    """A run's summary (runs/<run_name>.json). A damaged one (a crash mid-write, a hand edit) is
+    named with the way out rather than met with a traceback."""
+    reason = None
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, ValueError) as e:
+        reason = f"{type(e).__name__}: {e}"
+    else:
+        if not isinstance(summary, dict) or "run_name" not in summary:
+            reason = "no run_name"
+        elif summary["run_name"] != os.path.basename(path).split(".json")[0]:  # also .json.replaced
+            reason = f"it holds the summary of {summary['run_name']} (a copy or a restore?)"
+    if reason:
+        raise ResultsFileError(f"{path} is not a readable run summary ({reason}); delete it, or "
+                               f"pass --force, to train that run again")
+    return summary
+
+
+def append_row(path: str, row: dict, key: str = None) -> None:
+    """Append one row to a CSV shared by many processes.
+
+    The header is written once. A row with columns the file does not have yet (the code gained a
+    field) makes the file be rewritten atomically with the union of columns, old rows kept; so
+    does a row whose `key` column matches an existing row's, which it replaces (a rerun of one
+    configuration keeps one row). A last line missing its newline gets it; a torn last row is
+    refused (ResultsFileError) rather than glued onto."""
+    with file_lock(path):
+        columns = _checked_header(path)
+        if columns is None:
+            return write_csv(path, [row], list(row))
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        new = [k for k in row if k not in columns]
+        old = read_csv(path) if new or key else None
+        if new or (key and any(r.get(key) == str(row[key]) for r in old)):
+            kept = [r for r in old if not key or r.get(key) != str(row[key])]
+            return write_csv(path, kept + [row], columns + new)
+        line = _csv_text([row], columns, header=False)
+        with open(path, "a") as f:
+            f.write(line)  # one call, whole row
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def remove_rows(path: str, key: str, value: str) -> None:
+    """Drop the rows whose `key` column is `value` from a CSV shared by many processes; a torn last
+    row is refused (ResultsFileError), as append_row refuses it."""
+    with file_lock(path):
+        columns = _checked_header(path)
+        if columns is None:
+            return
+        rows = read_csv(path)
+        kept = [r for r in rows if r.get(key) != value]
+        if len(kept) < len(rows):
+            write_csv(path, kept, columns)
+
+
+def _checked_header(path: str):
+    """The columns of a shared CSV about to be changed (its lock held), or None when it has no
+    header yet; a torn last row is refused (ResultsFileError)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return None
+    error = csv_tail_error(path)
+    if error:
+        raise ResultsFileError(error)
+    with open(path, newline="") as f:
+        return next(csv.reader(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's records
 
 # Where --force keeps the old summary until the retrain has its own; not *.json, which sweep.py
 # reads as summaries.
@@ -39,34 +209,7 @@ def run_lock(stem: str, name: str):
         lock.release()
 
 
-def claim_experiment(cfg: Config, runs_dir: str, name: str) -> None:
-    """runs/<experiment_name>/ holds one configuration: the first run given the name writes its
-    config.yaml there; a later run under that name with another run_name is refused before it
-    trains (a rerun or resume of the same configuration is welcome), unless the name's run never
-    trained (refused, out of memory): then the name passes to this one."""
-    if not cfg.experiment_name:
-        return
-    folder = os.path.join(runs_dir, cfg.experiment_name)
-    path = os.path.join(folder, "config.yaml")
-    with file_lock(folder):
-        owner = None
-        if os.path.exists(path):
-            try:
-                owner = run_name(Config(**read_config_file(path, Config)))
-            except ConfigFileError as e:
-                raise ConfigError(f"--experiment_name {cfg.experiment_name}: {e}") from None
-        trained = owner and any(os.path.exists(os.path.join(runs_dir, owner + ending))
-                                for ending in (".json", ".csv", ".ckpt.pt", ".lock"))
-        if owner != name and trained:
-            raise ConfigError(
-                f"--experiment_name {cfg.experiment_name} already names run {owner} ({path}); "
-                f"this configuration ({name}) would overwrite its saved model and metrics: "
-                f"choose another name")
-        if owner != name:
-            atomic_write(path, config_text(cfg))
-
-
-def finished_summary(cfg: Config, stem: str):
+def finished_summary(cfg, stem: str):
     """The summary of a run that finished (or diverged) earlier, or None (also with cfg.force).
     Repairs what a kill between the summary and the clean-up left: the row in final_data.csv, the
     checkpoint and the summary --force set aside."""
@@ -86,12 +229,12 @@ def finished_summary(cfg: Config, stem: str):
     return summary
 
 
-def set_aside(cfg: Config, stem: str) -> None:
+def set_aside(cfg, stem: str) -> None:
     """--force, under the run's lock: the old summary becomes <stem>.json.replaced and its row
     leaves final_data.csv, so that until the retrain writes its own summary the run counts as
     unfinished: a retrain that is killed is continued by --resume (or a sweep) like any other run.
     The old run's checkpoint is dropped: the retrain starts afresh."""
-    remove_rows(os.path.join(cfg.results_dir, "final_data.csv"), "run_name", run_name(cfg))
+    remove_rows(os.path.join(cfg.results_dir, "final_data.csv"), "run_name", os.path.basename(stem))
     os.replace(stem + ".json", stem + REPLACED)  # second: a kill between the two is repaired
     with contextlib.suppress(FileNotFoundError):
         os.remove(stem + ".ckpt.pt")
@@ -108,6 +251,7 @@ def clean_up(cfg, stem) -> None:
 def save_model(stem, model, summary, cfg):
     """<stem>/model.pt (the state_dict) and metrics.json (summary + configuration); stem is
     runs/<run_name> or runs/<experiment_name>."""
+    import torch
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     atomic_write(os.path.join(stem, "model.pt"), buf.getvalue(), mode="wb")
@@ -122,6 +266,7 @@ def save_model(stem, model, summary, cfg):
 
 
 def save_checkpoint(path, model, optimizer, rows, cfg):
+    import torch
     buf = io.BytesIO()
     torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rows=rows,
                     config=asdict(cfg)), buf)
@@ -129,6 +274,7 @@ def save_checkpoint(path, model, optimizer, rows, cfg):
 
 
 def load_checkpoint(path, model, optimizer) -> list:
+    import torch
     try:
         state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
         model.load_state_dict(state["model"])

@@ -48,7 +48,8 @@ import train
 import worker
 from data import NUM_TRAIN
 from model import build_model, forward_flops_per_image, num_params
-from utils import PARENT_PID_ENV, ResultsFileError, file_lock, read_csv, read_summary, write_csv
+from records import ResultsFileError, file_lock, read_csv, read_summary, write_csv
+from utils import PARENT_PID_ENV
 from worker import log_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 import data
 import records
-from config import (ONLY_WITH, Config, ConfigError, config_id, config_text, make_config,
-                    parse_config, resolve_device, run_name, validate)
+from config import (ONLY_WITH, Config, ConfigError, claim_experiment, config_id, config_text,
+                    make_config, parse_config, resolve_device, run_name, validate)
 from model import build_model, count_params, forward_flops_per_image, num_params
-from utils import (ResultsFileError, append_row, atomic_write, exit_with_parent, git_version,
-                   set_seed, write_csv)
+from records import ResultsFileError, append_row, atomic_write, write_csv
+from utils import exit_with_parent, git_version, set_seed
 
 LAST_K = 5  # the scaling study's final metric averages the last 5 test evaluations (= last 5 epochs)
 # ---------------------------------------------------------------------------------------------
@@ -234,45 +234,80 @@ def tracker(cfg: Config, name: str, resuming: bool):
 # The loop
 
 
-def train_epoch(model, optimizer, batches, cfg, device, grad_norms):
+def on_device(x, y, cfg, device, copies=None):
+    """A batch on the device in the run's memory layout. copies=K: the same images for each copy
+    of a fused network (worker.py), x [B, 3K, 32, 32] and y [B, K]."""
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if copies:
+        x, y = x.repeat(1, copies, 1, 1), y[:, None].expand(-1, copies)
+    return x.contiguous(memory_format=memory_format(cfg)), y
+
+
+def train_epoch(model, optimizer, batches, cfg, device, grad_norms, loss_fn=F.cross_entropy,
+                objective=lambda loss: loss):
     """One pass over the data; loss and accuracy are summed on the device so that no step waits
-    for the host."""
+    for the host. For a fused network (worker.py) loss_fn gives one loss per copy ([K]) and the
+    objective sums the live copies'; the means come back as lists of K."""
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = correct = 0  # on the device after the first batch: [] or [K]
     seen = 0
     for x, y in batches:
-        x = x.to(device, non_blocking=True, memory_format=memory_format(cfg))
-        y = y.to(device, non_blocking=True)
+        x, y = on_device(x, y, cfg, device)
         mark_step(cfg)
         with autocast(cfg, device):
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective(loss).backward()
         grad_norms.update()
         optimizer.step()
         loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        correct += (logits.argmax(-1) == y).sum(0)
         seen += len(y)
-    return loss_sum.item() / seen, correct.item() / seen
+    return per_image(loss_sum, correct, seen)
 
 
 @torch.no_grad()
-def evaluate(model, batches, cfg, device):
+def evaluate(model, batches, cfg, device, copies=None, loss_fn=F.cross_entropy):
+    """Loss and accuracy on an evaluation set; copies=K (with fused.per_copy_loss): every copy of a
+    fused network on the same images, lists of K."""
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = correct = 0
     seen = 0
     for x, y in batches:
-        x = x.to(device, non_blocking=True, memory_format=memory_format(cfg))
-        y = y.to(device, non_blocking=True)
+        x, y = on_device(x, y, cfg, device, copies)
         with autocast(cfg, device):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        loss_sum += loss_fn(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(-1) == y).sum(0)
         seen += len(y)
+    return per_image(loss_sum, correct, seen)
+
+
+def per_image(loss_sum, correct, seen):
+    """Means as Python floats (lists of K for a fused network), divided on the host."""
+    if loss_sum.dim():
+        return [v / seen for v in loss_sum.tolist()], [v / seen for v in correct.tolist()]
     return loss_sum.item() / seen, correct.item() / seen
+
+
+NOT_EVALUATED = ("", "")
+
+
+def evaluations(model, epoch, cfg, device, test_set, val_set, copies=None, loss_fn=F.cross_entropy):
+    """(test, validation) (loss, accuracy) of an epoch; NOT_EVALUATED where the epoch or the run
+    has none."""
+    if not is_eval_epoch(epoch, cfg):
+        return NOT_EVALUATED, NOT_EVALUATED
+    on = lambda split: evaluate(model, test_batches(cfg, *split), cfg, device, copies, loss_fn)
+    return on(test_set), on(val_set) if len(val_set[1]) else NOT_EVALUATED
+
+
+def epoch_row(epoch, lr, train, test, val, epoch_time_s, eval_time_s, extra=None) -> dict:
+    """One line of runs/<run_name>.csv; train, test and val are (loss, accuracy) pairs."""
+    return dict(epoch=epoch, train_loss=train[0], train_acc=train[1], test_loss=test[0],
+                test_acc=test[1], lr=lr, epoch_time_s=epoch_time_s, eval_time_s=eval_time_s,
+                val_loss=val[0], val_acc=val[1], **(extra or {}))
 
 
 def train(cfg: Config) -> dict:
@@ -287,17 +322,18 @@ def train(cfg: Config) -> dict:
         return done
     cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind
     os.makedirs(os.path.dirname(stem), exist_ok=True)
-    records.claim_experiment(cfg, os.path.dirname(stem), name)
-    with records.run_lock(stem, name):  # another process may have finished it meanwhile
-        return (records.finished_summary(cfg, stem)
-                or _train_guarded(cfg, name, device, stem, cifar))
+    claim_experiment(cfg, os.path.dirname(stem), name)
+    # another process may have finished it while this one waited for the lock
+    with records.run_lock(stem, name), explained_errors(cfg, device):
+        return records.finished_summary(cfg, stem) or fit(cfg, name, device, stem, cifar)
 
 
-def _train_guarded(cfg, name, device, stem, cifar) -> dict:
-    """_train_locked, with running out of memory and --deterministic's refusals turned into
-    messages that name the configuration and the way out."""
+@contextlib.contextmanager
+def explained_errors(cfg, device):
+    """Running out of memory and --deterministic's refusals, turned into messages that name the
+    configuration and the way out."""
     try:
-        return _train_locked(cfg, name, device, stem, cifar)
+        yield
     except RuntimeError as e:
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, torch.cuda.OutOfMemoryError) or any(
@@ -346,7 +382,8 @@ def save_split(stem: str, cfg: Config, indices, val_indices) -> None:
             val_indices=val_indices.tolist())) + "\n")
 
 
-def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
+def fit(cfg, name, device, stem, cifar=None) -> dict:
+    """Train the configuration (its lock held) and write its summary."""
     set_seed(cfg.seed, cfg.deterministic)
     (train_x, train_y), val_set, test_set, indices, fingerprints, val_indices = load_splits(
         cfg, device, cifar)
@@ -374,24 +411,18 @@ def _train_locked(cfg, name, device, stem, cifar=None) -> dict:
             train_loss, train_acc = train_epoch(step_model, optimizer, batches, cfg, device, grad_norms)
             sync(device)
             t1 = time.perf_counter()
-            (test_loss, test_acc), (val_loss, val_acc) = ("", ""), ("", "")
-            if is_eval_epoch(epoch, cfg):
-                test_loss, test_acc = evaluate(step_model, test_batches(cfg, *test_set), cfg, device)
-                if len(val_set[1]):
-                    val_loss, val_acc = evaluate(step_model, test_batches(cfg, *val_set), cfg, device)
+            test, val = evaluations(step_model, epoch, cfg, device, test_set, val_set)
             sync(device)
-            rows.append(dict(epoch=epoch, train_loss=train_loss, train_acc=train_acc,
-                             test_loss=test_loss, test_acc=test_acc, lr=lr, epoch_time_s=t1 - t0,
-                             eval_time_s=time.perf_counter() - t1, val_loss=val_loss,
-                             val_acc=val_acc, **grad_norms.epoch_means()))
+            rows.append(epoch_row(epoch, lr, (train_loss, train_acc), test, val, t1 - t0,
+                                  time.perf_counter() - t1, grad_norms.epoch_means()))
             write_csv(stem + ".csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
             log(rows[-1])
-            if is_diverged((train_loss, test_loss, val_loss), params_finite(model)):
+            if is_diverged((train_loss, test[0], val[0]), params_finite(model)):
                 status = "diverged"
                 break
             records.save_checkpoint(ckpt_path, model, optimizer, rows, cfg)
             bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
-                            test_loss=test_loss if test_loss == "" else f"{test_loss:.3f}")
+                            test_loss=test[0] if test[0] == "" else f"{test[0]:.3f}")
     bar.close()
     return finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints,
                       device, len(val_set[1]))

@@ -29,12 +29,14 @@ from dataclasses import asdict
 
 import torch
 
+import config
 import data
 import fused
 import records
 import train
 from model import build_model, count_params, forward_flops_per_image, num_params
-from utils import ResultsFileError, atomic_write, exit_with_parent, set_seed, write_csv
+from records import ResultsFileError, atomic_write, write_csv
+from utils import exit_with_parent, set_seed
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
 MAX_CACHED_NETS = 2  # fused modules kept for reuse; a worker's bundles come grouped by shape
@@ -96,51 +98,9 @@ def stacked_batches(cfgs, images, labels, indices, epoch, device):
         yield torch.cat([x for x, _ in pairs], dim=1), torch.stack([y for _, y in pairs], dim=1)
 
 
-def train_epoch(net, optimizer, batches, cfg, device):
-    """One fused epoch: the loss is the sum of the live copies' losses (selected, so a NaN copy
-    cannot leak into the sum); per-copy sums stay on the device. Returns [K] losses, [K] accs."""
-    net.train()
-    loss_sum = torch.zeros(optimizer.K, device=device)
-    correct = torch.zeros(optimizer.K, device=device, dtype=torch.long)
-    seen = 0
-    for x, y in batches:
-        x = x.to(device, non_blocking=True, memory_format=train.memory_format(cfg))
-        y = y.to(device, non_blocking=True)
-        train.mark_step(cfg)
-        with train.autocast(cfg, device):
-            logits = net(x)                                        # [B, K, 10]
-            losses = fused.per_copy_loss(logits, y)                # [K]
-        optimizer.zero_grad()
-        torch.where(optimizer.alive, losses, 0.0).sum().backward()
-        optimizer.step()
-        loss_sum += losses.detach() * len(y)
-        correct += (logits.argmax(-1) == y).sum(0)
-        seen += len(y)
-    return per_image(loss_sum, correct, seen)
-
-
-def per_image(loss_sum, correct, seen):
-    """Means as Python floats, divided on the host as train.py divides them."""
-    return [v / seen for v in loss_sum.tolist()], [v / seen for v in correct.tolist()]
-
-
-@torch.no_grad()
-def evaluate(net, batches, cfg, device, copies):
-    """[K] losses and accuracies of every copy on one evaluation set (the same images for all)."""
-    net.eval()
-    loss_sum = torch.zeros(copies, device=device)
-    correct = torch.zeros(copies, device=device, dtype=torch.long)
-    seen = 0
-    for x, y in batches:
-        x = x.to(device, non_blocking=True).repeat(1, copies, 1, 1)
-        x = x.contiguous(memory_format=train.memory_format(cfg))
-        y = y.to(device, non_blocking=True)[:, None].expand(-1, copies)
-        with train.autocast(cfg, device):
-            logits = net(x)
-        loss_sum += fused.per_copy_loss(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(-1) == y).sum(0)
-        seen += len(y)
-    return per_image(loss_sum, correct, seen)
+def copy_of(pair, k):
+    """Copy k's (loss, accuracy) from a fused evaluation's lists; train.NOT_EVALUATED as it is."""
+    return pair if pair == train.NOT_EVALUATED else (pair[0][k], pair[1][k])
 
 
 class Copy:
@@ -207,7 +167,7 @@ class Worker:
         resumed at different epochs (a kill between their checkpoints) train as separate bundles."""
         device = train.resolve_device(cfgs[0].device)
         for cfg in cfgs:  # train.py's rule: one --experiment_name, one configuration
-            records.claim_experiment(cfg, os.path.dirname(stem_of(cfg)), train.run_name(cfg))
+            config.claim_experiment(cfg, os.path.dirname(stem_of(cfg)), train.run_name(cfg))
         set_seed(cfgs[0].seed, cfgs[0].deterministic)
         copies = [Copy(cfg, device) for cfg in cfgs]
         by_epoch = {}
@@ -227,32 +187,29 @@ class Worker:
         optimizer = fused.make_optimizer(net, [c.cfg for c in copies])
         for k, c in enumerate(copies):
             optimizer.load_state(k, c.optimizer_states())
+        no_grad_norms = train.GradNorms(net, enabled=False)
         for epoch in range(len(copies[0].rows) + 1, cfg.num_epochs + 1):
             lrs = [train.epoch_lr(epoch - 1, c.cfg) for c in copies]
             optimizer.set_lr(lrs)
             t0 = time.perf_counter()
             batches = stacked_batches([c.cfg for c in copies], train_x, train_y, indices, epoch, device)
-            train_loss, train_acc = train_epoch(step_net, optimizer, batches, cfg, device)
+            train_loss, train_acc = train.train_epoch(step_net, optimizer, batches, cfg, device,
+                                                      no_grad_norms, fused.per_copy_loss,
+                                                      optimizer.objective)
             train.sync(device)
             t1 = time.perf_counter()
-            test, val = [("", "")] * K, [("", "")] * K
-            if train.is_eval_epoch(epoch, cfg):
-                test = list(zip(*evaluate(step_net, train.test_batches(cfg, *test_set), cfg, device, K)))
-                if len(val_set[1]):
-                    val = list(zip(*evaluate(step_net, train.test_batches(cfg, *val_set), cfg, device, K)))
+            test, val = train.evaluations(step_net, epoch, cfg, device, test_set, val_set, K,
+                                          fused.per_copy_loss)
             finite = fused.params_finite(net).tolist()
             eval_s = time.perf_counter() - t1
             for k in list(optimizer.live):
-                c = copies[k]
-                c.rows.append(dict(epoch=epoch, train_loss=train_loss[k], train_acc=train_acc[k],
-                                   test_loss=test[k][0], test_acc=test[k][1], lr=lrs[k],
-                                   # the bundle's time shared by its K copies: sums over a sweep
-                                   # stay the device time it took
-                                   epoch_time_s=(t1 - t0) / K, eval_time_s=eval_s / K,
-                                   val_loss=val[k][0], val_acc=val[k][1]))
+                c, test_k, val_k = copies[k], copy_of(test, k), copy_of(val, k)
+                # the bundle's time shared by its K copies: sums over a sweep stay the device time
+                c.rows.append(train.epoch_row(epoch, lrs[k], (train_loss[k], train_acc[k]), test_k,
+                                              val_k, (t1 - t0) / K, eval_s / K))
                 write_csv(c.stem + ".csv", c.rows, list(c.rows[0]))
                 c.pull(net, optimizer, k)
-                if train.is_diverged((train_loss[k], test[k][0], val[k][0]), finite[k]):
+                if train.is_diverged((train_loss[k], test_k[0], val_k[0]), finite[k]):
                     c.status = "diverged"
                     optimizer.freeze(k)
                     self._finish(c, N, flops_per_image, fingerprints, device, len(val_set[1]), K)

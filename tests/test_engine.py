@@ -16,7 +16,7 @@ import train
 import worker
 from conftest import REPO
 from model import build_model
-from utils import file_lock
+from records import file_lock
 
 TINY = dict(width=4, depth=1, dataset_size=192, num_epochs=2, test_freq=1, batch_size=64,
             lr=0.05, quiet=True, device="cpu")

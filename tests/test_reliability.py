@@ -19,14 +19,14 @@ import utils
 import worker
 from conftest import REPO, write_synthetic_cifar10
 from test_train import TIME_COLUMNS, TINY, epoch_rows, tiny_run
-from utils import ResultsFileError, append_row, file_lock, read_csv
+from records import ResultsFileError, append_row, file_lock, read_csv
 
 SLOW_FLAGS = ["--depth=1", "--dataset_size=500", "--num_epochs=300", "--test_freq=1000",
               "--batch_size=32", "--device=cpu"]
 
 
 def forbid_training(monkeypatch):
-    monkeypatch.setattr(train, "_train_locked", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained again"))
 
 
 def kill_after_summary(data_dir, tmp_path, monkeypatch, **overrides):
@@ -93,7 +93,7 @@ def test_a_killed_force_retrain_counts_as_unfinished_and_resume_continues_it(dat
     with pytest.raises(KeyboardInterrupt):
         tiny_run(data_dir, tmp_path, force=True)
     # the old summary is kept aside; nothing marks the run finished any more
-    assert utils.read_summary(str(stem) + records.REPLACED)["timestamp"] == first["timestamp"]
+    assert records.read_summary(str(stem) + records.REPLACED)["timestamp"] == first["timestamp"]
     assert not stem.with_suffix(".json").exists() and read_csv(str(tmp_path / "final_data.csv")) == []
     assert first["run_name"] not in sweep.finished_names(str(tmp_path))
 
@@ -488,7 +488,7 @@ def test_collect_on_a_full_disk_leaves_final_data_as_it_was(tmp_path, monkeypatc
 
     def full(path, data, mode="w"):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(utils, "atomic_write", full)
+    monkeypatch.setattr(records, "atomic_write", full)
     with pytest.raises(SystemExit, match="could not write .*final_data.csv \\(No space left on "
                                          "device\\); it is left as it was, with a copy in"):
         sweep.main(["collect", "--results_dir", str(tmp_path)])

@@ -10,7 +10,7 @@ import pytest
 import sweep
 import train
 from conftest import REPO
-from utils import file_lock, read_csv
+from records import file_lock, read_csv
 
 TINY_FLAGS = ["--depth=1", "--dataset_size=200", "--num_epochs=2", "--test_freq=10",
               "--batch_size=64", "--device=cpu"]

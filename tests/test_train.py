@@ -10,7 +10,7 @@ import torch
 import records
 import train
 from conftest import REPO
-from utils import file_lock, read_csv
+from records import file_lock, read_csv
 
 TINY = dict(width=4, depth=1, dataset_size=300, num_epochs=3, test_freq=10, batch_size=64,
             quiet=True, device="cpu")

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from utils import append_row, atomic_write, read_csv
+from records import append_row, atomic_write, read_csv
 
 WRITERS, ROWS_EACH = 4, 40
 
