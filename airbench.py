@@ -86,7 +86,6 @@ import json
 import math
 import os
 import shlex
-import statistics
 import sys
 import time
 from dataclasses import dataclass, fields, replace
@@ -99,10 +98,10 @@ import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
 from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
 from config import config_id as _config_id
-from train import device_name, sync, training_flops
+from train import device_name, last5_and_best, sync, training_flops
 from config import config_yaml, parse_settings, parser_from_dataclass
 from records import append_row, atomic_write, file_lock, write_csv
-from utils import git_version, set_seed
+from utils import git_version, mean_pm_std, set_seed
 
 MODEL_NAME = "airbench94"
 BLOCK_WIDTHS = (64, 256, 256)  # the paper's three blocks, multiplied by --width
@@ -113,7 +112,6 @@ LR_REFERENCE_BATCH = 1024      # lr and weight decay are quoted per 1024 example
 # run normalises exactly like a full run.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-LAST_K = 5
 BENCHMARKS_FILE = "airbench_benchmarks.md"  # under --results_dir unless --notes names a file
 
 
@@ -629,8 +627,6 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
 def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, times, fingerprints,
               device) -> dict:
     """One row in final_data.csv's format (train.summarize's columns where they apply)."""
-    last = rows[-LAST_K:]
-    mean = lambda key: sum(r[key] for r in last) / len(last) if last else float("nan")
     D = cfg.dataset_size
     epochs = steps * cfg.batch_size / D  # images seen / D: fractional, as the recipe is
     row = dict(
@@ -638,11 +634,9 @@ def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, times, 
         width=cfg.width, depth=CONVS_PER_BLOCK, seed=cfg.seed, N=N, D=D, epochs=epochs,
         C=N * D * epochs, flops_per_image=flops_per_image,
         total_flops=training_flops(flops_per_image, D, epochs),
-        final_test_loss_avg_last5=mean("val_loss"), final_test_acc_avg_last5=mean("val_acc"),
-        tta_val_acc=tta_val_acc,
-        best_test_loss=min((r["val_loss"] for r in rows), default=float("nan")),
-        best_test_acc=max((r["val_acc"] for r in rows), default=float("nan")),
-        final_train_loss=rows[-1]["train_loss"] if rows else float("nan"),
+        # the recipe evaluates on the test set, which the paper calls validation
+        **{k.replace("_val_", "_test_"): v for k, v in last5_and_best(rows, "val").items()},
+        tta_val_acc=tta_val_acc, final_train_loss=rows[-1]["train_loss"] if rows else float("nan"),
         final_train_acc=rows[-1]["train_acc"] if rows else float("nan"))
     row.update({f.name: getattr(cfg, f.name) for f in fields(AirbenchConfig)
                 if f.metadata["result"] and f.name not in row})
@@ -665,10 +659,7 @@ def command_of(cfg: AirbenchConfig) -> str:
 
 def results_table(cfg: AirbenchConfig, rows: list, device: torch.device) -> str:
     """Markdown: heading (date, device, torch, commit), the command, mean ± std over the runs."""
-    def mean_std(key, digits):
-        values = [r[key] for r in rows]
-        std = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
-        return f"{statistics.mean(values):.{digits}f}{std}"
+    mean_std = lambda key, digits: mean_pm_std([r[key] for r in rows], digits)
 
     return "\n".join([
         f"## airbench94 · {time.strftime('%Y-%m-%d %H:%M %Z')} · {device_name(device)} · "

@@ -44,6 +44,7 @@ import torch
 
 import data
 import config
+from utils import mean_pm_std
 import train
 import worker
 
@@ -306,8 +307,7 @@ def engine_report(args, device, device_name) -> str:
 
 def mean_std(values):
     values = list(values)
-    sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{statistics.mean(values):.4f} ± {sd:.4f} (n={len(values)})"
+    return f"{mean_pm_std(values)} (n={len(values)})"
 
 
 def heading(device_name) -> str:

@@ -1,8 +1,10 @@
 """Small helpers shared by the scripts: seeding, the code version, the error every script reports
-as a bad setting, and the watchdog that stops a training whose sweep is gone."""
+as a bad setting, mean ± std of repeated measurements, and the watchdog that stops a training
+whose sweep is gone."""
 import os
 import random
 import signal
+import statistics
 import subprocess
 import threading
 import time
@@ -60,3 +62,9 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
             time.sleep(poll_s)
         os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=watch, daemon=True, name="exit_with_parent").start()
+
+
+def mean_pm_std(values: list, digits: int = 4) -> str:
+    """"mean ± sample std" of repeated measurements (seeds, runs); the mean alone for one."""
+    std = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.{digits}f}{std}"
