@@ -42,11 +42,11 @@ import time
 import pandas as pd
 import torch
 
-import data
 import config
-from utils import mean_pm_std
+import data
 import train
 import worker
+from utils import mean_pm_std
 
 # Pipelines compared. "brief" is the scaling recipe as first specified, literally: torchvision
 # transforms + DataLoader.
