@@ -18,6 +18,7 @@ X_LABELS = {"N": "parameters N", "D": "training images D",
             "total_flops": "training compute (FLOPs, 3 × forward)",
             "epochs": "epochs"}
 CHARS_PER_INCH = 13        # of 8-point text: wrap shared lines to stay inside the figure
+PLOT_MAX_POINTS = 5_000    # points drawn per figure: more are one blot and minutes of drawing
 
 
 def figure(ncols=1, width=6.4, height=4.8):
@@ -54,6 +55,20 @@ def colours(n):
     from matplotlib import colormaps
     return colormaps["tab10"](np.arange(n) % 10) if n <= 10 else \
         colormaps["viridis"](np.linspace(0, 0.9, n))
+
+
+def drawn(frames, limit=PLOT_MAX_POINTS) -> tuple:
+    """The frames with at most `limit` rows among them, each cut to its share by a fixed random
+    subsample (same figure on every run), and the note that says so ('' when nothing was cut).
+    The fits always use every point; this is only what is drawn."""
+    total = sum(len(f) for f in frames)
+    if total <= limit:
+        return list(frames), ""
+    share = max(1, limit // len(frames))
+    rng = np.random.default_rng(0)
+    cut = [f if len(f) <= share else f.iloc[np.sort(rng.choice(len(f), share, replace=False))]
+           for f in frames]
+    return cut, f"a random {sum(len(f) for f in cut):,} of {total:,} points drawn"
 
 
 def plain(value):
@@ -100,11 +115,11 @@ def loss_vs_x(x, groups, fits, loss_label, not_identified=()):
     fits: objects with .group, .x, .form, .predict(x) and .fit (a laws.LawFit)."""
     fig, (ax,) = figure()
     labels, shared = split_fields([g.fields for g in groups])
-    for colour, group, label in zip(colours(len(groups)), groups, labels):
-        frame = group.configs
+    frames, cut = drawn([g.configs for g in groups])
+    for colour, group, label, frame in zip(colours(len(groups)), groups, labels, frames):
         ax.errorbar(frame[x], frame.L, yerr=frame.L_std.fillna(0), fmt="o", color=colour,
                     ms=4, capsize=2, label=label)
-        grid = np.geomspace(frame[x].min(), frame[x].max(), 100)
+        grid = np.geomspace(group.configs[x].min(), group.configs[x].max(), 100)
         for fit in (f for f in fits if f.group == group.label and f.x == x):
             style = dict(pure="--", saturating="-").get(fit.form)
             if style is None:
@@ -120,7 +135,7 @@ def loss_vs_x(x, groups, fits, loss_label, not_identified=()):
     log_axes(ax)
     ax.set(xlabel=X_LABELS.get(x, x), ylabel=loss_label)
     flag = f" (α {laws.NOT_IDENTIFIED}: {', '.join(not_identified)})" if not_identified else ""
-    title(ax, f"loss vs {x}, seed mean ± std{flag}", shared)
+    title(ax, f"loss vs {x}, seed mean ± std{flag}{'; ' + cut if cut else ''}", shared)
     legend(ax, len(groups) + 2)
     return fig
 
@@ -128,20 +143,21 @@ def loss_vs_x(x, groups, fits, loss_label, not_identified=()):
 def isoflop(result, loss_label):
     """result: analysis's ComputeOptimal (budgets with .configs, .coef, .N_opt, .edge)."""
     fig, (ax,) = figure()
-    for colour, budget in zip(colours(len(result.budgets)), result.budgets):
-        frame = budget.configs.sort_values("N")
+    frames, cut = drawn([budget.configs for budget in result.budgets])
+    for colour, budget, frame in zip(colours(len(result.budgets)), result.budgets, frames):
+        frame = frame.sort_values("N")
         ax.errorbar(frame.N, frame.L, yerr=frame.L_std.fillna(0), fmt="o", ms=4, capsize=2,
                     color=colour, label=f"{result.compute} ≈ {budget.compute:.2g}"
                     + (" (edge)" if budget.edge else ""))
-        u = np.linspace(np.log(frame.N.min()), np.log(frame.N.max()), 100)
+        u = np.linspace(np.log(budget.N.min()), np.log(budget.N.max()), 100)
         ax.plot(np.exp(u), np.polyval(budget.coef, u), "-", color=colour, lw=1)
         if np.isfinite(budget.N_opt):
             ax.plot(budget.N_opt, budget.L_opt, "*", ms=12, color=colour,
                     mfc="none" if budget.edge else colour)
     log_axes(ax, y=False)
     ax.set(xlabel=X_LABELS["N"], ylabel=loss_label)
-    title(ax, f"IsoFLOP: N vs {result.partner} at constant {result.compute} (★ minimum)",
-          result.group)
+    title(ax, f"IsoFLOP: N vs {result.partner} at constant {result.compute} (★ minimum)"
+              f"{'; ' + cut if cut else ''}", result.group)
     legend(ax, len(result.budgets))
     return fig
 
@@ -191,19 +207,21 @@ def joint(fit, frame, loss_label):
     shared by the most configurations."""
     from matplotlib.colors import LogNorm
     fig, axes = figure(ncols=2, width=5.2)
+    everything = frame
+    (frame,), cut = drawn([frame])
     predicted = fit.predict(frame.N, frame.D)
     axes[0].plot(predicted, frame.L, "o", ms=4)
     span = [min(predicted.min(), frame.L.min()), max(predicted.max(), frame.L.max())]
     axes[0].plot(span, span, "k-", lw=0.8)
     log_axes(axes[0])
     axes[0].set(xlabel="predicted by the joint law", ylabel=f"observed {loss_label}")
-    title(axes[0], f"joint fit: observed vs predicted (log RMSE {fit.log_rmse:.3f})",
-          width_in=5.2)
-    norm = LogNorm(frame.D.min(), frame.D.max())
+    title(axes[0], f"joint fit: observed vs predicted (log RMSE {fit.log_rmse:.3f})"
+                   f"{'; ' + cut if cut else ''}", width_in=5.2)
+    norm = LogNorm(everything.D.min(), everything.D.max())
     points = axes[1].scatter(frame.N, frame.L, c=frame.D, norm=norm, cmap="viridis", s=16)
     fig.colorbar(points, ax=axes[1], label=X_LABELS["D"])
-    grid = np.geomspace(frame.N.min(), frame.N.max(), 60)
-    for D in frame.D.value_counts().index[:6]:
+    grid = np.geomspace(everything.N.min(), everything.N.max(), 60)
+    for D in everything.D.value_counts().index[:6]:
         axes[1].plot(grid, fit.predict(grid, D), "-", lw=1, color=points.cmap(norm(D)))
     log_axes(axes[1])
     axes[1].set(xlabel=X_LABELS["N"], ylabel=loss_label)
