@@ -86,6 +86,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass, fields, replace
@@ -98,9 +99,10 @@ import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
 from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
 from config import config_id as _config_id
-from train import device_name, last5_and_best, sync, training_flops
+from train import (Stopped, device_name, last5_and_best, raise_stopped, stopped_exit_code, sync,
+                   training_flops)
 from config import config_yaml, parse_settings, parser_from_dataclass
-from records import append_row, atomic_write, file_lock, write_csv
+from records import append_row, atomic_write, file_lock, writable_file_error, write_csv
 from utils import git_version, mean_pm_std, set_seed
 
 MODEL_NAME = "airbench94"
@@ -200,9 +202,10 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
         if getattr(cfg, name) <= 0:  # each group's torch weight decay is wd / (its lr)
             errors.append(f"--{name} must be > 0 (weight decay is decoupled as wd / lr), "
                           f"got {getattr(cfg, name)}")
-    folder = os.path.dirname(os.path.abspath(cfg.notes)) if cfg.notes else ""
-    if folder and not (os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)):
-        errors.append(f"--notes {cfg.notes!r}: {folder} is not a writable folder")
+    notes = cfg.notes or os.path.join(cfg.results_dir, BENCHMARKS_FILE)
+    errors += [e for e in [writable_file_error(notes, "--notes")] if e]
+    if cfg.bn_eps <= 0:  # torch refuses it in training
+        errors.append(f"--bn_eps must be > 0, got {cfg.bn_eps}")
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
 
@@ -714,13 +717,15 @@ def parse_config(argv=None) -> AirbenchConfig:
 
 def main(argv=None):
     cfg = parse_config(argv)
+    signal.signal(signal.SIGTERM, raise_stopped)
     try:
         bench(cfg)
     except (data.DataError, ConfigError) as e:
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # runs already finished are in the results table
-        sys.exit(f"airbench.py: stopped by Ctrl-C; the runs that finished are in "
-                 f"{cfg.results_dir}, the one in progress is lost")
+    except (KeyboardInterrupt, Stopped) as e:  # runs already finished are in the results folder
+        sys.exit(stopped_exit_code(e, "airbench.py", f"the runs that finished are in "
+                                   f"{cfg.results_dir}, the one in progress is lost (a recipe "
+                                   f"of a few minutes is rerun, not resumed)"))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import torch
 
 import config
 import data
+import records
 import train
 import worker
 from utils import mean_pm_std
@@ -331,6 +332,13 @@ def report(args, device_name, timed, full) -> str:
     return "\n".join(lines)
 
 
+def whole_numbers(text: str) -> list:
+    try:
+        return [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of whole numbers") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
@@ -348,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch threads of this process (the pocket study trains on 1 per core)")
     parser.add_argument("--notes", default=os.path.join("results", "benchmarks.md"),
                         help="markdown file the table is appended to; '' to not append")
-    parser.add_argument("--sweep_jobs", type=lambda s: [int(k) for k in s.split(",")],
+    parser.add_argument("--sweep_jobs", type=whole_numbers,
                         default=None, help="time sweep.py's width plan at these --jobs instead")
     parser.add_argument("--sweep_args", default=sweep_args_default(),
                         help="sweep.py width arguments, train.py flags after --")
@@ -359,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                         default=["worker", "process"],
                         help="--sweep: sweep.py engines to time ('': none, fusion only)")
     parser.add_argument("--fused_size", default="32x2", help="--sweep: widthxdepth of the bundle")
-    parser.add_argument("--fused_copies", type=lambda s: [int(k) for k in s.split(",") if k],
+    parser.add_argument("--fused_copies", type=whole_numbers,
                         default=[1, 3, 6, 18],
                         help="--sweep: bundle sizes K to time (1 = single run; '': none)")
     parser.add_argument("--fused_pipeline", default="default",
@@ -386,6 +394,9 @@ def main():
             parser.error(f"--{flag} must be >= {least}, got {value}")
     if args.sweep_jobs is not None and any(k < 1 for k in args.sweep_jobs):
         parser.error(f"--sweep_jobs must be >= 1 each, got {args.sweep_jobs}")
+    notes_error = args.notes and records.writable_file_error(args.notes, "--notes")
+    if notes_error:
+        parser.error(notes_error)
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}")

@@ -194,6 +194,8 @@ def device_errors(name: str) -> list:
 
 
 def _writable_errors(path: str) -> list:
+    if not path.strip():  # "" would write runs/ and final_data.csv into the working folder
+        return [f"--results_dir must name a folder, got {path!r}"]
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)

@@ -11,11 +11,13 @@ this module without loading it."""
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import json
 import os
 import shutil
 import tempfile
+import textwrap
 from dataclasses import asdict
 
 from filelock import FileLock, Timeout
@@ -68,6 +70,21 @@ def read_csv(path: str) -> list:
         return list(csv.DictReader(f))
 
 
+def writable_file_error(path: str, flag: str):
+    """Why a file could not be created or appended to at `path` (`flag` names the setting), or
+    None: checked before the work whose result it would keep."""
+    if os.path.isdir(path):
+        return f"{flag} {path!r} is a folder, not a file"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else f"{flag} {path!r} is not a writable file"
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+        return f"{flag} {path!r}: {probe} is not a writable folder"
+    return None
+
+
 def file_lock(path: str) -> FileLock:
     return FileLock(path + ".lock")
 
@@ -84,6 +101,9 @@ def csv_tail_error(path: str):
     if os.path.isdir(path) or not os.access(path, os.R_OK | os.W_OK):
         return f"{path} is not a writable file"
     try:
+        with open(path, newline="") as f:
+            for _ in csv.reader(f):  # every line: a stray binary byte anywhere fails every reader
+                pass
         torn = torn_last_row(path)
     except (UnicodeDecodeError, csv.Error) as e:
         return (f"{path} is not a CSV text file ({type(e).__name__}); move it aside (python "
@@ -265,23 +285,49 @@ def save_model(stem, model, summary, cfg):
 # the whole state.
 
 
+# A checkpoint starts with this and the SHA-256 of the rest: flipped bits inside torch's zip
+# (a failing disk, a bad copy) would otherwise load as wrong weights and a silently wrong run.
+# Checkpoints written before the header existed load without the check.
+CHECKSUM_HEADER = b"scaling-lab checkpoint sha256 "
+
+
 def save_checkpoint(path, model, optimizer, rows, cfg):
     import torch
     buf = io.BytesIO()
     torch.save(dict(model=model.state_dict(), optimizer=optimizer.state_dict(), rows=rows,
                     config=asdict(cfg)), buf)
-    atomic_write(path, buf.getvalue(), mode="wb")
+    payload = buf.getvalue()
+    digest = hashlib.sha256(payload).hexdigest().encode()
+    atomic_write(path, CHECKSUM_HEADER + digest + b"\n" + payload, mode="wb")
+
+
+def checked_payload(blob: bytes) -> bytes:
+    """torch.save's bytes of a checkpoint file, or ValueError when they are not the ones written."""
+    if not blob.startswith(CHECKSUM_HEADER):
+        return blob
+    digest, _, payload = blob[len(CHECKSUM_HEADER):].partition(b"\n")
+    if hashlib.sha256(payload).hexdigest().encode() != digest:
+        raise ValueError("its SHA-256 does not match the one written with it: the file changed "
+                         "after it was saved")
+    return payload
+
+
+def read_checkpoint(path, device="cpu") -> dict:
+    """The checkpoint's state (model, optimizer, rows, config), its checksum verified."""
+    import torch
+    with open(path, "rb") as f:
+        payload = checked_payload(f.read())
+    return torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
 
 
 def load_checkpoint(path, model, optimizer) -> list:
-    import torch
     try:
-        state = torch.load(path, map_location=next(model.parameters()).device, weights_only=False)
+        state = read_checkpoint(path, next(model.parameters()).device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         return list(state["rows"])
-    except Exception as e:  # truncated, random bytes, empty, another architecture, ...
-        detail = (str(e).strip().splitlines() or [""])[0][:200]
+    except Exception as e:  # truncated, flipped bits, empty, another architecture, ...
+        detail = textwrap.shorten(" ".join(str(e).split()), 200, placeholder=" ...")
         raise ConfigError(f"checkpoint {path} is damaged or belongs to another configuration "
                           f"({type(e).__name__}: {detail}); delete it to train this run from its "
                           f"first epoch, or run without --resume") from None

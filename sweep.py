@@ -21,6 +21,7 @@ Ctrl-C or SIGTERM stops the sweep and its trainings cleanly (rerun the same comm
 trainings also stop by themselves when the sweep is SIGKILLed.
 """
 import argparse
+import contextlib
 import csv
 import functools
 import glob
@@ -588,11 +589,12 @@ def summary_codes(runs, results_dir) -> dict:
 # collect
 
 
-def collect(results_dir: str) -> tuple:
+def collect(results_dir: str, dry_run: bool = False) -> tuple:
     """Rebuild final_data.csv from the per-run summaries: (summaries read, the backup of the old
     file or None, the run names of its rows that no summary backs). The new file replaces the old
     one atomically, so a full disk leaves the old one as it was; the old one stays as a backup
-    under a name no other collect takes; its rows without a summary are named, not lost."""
+    under a name no other collect takes; its rows without a summary are named, not lost.
+    dry_run: the same counts and names, nothing written."""
     rows, damaged = [], []
     for path in sorted(glob.glob(os.path.join(results_dir, "runs", "*.json"))):
         try:
@@ -608,14 +610,16 @@ def collect(results_dir: str) -> tuple:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     target = os.path.join(results_dir, "final_data.csv")
     backup, orphans = None, []
-    with file_lock(target):
+    with contextlib.nullcontext() if dry_run else file_lock(target):  # a lock file is a write
         if os.path.exists(target):
-            backup = keep_backup(target)
+            backup = keep_backup(target) if not dry_run else None
             try:
                 old = {r.get("run_name") for r in read_csv(target)}
             except (OSError, UnicodeDecodeError, csv.Error):
                 old = set()  # unreadable: all of it stays in the backup
             orphans = sorted(name for name in old - {r["run_name"] for r in rows} if name)
+        if dry_run:
+            return len(rows), None, orphans
         try:
             write_csv(target, rows, columns)
         except OSError as e:
@@ -648,7 +652,7 @@ def keep_backup(path: str) -> str:
 def int_list(text):
     """Whole numbers (1e3 is 1000); 1.5 or nan is refused, not rounded."""
     values = []
-    for v in (v.strip() for v in text.split(",") if v.strip()):
+    for v in list_items(text):
         try:
             values.append(int(v))  # exact: a float would round 2**63 - 1
             continue
@@ -667,17 +671,30 @@ def int_list(text):
 
 
 def float_list(text):
-    values = [float(v) for v in text.split(",") if v.strip()]
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+    try:
+        values = [float(v) for v in list_items(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers") from None
+    if not all(math.isfinite(v) and v > 0 for v in values):
         raise argparse.ArgumentTypeError("needs positive finite values")
     return values
+
+
+def list_items(text):
+    """The items of a comma list; an empty one (2,,3 or a trailing comma) is refused, not dropped."""
+    items = [v.strip() for v in text.split(",")]
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs at least one value")
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty item")
+    return items
 
 
 def field_list(f):
     """argparse type of a comma list of one train.Config field's values."""
     def parse(text):
         values = []
-        for v in (v.strip() for v in text.split(",")):
+        for v in list_items(text):
             try:
                 value = {"true": True, "false": False}[v.lower()] if f.type is bool else f.type(v)
             except (KeyError, ValueError):
@@ -762,6 +779,26 @@ def grid_lists(args, parser) -> None:
         args.num_epochs = epochs[0]
 
 
+def refuse_plan_flags(parser, args) -> None:
+    """collect reads runs/*.json of --results_dir: a plan's flags would be silently ignored."""
+    given = [f"--{name}" for name, value in vars(args).items()
+             if name not in ("plan", "results_dir", "dry_run", "extra")
+             and value != parser.get_default(name) and name != "extra_given"]
+    given += [f"--{name} (after --)" for name in args.extra_given]
+    if given:
+        parser.error(f"collect rebuilds final_data.csv from every summary under --results_dir; "
+                     f"it takes no plan flags: {', '.join(given)}")
+
+
+def gpu_errors(parser, gpus) -> None:
+    count = len(visible_gpus() or [])
+    missing = [g for g in gpus if not 0 <= g < count]
+    if missing:
+        have = f"ids 0..{count - 1}" if count else "none"
+        parser.error(f"--gpus {','.join(map(str, gpus))}: no CUDA device {missing[0]} on this "
+                     f"machine (visible: {have})")
+
+
 STUDY_FIXED = ["widths", "depths", "dataset_sizes", "seeds", "budgets", "tradeoff",
                "min_dataset_size"] + [f.name for f in GRID_FIELDS]
 
@@ -772,6 +809,9 @@ def parse_args(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.extra_given = extra_flags(parser, extra, args)
+    for where in (args.results_dir, args.extra_given.get("results_dir")):
+        if where is not None and not where.strip():
+            parser.error(f"--results_dir must name a folder, got {where!r}")
     if "results_dir" in args.extra_given:
         args.results_dir = args.extra_given.pop("results_dir")
         args.extra = extra
@@ -779,7 +819,10 @@ def parse_args(argv=None):
         args.results_dir = args.results_dir or "results"
         args.extra = extra + [f"--results_dir={args.results_dir}"]
     if args.plan == "collect":
+        refuse_plan_flags(parser, args)
         return args
+    if args.gpus is not None and args.launcher == "local":
+        gpu_errors(parser, args.gpus)
     if args.plan in STUDIES:
         fixed = [f"--{k}" for k in STUDY_FIXED if getattr(args, k) is not None]
         if fixed:
@@ -859,12 +902,14 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.plan == "collect":
-            count, backup, orphans = collect(args.results_dir)
-            print(f"rebuilt {args.results_dir}/final_data.csv from {count} run summaries"
+            count, backup, orphans = collect(args.results_dir, args.dry_run)
+            verb = "would rebuild (--dry_run: nothing written)" if args.dry_run else "rebuilt"
+            print(f"{verb} {args.results_dir}/final_data.csv from {count} run summaries"
                   + (f"; the old file is kept as {backup}" if backup else ""))
             if orphans:
+                kept = f"they stay in {backup}" if backup else "the file is left as it is"
                 print(f"{len(orphans)} rows of the old file have no run summary and are left out "
-                      f"(they stay in {backup}): {', '.join(orphans)}", file=sys.stderr)
+                      f"({kept}): {', '.join(orphans)}", file=sys.stderr)
             return
         runs, dropped = plan(args)
     except PlanError as e:

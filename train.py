@@ -469,11 +469,12 @@ def raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
-def stopped_exit_code(e: BaseException, who: str) -> int:
+def stopped_exit_code(e: BaseException, who: str, left=None) -> int:
     """Say what a stop (KeyboardInterrupt or Stopped) left behind; the exit status for it."""
     signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
-    print(f"{who}: stopped by {signal.Signals(signum).name}; the epochs it finished are in its "
-          f"checkpoint: rerun with --resume to continue", file=sys.stderr)
+    left = left or ("the epochs it finished are in its checkpoint: rerun with --resume to "
+                    "continue")
+    print(f"{who}: stopped by {signal.Signals(signum).name}; {left}", file=sys.stderr)
     return 128 + signum
 
 

@@ -312,11 +312,19 @@ def write_failure(cfg, name):
 def read_plan(path: str) -> list:
     """The configurations of a plan file, each validated by train.py's own parser (which exits
     with status 2 naming a bad flag)."""
+    shape = '{"runs": [["--flag", "value", ...], ...]}'
     try:
         with open(path) as f:
             argvs = json.load(f)["runs"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise train.ConfigError(f"{path} is not a plan file ({{\"runs\": [[flags], ...]}}): {e!r}") from None
+        raise train.ConfigError(f"{path} is not a plan file ({shape}): {e!r}") from None
+    if not isinstance(argvs, list):
+        raise train.ConfigError(f"{path} is not a plan file ({shape}): runs is not a list")
+    bad = next((i for i, argv in enumerate(argvs)
+                if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv)), None)
+    if bad is not None:
+        raise train.ConfigError(f"{path} is not a plan file ({shape}): run {bad} is not a list of "
+                                f"strings")
     return [train.parse_config(argv) for argv in argvs]
 
 
@@ -356,7 +364,8 @@ def main(argv=None):
     try:
         codes = Worker().run(bundles, args.force, log=lambda line: print(line, flush=True))
     except (KeyboardInterrupt, train.Stopped) as e:
-        sys.exit(train.stopped_exit_code(e, f"worker {i}/{n}"))
+        sys.exit(train.stopped_exit_code(e, f"worker {i}/{n}", "its runs keep the epochs they "
+                                         "finished in their checkpoints: rerun it to continue"))
     except OSError as e:
         if not records.is_disk_full(e):
             raise

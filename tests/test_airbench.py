@@ -379,7 +379,11 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="--bias_lr_scale must be > 0"):
         ab.validate_airbench(ab.AirbenchConfig(bias_lr_scale=0.0, **base))
     with pytest.raises(ConfigError, match="--notes .* is not a writable folder"):
-        ab.validate_airbench(ab.AirbenchConfig(notes=str(tmp_path / "no" / "such.md"), **base))
+        ab.validate_airbench(ab.AirbenchConfig(notes="/dev/null/such.md", **base))
+    with pytest.raises(ConfigError, match="--notes .* is a folder, not a file"):  # was: a
+        ab.validate_airbench(ab.AirbenchConfig(notes=str(tmp_path), **base))  # traceback after training
+    with pytest.raises(ConfigError, match="--bn_eps must be > 0"):  # was: torch's traceback
+        ab.validate_airbench(ab.AirbenchConfig(bn_eps=0.0, **base))
     for argv in (["--translate_schedule", "spiral"], ["--tta_level", "3"], ["--lr", "0"]):
         with pytest.raises(SystemExit):
             ab.parse_config(argv)
@@ -497,9 +501,11 @@ def test_results_table_reports_mean_and_std_over_runs():
     assert "`python airbench.py --runs 3` (seeds 0..2, after 1 warm-up run)" in table
 
 
-def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, tmp_path):
+def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
     def interrupted(cfg):
         raise KeyboardInterrupt
     monkeypatch.setattr(ab, "bench", interrupted)
-    with pytest.raises(SystemExit, match="airbench.py: stopped by Ctrl-C; the runs that finished"):
+    with pytest.raises(SystemExit) as exit_:
         ab.main(["--results_dir", str(tmp_path), "--device", "cpu"])
+    assert exit_.value.code == 130  # 128 + SIGINT, as train.py and sweep.py exit
+    assert "airbench.py: stopped by SIGINT; the runs that finished" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Bad runs, reruns, damaged files and killed sweeps: each test failed before its fix."""
+import json
 import os
 import re
 import signal
@@ -338,17 +339,22 @@ def test_labels_outside_0_to_9_are_a_data_error(tmp_path):
         data.load_cifar10(root)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "architecture"])
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "architecture", "flipped"])
 def test_a_damaged_checkpoint_is_named_with_what_to_do(data_dir, tmp_path, damage):
     cfg = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path),
                           "resume": True, "keep_checkpoints": True})
     ckpt = tmp_path / "runs" / f"{train.run_name(cfg)}.ckpt.pt"
     ckpt.parent.mkdir(parents=True)
-    if damage == "architecture":
+    if damage in ("architecture", "flipped"):
+        model = "resnet8" if damage == "architecture" else cfg.model
         other = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path / "o"),
-                                "model": "resnet8", "keep_checkpoints": True})
+                                "model": model, "keep_checkpoints": True})
         train.train(other)
-        ckpt.write_bytes((tmp_path / "o" / "runs" / f"{train.run_name(other)}.ckpt.pt").read_bytes())
+        blob = bytearray((tmp_path / "o" / "runs" / f"{train.run_name(other)}.ckpt.pt").read_bytes())
+        if damage == "flipped":  # bits flipped inside torch's zip: it would still load
+            middle = len(blob) // 2
+            blob[middle:middle + 64] = bytes(b ^ 0x5A for b in blob[middle:middle + 64])
+        ckpt.write_bytes(bytes(blob))
     else:
         ckpt.write_bytes({"truncated": b"PK\x03\x04" + b"\0" * 20, "random": os.urandom(500),
                           "empty": b""}[damage])
@@ -427,9 +433,9 @@ def test_resume_with_grad_norms_newly_switched_on(data_dir, tmp_path):
     first = tiny_run(data_dir, tmp_path, num_epochs=4, keep_checkpoints=True)
     stem = tmp_path / "runs" / first["run_name"]
     os.remove(f"{stem}.json")  # as if killed after epoch 2
-    state = torch.load(f"{stem}.ckpt.pt", weights_only=False)
+    state = records.read_checkpoint(f"{stem}.ckpt.pt")
     state["rows"] = state["rows"][:2]
-    torch.save(state, f"{stem}.ckpt.pt")
+    torch.save(state, f"{stem}.ckpt.pt")  # without the checksum header: a checkpoint of older code
     again = tiny_run(data_dir, tmp_path, num_epochs=4, resume=True, log_grad_norms=True)
     rows = pd.read_csv(f"{stem}.csv")
     assert again["status"] == "finished"
@@ -603,11 +609,61 @@ def test_a_full_disk_stops_a_sweep_with_one_line_and_launches_nothing_more(engin
     assert str(exit_.value.code).startswith("error: no space left on the device writing ")
 
 
+@pytest.mark.parametrize("damage", ["all bytes", "bytes mid-file"])
 def test_a_final_data_csv_that_is_not_text_is_named_before_training(tmp_path, monkeypatch,
-                                                                      capsys):
-    (tmp_path / "final_data.csv").write_bytes(bytes(range(256)))
+                                                                      capsys, damage):
+    whole = "run_name,N,loss\na,1,0.5\nb,2,0.4\n".encode()
+    (tmp_path / "final_data.csv").write_bytes(  # mid-file: header and last row intact
+        bytes(range(256)) if damage == "all bytes" else whole[:20] + b"\x00\xff\xfe\x80" + whole[20:])
     forbid_training(monkeypatch)
     with pytest.raises(SystemExit) as exit_:  # was: a UnicodeDecodeError traceback
         train.main(["--width=2", "--depth=1", "--num_epochs=1", f"--results_dir={tmp_path}"])
     assert exit_.value.code == 2
     assert "final_data.csv is not a CSV text file" in capsys.readouterr().err
+
+
+def test_collect_dry_run_names_what_it_would_do_and_writes_nothing(tmp_path, capsys):
+    final = summaries_folder(tmp_path)
+    before = sorted(os.listdir(tmp_path)), final.read_text()
+    sweep.main(["collect", "--dry_run", "--results_dir", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert "would rebuild" in captured.out and "lost_run" in captured.err
+    assert (sorted(os.listdir(tmp_path)), final.read_text()) == before  # was: rebuilt, a .bak made
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["collect", "--widths", "2"], "takes no plan flags: --widths"),
+    (["width", "--widths", "2,,3", "--dry_run"], "'2,,3' has an empty item"),
+    (["width", "--gpus", "7", "--dry_run"], "no CUDA device 7 on this machine"),
+    (["width", "--dry_run", "--results_dir", ""], "--results_dir must name a folder"),
+])
+def test_sweep_refuses_what_it_would_silently_ignore(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_empty_results_dir_is_refused_not_the_working_folder(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_config(["--results_dir", ""])  # was: runs/ written into the working folder
+    assert "--results_dir must name a folder, got ''" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("runs", [[[1, 2]], "abc"])
+def test_a_malformed_plan_is_named(tmp_path, runs):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"runs": runs}))
+    with pytest.raises(train.ConfigError, match="is not a plan file"):  # was: a TypeError
+        worker.read_plan(str(path))
+
+
+def test_airbench_stopped_by_sigterm_says_so_in_one_line(monkeypatch, tmp_path, capsys):
+    import airbench
+
+    def stopped(cfg):
+        raise train.Stopped(signal.SIGTERM)
+    monkeypatch.setattr(airbench, "bench", stopped)
+    with pytest.raises(SystemExit) as exit_:
+        airbench.main(["--device", "cpu", "--results_dir", str(tmp_path)])
+    assert exit_.value.code == 128 + signal.SIGTERM  # was: killed without a word
+    assert "airbench.py: stopped by SIGTERM; the runs that finished are in" in capsys.readouterr().err

@@ -58,6 +58,12 @@ def test_bench_refuses_a_thread_count_below_one():
     assert proc.returncode == 2 and "--threads must be >= 1, got 0" in proc.stderr
 
 
+def test_bench_refuses_notes_that_are_a_folder_before_measuring(tmp_path):
+    proc = subprocess.run([sys.executable, "bench.py", "--notes", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "is a folder, not a file" in proc.stderr  # was: a traceback
+
+
 def test_projection_counts_the_briefs_evaluations():
     # 100 epochs, test every 5 plus the last 5: 20 + 4 evaluations.
     assert bench.projected_run_s(epoch_s=1.0, eval_s=0.5) == 100 + 24 * 0.5
