@@ -333,8 +333,9 @@ def report(args, device_name, timed, full) -> str:
 
 
 def whole_numbers(text: str) -> list:
+    """A comma list of whole numbers; "" is an empty list (--fused_copies "": measure none)."""
     try:
-        return [int(k) for k in text.split(",")]
+        return [int(k) for k in text.split(",") if k.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of whole numbers") from None
 
