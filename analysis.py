@@ -31,9 +31,11 @@ normalize, subset_seed; those a CSV lacks are ignored). Within one context:
 """
 import argparse
 import hashlib
+import io
 import json
 import math
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
@@ -43,7 +45,7 @@ import pandas as pd
 
 import laws
 import plots
-from records import torn_last_row
+from records import DISK_FULL_EXIT, atomic_write, disk_full_message, is_disk_full, torn_last_row
 
 DEFAULT_LOSS = "final_test_loss_avg_last5"
 FALLBACK_LOSS = "loss"      # the loss column of a minimal CSV (N, D, loss)
@@ -69,6 +71,8 @@ BUDGET_TOLERANCE = 0.1     # sweep.py plans budgets to +-10%
 MAX_LISTED = 5              # budgets named in one warning; the rest are counted
 STEPS_RATIO_MAX = 10       # a budget whose runs' optimiser steps differ more mixes regimes
 RANDOM_GUESS_ERROR = 0.9   # 10 classes: the Rosenfeld envelope's default ceiling on error rates
+MAX_BOOT = 100_000          # resamples per fit: far past what a 95% interval needs; more
+                            # than memory holds (n_boot x points arrays) ended in a traceback
 
 
 class AnalysisError(Exception):
@@ -114,6 +118,9 @@ def read_results(paths) -> tuple:
         if torn:  # as the writers refuse to append to it, the fits do not take it as a run
             frame = frame.iloc[:-1]
             notes.append(f"{torn}: left out")
+            # printed now, not only in fits.md: an error further on (nothing to fit in what is
+            # left) would otherwise hide that a run was left out, and why
+            print(f"note: {notes[-1]}", file=sys.stderr)
         frames.append(frame)
     notes.insert(0, f"read {sum(map(len, frames))} rows from {len(paths)} file(s)")
     assumed = {}
@@ -188,6 +195,11 @@ def with_defaults(frame, path, assumed: dict) -> pd.DataFrame:
     return frame
 
 
+def shown(value) -> str:
+    """A value in a message as Python writes it: 0.0 and 'abc', not np.float64(0.0)."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def _coerce_numeric(rows: pd.DataFrame) -> pd.DataFrame:
     for column in (c for c in NUMERIC if c in rows.columns):
         values = pd.to_numeric(rows[column], errors="coerce")
@@ -195,7 +207,7 @@ def _coerce_numeric(rows: pd.DataFrame) -> pd.DataFrame:
         if bad.any():
             first = rows.index[bad][0]
             raise AnalysisError(f"column {column!r} must be numeric: run "
-                                f"{rows.run_name[first]!r} has {rows[column][first]!r} "
+                                f"{shown(rows.run_name[first])} has {shown(rows[column][first])} "
                                 f"({bad.sum()} such row(s))")
         rows[column] = values.astype(float)
     return rows
@@ -273,8 +285,8 @@ def loss_values(rows, spec: str) -> pd.Series:
     numeric = pd.to_numeric(values, errors="coerce")
     bad = values.notna() & numeric.isna()
     if bad.any():
-        raise AnalysisError(f"loss {spec!r} must be numeric: run {rows.run_name[bad].iloc[0]!r} "
-                            f"has {values[bad].iloc[0]!r}")
+        raise AnalysisError(f"loss {spec!r} must be numeric: run "
+                            f"{shown(rows.run_name[bad].iloc[0])} has {shown(values[bad].iloc[0])}")
     return numeric.astype(float)
 
 
@@ -313,7 +325,8 @@ def check_positive(rows) -> None:
         if bad.any():
             name = "the loss" if column == "L" else f"column {column!r}"
             raise AnalysisError(f"{name} must be positive and finite for log-space fits: run "
-                                f"{rows.run_name[bad].iloc[0]!r} has {rows[column][bad].iloc[0]!r} "
+                                f"{shown(rows.run_name[bad].iloc[0])} has "
+                                f"{shown(rows[column][bad].iloc[0])} "
                                 f"({bad.sum()} such run(s))")
 
 
@@ -615,16 +628,16 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
     """Every fit the data allows. Groups or forms that cannot be fitted are skipped with a
     warning; AnalysisError only when nothing at all can be fitted or tabulated.
     delta=None: the noise-scaled Huber delta when seeds measure the noise, else 1e-3."""
-    if n_boot < 0:
-        raise AnalysisError(f"--n-boot must be >= 0, got {n_boot}")
+    if not 0 <= n_boot <= MAX_BOOT:
+        raise AnalysisError(f"--n-boot must be 0 to {MAX_BOOT:,}, got {n_boot}")
     if seed < 0:
         raise AnalysisError(f"--seed must be >= 0, got {seed}")
     if holdout is not None and holdout < 1:
         raise AnalysisError(f"--holdout must be >= 1, got {holdout}")
     if ceiling is not None and not (math.isfinite(ceiling) and ceiling > 0):
         raise AnalysisError(f"--ceiling must be a positive number, got {ceiling}")
-    if delta is not None and not delta > 0:
-        raise AnalysisError(f"--huber-delta must be > 0, got {delta}")
+    if delta is not None and not (math.isfinite(delta) and delta > 0):
+        raise AnalysisError(f"--huber-delta must be a finite number > 0, got {delta}")
     if bootstrap not in ("auto",) + laws.BOOTSTRAPS:
         raise AnalysisError(f"--bootstrap must be auto or one of {', '.join(laws.BOOTSTRAPS)}")
     rosenfeld_ceiling = ceiling if ceiling is not None else \
@@ -634,6 +647,7 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
     table = hyperparameter_table(runs.rows, fields)
     fields = [] if table is None else fields
     groups = plan_groups(configs)
+    check_holdout(groups, holdout, ceiling, rosenfeld_ceiling)
     single = _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, warnings)
     joint, delta_used, delta_source = _joint(configs, n_boot, seed, delta, grid, bootstrap,
                                              warnings)
@@ -674,6 +688,21 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
                     warnings, settings, table, fields, influence)
 
 
+def check_holdout(groups, holdout, ceiling, rosenfeld_ceiling) -> None:
+    """Refuse a --holdout that leaves no group enough points for any form: every single-variable
+    extrapolation check would be skipped, minutes of fitting later."""
+    if holdout is None or not groups:
+        return
+    needed = min(laws.FORMS[form].min_points(rosenfeld_ceiling if form == "rosenfeld" else ceiling)
+                 for form in laws.forms_for(rosenfeld_ceiling))
+    most = max(group.configs[group.x].nunique() for group in groups)
+    if most - holdout < needed:
+        way_out = f"give at most {most - needed}" if most > needed else "no holdout can"
+        raise AnalysisError(f"--holdout {holdout} leaves fewer than {needed} points to fit in "
+                            f"every group (the largest has {most} distinct x): {way_out}; without "
+                            f"--holdout each group holds out a quarter of its points")
+
+
 def _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, warnings) -> list:
     fits = []
     for group in groups:
@@ -710,6 +739,9 @@ def _joint(configs, n_boot, seed, delta, grid, bootstrap, warnings):
     elif scaled is not None:
         used, source = scaled, (f"{laws.HUBER_K} x seed-noise SD of the points' log L "
                                 f"({noise.sigma:.3g} between seeds / sqrt(seeds))")
+    elif noise.dof >= 2:   # seeds repeated but equal: 1.35 x 0 would make every residual an outlier
+        used, source = laws.HUBER_DELTA, ("Hoffmann et al. 2022 (the seeds agree exactly: no "
+                                          "noise to scale it)")
     else:
         used, source = laws.HUBER_DELTA, "Hoffmann et al. 2022 (no repeated seeds to scale it)"
     try:
@@ -803,7 +835,8 @@ def _extrapolations(groups, holdout, ceiling, rosenfeld_ceiling, warnings) -> li
             if distinct - k < needed:
                 if distinct >= needed:   # fitted, but too few points left once k are held out
                     warnings.append(f"{group.x} / {group.label}: {form} not checked by "
-                                    f"extrapolation: {distinct} points - {k} held out < {needed}")
+                                    f"extrapolation: holdout {k} leaves fewer than {needed} of "
+                                    f"its {distinct} points to fit")
                 continue
             try:
                 out.append(laws.extrapolate(x, L, form, n_holdout=k, ceiling=form_ceiling,
@@ -1140,13 +1173,23 @@ def write_figures(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> l
     for name, draw in figures(result, runs_dir=runs_dir, curves=curves):
         path = os.path.join(out_dir, name)
         try:
-            fig = draw()
-            fig.savefig(path, dpi=120)
+            png = io.BytesIO()
+            draw().savefig(png, dpi=120, format="png")
         except Exception as e:  # a figure is a view of the fits: never lose the report to it
             result.warnings.append(f"figure {name} not drawn: {type(e).__name__}: {e}")
             continue
+        write_whole(path, png.getvalue(), mode="wb")   # outside the try: a full disk is no warning
         written.append(path)
     return written
+
+
+def write_whole(path, data, mode="w") -> None:
+    """records.atomic_write (a stop or a full disk leaves the old file or none, never half of
+    one), its errors naming the file: a failed write() names none, mkstemp its temp file."""
+    try:
+        atomic_write(path, data, mode=mode)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from e
 
 
 def write_outputs(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> list:
@@ -1160,10 +1203,8 @@ def write_outputs(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> l
     figures_written = write_figures(result, out_dir, runs_dir=runs_dir, curves=curves)
     result.figures = [os.path.basename(p) for p in figures_written]
     paths = figures_written + [os.path.join(out_dir, "fits.md"), os.path.join(out_dir, "fits.json")]
-    with open(paths[-2], "w") as f:
-        f.write(markdown_report(result))
-    with open(paths[-1], "w") as f:
-        json.dump(result.to_json(), f, indent=1, allow_nan=False)
+    write_whole(paths[-2], markdown_report(result))
+    write_whole(paths[-1], json.dumps(result.to_json(), indent=1, allow_nan=False))
     return paths
 
 
@@ -1185,16 +1226,17 @@ def build_parser() -> argparse.ArgumentParser:
                         f"column named '{FALLBACK_LOSS}' when that is absent)")
     p.add_argument("--compute", choices=["C", "total_flops"], default="C",
                    help="compute for IsoFLOP budgets: C = N·D·epochs or measured FLOPs")
-    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per fit")
+    p.add_argument("--n-boot", type=int, default=200,
+                   help=f"bootstrap resamples per fit, 0 to {MAX_BOOT:,} (0: no intervals)")
     p.add_argument("--bootstrap", choices=("auto",) + laws.BOOTSTRAPS, default="auto",
                    help="parametric: points redrawn with the measured seed noise; seeds: seeds "
                         "resampled within configurations; configs: configurations resampled; "
                         "auto: parametric where configurations have >= 2 seeds, else configs")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstraps")
     p.add_argument("--huber-delta", type=float,
-                   help=f"Huber delta of the joint fit in log L (default: {laws.HUBER_K} x the "
-                        f"points' seed-noise SD when seeds exist, else {laws.HUBER_DELTA:g} as "
-                        f"Hoffmann et al. 2022)")
+                   help=f"Huber delta of the joint fit in log L, a finite number > 0 (default: "
+                        f"{laws.HUBER_K} x the points' seed-noise SD when seeds differ, else "
+                        f"{laws.HUBER_DELTA:g} as Hoffmann et al. 2022)")
     p.add_argument("--holdout", type=int,
                    help="largest x values held out per group for the extrapolation check "
                         "(default: a quarter of them, at least 1)")
@@ -1223,26 +1265,51 @@ def out_error(out: str):
     return None
 
 
+class Stopped(BaseException):
+    """SIGTERM (timeout, kill, a scheduler) raised in the main thread, so that it unwinds like
+    Ctrl-C: the file being written is not left half-written (atomic_write removes its temp file)
+    and one line says so. train.py has its twin; importing it would load torch."""
+
+
+def raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     refused = out_error(args.out)
     if refused:
         print(f"error: {refused}", file=sys.stderr)
         return 2
+    previous = signal.signal(signal.SIGTERM, raise_stopped)
     try:
-        runs = load(args.csv, loss=args.loss, where=args.where, model=args.model,
-                    allow_mixed_data=args.allow_mixed_data)
-        result = analyse(runs, compute=args.compute, n_boot=args.n_boot, seed=args.seed,
-                         holdout=args.holdout, ceiling=args.ceiling, delta=args.huber_delta,
-                         bootstrap=args.bootstrap, vs=args.vs)
-        paths = write_outputs(result, args.out, runs_dir=args.runs_dir, curves=args.curves)
+        return run(args)
     except AnalysisError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"analysis.py: stopped by Ctrl-C; {args.out} may hold some of its files, not all",
+    except (KeyboardInterrupt, Stopped) as e:
+        signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
+        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"analysis.py: stopped by {how}; {args.out} may hold some of its files (each "
+              f"whole), not all", file=sys.stderr)
+        return 128 + signum
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        print(f"error: {disk_full_message(e, args.out)}; free some space and run again",
               file=sys.stderr)
-        return 130
+        return DISK_FULL_EXIT
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args) -> int:
+    runs = load(args.csv, loss=args.loss, where=args.where, model=args.model,
+                allow_mixed_data=args.allow_mixed_data)
+    result = analyse(runs, compute=args.compute, n_boot=args.n_boot, seed=args.seed,
+                     holdout=args.holdout, ceiling=args.ceiling, delta=args.huber_delta,
+                     bootstrap=args.bootstrap, vs=args.vs)
+    paths = write_outputs(result, args.out, runs_dir=args.runs_dir, curves=args.curves)
     with open(os.path.join(args.out, "fits.md")) as f:
         print(f.read())   # as written: building the report again takes seconds for 10^6 runs
     names = ", ".join(os.path.basename(p) for p in paths)

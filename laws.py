@@ -108,6 +108,13 @@ class Noise:
         """SD of each point's log seed mean."""
         return self.sigma / np.sqrt(self.n_seeds)
 
+    @property
+    def measured(self) -> bool:
+        """Repeated seeds that differ. Seeds that agree exactly (a constant loss, a deterministic
+        trainer) measure no noise: a delta or a redraw scaled by it would be 0 (and the Birge
+        ratio 0/0)."""
+        return self.dof >= 2 and self.sigma > 0
+
 
 def noise_from_seeds(seed_losses) -> Noise:
     return Noise([np.log(np.asarray(s, float)) for s in seed_losses])
@@ -118,15 +125,16 @@ def noise_scaled_delta(noise: Optional[Noise]) -> Optional[float]:
     Hoffmann et al.'s absolute 1e-3 and 1-2% seed noise almost every residual lies past delta, so
     the fit is least absolute deviations: over 100 synthetic 7x6 sweeps (3 seeds at 2%) its RMSE on
     alpha, beta, E was 20%, 24%, 21% above this delta's."""
-    if noise is None or noise.dof < 2:
+    if noise is None or not noise.measured:
         return None
     return float(HUBER_K * np.median(noise.point_sd()))
 
 
 def resolve_bootstrap(mode: str, noise: Optional[Noise]) -> str:
     """auto: parametric where seeds measure the noise, configs otherwise. A requested noise-aware
-    bootstrap without repeated seeds falls back to configs (the result says so)."""
-    has_seeds = noise is not None and noise.dof >= 2
+    bootstrap without measured noise (no repeated seeds, or seeds that agree exactly) falls back
+    to configs (the result says so)."""
+    has_seeds = noise is not None and noise.measured
     if mode == "auto" or mode in ("parametric", "seeds"):
         return ("parametric" if mode == "auto" else mode) if has_seeds else "configs"
     return mode

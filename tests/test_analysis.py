@@ -711,3 +711,130 @@ def test_an_out_that_is_a_file_is_refused_before_fitting(tmp_path, monkeypatch, 
     monkeypatch.setattr(analysis, "load", lambda *a, **k: pytest.fail("read the runs first"))
     assert analysis.main([path, "--out", path]) == 2
     assert f"error: --out {path} is a file" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input: bad settings refused before any fitting, stops and full disks in one line
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--n-boot", "9223372036854775808", "--n-boot must be 0 to 100,000"),
+    ("--n-boot", "-1", "--n-boot must be 0 to 100,000"),
+    ("--huber-delta", "inf", "--huber-delta must be a finite number > 0, got inf"),
+    ("--huber-delta", "nan", "--huber-delta must be a finite number > 0, got nan"),
+    ("--holdout", "1000000", "--holdout 1000000 leaves fewer than 3 points to fit in every group "
+                             "(the largest has 9 distinct x): give at most 6"),
+])
+def test_out_of_range_settings_are_refused_before_fitting(tmp_path, monkeypatch, capsys, flag,
+                                                          value, message):
+    path = write(tmp_path, make_runs(WIDTH_PLAN, seeds=(0,)))
+    monkeypatch.setattr(laws, "fit_law", lambda *a, **k: pytest.fail("fitted first"))
+    assert analysis.main([path, flag, value, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_holdout_too_large_for_some_groups_names_each_skipped_check(tmp_path):
+    frame = make_runs(WIDTH_PLAN + [(16, d, 50000, EPOCHS) for d in (1, 3, 4)], seeds=(0,))
+    result = analysis.analyse(loaded(tmp_path, frame), n_boot=0, holdout=5)
+    assert {e.form for e in result.extrapolation if e.group == WIDTH_GROUP} >= {"pure", "saturating"}
+    depth = "depth: width=16 D=50000 epochs=20"
+    assert not [e for e in result.extrapolation if e.group == depth]
+    assert f"N / {depth}: pure not checked by extrapolation: holdout 5 leaves fewer than 3 of " \
+           f"its 4 points to fit" in result.warnings
+
+
+def test_a_cut_off_last_row_is_named_before_the_error_it_causes(tmp_path, capsys):
+    """Three configurations, the last row torn: two are left, nothing to fit; the note says why."""
+    path = write(tmp_path, make_runs(WIDTH_PLAN[:3], seeds=(0,)))
+    with open(path, "r+") as f:
+        f.truncate(os.path.getsize(path) - 200)
+    assert analysis.main([path, "--out", str(tmp_path / "out"), "--n-boot", "0"]) == 2
+    note, error = capsys.readouterr().err.splitlines()
+    assert note.startswith(f"note: {path}: line 4 (the last) is not a whole row") and \
+        note.endswith("left out"), note
+    assert error.startswith("error: nothing to fit in 2 configuration(s)")
+
+
+def test_numbers_in_messages_are_plain(tmp_path, capsys):
+    path = write(tmp_path, make_runs(WIDTH_PLAN, seeds=(0,)).assign(final_test_loss_avg_last5=0.0))
+    assert analysis.main([path, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "has 0.0 (9 such run(s))" in err and "np." not in err, err
+
+
+def test_seeds_that_agree_exactly_fall_back_to_the_default_delta_without_warnings(tmp_path):
+    """Every loss equal (seeds included): no noise to scale delta or redraw points by. It was
+    delta 0 and numpy's divide-by-zero warnings from the Birge ratio."""
+    import warnings
+    frame = make_runs(sweep_points()).assign(final_test_loss_avg_last5=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = analysis.analyse(loaded(tmp_path, frame), n_boot=5, grid=SMALL_GRID)
+    data = result.to_json()
+    assert data["settings"]["delta"] == laws.HUBER_DELTA
+    assert "the seeds agree exactly" in data["settings"]["delta_source"]
+    assert data["joint"]["bootstrap"] == "configs"
+    assert not laws.noise_from_seeds([[1.0, 1.0], [2.0, 2.0]]).measured
+
+
+def test_sigterm_is_one_line_and_128_plus_15(tmp_path, monkeypatch, capsys):
+    import signal
+    path = write(tmp_path, make_runs(WIDTH_PLAN, seeds=(0,)))
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)   # delivered to main()'s handler, as by `timeout`
+        pytest.fail("SIGTERM did not stop the analysis")
+
+    def unhandled(signum, frame):   # without main()'s handler SIGTERM would end pytest itself
+        pytest.fail("main() does not handle SIGTERM")
+
+    monkeypatch.setattr(analysis, "analyse", terminated)
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert analysis.main([path, "--out", str(tmp_path / "out")]) == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is unhandled   # main() restores what it found
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert err.startswith("analysis.py: stopped by SIGTERM;") and err.count("\n") == 1, err
+
+
+def test_a_stop_while_writing_leaves_no_half_written_file(tmp_path, monkeypatch):
+    """Outputs are written whole or not at all: the old fits.md survives a stop mid-write, and
+    no temp file is left."""
+    path = write(tmp_path, make_runs(WIDTH_PLAN, seeds=(0,)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "fits.md").write_text("old report\n")
+
+    def stopped_midway(result):
+        raise analysis.Stopped(15)
+
+    monkeypatch.setattr(analysis, "markdown_report", stopped_midway)
+    assert analysis.main([path, "--out", str(out), "--n-boot", "0"]) == 143
+    assert (out / "fits.md").read_text() == "old report\n"
+    assert all((out / name).stat().st_size > 1000 for name in os.listdir(out)
+               if name.endswith(".png"))
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("errno_", [28, 122])   # ENOSPC, EDQUOT
+def test_a_full_disk_is_one_line_exit_28_and_no_empty_files(tmp_path, monkeypatch, capsys, errno_):
+    path = write(tmp_path, make_runs(WIDTH_PLAN, seeds=(0,)))
+    out = tmp_path / "out"
+    real_write, written = analysis.atomic_write, []
+
+    def full_after_two_files(target, data, mode="w"):
+        if len(written) == 2:   # the disk fills up while the figures are written
+            raise OSError(errno_, os.strerror(errno_))   # as write() raises it: no file named
+        written.append(target)
+        real_write(target, data, mode)
+
+    monkeypatch.setattr(analysis, "atomic_write", full_after_two_files)
+    assert analysis.main([path, "--out", str(out), "--n-boot", "0"]) == 28
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no space left on the device writing {out}{os.sep}") and \
+        "MiB free there); free some space and run again" in err and err.count("\n") == 1, err
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in written)
+    assert all(os.path.getsize(p) > 1000 for p in written)
