@@ -99,11 +99,11 @@ import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
 from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
 from config import config_id as _config_id
-from train import (Stopped, device_name, last5_and_best, raise_stopped, stopped_exit_code, sync,
-                   training_flops)
+from train import device_name, last5_and_best, sync, training_flops
 from config import config_yaml, parse_settings, parser_from_dataclass
 from records import append_row, atomic_write, file_lock, writable_file_error, write_csv
-from utils import git_version, mean_pm_std, set_seed
+from utils import (Stopped, git_version, mean_pm_std, raise_stopped, set_seed,
+                   stopped_exit_code)
 
 MODEL_NAME = "airbench94"
 BLOCK_WIDTHS = (64, 256, 256)  # the paper's three blocks, multiplied by --width

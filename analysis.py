@@ -46,6 +46,7 @@ import pandas as pd
 import laws
 import plots
 from records import DISK_FULL_EXIT, atomic_write, disk_full_message, is_disk_full, torn_last_row
+from utils import Stopped, raise_stopped, stopped_exit_code
 
 DEFAULT_LOSS = "final_test_loss_avg_last5"
 FALLBACK_LOSS = "loss"      # the loss column of a minimal CSV (N, D, loss)
@@ -1265,16 +1266,6 @@ def out_error(out: str):
     return None
 
 
-class Stopped(BaseException):
-    """SIGTERM (timeout, kill, a scheduler) raised in the main thread, so that it unwinds like
-    Ctrl-C: the file being written is not left half-written (atomic_write removes its temp file)
-    and one line says so. train.py has its twin; importing it would load torch."""
-
-
-def raise_stopped(signum, frame):
-    raise Stopped(signum)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     refused = out_error(args.out)
@@ -1288,11 +1279,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Stopped) as e:
-        signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
-        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"analysis.py: stopped by {how}; {args.out} may hold some of its files (each "
-              f"whole), not all", file=sys.stderr)
-        return 128 + signum
+        return stopped_exit_code(e, "analysis.py", f"{args.out} may hold some of its files "
+                                 f"(each whole), not all")
     except OSError as e:
         if not is_disk_full(e):
             raise

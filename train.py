@@ -30,7 +30,8 @@ from config import (ONLY_WITH, Config, ConfigError, claim_experiment, config_id,
                     make_config, parse_config, resolve_device, run_name, validate)
 from model import build_model, count_params, forward_flops_per_image, num_params
 from records import ResultsFileError, append_row, atomic_write, write_csv
-from utils import exit_with_parent, git_version, set_seed
+from utils import (Stopped, exit_with_parent, git_version, raise_stopped, set_seed,  # noqa: F401
+                   stopped_exit_code)  # Stopped: train.Stopped for callers
 
 LAST_K = 5  # the scaling study's final metric averages the last 5 test evaluations (= last 5 epochs)
 # ---------------------------------------------------------------------------------------------
@@ -458,24 +459,6 @@ def run_experiment(seed, batch_size, num_epochs, test_freq, width, depth, datase
     return train(make_config(dict(options, seed=seed, batch_size=batch_size, num_epochs=num_epochs,
                                   test_freq=test_freq, width=width, depth=depth,
                                   dataset_size=dataset_size)))
-
-
-class Stopped(BaseException):
-    """SIGTERM (kill, timeout, Slurm, a stopping sweep) raised in the main thread, so the run
-    stops like on Ctrl-C: files closed, the finished epochs kept in the checkpoint."""
-
-
-def raise_stopped(signum, frame):
-    raise Stopped(signum)
-
-
-def stopped_exit_code(e: BaseException, who: str, left=None) -> int:
-    """Say what a stop (KeyboardInterrupt or Stopped) left behind; the exit status for it."""
-    signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
-    left = left or ("the epochs it finished are in its checkpoint: rerun with --resume to "
-                    "continue")
-    print(f"{who}: stopped by {signal.Signals(signum).name}; {left}", file=sys.stderr)
-    return 128 + signum
 
 
 def main(argv=None):

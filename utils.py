@@ -1,10 +1,11 @@
 """Small helpers shared by the scripts: seeding, the code version, the error every script reports
-as a bad setting, mean ± std of repeated measurements, and the watchdog that stops a training
-whose sweep is gone."""
+as a bad setting, mean ± std of repeated measurements, a stop by SIGTERM or Ctrl-C said in one
+line, and the watchdog that stops a training whose sweep is gone."""
 import os
 import random
 import signal
 import statistics
+import sys
 import subprocess
 import threading
 import time
@@ -68,3 +69,22 @@ def mean_pm_std(values: list, digits: int = 4) -> str:
     """"mean ± sample std" of repeated measurements (seeds, runs); the mean alone for one."""
     std = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
     return f"{statistics.mean(values):.{digits}f}{std}"
+
+
+class Stopped(BaseException):
+    """SIGTERM (kill, timeout, Slurm, a stopping sweep) raised in the main thread by
+    raise_stopped, so that a script stops as on Ctrl-C: files closed, temp files of atomic writes
+    removed, what was finished kept, one line said."""
+
+
+def raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+def stopped_exit_code(e: BaseException, who: str, left=None) -> int:
+    """Say what a stop (KeyboardInterrupt or Stopped) left behind; the exit status for it."""
+    signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
+    left = left or ("the epochs it finished are in its checkpoint: rerun with --resume to "
+                    "continue")
+    print(f"{who}: stopped by {signal.Signals(signum).name}; {left}", file=sys.stderr)
+    return 128 + signum

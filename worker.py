@@ -36,7 +36,7 @@ import records
 import train
 from model import build_model, count_params, forward_flops_per_image, num_params
 from records import ResultsFileError, atomic_write, write_csv
-from utils import exit_with_parent, set_seed
+from utils import Stopped, exit_with_parent, raise_stopped, set_seed, stopped_exit_code
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
 MAX_CACHED_NETS = 2  # fused modules kept for reuse; a worker's bundles come grouped by shape
@@ -360,11 +360,11 @@ def main(argv=None):
                      reverse=True)[i::n]  # largest first, dealt round-robin: slices balance
     bundles.sort(key=lambda b: str(network_key(b[0], len(b))))  # one shape's bundles in a row
     exit_with_parent()
-    signal.signal(signal.SIGTERM, train.raise_stopped)
+    signal.signal(signal.SIGTERM, raise_stopped)
     try:
         codes = Worker().run(bundles, args.force, log=lambda line: print(line, flush=True))
-    except (KeyboardInterrupt, train.Stopped) as e:
-        sys.exit(train.stopped_exit_code(e, f"worker {i}/{n}", "its runs keep the epochs they "
+    except (KeyboardInterrupt, Stopped) as e:
+        sys.exit(stopped_exit_code(e, f"worker {i}/{n}", "its runs keep the epochs they "
                                          "finished in their checkpoints: rerun it to continue"))
     except OSError as e:
         if not records.is_disk_full(e):

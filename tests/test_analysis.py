@@ -703,7 +703,7 @@ def test_ctrl_c_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
     path = write(tmp_path, make_runs(WIDTH_PLAN, seeds=(0,)))
     monkeypatch.setattr(analysis, "analyse", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert analysis.main([path, "--out", str(tmp_path / "out")]) == 130
-    assert capsys.readouterr().err.startswith("analysis.py: stopped by Ctrl-C")
+    assert capsys.readouterr().err.startswith("analysis.py: stopped by SIGINT")
 
 
 def test_an_out_that_is_a_file_is_refused_before_fitting(tmp_path, monkeypatch, capsys):
