@@ -821,6 +821,8 @@ def parse_args(argv=None):
     if args.plan == "collect":
         refuse_plan_flags(parser, args)
         return args
+    if args.bench_notes != BENCH_NOTES and not os.path.isfile(args.bench_notes):
+        parser.error(f"--bench_notes {args.bench_notes!r} is not a file (bench.py's tables)")
     if args.gpus is not None and args.launcher == "local":
         gpu_errors(parser, args.gpus)
     if args.plan in STUDIES:

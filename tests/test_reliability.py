@@ -636,6 +636,7 @@ def test_collect_dry_run_names_what_it_would_do_and_writes_nothing(tmp_path, cap
     (["width", "--widths", "2,,3", "--dry_run"], "'2,,3' has an empty item"),
     (["width", "--gpus", "7", "--dry_run"], "no CUDA device 7 on this machine"),
     (["width", "--dry_run", "--results_dir", ""], "--results_dir must name a folder"),
+    (["width", "--dry_run", "--bench_notes", "/no/such.md"], "is not a file (bench.py's tables)"),
 ])
 def test_sweep_refuses_what_it_would_silently_ignore(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
