@@ -99,7 +99,7 @@ import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
 from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
 from config import config_id as _config_id
-from train import device_name, last5_and_best, sync, training_flops
+from train import device_name, keep_freed_memory, last5_and_best, sync, training_flops
 from config import config_yaml, parse_settings, parser_from_dataclass
 from records import append_row, atomic_write, file_lock, writable_file_error, write_csv
 from utils import (Stopped, git_version, mean_pm_std, raise_stopped, set_seed,
@@ -717,6 +717,7 @@ def parse_config(argv=None) -> AirbenchConfig:
 
 def main(argv=None):
     cfg = parse_config(argv)
+    keep_freed_memory()
     signal.signal(signal.SIGTERM, raise_stopped)
     try:
         bench(cfg)

@@ -381,6 +381,7 @@ def main():
     parser = build_parser()
     args = parser.parse_args()
     args.failures = []  # measurements that could not be taken (the others are still written)
+    train.keep_freed_memory()  # as train.py, worker.py and airbench.py run
     unknown = set(args.pipelines) - set(PIPELINES)
     if unknown:
         parser.error(f"unknown pipelines {sorted(unknown)}; choose from {list(PIPELINES)}")

@@ -12,6 +12,7 @@ results/runs/<run_name>.yaml (the resolved Config) and appends the summary to
 results/final_data.csv.
 """
 import contextlib
+import ctypes
 import json
 import math
 import os
@@ -124,6 +125,25 @@ def device_name(device: torch.device) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Speed levers, each a small named function
+
+
+# glibc's mallopt options (malloc.h) and the values keep_freed_memory gives them
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+KEPT_MEMORY = {M_MMAP_THRESHOLD: 32 * 2 ** 20, M_TRIM_THRESHOLD: 2 ** 30, M_TOP_PAD: 256 * 2 ** 20}
+
+
+def keep_freed_memory() -> None:
+    """glibc hands a freed block above its mmap threshold (a few MiB: one evaluation batch's
+    activations) back to the system and faults it in again at the next batch: 4.3 million page
+    faults in a 45 s CPU benchmark. Blocks up to 32 MiB stay on the heap and the heap keeps up
+    to 1 GiB free instead; no arithmetic changes, so neither does any result. A no-op where the C
+    library is not glibc. Called by the command-line entry points, once per process."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    for option, value in KEPT_MEMORY.items():
+        libc.mallopt(option, value)
 
 
 def sync(device: torch.device) -> None:
@@ -463,6 +483,7 @@ def run_experiment(seed, batch_size, num_epochs, test_freq, width, depth, datase
 
 def main(argv=None):
     cfg = parse_config(argv)
+    keep_freed_memory()
     exit_with_parent()
     signal.signal(signal.SIGTERM, raise_stopped)
     try:

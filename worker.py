@@ -359,6 +359,7 @@ def main(argv=None):
     bundles = sorted(make_bundles(cfgs, args.max_bundle), key=bundle_cost,
                      reverse=True)[i::n]  # largest first, dealt round-robin: slices balance
     bundles.sort(key=lambda b: str(network_key(b[0], len(b))))  # one shape's bundles in a row
+    train.keep_freed_memory()
     exit_with_parent()
     signal.signal(signal.SIGTERM, raise_stopped)
     try:
