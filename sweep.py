@@ -570,7 +570,8 @@ def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
             bar.refresh()
     bar.close()
     for name, future in futures.items():
-        if future.result() != 0:  # failed runs also have their own logs, unless the worker died
+        # failed runs also have their own logs, unless the worker died; a stop is reported once
+        if future.result() != 0 and not STOP.is_set():
             print(f"  {name} exited {future.result()}, log {log_path(results_dir, name)}", file=sys.stderr)
     codes = summary_codes(runs, results_dir)
     if any(f.result() == records.DISK_FULL_EXIT for f in futures.values()):
