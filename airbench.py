@@ -142,7 +142,8 @@ class AirbenchConfig:
                              min=0.0, max=1.0)
     lr_end: float = hp(0.07, "lr factor at step total_steps (linear decay from 1 after warm-up)",
                        min=0.0, max=1.0)
-    output_scale: float = hp(1 / 9, "multiplier of the final layer's logits", min=0.0)
+    output_scale: float = hp(1 / 9, "multiplier of the final layer's logits (> 0: at 0 nothing "
+                                    "is learned)", min=0.0)
     bn_momentum: float = hp(0.6, "share of BN running stats kept per step", min=0.0, max=1.0)
     bn_eps: float = hp(1e-12, "BatchNorm eps", min=0.0)
     whiten_eps: float = hp(5e-4, "eps added to patch second-moment eigenvalues", min=0.0)
@@ -204,6 +205,8 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
                           f"got {getattr(cfg, name)}")
     notes = cfg.notes or os.path.join(cfg.results_dir, BENCHMARKS_FILE)
     errors += [e for e in [writable_file_error(notes, "--notes")] if e]
+    if cfg.output_scale <= 0:  # zero logits: no gradient reaches the network
+        errors.append(f"--output_scale must be > 0, got {cfg.output_scale}")
     if cfg.bn_eps <= 0:  # torch refuses it in training
         errors.append(f"--bn_eps must be > 0, got {cfg.bn_eps}")
     if errors:

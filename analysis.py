@@ -226,9 +226,14 @@ def select(rows, *, where=None, model=None, notes) -> pd.DataFrame:
         rows = kept
     if where:
         try:
-            kept = rows.query(where)
+            mask = rows.eval(where)
         except Exception as e:  # pandas raises many types for a bad expression
             raise AnalysisError(f"--where {where!r}: {type(e).__name__}: {e}") from None
+        if not (isinstance(mask, pd.Series) and mask.dtype == bool):
+            # query() would take the values of "depth" as row labels: rows repeated, not selected
+            raise AnalysisError(f"--where {where!r} is not a condition (true or false per row); "
+                                f"e.g. --where \"depth == 2\"")
+        kept = rows[mask]
         if kept.empty:
             raise AnalysisError(f"--where {where!r} selects no runs")
         notes.append(f"{len(rows) - len(kept)} row(s) left out by --where {where!r}")

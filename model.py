@@ -251,6 +251,8 @@ def main():
     for name in ("width", "depth"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.bn and args.model != "simplecnn":
+        parser.error(f"--bn is a switch of --model simplecnn; {args.model} always has BatchNorm")
     if args.depth > MAX_BUILT_DEPTH or args.width * 2 ** (NUM_STAGES + 2) > 2 ** 31:
         N = num_params(args.model, args.width, args.depth, args.bn)
         print(f"{args.model} width={args.width} depth={args.depth}: N={N:,} (closed form; too large "

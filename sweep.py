@@ -25,6 +25,7 @@ import contextlib
 import csv
 import functools
 import glob
+import importlib
 import itertools
 import math
 import os
@@ -515,6 +516,19 @@ def launch_local(runs, results_dir, jobs, gpus, skipped=0, quiet=False) -> dict:
     return codes
 
 
+def importable_run_one():
+    """run_one as the module `sweep` has it, found on the tasks' PYTHONPATH. Run as a script this
+    file is __main__, whose functions the job pickles by value, with the launcher's locks (which
+    do not pickle); by reference, a task imports this file instead."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if here not in paths:  # submitit's local tasks and sbatch inherit the environment
+        os.environ["PYTHONPATH"] = os.pathsep.join([here] + [p for p in paths if p])
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module("sweep").run_one
+
+
 def launch_submitit(runs, results_dir, args, tasks=None) -> dict:
     """One job array; each task runs the same run_one as the local launcher: one train.py run,
     or with `tasks` ([(name, command)], the worker engine) one worker over a slice of the plan."""
@@ -531,7 +545,8 @@ def launch_submitit(runs, results_dir, args, tasks=None) -> dict:
         executor.update_parameters(timeout_min=args.time_min)
     logs = [log_path(results_dir, name) for name, _ in tasks]
     # Slurm sets CUDA_VISIBLE_DEVICES per task, so tasks inherit their GPU.
-    jobs = executor.map_array(run_one, [cmd for _, cmd in tasks], logs, [None] * len(tasks))
+    jobs = executor.map_array(importable_run_one(), [cmd for _, cmd in tasks], logs,
+                              [None] * len(tasks))
     print(f"submitted {len(jobs)} tasks as job {jobs[0].job_id.split('_')[0]}; logs under {folder}")
     if not args.wait:
         return {}
@@ -791,6 +806,17 @@ def refuse_plan_flags(parser, args) -> None:
                      f"it takes no plan flags: {', '.join(given)}")
 
 
+def launcher_errors(parser, args) -> None:
+    """Slurm's settings in range, and Slurm itself present, before anything is submitted."""
+    for name, least in (("time_min", 1), ("gpus_per_task", 0), ("cpus_per_task", 1),
+                        ("max_concurrent", 1)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name} must be >= {least}, got {getattr(args, name)}")
+    if args.launcher == "slurm" and not args.dry_run and not shutil.which("sbatch"):
+        parser.error("--launcher slurm needs Slurm (sbatch on the PATH), which this machine does "
+                     "not have; --launcher local runs the plan here")
+
+
 def gpu_errors(parser, gpus) -> None:
     count = len(visible_gpus() or [])
     missing = [g for g in gpus if not 0 <= g < count]
@@ -826,6 +852,7 @@ def parse_args(argv=None):
         parser.error(f"--bench_notes {args.bench_notes!r} is not a file (bench.py's tables)")
     if args.gpus is not None and args.launcher == "local":
         gpu_errors(parser, args.gpus)
+    launcher_errors(parser, args)
     if args.plan in STUDIES:
         fixed = [f"--{k}" for k in STUDY_FIXED if getattr(args, k) is not None]
         if fixed:

@@ -382,6 +382,8 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path):
         ab.validate_airbench(ab.AirbenchConfig(notes="/dev/null/such.md", **base))
     with pytest.raises(ConfigError, match="--notes .* is a folder, not a file"):  # was: a
         ab.validate_airbench(ab.AirbenchConfig(notes=str(tmp_path), **base))  # traceback after training
+    with pytest.raises(ConfigError, match="--output_scale must be > 0"):  # was: a run that
+        ab.validate_airbench(ab.AirbenchConfig(output_scale=0.0, **base))  # learns nothing
     with pytest.raises(ConfigError, match="--bn_eps must be > 0"):  # was: torch's traceback
         ab.validate_airbench(ab.AirbenchConfig(bn_eps=0.0, **base))
     for argv in (["--translate_schedule", "spiral"], ["--tta_level", "3"], ["--lr", "0"]):

@@ -74,6 +74,8 @@ def test_rows_without_source_fingerprint_are_checked_per_subset(tmp_path):
 def test_selection_options(tmp_path):
     frame = make_runs(WIDTH_PLAN + [(16, d, 50000, EPOCHS) for d in (1, 3, 4)])
     assert len(loaded(tmp_path, frame, where="depth == 2").configs) == len(WIDTH_PLAN)
+    with pytest.raises(AnalysisError, match="is not a condition"):  # was: rows repeated as
+        loaded(tmp_path, frame, where="depth")  # pandas took the depths for row labels, exit 0
     error = loaded(tmp_path, frame, loss="error")
     assert error.rows.L.to_numpy() == pytest.approx(1 - error.rows.final_test_acc_avg_last5)
     best = loaded(tmp_path, frame, loss="best_test_loss")

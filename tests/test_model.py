@@ -120,6 +120,10 @@ def test_cli_refuses_a_zero_width_and_counts_huge_ones_without_memory(monkeypatc
     with pytest.raises(SystemExit) as exit_:  # was: the default model's N, exit 0
         model.main()
     assert exit_.value.code == 2 and "--width must be >= 1, got 0" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["model.py", "--model", "cnn", "--bn"])
+    with pytest.raises(SystemExit) as exit_:  # was: build_model's ValueError traceback
+        model.main()
+    assert exit_.value.code == 2 and "--bn is a switch of --model simplecnn" in capsys.readouterr().err
     monkeypatch.setattr("sys.argv", ["model.py", "--width", "100000", "--depth", "2"])
     model.main()  # 2.8e12 parameters: counted on the meta device, nothing allocated
     assert "N=2,790,010,900,010" in capsys.readouterr().out

@@ -637,6 +637,8 @@ def test_collect_dry_run_names_what_it_would_do_and_writes_nothing(tmp_path, cap
     (["width", "--gpus", "7", "--dry_run"], "no CUDA device 7 on this machine"),
     (["width", "--dry_run", "--results_dir", ""], "--results_dir must name a folder"),
     (["width", "--dry_run", "--bench_notes", "/no/such.md"], "is not a file (bench.py's tables)"),
+    (["width", "--dry_run", "--time_min", "-5"], "--time_min must be >= 1, got -5"),
+    (["width", "--dry_run", "--max_concurrent", "0"], "--max_concurrent must be >= 1, got 0"),
 ])
 def test_sweep_refuses_what_it_would_silently_ignore(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:

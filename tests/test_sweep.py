@@ -151,3 +151,13 @@ def test_submitit_array_runs_through_the_local_executor(data_dir, tmp_path):
                 "--results_dir", str(tmp_path), "--", *TINY_FLAGS, f"--data_dir={data_dir}"])
     rows = read_csv(str(tmp_path / "final_data.csv"))
     assert sorted(r["width"] for r in rows) == ["2", "3"]
+
+
+def test_submitit_from_the_command_line_in_another_folder(data_dir, tmp_path):
+    """Run as a script, sweep.py is __main__: its task function must reach the job by reference
+    (was: "cannot pickle '_thread.lock' object")."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), "width", "--widths", "2",
+                           "--launcher", "submitit-local", "--wait", "--results_dir",
+                           str(tmp_path / "r"), "--", *TINY_FLAGS, f"--data_dir={data_dir}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "done: 1 finished" in proc.stderr + proc.stdout, proc.stderr
