@@ -795,6 +795,24 @@ def grid_lists(args, parser) -> None:
         args.num_epochs = epochs[0]
 
 
+# The plan options each single plan reads; another one given would be silently ignored.
+PLAN_LISTS = ("widths", "depths", "dataset_sizes", "budgets", "tradeoff", "tolerance",
+              "min_dataset_size")
+PLAN_USES = {"width": {"widths"}, "depth": {"depths"}, "data": {"dataset_sizes"},
+             "grid": {"widths", "depths", "dataset_sizes"}, "compute": set(PLAN_LISTS)}
+
+
+def refuse_unused_lists(parser, args) -> None:
+    if args.plan not in PLAN_USES:  # the studies refuse every list (STUDY_FIXED)
+        return
+    unused = [name for name in PLAN_LISTS if name not in PLAN_USES[args.plan]
+              and getattr(args, name) != parser.get_default(name)]
+    if unused:
+        uses = ", ".join(f"--{name}" for name in sorted(PLAN_USES[args.plan]))
+        parser.error(f"--{unused[0]} is not read by the {args.plan} plan (it takes {uses}); a "
+                     f"setting of every run goes after --, e.g. -- --depth=2")
+
+
 def refuse_plan_flags(parser, args) -> None:
     """collect reads runs/*.json of --results_dir: a plan's flags would be silently ignored."""
     given = [f"--{name}" for name, value in vars(args).items()
@@ -848,6 +866,7 @@ def parse_args(argv=None):
     if args.plan == "collect":
         refuse_plan_flags(parser, args)
         return args
+    refuse_unused_lists(parser, args)
     if args.bench_notes != BENCH_NOTES and not os.path.isfile(args.bench_notes):
         parser.error(f"--bench_notes {args.bench_notes!r} is not a file (bench.py's tables)")
     if args.gpus is not None and args.launcher == "local":

@@ -333,7 +333,10 @@ def write_plan(path: str, argvs: list) -> None:
 
 
 def slice_of(text: str):
-    i, n = (int(v) for v in text.split("/"))
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--slice needs I/N, two whole numbers, got {text!r}") from None
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"--slice needs I/N with 0 <= I < N, got {text}")
     return i, n

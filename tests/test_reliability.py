@@ -638,6 +638,8 @@ def test_collect_dry_run_names_what_it_would_do_and_writes_nothing(tmp_path, cap
     (["width", "--dry_run", "--results_dir", ""], "--results_dir must name a folder"),
     (["width", "--dry_run", "--bench_notes", "/no/such.md"], "is not a file (bench.py's tables)"),
     (["width", "--dry_run", "--time_min", "-5"], "--time_min must be >= 1, got -5"),
+    (["data", "--widths", "2,3", "--dry_run"], "--widths is not read by the data plan"),
+    (["depth", "--dataset_sizes", "200", "--dry_run"], "--dataset_sizes is not read by the depth"),
     (["width", "--dry_run", "--max_concurrent", "0"], "--max_concurrent must be >= 1, got 0"),
 ])
 def test_sweep_refuses_what_it_would_silently_ignore(argv, message, capsys):
