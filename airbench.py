@@ -664,8 +664,12 @@ def command_of(cfg: AirbenchConfig) -> str:
 
 
 def results_table(cfg: AirbenchConfig, rows: list, device: torch.device) -> str:
-    """Markdown: heading (date, device, torch, commit), the command, mean ± std over the runs."""
-    mean_std = lambda key, digits: mean_pm_std([r[key] for r in rows], digits)
+    """Markdown: heading (date, device, torch, commit), the command, mean ± std over the runs that
+    finished; diverged runs are counted, not averaged."""
+    finished = [r for r in rows if r["status"] == "finished"]
+    mean_std = lambda key, digits: (mean_pm_std([r[key] for r in finished], digits)
+                                    if finished else "–")
+    diverged = len(rows) - len(finished)
 
     return "\n".join([
         f"## airbench94 · {time.strftime('%Y-%m-%d %H:%M %Z')} · {device_name(device)} · "
@@ -674,9 +678,11 @@ def results_table(cfg: AirbenchConfig, rows: list, device: torch.device) -> str:
         f"{', after 1 warm-up run' if warms_up(cfg, device) else ''})", "",
         "| n | tta_val_acc | time_s | train_time_s | final_test_acc_avg_last5 (no TTA) | config_id |",
         "|---|---|---|---|---|---|",
-        f"| {len(rows)} | {mean_std('tta_val_acc', 4)} | {mean_std('time_s', 3)} | "
+        f"| {len(finished)} | {mean_std('tta_val_acc', 4)} | {mean_std('time_s', 3)} | "
         f"{mean_std('train_time_s', 3)} | {mean_std('final_test_acc_avg_last5', 4)} "
-        f"| {rows[0]['config_id']} |", ""])
+        f"| {rows[0]['config_id']} |", ""]
+        + ([f"{diverged} of {len(rows)} runs diverged (non-finite training loss) and are left "
+            f"out of the means.", ""] if diverged else []))
 
 
 def append_text(path: str, text: str) -> None:

@@ -496,11 +496,15 @@ def test_fp16_precision_is_the_references_half_network_with_fp32_batchnorm(tmp_p
 
 def test_results_table_reports_mean_and_std_over_runs():
     rows = [dict(tta_val_acc=a, time_s=t, train_time_s=t - 1, final_test_acc_avg_last5=a - 0.01,
-                 config_id="abc") for a, t in ((0.94, 3.0), (0.92, 3.2), (0.93, 3.1))]
+                 config_id="abc", status="finished")
+            for a, t in ((0.94, 3.0), (0.92, 3.2), (0.93, 3.1))]
     table = ab.results_table(ab.AirbenchConfig(runs=3), rows, torch.device("cpu"))
     assert ("| 3 | 0.9300 ± 0.0100 | 3.100 ± 0.100 | 2.100 ± 0.100 | 0.9200 ± 0.0100 | abc |"
             in table)
     assert "`python airbench.py --runs 3` (seeds 0..2, after 1 warm-up run)" in table
+    diverged = dict(rows[0], tta_val_acc=0.1, status="diverged")  # was: averaged like the others
+    table = ab.results_table(ab.AirbenchConfig(runs=4), rows + [diverged], torch.device("cpu"))
+    assert "| 3 | 0.9300 ± 0.0100 |" in table and "1 of 4 runs diverged" in table
 
 
 def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
