@@ -145,10 +145,24 @@ def read_summary(path: str) -> dict:
             reason = "no run_name"
         elif summary["run_name"] != os.path.basename(path).split(".json")[0]:  # also .json.replaced
             reason = f"it holds the summary of {summary['run_name']} (a copy or a restore?)"
+        else:
+            reason = summary_value_error(summary)
     if reason:
         raise ResultsFileError(f"{path} is not a readable run summary ({reason}); delete it, or "
                                f"pass --force, to train that run again")
     return summary
+
+
+def summary_value_error(summary: dict):
+    """What a hand edit broke in a summary's identity columns (N and D positive numbers, status
+    finished or diverged), or None; collect would copy it into final_data.csv."""
+    for key in ("N", "D"):
+        value = summary.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            return f"{key} is {value!r}, not a positive number"
+    if summary.get("status", "finished") not in ("finished", "diverged"):
+        return f"status is {summary['status']!r}, not finished or diverged"
+    return None
 
 
 def append_row(path: str, row: dict, key: str = None) -> None:

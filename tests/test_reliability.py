@@ -672,3 +672,14 @@ def test_airbench_stopped_by_sigterm_says_so_in_one_line(monkeypatch, tmp_path, 
         airbench.main(["--device", "cpu", "--results_dir", str(tmp_path)])
     assert exit_.value.code == 128 + signal.SIGTERM  # was: killed without a word
     assert "airbench.py: stopped by SIGTERM; the runs that finished are in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit", ['"N": "abc"', '"D": -5', '"status": "done"'])
+def test_collect_refuses_a_hand_edited_summary_and_leaves_final_data(tmp_path, edit):
+    final = summaries_folder(tmp_path)
+    original = final.read_text()
+    path = tmp_path / "runs" / "run_a.json"
+    path.write_text(path.read_text()[:-1] + f", {edit}}}")  # was: copied into final_data.csv
+    with pytest.raises(SystemExit, match=r"(?s)1 damaged run summaries.*run_a.json is not a readable"):
+        sweep.main(["collect", "--results_dir", str(tmp_path)])
+    assert final.read_text() == original
