@@ -1297,6 +1297,12 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    runs_dir = args.runs_dir or os.path.join(os.path.dirname(os.path.abspath(args.csv[0])), "runs")
+    unknown = [name for name in args.curves or []
+               if not os.path.isfile(os.path.join(runs_dir, name + ".csv"))]
+    if unknown:  # named by hand: a typo or another folder, found out before the fits
+        raise AnalysisError(f"--curves {unknown[0]}: no per-epoch CSV {unknown[0]}.csv in "
+                            f"{runs_dir} (--runs-dir names another folder)")
     runs = load(args.csv, loss=args.loss, where=args.where, model=args.model,
                 allow_mixed_data=args.allow_mixed_data)
     result = analyse(runs, compute=args.compute, n_boot=args.n_boot, seed=args.seed,

@@ -840,3 +840,11 @@ def test_a_full_disk_is_one_line_exit_28_and_no_empty_files(tmp_path, monkeypatc
         "MiB free there); free some space and run again" in err and err.count("\n") == 1, err
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in written)
     assert all(os.path.getsize(p) > 1000 for p in written)
+
+
+def test_curves_of_a_run_without_a_per_epoch_csv_are_refused_before_fitting(tmp_path, capsys):
+    csv = write_sweep(str(tmp_path / "results"))
+    code = analysis.main([csv, "--curves", "no_such_run", "--out", str(tmp_path / "out")])
+    assert code == 2  # was: exit 0, a warning after the fits
+    assert "--curves no_such_run: no per-epoch CSV no_such_run.csv in" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "fits.md").exists()
