@@ -461,7 +461,7 @@ def test_bench_warm_up_run_is_unrecorded_and_excluded(tmp_path, monkeypatch, dev
     def fake_train(cfg, loaded, record=True):
         calls.append((cfg.seed, record))
         return dict(tta_val_acc=0.9, time_s=2.5 + cfg.seed, train_time_s=2.0,
-                    final_test_acc_avg_last5=0.9, config_id="abc")
+                    final_test_acc_avg_last5=0.9, config_id="abc", status="finished")
 
     monkeypatch.setattr(ab, "train", fake_train)
     monkeypatch.setattr(ab, "load_data", lambda cfg, device: None)
