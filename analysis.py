@@ -485,10 +485,15 @@ def find_budgets(frame, compute, tolerance=BUDGET_TOLERANCE) -> list:
 def hyperparameter_fields(configs, requested=None) -> list:
     """Recipe columns that vary (a lr x momentum grid), or those asked for with --vs."""
     if requested:
+        sizes = [f for f in requested if f in ("N", "D", "epochs", "C")]
+        if sizes:  # grouped by as the scale of the comparison: a table of nothing
+            raise AnalysisError(f"--vs {sizes[0]}: a size, fitted as loss against it already; "
+                                f"--vs compares recipe settings (lr, momentum, ...)")
         missing = [f for f in requested if f not in configs.columns]
         if missing:
-            raise AnalysisError(f"--vs {', '.join(missing)}: no such column; recipe columns "
-                                f"present: {', '.join(context_columns(configs)[0]) or 'none'}")
+            raise AnalysisError(f"--vs {', '.join(missing)}: no such column among the settings of "
+                                f"a configuration (recipe columns present: "
+                                f"{', '.join(context_columns(configs)[0]) or 'none'})")
         return list(requested)
     return [c for c in context_columns(configs)[1] if c not in ("model", "subset_seed")]
 
@@ -651,6 +656,9 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
     configs, warnings = runs.configs, []
     fields = hyperparameter_fields(configs, vs)
     table = hyperparameter_table(runs.rows, fields)
+    if vs and table is None:  # asked for by name: say why nothing is compared
+        warnings.append(f"--vs {' '.join(vs)}: no (N, D, epochs) at which it takes two values or "
+                        f"more; no table or figure")
     fields = [] if table is None else fields
     groups = plan_groups(configs)
     check_holdout(groups, holdout, ceiling, rosenfeld_ceiling)

@@ -495,12 +495,12 @@ def main(argv=None):
     except OSError as e:
         if not records.is_disk_full(e):
             raise
+        checkpoint = os.path.join(cfg.results_dir, "runs", run_name(cfg) + ".ckpt.pt")
+        kept = ("the epochs it finished are in its checkpoint" if os.path.exists(checkpoint)
+                else "before its first checkpoint")
         print(f"error: {records.disk_full_message(e, cfg.results_dir)}; {run_name(cfg)} stopped, "
-              f"the epochs it finished are in its checkpoint: free some space and rerun with "
-              f"--resume", file=sys.stderr)
+              f"{kept}: free some space and rerun with --resume", file=sys.stderr)
         sys.exit(records.DISK_FULL_EXIT)
-
-
 
 
 if __name__ == "__main__":

@@ -597,6 +597,14 @@ def test_a_hyperparameter_grid_is_tabulated_with_the_right_means(tmp_path):
     assert "## Hyperparameters" in (out / "fits.md").read_text()
     with pytest.raises(AnalysisError, match="--vs lrr: no such column"):
         analysis.analyse(analysis.load([csv]), vs=["lrr"])
+    with pytest.raises(AnalysisError, match="--vs N: a size"):  # was: no table, no word
+        analysis.analyse(analysis.load([csv]), vs=["N"])
+
+
+def test_vs_a_setting_that_never_varies_says_so(tmp_path):
+    runs = loaded(tmp_path, make_runs(WIDTH_PLAN, seeds=(0,)))
+    result = analysis.analyse(runs, vs=["model"], n_boot=0)  # one model: was no table, no word
+    assert any(w.startswith("--vs model: no (N, D, epochs) at which") for w in result.warnings)
 
 
 def test_a_swept_name_is_drawn_as_categories(tmp_path):

@@ -575,6 +575,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
     assert exit_.value.code == records.DISK_FULL_EXIT  # tells a sweep to launch nothing more
     assert message.startswith("error: no space left on the device writing ")
     assert ".ckpt.pt" in message and "MiB free there" in message and "--resume" in message
+    assert "the epochs it finished are in its checkpoint" in message
     monkeypatch.undo()
     train.main(flags + ["--resume"])
     resumed = pd.read_csv(next((tmp_path / "runs").glob("*.csv")))
@@ -683,3 +684,16 @@ def test_collect_refuses_a_hand_edited_summary_and_leaves_final_data(tmp_path, e
     with pytest.raises(SystemExit, match=r"(?s)1 damaged run summaries.*run_a.json is not a readable"):
         sweep.main(["collect", "--results_dir", str(tmp_path)])
     assert final.read_text() == original
+
+
+def test_a_full_disk_before_the_first_checkpoint_does_not_promise_one(data_dir, tmp_path,
+                                                                      monkeypatch, capsys):
+    def full(path, model, optimizer, rows, cfg):
+        raise OSError(28, "No space left on device", path)
+    monkeypatch.setattr(records, "save_checkpoint", full)
+    flags = [f"--{k}={v}" for k, v in TINY.items() if k != "quiet"] + [
+        "--num_epochs=2", "--quiet", f"--data_dir={data_dir}", f"--results_dir={tmp_path}"]
+    with pytest.raises(SystemExit):
+        train.main(flags)
+    message = capsys.readouterr().err  # was: "the epochs it finished are in its checkpoint"
+    assert "stopped, before its first checkpoint: free some space" in message
