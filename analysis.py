@@ -45,7 +45,8 @@ import pandas as pd
 
 import laws
 import plots
-from records import DISK_FULL_EXIT, atomic_write, disk_full_message, is_disk_full, torn_last_row
+from records import (DISK_FULL_EXIT, atomic_write, disk_full_message, is_disk_full, torn_last_row,
+                     unwritable_folder)
 from utils import Stopped, raise_stopped, stopped_exit_code
 
 DEFAULT_LOSS = "final_test_loss_avg_last5"
@@ -1169,8 +1170,7 @@ def figures(result: Analysis, *, runs_dir=None, curves=None):
         wanted.append((f"loss_vs_{name}.png",
                        lambda name=name, others=others: plots.hyperparameter(table, name, others,
                                                                              label)))
-    runs_dir = runs_dir or os.path.join(os.path.dirname(os.path.abspath(result.runs.sources[0])),
-                                        "runs")
+    runs_dir = runs_folder(runs_dir, result.runs.sources[0])
     chosen = curves or learning_curve_runs(result)
     if chosen:
         found, missing = read_curves(runs_dir, chosen)
@@ -1180,6 +1180,12 @@ def figures(result: Analysis, *, runs_dir=None, curves=None):
         if found:
             wanted.append(("learning_curves.png", lambda: plots.learning_curves(found)))
     return wanted
+
+
+def runs_folder(runs_dir, first_csv) -> str:
+    """Where the per-epoch CSVs are: --runs-dir, else runs/ beside the first CSV (train.py's
+    layout)."""
+    return runs_dir or os.path.join(os.path.dirname(os.path.abspath(first_csv)), "runs")
 
 
 def write_figures(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> list:
@@ -1271,12 +1277,8 @@ def out_error(out: str):
     """Why the report cannot go to folder `out`, or None: checked before minutes of fitting."""
     if os.path.exists(out) and not os.path.isdir(out):
         return f"--out {out} is a file; give a folder for fits.json, fits.md and the figures"
-    parent = out
-    while not os.path.exists(parent):
-        parent = os.path.dirname(os.path.abspath(parent))
-    if not os.access(parent, os.W_OK):
-        return f"--out {out}: {parent} is not writable"
-    return None
+    blocked = unwritable_folder(out)
+    return f"--out {out}: {blocked} is not writable" if blocked else None
 
 
 def main(argv=None) -> int:
@@ -1305,7 +1307,7 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
-    runs_dir = args.runs_dir or os.path.join(os.path.dirname(os.path.abspath(args.csv[0])), "runs")
+    runs_dir = runs_folder(args.runs_dir, args.csv[0])
     unknown = [name for name in args.curves or []
                if not os.path.isfile(os.path.join(runs_dir, name + ".csv"))]
     if unknown:  # named by hand: a typo or another folder, found out before the fits

@@ -23,7 +23,7 @@ import yaml
 
 import data
 from model import MODELS, size_error
-from records import atomic_write, csv_tail_error, file_lock
+from records import atomic_write, csv_tail_error, file_lock, unwritable_folder
 from utils import ConfigError
 
 DESCRIPTION = "Train one configuration of the scaling study and log it under results/."
@@ -196,12 +196,9 @@ def device_errors(name: str) -> list:
 def _writable_errors(path: str) -> list:
     if not path.strip():  # "" would write runs/ and final_data.csv into the working folder
         return [f"--results_dir must name a folder, got {path!r}"]
-    probe = os.path.abspath(path)
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        return [f"--results_dir {path!r} is not writable ({probe} is not a writable folder)"]
-    return []
+    blocked = unwritable_folder(path)
+    return [f"--results_dir {path!r} is not writable ({blocked} is not a writable folder)"] \
+        if blocked else []
 
 
 def _results_file_errors(results_dir: str) -> list:

@@ -77,12 +77,17 @@ def writable_file_error(path: str, flag: str):
         return f"{flag} {path!r} is a folder, not a file"
     if os.path.exists(path):
         return None if os.access(path, os.W_OK) else f"{flag} {path!r} is not a writable file"
-    probe = os.path.dirname(os.path.abspath(path))
+    blocked = unwritable_folder(os.path.dirname(os.path.abspath(path)))
+    return f"{flag} {path!r}: {blocked} is not a writable folder" if blocked else None
+
+
+def unwritable_folder(folder: str):
+    """The nearest existing folder at or above `folder` (which makedirs would create below it)
+    when it is not a writable folder, else None."""
+    probe = os.path.abspath(folder)
     while not os.path.exists(probe):
         probe = os.path.dirname(probe)
-    if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
-        return f"{flag} {path!r}: {probe} is not a writable folder"
-    return None
+    return None if os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK) else probe
 
 
 def file_lock(path: str) -> FileLock:

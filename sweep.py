@@ -816,8 +816,8 @@ def refuse_unused_lists(parser, args) -> None:
 def refuse_plan_flags(parser, args) -> None:
     """collect reads runs/*.json of --results_dir: a plan's flags would be silently ignored."""
     given = [f"--{name}" for name, value in vars(args).items()
-             if name not in ("plan", "results_dir", "dry_run", "extra")
-             and value != parser.get_default(name) and name != "extra_given"]
+             if name not in ("plan", "results_dir", "dry_run", "extra", "extra_given")
+             and value != parser.get_default(name)]
     given += [f"--{name} (after --)" for name in args.extra_given]
     if given:
         parser.error(f"collect rebuilds final_data.csv from every summary under --results_dir; "

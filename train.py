@@ -31,8 +31,8 @@ from config import (ONLY_WITH, Config, ConfigError, claim_experiment, config_id,
                     make_config, parse_config, resolve_device, run_name, validate)
 from model import build_model, count_params, forward_flops_per_image, num_params
 from records import ResultsFileError, append_row, atomic_write, write_csv
-from utils import (Stopped, exit_with_parent, git_version, raise_stopped, set_seed,  # noqa: F401
-                   stopped_exit_code)  # Stopped: train.Stopped for callers
+from utils import (Stopped, exit_with_parent, git_version, raise_stopped, set_seed,
+                   stopped_exit_code)
 
 LAST_K = 5  # the scaling study's final metric averages the last 5 test evaluations (= last 5 epochs)
 # ---------------------------------------------------------------------------------------------
