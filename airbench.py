@@ -609,8 +609,6 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
         if not cfg.quiet:
             print(f"{name} epoch {epoch + 1}: train_loss={train_loss:.4f} "
                   f"val_acc={val_acc:.4f} train_time_s={train_time_s:.2f}", flush=True)
-        if record:
-            write_csv(stem + ".csv", rows, list(rows[0]))
         if not math.isfinite(train_loss):
             status = "diverged"
             break
@@ -620,7 +618,8 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
                  train_time_s=train_time_s, tta_time_s=tta_time_s)
     summary = summarize(cfg, rows, status, N, flops_per_image, step, tta_val_acc, times,
                         fingerprints, device)
-    if record:
+    if record:  # all at the end: a stopped run is not resumed, and leaves no half of itself
+        write_csv(stem + ".csv", rows, list(rows[0]))
         atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
         atomic_write(stem + ".yaml", config_yaml(replace(cfg, runs=1)))  # --config repeats this seed
         append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary)

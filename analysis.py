@@ -29,14 +29,20 @@ normalize, subset_seed; those a CSV lacks are ignored). Within one context:
   - hyperparameters: recipe columns that vary (lr, momentum, ... from `sweep.py grid`) are
     tabulated and plotted against the loss (mean ± std over seeds); no law is fitted there.
 """
-import argparse
+import signal
+import sys
+
+from utils import stop_while_loading
+
+if __name__ == "__main__":
+    stop_while_loading("analysis.py")
+
+import argparse  # noqa: E402 (after the guard above: loading these takes a second)
 import hashlib
 import io
 import json
 import math
 import os
-import signal
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -47,7 +53,7 @@ import laws
 import plots
 from records import (DISK_FULL_EXIT, atomic_write, disk_full_message, is_disk_full, torn_last_row,
                      unwritable_folder)
-from utils import Stopped, raise_stopped, stopped_exit_code
+from utils import ArgumentParser, Stopped, raise_stopped, stopped_exit_code
 
 DEFAULT_LOSS = "final_test_loss_avg_last5"
 FALLBACK_LOSS = "loss"      # the loss column of a minimal CSV (N, D, loss)
@@ -483,18 +489,24 @@ def find_budgets(frame, compute, tolerance=BUDGET_TOLERANCE) -> list:
     return [c for c in clusters if c.N.nunique() >= MIN_DISTINCT]
 
 
-def hyperparameter_fields(configs, requested=None) -> list:
-    """Recipe columns that vary (a lr x momentum grid), or those asked for with --vs."""
+def hyperparameter_fields(configs, requested=None, run_columns=()) -> list:
+    """Recipe columns that vary (a lr x momentum grid), or those asked for with --vs.
+    run_columns: the results' own columns, to tell a per-run field (run_name, seed) from a typo."""
     if requested:
         sizes = [f for f in requested if f in ("N", "D", "epochs", "C")]
         if sizes:  # grouped by as the scale of the comparison: a table of nothing
             raise AnalysisError(f"--vs {sizes[0]}: a size, fitted as loss against it already; "
                                 f"--vs compares recipe settings (lr, momentum, ...)")
         missing = [f for f in requested if f not in configs.columns]
+        present = f"(recipe columns present: {', '.join(context_columns(configs)[0]) or 'none'})"
+        per_run = [f for f in missing if f in run_columns]
+        if per_run:
+            raise AnalysisError(f"--vs {', '.join(per_run)}: a column of each run, not a setting "
+                                f"shared by a configuration's seeds; --vs compares recipe settings "
+                                f"{present}")
         if missing:
-            raise AnalysisError(f"--vs {', '.join(missing)}: no such column among the settings of "
-                                f"a configuration (recipe columns present: "
-                                f"{', '.join(context_columns(configs)[0]) or 'none'})")
+            raise AnalysisError(f"--vs {', '.join(missing)}: no such column in the results "
+                                f"{present}")
         return list(requested)
     return [c for c in context_columns(configs)[1] if c not in ("model", "subset_seed")]
 
@@ -655,7 +667,7 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
     rosenfeld_ceiling = ceiling if ceiling is not None else \
         (RANDOM_GUESS_ERROR if is_error_rate(runs.loss) else None)
     configs, warnings = runs.configs, []
-    fields = hyperparameter_fields(configs, vs)
+    fields = hyperparameter_fields(configs, vs, runs.rows.columns)
     table = hyperparameter_table(runs.rows, fields)
     if vs and table is None:  # asked for by name: say why nothing is compared
         warnings.append(f"--vs {' '.join(vs)}: no (N, D, epochs) at which it takes two values or "
@@ -1131,18 +1143,37 @@ def learning_curve_runs(result: Analysis, count=6) -> list:
     return [sorted(frame.run_names.iloc[i])[0] for i in picks]
 
 
+CURVE_COLUMNS = ("epoch", "train_loss", "test_loss")
+
+
 def read_curves(runs_dir, run_names) -> tuple:
-    """({run_name: per-epoch table} for those with a readable CSV in runs_dir, missing names)."""
-    curves = {}
+    """({run_name: per-epoch table} drawable from runs_dir, names without a CSV there, notes on
+    CSVs that exist but cannot be drawn or lost a torn last row)."""
+    curves, missing, notes = {}, [], []
     for name in run_names:
         path = os.path.join(runs_dir, f"{name}.csv")
+        if not os.path.isfile(path):
+            missing.append(name)
+            continue
         try:
             log = pd.read_csv(path)
-        except (OSError, ValueError):
+            torn = torn_last_row(path) if len(log) else None
+        except (OSError, ValueError, pd.errors.ParserError) as e:  # binary bytes, a bad quote
+            notes.append(f"per-epoch CSV {path} is damaged ({type(e).__name__}), not drawn")
             continue
-        if {"epoch", "test_loss", "train_loss"} <= set(log.columns):
-            curves[name] = log
-    return curves, [n for n in run_names if n not in curves]
+        if torn:  # a run killed mid-append: its whole epochs are still worth drawing
+            log = log.iloc[:-1]
+            notes.append(f"{torn}: left out of the learning curves")
+        lacking = [c for c in CURVE_COLUMNS if c not in log.columns]
+        given = log[[c for c in CURVE_COLUMNS if c in log.columns]]
+        values = given.apply(pd.to_numeric, errors="coerce")  # a diverged run's nan stays nan
+        if lacking or (values.isna() & given.notna()).any().any() or log.empty:
+            why = (f"no {', '.join(lacking)} column" if lacking else
+                   "no rows" if log.empty else "a value that is not a number")
+            notes.append(f"per-epoch CSV {path} is damaged ({why}), not drawn")
+            continue
+        curves[name] = log.assign(**values)
+    return curves, missing, notes
 
 
 def figures(result: Analysis, *, runs_dir=None, curves=None):
@@ -1173,7 +1204,8 @@ def figures(result: Analysis, *, runs_dir=None, curves=None):
     runs_dir = runs_folder(runs_dir, result.runs.sources[0])
     chosen = curves or learning_curve_runs(result)
     if chosen:
-        found, missing = read_curves(runs_dir, chosen)
+        found, missing, notes = read_curves(runs_dir, chosen)
+        result.warnings.extend(notes)
         if missing:
             result.warnings.append(f"no per-epoch CSV in {runs_dir} for {len(missing)} run(s): "
                                    f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
@@ -1198,18 +1230,9 @@ def write_figures(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> l
         except Exception as e:  # a figure is a view of the fits: never lose the report to it
             result.warnings.append(f"figure {name} not drawn: {type(e).__name__}: {e}")
             continue
-        write_whole(path, png.getvalue(), mode="wb")   # outside the try: a full disk is no warning
+        atomic_write(path, png.getvalue(), mode="wb")   # outside the try: a full disk is no warning
         written.append(path)
     return written
-
-
-def write_whole(path, data, mode="w") -> None:
-    """records.atomic_write (a stop or a full disk leaves the old file or none, never half of
-    one), its errors naming the file: a failed write() names none, mkstemp its temp file."""
-    try:
-        atomic_write(path, data, mode=mode)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from e
 
 
 def write_outputs(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> list:
@@ -1223,8 +1246,8 @@ def write_outputs(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> l
     figures_written = write_figures(result, out_dir, runs_dir=runs_dir, curves=curves)
     result.figures = [os.path.basename(p) for p in figures_written]
     paths = figures_written + [os.path.join(out_dir, "fits.md"), os.path.join(out_dir, "fits.json")]
-    write_whole(paths[-2], markdown_report(result))
-    write_whole(paths[-1], json.dumps(result.to_json(), indent=1, allow_nan=False))
+    atomic_write(paths[-2], markdown_report(result))
+    atomic_write(paths[-1], json.dumps(result.to_json(), indent=1, allow_nan=False))
     return paths
 
 
@@ -1232,7 +1255,7 @@ def write_outputs(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> l
 # Command line
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Fit, validate and plot the scaling laws of "
+    p = ArgumentParser(description="Fit, validate and plot the scaling laws of "
                                             "results/final_data.csv (or any CSV with N and/or D "
                                             "and a loss column).")
     p.add_argument("csv", nargs="+", help="final_data.csv file(s) written by train.py, or CSVs "
@@ -1288,6 +1311,7 @@ def main(argv=None) -> int:
         print(f"error: {refused}", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, raise_stopped)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # stop_while_loading's is done
     try:
         return run(args)
     except AnalysisError as e:

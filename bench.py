@@ -47,7 +47,7 @@ import data
 import records
 import train
 import worker
-from utils import mean_pm_std
+from utils import ArgumentParser, mean_pm_std
 
 # Pipelines compared. "brief" is the scaling recipe as first specified, literally: torchvision
 # transforms + DataLoader.
@@ -341,7 +341,7 @@ def whole_numbers(text: str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", type=lambda s: s.split(","), default=["32x2", "128x4", "8x1"],
                         help="widthxdepth, comma-separated")

@@ -24,7 +24,7 @@ import yaml
 import data
 from model import MODELS, size_error
 from records import atomic_write, csv_tail_error, file_lock, unwritable_folder
-from utils import ConfigError
+from utils import ArgumentParser, ConfigError
 
 DESCRIPTION = "Train one configuration of the scaling study and log it under results/."
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
@@ -360,7 +360,7 @@ def parser_from_dataclass(cls, description: str = "") -> argparse.ArgumentParser
     (config.hp): the dataclass stays the single table and the CLI is derived from it. A bool field
     X gets --X and --no_X (and a hidden --no-X); a tuple field takes as many values as its
     default has."""
-    parser = argparse.ArgumentParser(description=description,
+    parser = ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(cls):
         m = f.metadata

@@ -20,12 +20,13 @@ has `features(x)`, the pooled representation the classifier reads.
 
     python model.py --width 32 --depth 2      # prints N and forward FLOPs per image
 """
-import argparse
 import os
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from utils import ArgumentParser
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR-10, channels first
@@ -239,7 +240,7 @@ def forward_flops_per_image(model: nn.Module) -> int:
 
 
 def main():
-    parser = argparse.ArgumentParser(description="Report N and FLOPs of a model without training.")
+    parser = ArgumentParser(description="Report N and FLOPs of a model without training.")
     parser.add_argument("--model", default="cnn", choices=sorted(MODELS))
     parser.add_argument("--width", type=int, default=None, help="default: the model's (32, 16, 32)")
     parser.add_argument("--depth", type=int, default=None, help="default: the model's (2, 1, 1)")

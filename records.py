@@ -29,7 +29,8 @@ from utils import ConfigError
 
 
 def atomic_write(path: str, data, mode: str = "w") -> None:
-    """Write a whole file or nothing: readers see the old or the new version, never a torn one."""
+    """Write a whole file or nothing: readers see the old or the new version, never a torn one.
+    An OSError names `path` (a failed write() names no file, mkstemp its temp file)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
@@ -40,9 +41,11 @@ def atomic_write(path: str, data, mode: str = "w") -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.filename != path:
+            raise OSError(e.errno, e.strerror, path) from e
         raise
 
 

@@ -51,7 +51,7 @@ import worker
 from data import NUM_TRAIN
 from model import build_model, forward_flops_per_image, num_params
 from records import ResultsFileError, file_lock, read_csv, read_summary, write_csv
-from utils import PARENT_PID_ENV
+from utils import PARENT_PID_ENV, ArgumentParser
 from worker import log_path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -724,7 +724,7 @@ def field_list(f):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Flags after -- go to every train.py run.")
     p.add_argument("plan", choices=PLANS + ["collect"])

@@ -1,6 +1,7 @@
 """Small helpers shared by the scripts: seeding, the code version, the error every script reports
-as a bad setting, mean ± std of repeated measurements, a stop by SIGTERM or Ctrl-C said in one
+as a bad setting, a command-line parser that takes negative values, mean ± std of repeated measurements, a stop by SIGTERM or Ctrl-C said in one
 line, and the watchdog that stops a training whose sweep is gone."""
+import argparse
 import os
 import random
 import signal
@@ -10,15 +11,35 @@ import subprocess
 import threading
 import time
 
-import numpy as np
-
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names each bad flag and its valid range."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, except that `--flag -1e9` or `--slice -1/2` reach the flag's own check
+    (argparse takes only plain negative numbers such as -4 or -0.5 as values; anything else
+    starting with "-" is read as an unknown flag, and the flag before it as missing its value)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = list(sys.argv[1:] if args is None else args)
+        takes_one = {s for a in self._actions if a.nargs is None and a.option_strings
+                     for s in a.option_strings}
+        joined, i = [], 0
+        while i < len(args):
+            value = args[i + 1] if i + 1 < len(args) else ""
+            if args[i] in takes_one and value[:1] == "-" and value[1:2] in set("0123456789."):
+                joined.append(f"{args[i]}={value}")
+                i += 2
+            else:
+                joined.append(args[i])
+                i += 1
+        return super().parse_known_args(joined, namespace)
+
+
 def set_seed(seed: int, deterministic: bool = True) -> None:
     """Seed every RNG; with `deterministic`, make CUDA kernels reproducible (the default)."""
+    import numpy as np  # here, so that a script's stop_while_loading comes before numpy loads
     import torch  # here, so that analysis.py reads results without loading torch
     random.seed(seed)
     np.random.seed(seed)
@@ -75,6 +96,18 @@ class Stopped(BaseException):
     """SIGTERM (kill, timeout, Slurm, a stopping sweep) raised in the main thread by
     raise_stopped, so that a script stops as on Ctrl-C: files closed, temp files of atomic writes
     removed, what was finished kept, one line said."""
+
+
+def stop_while_loading(who: str) -> None:
+    """For a script's first lines, before its libraries load (pandas, scipy, matplotlib: a second
+    or more): SIGTERM or Ctrl-C then exits with one line instead of a traceback or no word. Its
+    main() must then install the handlers of its own work, SIGINT's included."""
+    def stop(signum, frame):
+        print(f"{who}: stopped by {signal.Signals(signum).name} while starting; nothing was done",
+              file=sys.stderr)
+        os._exit(128 + signum)  # nothing is open yet; an exception here would print a traceback
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def raise_stopped(signum, frame):

@@ -36,7 +36,7 @@ import records
 import train
 from model import build_model, count_params, forward_flops_per_image, num_params
 from records import ResultsFileError, atomic_write, write_csv
-from utils import Stopped, exit_with_parent, raise_stopped, set_seed, stopped_exit_code
+from utils import ArgumentParser, Stopped, exit_with_parent, raise_stopped, set_seed, stopped_exit_code
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
 MAX_CACHED_NETS = 2  # fused modules kept for reuse; a worker's bundles come grouped by shape
@@ -343,7 +343,7 @@ def slice_of(text: str):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("plan", help="JSON file: {\"runs\": [[train.py flags], ...]}")
     parser.add_argument("--slice", type=slice_of, default=(0, 1),
                         help="I/N: train bundles I, I+N, I+2N, ... (one of N workers)")

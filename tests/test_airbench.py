@@ -437,6 +437,26 @@ def test_tiny_run_freezes_whitening_bias_after_epoch_3_and_times_like_the_paper(
     assert "`python airbench.py --width 0.0625 --dataset_size 128 --num_epochs 4" in table
 
 
+def test_a_stopped_run_leaves_no_partial_csv_over_a_finished_ones(tmp_path, data_dir,
+                                                                   monkeypatch, capsys):
+    row, _ = tiny_run(tmp_path, data_dir, "--num_epochs", "3")
+    runs = tmp_path / "results" / "runs"
+    before = {p.name: p.read_bytes() for p in runs.iterdir()}
+    real_evaluate, calls = ab.evaluate, []
+
+    def stopped_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(ab, "evaluate", stopped_in_epoch_2)
+    with pytest.raises(SystemExit) as exit_:
+        tiny_run(tmp_path, data_dir, "--num_epochs", "3")  # the same run again, stopped
+    assert exit_.value.code == 130 and "stopped by SIGINT" in capsys.readouterr().err
+    # was: runs/<run>.csv rewritten after epoch 1, no longer the finished run's 3 epochs
+    assert {p.name: p.read_bytes() for p in runs.iterdir()} == before
+
+
 def test_tiny_run_of_the_variants(tmp_path, data_dir):
     notes = tmp_path / "notes.md"
     row, epochs = tiny_run(tmp_path, data_dir, "--num_epochs", "1.5", "--tta_level", "0",

@@ -4,8 +4,10 @@ Tolerances are set from the noise: each comment says how."""
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -599,6 +601,8 @@ def test_a_hyperparameter_grid_is_tabulated_with_the_right_means(tmp_path):
         analysis.analyse(analysis.load([csv]), vs=["lrr"])
     with pytest.raises(AnalysisError, match="--vs N: a size"):  # was: no table, no word
         analysis.analyse(analysis.load([csv]), vs=["N"])
+    with pytest.raises(AnalysisError, match="--vs run_name: a column of each run, not a setting"):
+        analysis.analyse(analysis.load([csv]), vs=["run_name"])  # was: "no such column"
 
 
 def test_vs_a_setting_that_never_varies_says_so(tmp_path):
@@ -833,21 +837,20 @@ def test_a_stop_while_writing_leaves_no_half_written_file(tmp_path, monkeypatch)
 def test_a_full_disk_is_one_line_exit_28_and_no_empty_files(tmp_path, monkeypatch, capsys, errno_):
     path = write(tmp_path, make_runs(WIDTH_PLAN, seeds=(0,)))
     out = tmp_path / "out"
-    real_write, written = analysis.atomic_write, []
+    real_fsync, written = os.fsync, []
 
-    def full_after_two_files(target, data, mode="w"):
+    def full_after_two_files(fd):
         if len(written) == 2:   # the disk fills up while the figures are written
             raise OSError(errno_, os.strerror(errno_))   # as write() raises it: no file named
-        written.append(target)
-        real_write(target, data, mode)
+        written.append(fd)
+        real_fsync(fd)
 
-    monkeypatch.setattr(analysis, "atomic_write", full_after_two_files)
+    monkeypatch.setattr(os, "fsync", full_after_two_files)  # inside records.atomic_write
     assert analysis.main([path, "--out", str(out), "--n-boot", "0"]) == 28
     err = capsys.readouterr().err
     assert err.startswith(f"error: no space left on the device writing {out}{os.sep}") and \
         "MiB free there); free some space and run again" in err and err.count("\n") == 1, err
-    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in written)
-    assert all(os.path.getsize(p) > 1000 for p in written)
+    assert len(os.listdir(out)) == 2 and all(os.path.getsize(p) > 1000 for p in out.iterdir())
 
 
 def test_curves_of_a_run_without_a_per_epoch_csv_are_refused_before_fitting(tmp_path, capsys):
@@ -856,3 +859,32 @@ def test_curves_of_a_run_without_a_per_epoch_csv_are_refused_before_fitting(tmp_
     assert code == 2  # was: exit 0, a warning after the fits
     assert "--curves no_such_run: no per-epoch CSV no_such_run.csv in" in capsys.readouterr().err
     assert not (tmp_path / "out" / "fits.md").exists()
+
+
+def test_a_damaged_per_epoch_csv_is_named_as_damaged_not_as_missing(tmp_path):
+    header = "epoch,train_loss,test_loss\n"
+    (tmp_path / "whole.csv").write_text(header + "1,2.0,2.1\n2,1.5,nan\n")  # diverged: drawn
+    (tmp_path / "torn.csv").write_text(header + "1,2.0,2.1\n2,1.5")        # killed mid-append
+    (tmp_path / "binary.csv").write_bytes(header.encode() + b"1,\xff\xfe\x00,2\n")
+    (tmp_path / "garbled.csv").write_text(header + "1,2.0,oops\n")
+    (tmp_path / "other.csv").write_text("step,loss\n1,2\n")
+    names = ["whole", "torn", "binary", "garbled", "other", "absent"]
+    curves, missing, notes = analysis.read_curves(str(tmp_path), names)
+    assert sorted(curves) == ["torn", "whole"] and missing == ["absent"]  # was: all 4 "missing"
+    assert len(curves["torn"]) == 1 and len(curves["whole"]) == 2
+    assert len(notes) == 4 and "torn.csv" in notes[0] and "left out" in notes[0]
+    for note, name, why in zip(notes[1:], ("binary", "garbled", "other"),
+                               ("", "a value that is not a number", "no epoch, train_loss")):
+        assert f"{name}.csv is damaged (" in note and why in note and note.endswith("not drawn")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_libraries_load_is_one_line(tmp_path, signum):
+    fixture = os.path.join(REPO, "tests", "fixtures", "alabdulmohsin2022_image.csv")
+    proc = subprocess.Popen([sys.executable, "analysis.py", fixture, "--out", str(tmp_path)],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.4)  # loading pandas, scipy and matplotlib takes a second or more
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signum, err  # was: a KeyboardInterrupt traceback; no word
+    assert err.startswith(f"analysis.py: stopped by {signum.name}") and err.count("\n") == 1, err

@@ -55,3 +55,15 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
         atomic_write(str(path), Boom())  # fails inside the write
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["summary.json"]  # no temp file left behind
+
+
+def test_a_failed_atomic_write_names_its_file(tmp_path, monkeypatch):
+    path = str(tmp_path / "fits.json")
+
+    def full(fd):
+        raise OSError(28, os.strerror(28))  # as write() and fsync() raise it: no file named
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as failed:
+        atomic_write(path, "{}")
+    assert failed.value.errno == 28 and failed.value.filename == path  # was: None
+    assert os.listdir(tmp_path) == []

@@ -663,6 +663,16 @@ def test_a_malformed_plan_is_named(tmp_path, runs):
         worker.read_plan(str(path))
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["plan.json", "--slice", "-1/2"], "--slice needs I/N with 0 <= I < N, got -1/2"),
+    (["plan.json", "--max_bundle", "-1e3"], "--max_bundle: invalid int value: '-1e3'"),
+])
+def test_a_value_starting_with_minus_reaches_its_flags_check(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        worker.main(argv)  # was: "expected one argument", as if the value were a flag
+    assert message in capsys.readouterr().err
+
+
 def test_airbench_stopped_by_sigterm_says_so_in_one_line(monkeypatch, tmp_path, capsys):
     import airbench
 

@@ -58,6 +58,8 @@ def test_compute_plan_points_are_within_tolerance_of_their_budget(tradeoff, tmp_
     (["width", "--widths", ""], "needs at least one value"),
     (["shape"], "invalid choice"),
     (["width", "--", "--lr=-1"], "--lr must be >= 0"),
+    (["compute", "--budgets", "-1e9"], "--budgets: needs positive finite values"),  # was: "expected
+    (["width", "--", "--lr", "-1e-3"], "--lr must be >= 0"),                       # one argument"
 ])
 def test_bad_sweeps_are_refused_before_anything_runs(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
