@@ -140,3 +140,34 @@ def test_closed_form_N_of_any_depth_is_immediate_and_sizes_are_checked_before_bu
     for width, depth in ((2 ** 63 - 1, 2), (32, 10 ** 8), (100_000, 2)):
         message = model.size_error("cnn", width, depth)
         assert f"width {width:,} depth {depth:,} has N=" in message and "use a smaller" in message
+
+
+def window_cases():
+    """Every 2x2 window over {-1, -0.0, +0.0, 1, nan} (ties, signed zeros, NaNs: 625 windows) and
+    a batch of random values, laid out as (N, C, H, W) images."""
+    values = torch.tensor([-1.0, -0.0, 0.0, 1.0, float("nan")])
+    windows = torch.cartesian_prod(*[values] * 4).view(-1, 1, 2, 2)     # one window per image
+    tiled = windows.view(25, 25, 2, 2).permute(0, 2, 1, 3).reshape(1, 1, 50, 50)  # side by side
+    return [windows, tiled, torch.randn(4, 6, 8, 10)]
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_quarter_max_pool_gives_aten_max_pools_values(case):
+    from model import MaxPool2x2
+    x = window_cases()[case]
+    with torch.no_grad():
+        fast, aten = MaxPool2x2()(x), nn.functional.max_pool2d(x, 2)
+    assert ((fast == aten) | (fast.isnan() & aten.isnan())).all()  # -0.0 == 0.0: a sign may differ
+
+
+def test_evaluation_uses_the_quarter_pool_and_training_atens(monkeypatch):
+    torch.manual_seed(0)
+    model, x = ScalingCNN(4, 1).eval(), torch.randn(16, 3, 32, 32)
+    aten_calls, aten = [], nn.MaxPool2d.forward
+    monkeypatch.setattr(nn.MaxPool2d, "forward", lambda m, x: aten_calls.append(1) or aten(m, x))
+    with torch.no_grad():
+        fast = model(x)
+    assert aten_calls == []
+    slow = model(x)  # with gradients: ATen's kernel, which also keeps the indices
+    assert len(aten_calls) == 2 and torch.equal(fast, slow)
+    assert isinstance(model.body[1], nn.MaxPool2d)  # fused.py stacks copies of it as it is
