@@ -5,6 +5,7 @@ DataLoader), on the current device.
     python bench.py --full --seeds 3                 # + whole 100-epoch runs of the scaling recipe
     python bench.py --device cpu --sizes 32x2 --dataset_size 5000 --pipelines brief,default
     python bench.py --sweep_jobs 1,2,4,8             # sweep.py's width plan, K trainings per GPU
+    python bench.py --device cpu --threads 1 --sizes 2x1,16x1 --step_parts   # where a step's time goes
 
 Each measurement is a real train.train() call (same code path as train.py) in a temporary results
 folder: `--warmup` epochs (compilation, cuDNN autotuning, allocator growth) then `--epochs` timed
@@ -28,6 +29,7 @@ bundle of K copies against a single run of the same shape, with GPU utilisation 
         --sweep_args "--widths 4,8 --seeds 0,1,2 --num_epochs 2 -- --dataset_size 1000 --device cpu"
 """
 import argparse
+import copy
 import os
 import re
 import shlex
@@ -44,6 +46,7 @@ import torch
 
 import config
 import data
+from model import IMAGE_SHAPE, NUM_CLASSES, build_model
 import records
 import train
 import worker
@@ -169,6 +172,98 @@ def full_runs(args, device):
             print(f"  full {pipeline} seed {seed}: {end_to_end_s:.1f} s, loss "
                   f"{summary['final_test_loss_avg_last5']:.4f}", file=sys.stderr)
     return pd.DataFrame(rows)
+
+
+SGD_KINDS = {"for_loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+STEP_PARTS_COLUMNS = ["size", "forward_ms", "backward_ms", "for_loop_step_ms", "foreach_step_ms",
+                      "fused_step_ms", "step_share", "foreach_identical", "fused_identical",
+                      "eval_vs_train", "training_top_ops", "eval_top_ops"]
+STEP_WARMUP = 3  # steps before the timed ones: allocator growth, oneDNN's first-call setup
+
+
+def top_ops(prof, count=3) -> str:
+    """The ops that took most of a profiled block's own time, with their shares."""
+    ops = sorted(prof.key_averages(), key=lambda op: op.self_cpu_time_total, reverse=True)
+    total = sum(op.self_cpu_time_total for op in ops) or 1
+    return ", ".join(f"{op.key.removeprefix('aten::')} {100 * op.self_cpu_time_total / total:.0f}%"
+                     for op in ops[:count])
+
+
+def timed_steps(model, optimizer, x, y, device, steps) -> dict:
+    """Median seconds of a training step's forward, backward and optimizer step."""
+    parts = {"forward": [], "backward": [], "step": []}
+    for i in range(STEP_WARMUP + steps):
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        train.sync(device)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        train.sync(device)
+        t2 = time.perf_counter()
+        optimizer.step()
+        train.sync(device)
+        if i >= STEP_WARMUP:
+            for part, seconds in zip(parts, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
+                parts[part].append(seconds)
+    return {part: statistics.median(seconds) for part, seconds in parts.items()}
+
+
+def step_parts_table(args, device) -> pd.DataFrame:
+    """Where a training step's and an evaluation's time go, per size of the scaling CNN at the
+    default batch sizes, on random images: forward, backward and optimizer step (ms, medians of
+    --epochs x 10 steps) for each torch.optim.SGD implementation, whether foreach and fused SGD
+    leave the weights bit-identical to the for-loop after those steps, evaluation ms per image
+    against training's, and each part's most expensive ops (torch.profiler)."""
+    from torch.profiler import profile
+    device, cfg, rows = torch.device(device), train.Config(), []
+    for size in args.sizes:
+        width, depth = map(int, size.split("x"))
+        torch.manual_seed(0)
+        base = build_model("cnn", width, depth).to(device)
+        x = torch.randn(cfg.batch_size, *IMAGE_SHAPE, device=device)
+        y = torch.randint(0, NUM_CLASSES, (cfg.batch_size,), device=device)
+        row, weights = dict(size=size), {}
+        for kind, options in SGD_KINDS.items():
+            model = copy.deepcopy(base)
+            try:
+                optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                            weight_decay=cfg.weight_decay, **options)
+                parts = timed_steps(model, optimizer, x, y, device, 10 * args.epochs)
+            except RuntimeError as e:  # fused SGD on a device without its kernel
+                row[f"{kind}_step_ms"] = float("nan")
+                args.failures.append(f"{size} {kind} SGD: {e}")
+                continue
+            row[f"{kind}_step_ms"] = 1e3 * parts["step"]
+            weights[kind] = torch.cat([p.detach().flatten() for p in model.parameters()])
+            if kind == "for_loop":
+                row.update(forward_ms=1e3 * parts["forward"], backward_ms=1e3 * parts["backward"])
+                row["step_share"] = parts["step"] / sum(parts.values())
+                with profile() as prof:
+                    timed_steps(model, optimizer, x, y, device, 2)
+                row["training_top_ops"] = top_ops(prof)
+        for kind in ("foreach", "fused"):
+            row[f"{kind}_identical"] = kind in weights and torch.equal(weights[kind], weights["for_loop"])
+        base.eval()
+        images = torch.randn(cfg.eval_batch_size, *IMAGE_SHAPE, device=device)
+        with torch.no_grad():
+            eval_s = min(timed(lambda: base(images), device) for _ in range(STEP_WARMUP + 5))
+            with profile() as prof:
+                base(images)
+        row["eval_vs_train"] = (eval_s / len(images)) / \
+            ((row["forward_ms"] + row["backward_ms"]) / 1e3 / cfg.batch_size)
+        row["eval_top_ops"] = top_ops(prof)
+        rows.append(row)
+        print(f"  {size}: step parts measured", file=sys.stderr)
+    return pd.DataFrame(rows, columns=STEP_PARTS_COLUMNS)
+
+
+def timed(work, device) -> float:
+    train.sync(device)
+    start = time.perf_counter()
+    work()
+    train.sync(device)
+    return time.perf_counter() - start
 
 
 def sweep_args_default() -> str:
@@ -374,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fused_pipeline", default="default",
                         help=f"--sweep: pipeline of the fused bundles, one of {list(PIPELINES)}")
     parser.add_argument("--out", default="results/bench_engine", help="--sweep: folder of its files")
+    parser.add_argument("--step_parts", action="store_true",
+                        help="where a step's time goes instead: forward, backward, each SGD "
+                             "implementation's step, evaluation, top ops (torch.profiler)")
     return parser
 
 
@@ -416,6 +514,10 @@ def main():
         if not SIZE.fullmatch(args.fused_size):
             parser.error(f"--fused_size must be WIDTHxDEPTH, e.g. 32x2, got {args.fused_size!r}")
         text = engine_report(args, device, device_name)
+    elif args.step_parts:
+        text = (f"{heading(device_name)} (batch {train.Config().batch_size}, evaluation batch "
+                f"{train.Config().eval_batch_size}; times in ms)\n\n"
+                f"{step_parts_table(args, device).to_markdown(index=False, floatfmt='.4g')}\n")
     elif args.sweep_jobs:
         text = f"{heading(device_name)}\n\n{sweep_table(args).to_markdown(index=False, floatfmt='.4g')}\n"
     else:

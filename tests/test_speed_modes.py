@@ -52,6 +52,22 @@ def test_bench_prints_and_records_a_table(data_dir, tmp_path):
     assert (table.eval_images_per_s > 0).all() and (table.eval_vs_train > 0).all()
 
 
+def test_step_parts_time_each_sgd_and_find_foreach_identical_to_the_for_loop(tmp_path):
+    notes = tmp_path / "benchmarks.md"
+    proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes", "2x1",
+                           "--step_parts", "--epochs", "1", "--notes", str(notes)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    header, rule, row = [line for line in notes.read_text().splitlines() if line.startswith("|")]
+    cells = dict(zip([c.strip() for c in header.split("|")[1:-1]],
+                     [c.strip() for c in row.split("|")[1:-1]]))
+    assert list(cells) == bench.STEP_PARTS_COLUMNS and cells["size"] == "2x1"
+    assert cells["foreach_identical"] == "True"  # the same arithmetic, tensor by tensor
+    assert all(float(cells[k]) > 0 for k in ("forward_ms", "backward_ms", "for_loop_step_ms",
+                                             "foreach_step_ms", "eval_vs_train"))
+    assert "convolution" in cells["training_top_ops"] and "%" in cells["eval_top_ops"]
+
+
 def test_bench_refuses_a_thread_count_below_one():
     proc = subprocess.run([sys.executable, "bench.py", "--threads", "0"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
