@@ -59,7 +59,8 @@ def colours(n):
 
 def drawn(frames, limit=PLOT_MAX_POINTS) -> tuple:
     """The frames with at most `limit` rows among them, each cut to its share by a fixed random
-    subsample (same figure on every run), and the note that says so ('' when nothing was cut).
+    subsample (same figure on every run), and the title's note that says so ('' when nothing
+    was cut).
     The fits always use every point; this is only what is drawn."""
     total = sum(len(f) for f in frames)
     if total <= limit:
@@ -68,7 +69,7 @@ def drawn(frames, limit=PLOT_MAX_POINTS) -> tuple:
     rng = np.random.default_rng(0)
     cut = [f if len(f) <= share else f.iloc[np.sort(rng.choice(len(f), share, replace=False))]
            for f in frames]
-    return cut, f"a random {sum(len(f) for f in cut):,} of {total:,} points drawn"
+    return cut, f"; a random {sum(len(f) for f in cut):,} of {total:,} points drawn"
 
 
 def plain(value):
@@ -135,7 +136,7 @@ def loss_vs_x(x, groups, fits, loss_label, not_identified=()):
     log_axes(ax)
     ax.set(xlabel=X_LABELS.get(x, x), ylabel=loss_label)
     flag = f" (α {laws.NOT_IDENTIFIED}: {', '.join(not_identified)})" if not_identified else ""
-    title(ax, f"loss vs {x}, seed mean ± std{flag}{'; ' + cut if cut else ''}", shared)
+    title(ax, f"loss vs {x}, seed mean ± std{flag}{cut}", shared)
     legend(ax, len(groups) + 2)
     return fig
 
@@ -157,7 +158,7 @@ def isoflop(result, loss_label):
     log_axes(ax, y=False)
     ax.set(xlabel=X_LABELS["N"], ylabel=loss_label)
     title(ax, f"IsoFLOP: N vs {result.partner} at constant {result.compute} (★ minimum)"
-              f"{'; ' + cut if cut else ''}", result.group)
+              f"{cut}", result.group)
     legend(ax, len(result.budgets))
     return fig
 
@@ -216,7 +217,7 @@ def joint(fit, frame, loss_label):
     log_axes(axes[0])
     axes[0].set(xlabel="predicted by the joint law", ylabel=f"observed {loss_label}")
     title(axes[0], f"joint fit: observed vs predicted (log RMSE {fit.log_rmse:.3f})"
-                   f"{'; ' + cut if cut else ''}", width_in=5.2)
+                   f"{cut}", width_in=5.2)
     norm = LogNorm(everything.D.min(), everything.D.max())
     points = axes[1].scatter(frame.N, frame.L, c=frame.D, norm=norm, cmap="viridis", s=16)
     fig.colorbar(points, ax=axes[1], label=X_LABELS["D"])
