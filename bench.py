@@ -60,6 +60,7 @@ PIPELINES = {
     "default": dict(loader="tensor"),
     "channels_last": dict(loader="tensor", channels_last=True),  # one lever alone (CPU: per size)
     "compile_fp32": dict(loader="tensor", compile="default"),  # one lever alone (inductor on CPU)
+    "compile_channels_last": dict(loader="tensor", compile="default", channels_last=True),  # fp32
     "nondeterministic": dict(loader="tensor", deterministic=False),
     "bf16": dict(loader="tensor", deterministic=False, precision="bf16", channels_last=True),
     "compiled": dict(loader="tensor", deterministic=False, precision="bf16", channels_last=True,
