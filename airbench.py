@@ -696,15 +696,18 @@ def warms_up(cfg: AirbenchConfig, device: torch.device) -> bool:
     return cfg.runs > 1 or device.type == "cuda"
 
 
-def bench(cfg: AirbenchConfig) -> list:
+def bench(cfg: AirbenchConfig, rows=None) -> list:
     """cfg.runs seeds after one unrecorded warm-up run (compilation, cudnn autotuning, allocator);
-    prints mean and std of tta_val_acc and time_s and appends them to the benchmarks file."""
+    prints mean and std of tta_val_acc and time_s and appends them to the benchmarks file.
+    rows: the caller's list, to which each finished run's summary is added as it finishes."""
     validate_airbench(cfg)
     device = resolve_device(cfg.device)
     loaded = load_data(cfg, device)
     if warms_up(cfg, device):
         train(replace(cfg, quiet=True), loaded, record=False)
-    rows = [train(replace(cfg, seed=cfg.seed + k), loaded) for k in range(cfg.runs)]
+    rows = [] if rows is None else rows
+    for k in range(cfg.runs):
+        rows.append(train(replace(cfg, seed=cfg.seed + k), loaded))
     table = results_table(cfg, rows, device)
     path = cfg.notes or os.path.join(cfg.results_dir, BENCHMARKS_FILE)
     append_text(path, table)
@@ -727,14 +730,16 @@ def main(argv=None):
     cfg = parse_config(argv)
     keep_freed_memory()
     signal.signal(signal.SIGTERM, raise_stopped)
+    finished = []
     try:
-        bench(cfg)
+        bench(cfg, finished)
     except (data.DataError, ConfigError) as e:
         sys.exit(f"error: {e}")
-    except (KeyboardInterrupt, Stopped) as e:  # runs already finished are in the results folder
-        sys.exit(stopped_exit_code(e, "airbench.py", f"the runs that finished are in "
-                                   f"{cfg.results_dir}, the one in progress is lost (a recipe "
-                                   f"of a few minutes is rerun, not resumed)"))
+    except (KeyboardInterrupt, Stopped) as e:
+        kept = f" (kept in {cfg.results_dir})" if finished else ""
+        sys.exit(stopped_exit_code(e, "airbench.py", f"{len(finished)} of {cfg.runs} run(s) "
+                                   f"finished{kept}; the one in progress is lost (a recipe of a "
+                                   f"few minutes is rerun, not resumed)"))
 
 
 if __name__ == "__main__":

@@ -1152,8 +1152,11 @@ def read_curves(runs_dir, run_names) -> tuple:
     curves, missing, notes = {}, [], []
     for name in run_names:
         path = os.path.join(runs_dir, f"{name}.csv")
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             missing.append(name)
+            continue
+        if not os.path.isfile(path):
+            notes.append(f"per-epoch CSV {path} is a folder, not a file; not drawn")
             continue
         try:
             log = pd.read_csv(path)
@@ -1335,7 +1338,10 @@ def run(args) -> int:
     unknown = [name for name in args.curves or []
                if not os.path.isfile(os.path.join(runs_dir, name + ".csv"))]
     if unknown:  # named by hand: a typo or another folder, found out before the fits
-        raise AnalysisError(f"--curves {unknown[0]}: no per-epoch CSV {unknown[0]}.csv in "
+        path = os.path.join(runs_dir, unknown[0] + ".csv")
+        raise AnalysisError(f"--curves {unknown[0]}: {path} is a folder, not a per-epoch CSV"
+                            if os.path.exists(path) else
+                            f"--curves {unknown[0]}: no per-epoch CSV {unknown[0]}.csv in "
                             f"{runs_dir} (--runs-dir names another folder)")
     runs = load(args.csv, loss=args.loss, where=args.where, model=args.model,
                 allow_mixed_data=args.allow_mixed_data)

@@ -549,7 +549,7 @@ def launch_submitit(runs, results_dir, args, tasks=None) -> dict:
                               [None] * len(tasks))
     print(f"submitted {len(jobs)} tasks as job {jobs[0].job_id.split('_')[0]}; logs under {folder}")
     if not args.wait:
-        return {}
+        return None
     return {name: job.result() for (name, _), job in zip(tasks, jobs)}
 
 
@@ -986,6 +986,11 @@ def main(argv=None):
         if not records.is_disk_full(e):
             raise
         sys.exit(f"error: {records.disk_full_message(e, args.results_dir)}: " + DISK_FULL_ADVICE)
+    if codes is None:  # submitted without --wait: nothing to count yet
+        print("not waiting for the tasks (--wait waits and reports): rerun the same command later "
+              "to see how many are finished (those are skipped) and launch the rest",
+              file=sys.stderr)
+        return
     if records.DISK_FULL_EXIT in codes.values():
         stopped = sum(code == records.DISK_FULL_EXIT for code in codes.values())
         sys.exit(f"error: no space left on the device under {args.results_dir} "
@@ -997,7 +1002,8 @@ def main(argv=None):
 
 
 def launch(args, runs) -> dict:
-    """Train the runs of the plan that have no summary yet; {run_name: exit code}."""
+    """Train the runs of the plan that have no summary yet; {run_name: exit code}, or None when
+    they were submitted to submitit without --wait."""
     done = set() if args.force else finished_names(args.results_dir)
     todo = [r for r in runs if r.name not in done]
     print(f"{args.plan} plan: {len(runs)} runs, {len(runs) - len(todo)} skipped (already have a "
@@ -1019,7 +1025,7 @@ def launch(args, runs) -> dict:
     else:  # one array task per bundle
         tasks = worker_tasks(todo, args.results_dir, len(todo), args.max_bundle, args.force)
         codes = launch_submitit(todo, args.results_dir, args, tasks)
-        codes = summary_codes(todo, args.results_dir) if codes else {}
+        codes = None if codes is None else summary_codes(todo, args.results_dir)
     return codes
 
 

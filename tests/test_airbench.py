@@ -528,10 +528,12 @@ def test_results_table_reports_mean_and_std_over_runs():
 
 
 def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
-    def interrupted(cfg):
+    def interrupted_in_the_second_run(cfg, finished):
+        finished.append({})
         raise KeyboardInterrupt
-    monkeypatch.setattr(ab, "bench", interrupted)
+    monkeypatch.setattr(ab, "bench", interrupted_in_the_second_run)
     with pytest.raises(SystemExit) as exit_:
-        ab.main(["--results_dir", str(tmp_path), "--device", "cpu"])
+        ab.main(["--results_dir", str(tmp_path), "--device", "cpu", "--runs", "3"])
     assert exit_.value.code == 130  # 128 + SIGINT, as train.py and sweep.py exit
-    assert "airbench.py: stopped by SIGINT; the runs that finished" in capsys.readouterr().err
+    assert f"airbench.py: stopped by SIGINT; 1 of 3 run(s) finished (kept in {tmp_path}); the " \
+        "one in progress is lost" in capsys.readouterr().err

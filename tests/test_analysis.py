@@ -858,6 +858,9 @@ def test_curves_of_a_run_without_a_per_epoch_csv_are_refused_before_fitting(tmp_
     code = analysis.main([csv, "--curves", "no_such_run", "--out", str(tmp_path / "out")])
     assert code == 2  # was: exit 0, a warning after the fits
     assert "--curves no_such_run: no per-epoch CSV no_such_run.csv in" in capsys.readouterr().err
+    (tmp_path / "results" / "runs" / "a_folder.csv").mkdir(parents=True)
+    assert analysis.main([csv, "--curves", "a_folder", "--out", str(tmp_path / "out")]) == 2
+    assert "a_folder.csv is a folder, not a per-epoch CSV" in capsys.readouterr().err
     assert not (tmp_path / "out" / "fits.md").exists()
 
 
@@ -868,9 +871,11 @@ def test_a_damaged_per_epoch_csv_is_named_as_damaged_not_as_missing(tmp_path):
     (tmp_path / "binary.csv").write_bytes(header.encode() + b"1,\xff\xfe\x00,2\n")
     (tmp_path / "garbled.csv").write_text(header + "1,2.0,oops\n")
     (tmp_path / "other.csv").write_text("step,loss\n1,2\n")
-    names = ["whole", "torn", "binary", "garbled", "other", "absent"]
+    (tmp_path / "folder.csv").mkdir()
+    names = ["whole", "torn", "binary", "garbled", "other", "absent", "folder"]
     curves, missing, notes = analysis.read_curves(str(tmp_path), names)
-    assert sorted(curves) == ["torn", "whole"] and missing == ["absent"]  # was: all 4 "missing"
+    assert sorted(curves) == ["torn", "whole"] and missing == ["absent"]  # was: all 5 "missing"
+    assert notes.pop().endswith("folder.csv is a folder, not a file; not drawn")
     assert len(curves["torn"]) == 1 and len(curves["whole"]) == 2
     assert len(notes) == 4 and "torn.csv" in notes[0] and "left out" in notes[0]
     for note, name, why in zip(notes[1:], ("binary", "garbled", "other"),

@@ -676,13 +676,15 @@ def test_a_value_starting_with_minus_reaches_its_flags_check(argv, message, caps
 def test_airbench_stopped_by_sigterm_says_so_in_one_line(monkeypatch, tmp_path, capsys):
     import airbench
 
-    def stopped(cfg):
+    def stopped(cfg, finished):
         raise train.Stopped(signal.SIGTERM)
     monkeypatch.setattr(airbench, "bench", stopped)
     with pytest.raises(SystemExit) as exit_:
         airbench.main(["--device", "cpu", "--results_dir", str(tmp_path)])
     assert exit_.value.code == 128 + signal.SIGTERM  # was: killed without a word
-    assert "airbench.py: stopped by SIGTERM; the runs that finished are in" in capsys.readouterr().err
+    # and no folder named as holding runs when none finished
+    assert "airbench.py: stopped by SIGTERM; 0 of 1 run(s) finished; the one in progress is lost" \
+        in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("edit", ['"N": "abc"', '"D": -5', '"status": "done"'])

@@ -155,6 +155,16 @@ def test_submitit_array_runs_through_the_local_executor(data_dir, tmp_path):
     assert sorted(r["width"] for r in rows) == ["2", "3"]
 
 
+def test_a_sweep_not_waiting_for_its_array_counts_nothing_as_done(tmp_path, monkeypatch, capsys):
+    submitted = []
+    monkeypatch.setattr(sweep, "launch_submitit", lambda *args: submitted.append(args) or None)
+    sweep.main(["width", "--widths", "2,3", "--launcher", "submitit-local",
+                "--results_dir", str(tmp_path), "--", *TINY_FLAGS])
+    err = capsys.readouterr().err
+    assert len(submitted) == 1 and "not waiting for the tasks (--wait waits and reports)" in err
+    assert "done:" not in err  # was: "done: 0 finished (0 diverged), 0 failed" while they trained
+
+
 def test_submitit_from_the_command_line_in_another_folder(data_dir, tmp_path):
     """Run as a script, sweep.py is __main__: its task function must reach the job by reference
     (was: "cannot pickle '_thread.lock' object")."""
