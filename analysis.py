@@ -1259,8 +1259,8 @@ def write_outputs(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> l
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Fit, validate and plot the scaling laws of "
-                                            "results/final_data.csv (or any CSV with N and/or D "
-                                            "and a loss column).")
+                                   "results/final_data.csv (or any CSV with N and/or D and a loss "
+                                   "column).")
     p.add_argument("csv", nargs="+", help="final_data.csv file(s) written by train.py, or CSVs "
                                           "with columns N, D, loss")
     p.add_argument("--out", default="results/analysis", help="folder for fits.json, fits.md, PNGs")

@@ -361,7 +361,7 @@ def parser_from_dataclass(cls, description: str = "") -> argparse.ArgumentParser
     X gets --X and --no_X (and a hidden --no-X); a tuple field takes as many values as its
     default has."""
     parser = ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(cls):
         m = f.metadata
         if f.type is bool:

@@ -725,8 +725,8 @@ def field_list(f):
 
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Flags after -- go to every train.py run.")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Flags after -- go to every train.py run.")
     p.add_argument("plan", choices=PLANS + ["collect"])
     p.add_argument("--widths", type=int_list, default=None, help=f"default {DEFAULT_WIDTHS} (width, compute, grid plans; a grid given other lists: train.py's width)")
     p.add_argument("--depths", type=int_list, default=None, help=f"default {DEFAULT_DEPTHS} (depth plan), else the train.py depth")

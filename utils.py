@@ -1,6 +1,7 @@
 """Small helpers shared by the scripts: seeding, the code version, the error every script reports
-as a bad setting, a command-line parser that takes negative values, mean ± std of repeated measurements, a stop by SIGTERM or Ctrl-C said in one
-line, and the watchdog that stops a training whose sweep is gone."""
+as a bad setting, a command-line parser that takes negative values, mean ± std of repeated
+measurements, a stop by SIGTERM or Ctrl-C said in one line, and the watchdog that stops a
+training whose sweep is gone."""
 import argparse
 import os
 import random
@@ -26,7 +27,7 @@ class ArgumentParser(argparse.ArgumentParser):
         takes_one = {s for a in self._actions if a.nargs is None and a.option_strings
                      for s in a.option_strings}
         joined, i = [], 0
-        while i < len(args):
+        while i < len(args) and args[i] != "--":  # after "--" every token is a positional
             value = args[i + 1] if i + 1 < len(args) else ""
             if args[i] in takes_one and value[:1] == "-" and value[1:2] in set("0123456789."):
                 joined.append(f"{args[i]}={value}")
@@ -34,7 +35,7 @@ class ArgumentParser(argparse.ArgumentParser):
             else:
                 joined.append(args[i])
                 i += 1
-        return super().parse_known_args(joined, namespace)
+        return super().parse_known_args(joined + args[i:], namespace)
 
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
