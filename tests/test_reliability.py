@@ -673,6 +673,16 @@ def test_a_value_starting_with_minus_reaches_its_flags_check(argv, message, caps
     assert message in capsys.readouterr().err
 
 
+def test_values_are_joined_to_their_flag_only_before_a_double_dash():
+    from utils import ArgumentParser
+    parser = ArgumentParser()
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("rest", nargs="*")
+    args = parser.parse_args(["--lr", "-1e-3", "--quiet", "--", "--lr", "-2e3"])
+    assert args.lr == -1e-3 and args.quiet and args.rest == ["--lr", "-2e3"]
+
+
 def test_airbench_stopped_by_sigterm_says_so_in_one_line(monkeypatch, tmp_path, capsys):
     import airbench
 
