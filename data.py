@@ -83,6 +83,10 @@ def load_cifar10(data_dir: str = "data", download: bool = True) -> CIFAR10:
     first if absent."""
     folder = os.path.join(data_dir, BATCHES_DIR)
     paths = [os.path.join(folder, name) for name in TRAIN_FILES + [TEST_FILE]]
+    for path in (data_dir, folder):
+        if os.path.exists(path) and not os.path.isdir(path):  # a download could not help
+            raise DataError(f"{path} is a file, not a folder: --data_dir names the folder that "
+                            f"holds {BATCHES_DIR}/")
     if not all(os.path.exists(p) for p in paths):
         if not download:
             raise DataError(f"CIFAR-10 not found: expected {folder}/ with {TRAIN_FILES + [TEST_FILE]}.")

@@ -104,6 +104,16 @@ def test_offline_download_failure_explains_what_to_do(tmp_path, monkeypatch):
     assert "name resolution" in message and "--data_dir" in message
 
 
+@pytest.mark.parametrize("where", ["data_dir", "batches"])
+def test_a_file_in_place_of_the_data_folder_is_named_without_a_download(tmp_path, monkeypatch,
+                                                                          where):
+    monkeypatch.setattr(data, "download_cifar10", lambda d: pytest.fail("tried to download"))
+    path = tmp_path / "afile" if where == "data_dir" else tmp_path / data.BATCHES_DIR
+    path.write_text("not a folder")
+    with pytest.raises(data.DataError, match=f"{path} is a file, not a folder"):
+        data.load_cifar10(str(tmp_path / "afile" if where == "data_dir" else tmp_path))
+
+
 def test_fingerprint_tells_subsets_apart():
     images, labels = random_images(10), torch.arange(10)
     assert data.fingerprint(images, labels) == data.fingerprint(images.clone(), labels.clone())
