@@ -101,7 +101,8 @@ from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
 from config import config_id as _config_id
 from train import device_name, keep_freed_memory, last5_and_best, sync, training_flops
 from config import config_yaml, parse_settings, parser_from_dataclass
-from records import append_row, atomic_write, file_lock, writable_file_error, write_csv
+from records import (DISK_FULL_EXIT, append_row, append_text, atomic_write, disk_full_message,
+                     is_disk_full, writable_file_error, write_csv)
 from utils import (Stopped, git_version, mean_pm_std, raise_stopped, set_seed,
                    stopped_exit_code)
 
@@ -209,6 +210,9 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
         errors.append(f"--output_scale must be > 0, got {cfg.output_scale}")
     if cfg.bn_eps <= 0:  # torch refuses it in training
         errors.append(f"--bn_eps must be > 0, got {cfg.bn_eps}")
+    if cfg.seed + cfg.runs - 1 > MAX_SEED:  # found out now, not after the first runs
+        errors.append(f"--seed {cfg.seed} --runs {cfg.runs} reaches seed "
+                      f"{cfg.seed + cfg.runs - 1}, above {MAX_SEED}")
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
 
@@ -684,12 +688,6 @@ def results_table(cfg: AirbenchConfig, rows: list, device: torch.device) -> str:
             f"out of the means.", ""] if diverged else []))
 
 
-def append_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with file_lock(path), open(path, "a") as f:
-        f.write("\n" + text)
-
-
 def warms_up(cfg: AirbenchConfig, device: torch.device) -> bool:
     """Whether bench() makes an unrecorded warm-up run first: always on CUDA (a first run pays
     cuDNN autotuning and compilation, so its time_s is not the paper's), and for --runs > 1."""
@@ -740,6 +738,12 @@ def main(argv=None):
         sys.exit(stopped_exit_code(e, "airbench.py", f"{len(finished)} of {cfg.runs} run(s) "
                                    f"finished{kept}; the one in progress is lost (a recipe of a "
                                    f"few minutes is rerun, not resumed)"))
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        print(f"error: {disk_full_message(e, cfg.results_dir)}; {len(finished)} of {cfg.runs} "
+              f"run(s) recorded, each whole; free some space and run again", file=sys.stderr)
+        sys.exit(DISK_FULL_EXIT)
 
 
 if __name__ == "__main__":

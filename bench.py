@@ -526,9 +526,15 @@ def main():
         text = report(args, device_name, timed_table(args, device, device_name), full)
     print(text)
     if args.notes:
-        os.makedirs(os.path.dirname(os.path.abspath(args.notes)), exist_ok=True)
-        with open(args.notes, "a") as f:
-            f.write("\n" + text + "\n")
+        try:
+            records.append_text(args.notes, text + "\n")
+        except OSError as e:
+            if not records.is_disk_full(e):
+                raise
+            folder = os.path.dirname(os.path.abspath(args.notes))
+            print(f"error: {records.disk_full_message(e, folder)}; the table above was not added "
+                  f"to {args.notes}, which is as it was", file=sys.stderr)
+            sys.exit(records.DISK_FULL_EXIT)
     if args.failures:
         sys.exit("error: " + "\nerror: ".join(args.failures))
 

@@ -173,6 +173,17 @@ def summary_value_error(summary: dict):
     return None
 
 
+def append_text(path: str, text: str) -> None:
+    """Add a blank line and `text` (a markdown table) at the end of the file, whole or not at all:
+    a full disk leaves the file as it was, not a table cut in half."""
+    with file_lock(path):
+        old = ""
+        if os.path.exists(path):
+            with open(path) as f:
+                old = f.read()
+        atomic_write(path, old + "\n" + text)
+
+
 def append_row(path: str, row: dict, key: str = None) -> None:
     """Append one row to a CSV shared by many processes.
 

@@ -386,6 +386,8 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path):
         ab.validate_airbench(ab.AirbenchConfig(output_scale=0.0, **base))  # learns nothing
     with pytest.raises(ConfigError, match="--bn_eps must be > 0"):  # was: torch's traceback
         ab.validate_airbench(ab.AirbenchConfig(bn_eps=0.0, **base))
+    with pytest.raises(ConfigError, match="--seed 4294967295 --runs 2 reaches seed 4294967296"):
+        ab.validate_airbench(ab.AirbenchConfig(seed=2 ** 32 - 1, runs=2, **base))  # was: refused
     for argv in (["--translate_schedule", "spiral"], ["--tta_level", "3"], ["--lr", "0"]):
         with pytest.raises(SystemExit):
             ab.parse_config(argv)
@@ -455,6 +457,19 @@ def test_a_stopped_run_leaves_no_partial_csv_over_a_finished_ones(tmp_path, data
     assert exit_.value.code == 130 and "stopped by SIGINT" in capsys.readouterr().err
     # was: runs/<run>.csv rewritten after epoch 1, no longer the finished run's 3 epochs
     assert {p.name: p.read_bytes() for p in runs.iterdir()} == before
+
+
+def test_a_full_disk_is_one_line_and_exit_28(monkeypatch, tmp_path, capsys):
+    def full_in_the_second_run(cfg, finished):
+        finished.append({})
+        raise OSError(28, os.strerror(28), str(tmp_path / "runs" / "x.csv"))
+    monkeypatch.setattr(ab, "bench", full_in_the_second_run)
+    with pytest.raises(SystemExit) as exit_:
+        ab.main(["--results_dir", str(tmp_path), "--device", "cpu", "--runs", "2"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 28 and err.count("\n") == 1, err  # was: a traceback
+    assert err.startswith(f"error: no space left on the device writing {tmp_path}") and \
+        "1 of 2 run(s) recorded, each whole; free some space and run again" in err
 
 
 def test_tiny_run_of_the_variants(tmp_path, data_dir):

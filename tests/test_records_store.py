@@ -67,3 +67,18 @@ def test_a_failed_atomic_write_names_its_file(tmp_path, monkeypatch):
         atomic_write(path, "{}")
     assert failed.value.errno == 28 and failed.value.filename == path  # was: None
     assert os.listdir(tmp_path) == []
+
+
+def test_append_text_on_a_full_disk_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    from records import append_text
+    path = tmp_path / "benchmarks.md"
+    append_text(str(path), "| a |\n")
+    assert path.read_text() == "\n| a |\n"
+
+    def full(fd):
+        raise OSError(28, os.strerror(28))
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as failed:
+        append_text(str(path), "| b |\n" * 1000)
+    assert failed.value.filename == str(path) and path.read_text() == "\n| a |\n"  # no half table
+    assert sorted(os.listdir(tmp_path)) == ["benchmarks.md", "benchmarks.md.lock"]
