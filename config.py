@@ -23,7 +23,7 @@ import yaml
 
 import data
 from model import MODELS, size_error
-from records import atomic_write, csv_tail_error, file_lock, unwritable_folder
+from records import atomic_write, csv_append_error, file_lock, unwritable_folder
 from utils import ArgumentParser, ConfigError
 
 DESCRIPTION = "Train one configuration of the scaling study and log it under results/."
@@ -208,7 +208,7 @@ def _results_file_errors(results_dir: str) -> list:
     if os.path.exists(runs) and (not os.path.isdir(runs) or not os.access(runs, os.W_OK | os.X_OK)):
         errors.append(f"--results_dir: {runs} is not a writable folder")
     if os.path.exists(final):
-        tail = csv_tail_error(final)
+        tail = csv_append_error(final, key="run_name")
         errors += [f"--results_dir: {tail}"] if tail else []
     return errors
 

@@ -101,21 +101,30 @@ class ResultsFileError(RuntimeError):
     """A results CSV that cannot be appended to safely; the message names the file and line."""
 
 
-def csv_tail_error(path: str):
-    """Why appending a row to the CSV at `path` would corrupt it, or None. A last line without
-    its newline (a hand edit, a crash mid-write) would have the next row glued onto it."""
+def csv_append_error(path: str, key: str = None):
+    """Why appending a row to the CSV at `path` would corrupt it, or None: a last line without
+    its newline (a hand edit, a crash mid-write) would have the next row glued onto it; a row
+    longer than the header (an edited header, another file's) could not be read back under it;
+    a file without the `key` column (run_name) is not one the writers made."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return None
     if os.path.isdir(path) or not os.access(path, os.R_OK | os.W_OK):
         return f"{path} is not a writable file"
+    rebuild = "move it aside (python sweep.py collect rebuilds it from runs/*.json), then run again"
     try:
         with open(path, newline="") as f:
-            for _ in csv.reader(f):  # every line: a stray binary byte anywhere fails every reader
-                pass
+            reader = csv.reader(f)  # every line: a stray binary byte anywhere fails every reader
+            header = next(reader)
+            longer = next(((number, len(fields)) for number, fields in enumerate(reader, 2)
+                           if len(fields) > len(header)), None)
         torn = torn_last_row(path)
     except (UnicodeDecodeError, csv.Error) as e:
-        return (f"{path} is not a CSV text file ({type(e).__name__}); move it aside (python "
-                f"sweep.py collect rebuilds it from runs/*.json), then run again")
+        return f"{path} is not a CSV text file ({type(e).__name__}); {rebuild}"
+    if longer:
+        return (f"{path}: line {longer[0]} has {longer[1]} fields, more than the header line's "
+                f"{len(header)} (an edited header, or another file's rows); {rebuild}")
+    if key and key not in header:
+        return f"{path} has no {key} column in its header line: not a results file; {rebuild}"
     if torn:
         return (f"{torn}. Delete that line (python sweep.py collect rebuilds the file from "
                 f"runs/*.json), then run again")
@@ -230,7 +239,7 @@ def _checked_header(path: str):
     header yet; a torn last row is refused (ResultsFileError)."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return None
-    error = csv_tail_error(path)
+    error = csv_append_error(path)
     if error:
         raise ResultsFileError(error)
     with open(path, newline="") as f:

@@ -623,6 +623,24 @@ def test_a_final_data_csv_that_is_not_text_is_named_before_training(tmp_path, mo
     assert "final_data.csv is not a CSV text file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text,message", [
+    ("a,b,c\n" + ",".join(["x"] * 63) + "\n", "line 2 has 63 fields, more than the header line's 3"),
+    ("N,loss\n1,0.5\n", "has no run_name column in its header line"),
+])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_final_data_csv_under_a_wrong_header_is_named_before_training(tmp_path, monkeypatch,
+                                                                         capsys, text, message,
+                                                                         command):
+    (tmp_path / "final_data.csv").write_text(text)
+    forbid_training(monkeypatch)
+    argv = ["--width=2", "--depth=1", "--num_epochs=1", f"--results_dir={tmp_path}"]
+    with pytest.raises(SystemExit) as exit_:  # was: a traceback after training; sweep: KeyError
+        train.main(argv) if command == "train" else sweep.main(["width", "--widths", "2", "--"] + argv)
+    assert exit_.value.code not in (0, None)
+    assert message in capsys.readouterr().err + str(exit_.value.code)
+    assert (tmp_path / "final_data.csv").read_text() == text
+
+
 def test_collect_dry_run_names_what_it_would_do_and_writes_nothing(tmp_path, capsys):
     final = summaries_folder(tmp_path)
     before = sorted(os.listdir(tmp_path)), final.read_text()
