@@ -403,10 +403,10 @@ def context_columns(configs) -> tuple:
 
 
 def plans_for(configs) -> tuple:
-    if {"width", "depth"} <= set(configs.columns):
-        return PLANS
+    """The plans these columns can hold: those whose x is present (a CSV may have D but no N)."""
+    plans = PLANS if {"width", "depth"} <= set(configs.columns) else PLANS_WITHOUT_SHAPE
     return tuple((x, plan, tuple(c for c in held if c in configs.columns))
-                 for x, plan, held in PLANS_WITHOUT_SHAPE if x in configs.columns)
+                 for x, plan, held in plans if x in configs.columns)
 
 
 def slices(frame, keys, varying=None) -> list:

@@ -893,3 +893,10 @@ def test_a_stop_while_the_libraries_load_is_one_line(tmp_path, signum):
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 128 + signum, err  # was: a KeyboardInterrupt traceback; no word
     assert err.startswith(f"analysis.py: stopped by {signum.name}") and err.count("\n") == 1, err
+
+
+def test_a_csv_with_width_and_D_but_no_N_fits_the_data_plan(tmp_path):
+    frame = pd.read_csv(write_sweep(str(tmp_path / "results"))).drop(columns=["N"])
+    result = analysis.analyse(analysis.load([write(tmp_path, frame)]), n_boot=0)
+    assert {g.x for g in result.groups} == {"D", "C", "total_flops"}  # was: KeyError 'N'
+    assert {f.x for f in result.single} >= {"D"}
