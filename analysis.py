@@ -8,7 +8,8 @@ and PNG figures. From Python: `result = analyse(load(paths)); write_outputs(resu
 Rows. Any CSV with a loss column and N and/or D can be fitted: train.py's bookkeeping columns
 (run_name, config_id, status, seed, epochs, C, data_fingerprint, ...) get defaults when absent (each
 row its own configuration, seed 0, finished, C = N·D·epochs with epochs 1) and one note says what
-was assumed. A run_name seen twice keeps its last row (a rerun). Runs that are not `finished`, or
+was assumed. A run_name seen twice keeps its last row (a rerun); rows sharing a run_name or a
+config_id that disagree on what was trained (config_id, N, D, epochs) are refused. Runs that are not `finished`, or
 whose loss is not finite, are dropped and counted. Seeds of one configuration (rows sharing
 config_id) are averaged; their spread is the noise the bootstraps and the Huber delta use.
 
@@ -74,6 +75,7 @@ PLANS = (("N", "width", ("depth", "D", "epochs")),
          ("D", "data", ("width", "depth", "epochs")))
 PLANS_WITHOUT_SHAPE = (("N", "N", ("D", "epochs")), ("D", "data", ("N", "epochs")))
 INFLUENCE_MAX_CONFIGS = 2_000  # leave-one-out is n refits of n points: beyond this, minutes
+LARGEST_VALUE = 1e150     # squared by the fits' starting points; float64 overflows at 1.8e308
 MIN_DISTINCT = 3           # points per group: 2 fix a line, the 3rd is the first test of it
 BUDGET_TOLERANCE = 0.1     # sweep.py plans budgets to +-10%
 MAX_LISTED = 5              # budgets named in one warning; the rest are counted
@@ -140,13 +142,34 @@ def read_results(paths) -> tuple:
         notes.append("absent columns assumed: " + "; ".join(f"{k}: {v}"
                                                             for k, v in assumed.items()))
     rows["config_id"] = rows.config_id.fillna(rows.run_name)
+    rows = _coerce_numeric(rows)
+    check_same_training(rows, "run_name", "a rerun repeats one configuration")
     deduplicated = rows.drop_duplicates("run_name", keep="last")
     if len(deduplicated) < len(rows):
         notes.append(f"{len(rows) - len(deduplicated)} rerun row(s) replaced by the run's last row")
-    rows = _coerce_numeric(deduplicated.reset_index(drop=True))
+    rows = deduplicated.reset_index(drop=True)
+    check_same_training(rows, "config_id", "its seeds are averaged as one configuration")
     if "steps" not in rows.columns and {"epochs", "D", "batch_size"} <= set(rows.columns):
         rows["steps"] = rows.epochs * np.ceil(rows.D / rows.batch_size)   # as train.py counts
     return rows, notes
+
+
+SAME_TRAINING = ("config_id", "N", "D", "epochs")   # rows of one run or one configuration agree
+
+
+def check_same_training(rows, key, why) -> None:
+    """Rows sharing `key` (a run_name, a config_id) must agree on what was trained: a copied or
+    hand-edited name would otherwise merge two different runs without a word."""
+    shared = rows[rows[key].duplicated(keep=False)]
+    for column in [c for c in SAME_TRAINING if c != key and c in shared.columns]:
+        values = shared.groupby(key, sort=False)[column]
+        differ = values.nunique(dropna=False) > 1
+        if differ.any():
+            name = differ.index[differ][0]
+            found = ", ".join(map(shown, shared[shared[key] == name][column].unique()[:3]))
+            raise AnalysisError(f"{key} {name!r} is given to rows with different {column} "
+                                f"({found}), but {why}: correct or remove the rows that are "
+                                f"not it ({differ.sum()} such {key}(s))")
 
 
 def _read_csv(path) -> pd.DataFrame:
@@ -332,12 +355,13 @@ def check_positive(rows) -> None:
     """Every law here is fitted in log space (and an infinite N, D or C, e.g. N·D overflowing,
     has no log either)."""
     for column in [c for c in X_COLUMNS if c in rows.columns] + ["L"]:
-        bad = ~((rows[column] > 0) & (rows[column] < np.inf))
+        bad = ~((rows[column] > 0) & (rows[column] < LARGEST_VALUE))
         if column == "total_flops":
             bad &= rows[column].notna()
         if bad.any():
             name = "the loss" if column == "L" else f"column {column!r}"
-            raise AnalysisError(f"{name} must be positive and finite for log-space fits: run "
+            raise AnalysisError(f"{name} must be positive and below {LARGEST_VALUE:.0e} for "
+                                f"log-space fits (whose starts square it): run "
                                 f"{shown(rows.run_name[bad].iloc[0])} has "
                                 f"{shown(rows[column][bad].iloc[0])} "
                                 f"({bad.sum()} such run(s))")

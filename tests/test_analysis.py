@@ -555,9 +555,12 @@ def test_overflowing_compute_is_refused_and_huge_values_label_readably(tmp_path,
     """N·D = inf (N, D ~ 1e300) has no log: exit 2 naming C, not empty sections. A huge held value
     is labelled 1e+300, not as a 301-digit integer."""
     x = np.geomspace(1e3, 1e6, 6)
+    path = write(tmp_path, pd.DataFrame(dict(N=x * 1e140, D=1e140, loss=2 * x ** -0.1)))
+    assert analysis.main([path, "--out", str(tmp_path / "o"), "--n-boot", "0"]) == 2
+    assert "column 'C' must be positive and below 1e+150" in capsys.readouterr().err
     path = write(tmp_path, pd.DataFrame(dict(N=x * 1e300, D=1e300, loss=2 * x ** -0.1)))
     assert analysis.main([path, "--out", str(tmp_path / "o"), "--n-boot", "0"]) == 2
-    assert "column 'C' must be positive and finite" in capsys.readouterr().err
+    assert "column 'N' must be positive and below 1e+150" in capsys.readouterr().err
     assert plots.plain(1e300) == 1e300 and plots.plain(50000.0) == 50000
 
 
@@ -900,3 +903,30 @@ def test_a_csv_with_width_and_D_but_no_N_fits_the_data_plan(tmp_path):
     result = analysis.analyse(analysis.load([write(tmp_path, frame)]), n_boot=0)
     assert {g.x for g in result.groups} == {"D", "C", "total_flops"}  # was: KeyError 'N'
     assert {f.x for f in result.single} >= {"D"}
+
+
+def test_rows_that_share_a_name_but_not_a_training_are_refused(tmp_path):
+    frame = make_runs(WIDTH_PLAN, seeds=(0, 1, 2))
+    renamed = frame.copy()
+    renamed.loc[1, "run_name"] = renamed.run_name[0]  # a copied name: another seed's row
+    renamed.loc[1, "N"] = renamed.N[0] * 2
+    with pytest.raises(AnalysisError, match=r"run_name .* is given to rows with different N .*"
+                                            r"but a rerun repeats one configuration"):
+        analysis.load([write(tmp_path, renamed)])  # was: one of them dropped as a "rerun"
+    seeds = frame.astype({"N": float})
+    seeds.loc[seeds.config_id == seeds.config_id[0], "N"] = [1e4, 1e4, 1e140]
+    with pytest.raises(AnalysisError, match=r"config_id .* is given to rows with different N "
+                                            r"\(10000.0, 1e\+140\), but its seeds are averaged"):
+        analysis.load([write(tmp_path, seeds)])  # was: averaged, alpha -0.001
+    rerun = pd.concat([frame, frame.iloc[[0]].assign(final_test_loss_avg_last5=9.0)])
+    runs = analysis.load([write(tmp_path, rerun)])  # a true rerun keeps its last row
+    assert "1 rerun row(s) replaced by the run's last row" in runs.notes
+    assert runs.rows.set_index("run_name").L[frame.run_name[0]] == 9.0
+
+
+def test_a_loss_too_large_to_fit_is_refused_by_run(tmp_path):
+    frame = make_runs(WIDTH_PLAN, seeds=(0, 1))
+    frame.loc[3, "final_test_loss_avg_last5"] = 1e300
+    with pytest.raises(AnalysisError, match=f"the loss must be positive and below 1e\\+150 .*run "
+                                            f"'{frame.run_name[3]}' has 1e\\+300"):
+        analysis.load([write(tmp_path, frame)])  # was: overflow warnings, fits written
