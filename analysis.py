@@ -9,8 +9,8 @@ Rows. Any CSV with a loss column and N and/or D can be fitted: train.py's bookke
 (run_name, config_id, status, seed, epochs, C, data_fingerprint, ...) get defaults when absent (each
 row its own configuration, seed 0, finished, C = N·D·epochs with epochs 1) and one note says what
 was assumed. A run_name seen twice keeps its last row (a rerun); rows sharing a run_name or a
-config_id that disagree on what was trained (config_id, N, D, epochs) are refused. Runs that are not `finished`, or
-whose loss is not finite, are dropped and counted. Seeds of one configuration (rows sharing
+config_id that disagree on what was trained (config_id, N, D, epochs) are refused. Runs that are
+not `finished`, or whose loss is not finite, are dropped and counted. Seeds of one configuration (rows sharing
 config_id) are averaged; their spread is the noise the bootstraps and the Huber delta use.
 
 Plans: grouped by what was held fixed. Configurations are split by training recipe first (the
