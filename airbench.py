@@ -82,7 +82,12 @@ frozen initially and "unfrozen after the specified epoch": frozen in epochs 1..k
 epoch k + 1, counted from 1, like the bias's "trains in epochs 1..3"; in a parameter group of their
 own, as the variants study has it, with the ordinary group's lr and decay; 0: frozen throughout).
 """
-import json
+from utils import stop_while_loading
+
+if __name__ == "__main__":
+    stop_while_loading("airbench.py")
+
+import json  # noqa: E402 (after the guard above: loading torch takes a second or more)
 import math
 import os
 import shlex

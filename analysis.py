@@ -111,6 +111,7 @@ def load(paths, *, loss=None, where=None, model=None, allow_mixed_data=False) ->
     rows = rows.assign(L=loss_values(rows, loss))
     rows = drop_unusable(rows, notes)
     check_positive(rows)
+    check_same_training(rows, "config_id", "its seeds are averaged as one configuration")
     configs = average_seeds(rows)
     spread = configs.n_seeds.agg(["min", "max"])
     notes.append(f"{len(configs)} configurations from {len(rows)} runs "
@@ -148,7 +149,6 @@ def read_results(paths) -> tuple:
     if len(deduplicated) < len(rows):
         notes.append(f"{len(rows) - len(deduplicated)} rerun row(s) replaced by the run's last row")
     rows = deduplicated.reset_index(drop=True)
-    check_same_training(rows, "config_id", "its seeds are averaged as one configuration")
     if "steps" not in rows.columns and {"epochs", "D", "batch_size"} <= set(rows.columns):
         rows["steps"] = rows.epochs * np.ceil(rows.D / rows.batch_size)   # as train.py counts
     return rows, notes
@@ -316,8 +316,9 @@ def loss_values(rows, spec: str) -> pd.Series:
             raise AnalysisError(f"--loss {spec!r} is neither a column nor an expression of "
                                 f"numeric columns ({type(e).__name__}: {e}); columns: "
                                 f"{', '.join(map(str, rows.columns[:30]))}") from None
-    if not isinstance(values, pd.Series):
-        raise AnalysisError(f"--loss {spec!r} does not depend on any column")
+    if not isinstance(values, pd.Series):  # a constant, or several values per row ("a, b")
+        raise AnalysisError(f"--loss {spec!r} is not one number per run: give one column or "
+                            f"one expression of columns")
     numeric = pd.to_numeric(values, errors="coerce")
     bad = values.notna() & numeric.isna()
     if bad.any():
@@ -1338,7 +1339,6 @@ def main(argv=None) -> int:
         print(f"error: {refused}", file=sys.stderr)
         return 2
     previous = signal.signal(signal.SIGTERM, raise_stopped)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # stop_while_loading's is done
     try:
         return run(args)
     except AnalysisError as e:
@@ -1358,6 +1358,9 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    if args.runs_dir and os.path.exists(args.runs_dir) and not os.path.isdir(args.runs_dir):
+        raise AnalysisError(f"--runs-dir {args.runs_dir} is a file; give the folder of the "
+                            f"per-epoch CSVs (results/runs)")
     runs_dir = runs_folder(args.runs_dir, args.csv[0])
     unknown = [name for name in args.curves or []
                if not os.path.isfile(os.path.join(runs_dir, name + ".csv"))]

@@ -28,7 +28,12 @@ bundle of K copies against a single run of the same shape, with GPU utilisation 
         --dataset_size 1000 --fused_pipeline default --engines worker,process \
         --sweep_args "--widths 4,8 --seeds 0,1,2 --num_epochs 2 -- --dataset_size 1000 --device cpu"
 """
-import argparse
+from utils import stop_while_loading
+
+if __name__ == "__main__":
+    stop_while_loading("bench.py")
+
+import argparse  # noqa: E402 (after the guard above: loading torch takes a second or more)
 import copy
 import os
 import re
@@ -514,6 +519,11 @@ def main():
             parser.error("--fused_copies must be >= 1")
         if not SIZE.fullmatch(args.fused_size):
             parser.error(f"--fused_size must be WIDTHxDEPTH, e.g. 32x2, got {args.fused_size!r}")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            parser.error(f"--out {args.out!r} is a file; give a folder for the --sweep tables")
+        blocked = records.unwritable_folder(args.out)
+        if blocked:  # found out now, not after the measurement
+            parser.error(f"--out {args.out!r}: {blocked} is not a writable folder")
         text = engine_report(args, device, device_name)
     elif args.step_parts:
         text = (f"{heading(device_name)} (batch {train.Config().batch_size}, evaluation batch "

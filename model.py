@@ -20,7 +20,12 @@ has `features(x)`, the pooled representation the classifier reads.
 
     python model.py --width 32 --depth 2      # prints N and forward FLOPs per image
 """
-import os
+from utils import stop_while_loading
+
+if __name__ == "__main__":
+    stop_while_loading("model.py")
+
+import os  # noqa: E402 (after the guard above: loading torch takes a second or more)
 
 import torch
 from torch import nn

@@ -20,7 +20,12 @@ final_data.csv is skipped (--force reruns it); an interrupted one resumes from i
 Ctrl-C or SIGTERM stops the sweep and its trainings cleanly (rerun the same command to resume);
 trainings also stop by themselves when the sweep is SIGKILLed.
 """
-import argparse
+from utils import stop_while_loading
+
+if __name__ == "__main__":
+    stop_while_loading("sweep.py")
+
+import argparse  # noqa: E402 (after the guard above: loading torch takes a second or more)
 import contextlib
 import csv
 import functools
@@ -585,8 +590,9 @@ def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
             bar.refresh()
     bar.close()
     for name, future in futures.items():
-        # failed runs also have their own logs, unless the worker died; a stop is reported once
-        if future.result() != 0 and not STOP.is_set():
+        # failed runs also have their own logs, unless the worker died; a stop and a full disk
+        # are reported once, by main
+        if future.result() not in (0, records.DISK_FULL_EXIT) and not STOP.is_set():
             print(f"  {name} exited {future.result()}, log {log_path(results_dir, name)}", file=sys.stderr)
     codes = summary_codes(runs, results_dir)
     if any(f.result() == records.DISK_FULL_EXIT for f in futures.values()):
@@ -639,8 +645,12 @@ def collect(results_dir: str, dry_run: bool = False) -> tuple:
         try:
             write_csv(target, rows, columns)
         except OSError as e:
-            raise PlanError(f"could not write {target} ({e.strerror or e}); it is left as it was"
-                            + (f", with a copy in {backup}" if backup else "")) from None
+            message = (f"could not write {target} ({e.strerror or e}); it is left as it was"
+                       + (f", with a copy in {backup}" if backup else ""))
+            if not records.is_disk_full(e):
+                raise PlanError(message) from None
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(records.DISK_FULL_EXIT)  # as every other command ends on a full disk
     return len(rows), backup, orphans
 
 

@@ -11,7 +11,12 @@ results/final_data.csv and the run name are all generated from it, so a new knob
 results/runs/<run_name>.yaml (the resolved Config) and appends the summary to
 results/final_data.csv.
 """
-import contextlib
+from utils import stop_while_loading
+
+if __name__ == "__main__":
+    stop_while_loading("train.py")
+
+import contextlib  # noqa: E402 (after the guard above: loading torch takes a second or more)
 import ctypes
 import json
 import math

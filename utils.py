@@ -100,15 +100,30 @@ class Stopped(BaseException):
 
 
 def stop_while_loading(who: str) -> None:
-    """For a script's first lines, before its libraries load (pandas, scipy, matplotlib: a second
-    or more): SIGTERM or Ctrl-C then exits with one line instead of a traceback or no word. Its
-    main() must then install the handlers of its own work, SIGINT's included."""
+    """For a script's first lines, before its libraries load (torch, pandas, scipy: a second or
+    more): SIGTERM or Ctrl-C then exits with one line instead of a traceback or no word. Once a
+    function of the script runs (its main), SIGINT raises KeyboardInterrupt as Python's own
+    handler does and SIGTERM ends the process as by default, unless main installs its own."""
     def stop(signum, frame):
-        print(f"{who}: stopped by {signal.Signals(signum).name} while starting; nothing was done",
-              file=sys.stderr)
-        os._exit(128 + signum)  # nothing is open yet; an exception here would print a traceback
+        if not _script_running(frame):
+            print(f"{who}: stopped by {signal.Signals(signum).name} while starting; nothing was "
+                  f"done", file=sys.stderr)
+            os._exit(128 + signum)  # nothing is open yet; an exception here prints a traceback
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+
+
+def _script_running(frame) -> bool:
+    """Whether a function of the __main__ script is on the stack: loading is over."""
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "__main__" and frame.f_code.co_name != "<module>":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def raise_stopped(signum, frame):

@@ -16,7 +16,12 @@ one, and runs that cannot be fused (--loader torchvision, --log_grad_norms, --tr
 through train.train in this process. A bundle that fails is retried run by run; a run that
 still fails has its traceback in results/logs/<run_name>.log and the others carry on.
 """
-import argparse
+from utils import stop_while_loading
+
+if __name__ == "__main__":
+    stop_while_loading("worker.py")
+
+import argparse  # noqa: E402 (after the guard above: loading torch takes a second or more)
 import contextlib
 import dataclasses
 import json
@@ -313,6 +318,8 @@ def read_plan(path: str) -> list:
     """The configurations of a plan file, each validated by train.py's own parser (which exits
     with status 2 naming a bad flag)."""
     shape = '{"runs": [["--flag", "value", ...], ...]}'
+    if os.path.exists(path) and not os.path.isfile(path):  # a folder; /dev/urandom never ends
+        raise train.ConfigError(f"{path} is not a plan file ({shape}): not a regular file")
     try:
         with open(path) as f:
             argvs = json.load(f)["runs"]

@@ -930,3 +930,12 @@ def test_a_loss_too_large_to_fit_is_refused_by_run(tmp_path):
     with pytest.raises(AnalysisError, match=f"the loss must be positive and below 1e\\+150 .*run "
                                             f"'{frame.run_name[3]}' has 1e\\+300"):
         analysis.load([write(tmp_path, frame)])  # was: overflow warnings, fits written
+
+
+def test_a_runs_dir_that_is_a_file_and_a_loss_of_two_columns_are_named(tmp_path, capsys):
+    csv = write_sweep(str(tmp_path / "results"))
+    out = str(tmp_path / "out")
+    assert analysis.main([csv, "--runs-dir", csv, "--out", out]) == 2  # was: exit 0, no curves
+    assert f"--runs-dir {csv} is a file" in capsys.readouterr().err
+    assert analysis.main([csv, "--loss", "final_test_loss, N", "--out", out]) == 2
+    assert "is not one number per run" in capsys.readouterr().err  # was: "does not depend on"

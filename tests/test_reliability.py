@@ -495,9 +495,11 @@ def test_collect_on_a_full_disk_leaves_final_data_as_it_was(tmp_path, monkeypatc
     def full(path, data, mode="w"):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(records, "atomic_write", full)
-    with pytest.raises(SystemExit, match="could not write .*final_data.csv \\(No space left on "
-                                         "device\\); it is left as it was, with a copy in"):
+    with pytest.raises(SystemExit) as exit_:
         sweep.main(["collect", "--results_dir", str(tmp_path)])
+    assert exit_.value.code == 28  # as every command ends on a full disk (was: 1)
+    assert re.search("could not write .*final_data.csv \\(No space left on device\\); it is left "
+                     "as it was, with a copy in", capsys.readouterr().err)
     assert final.read_text() == original
 
 
@@ -587,7 +589,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_it_resumes(data_dir, tmp_pa
 
 @pytest.mark.parametrize("engine", ["process", "worker"])
 def test_a_full_disk_stops_a_sweep_with_one_line_and_launches_nothing_more(engine, tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch, capsys):
     argv = ["width", "--widths", "4,8,16", "--seeds", "0", "--num_epochs", "1", "--jobs", "1",
             "--engine", engine, "--results_dir", str(tmp_path), "--", "--dataset_size=64"]
     launched = []
@@ -601,6 +603,7 @@ def test_a_full_disk_stops_a_sweep_with_one_line_and_launches_nothing_more(engin
     assert str(exit_.value.code).startswith(f"error: no space left on the device under {tmp_path}")
     assert "run(s) not finished: free some space and rerun the same command" in str(exit_.value.code)
     assert len(launched) == 1  # was: every later run launched, and failed, one by one
+    assert " exited " not in capsys.readouterr().err  # was, for the worker engine: a 2nd line
 
     def no_space(*args, **kwargs):  # the sweep's own files: its plan, its logs
         raise OSError(28, "No space left on device", str(tmp_path / "logs" / "plan.json"))
@@ -673,6 +676,11 @@ def test_an_empty_results_dir_is_refused_not_the_working_folder(capsys):
     assert "--results_dir must name a folder, got ''" in capsys.readouterr().err
 
 
+def test_a_plan_that_is_not_a_regular_file_is_refused_at_once():
+    with pytest.raises(train.ConfigError, match="/dev/urandom is not a plan file .*not a regular"):
+        worker.read_plan("/dev/urandom")  # was: read without end
+
+
 @pytest.mark.parametrize("runs", [[[1, 2]], "abc"])
 def test_a_malformed_plan_is_named(tmp_path, runs):
     path = tmp_path / "plan.json"
@@ -737,3 +745,16 @@ def test_a_full_disk_before_the_first_checkpoint_does_not_promise_one(data_dir, 
         train.main(flags)
     message = capsys.readouterr().err  # was: "the epochs it finished are in its checkpoint"
     assert "stopped, before its first checkpoint: free some space" in message
+
+
+@pytest.mark.parametrize("script", ["train.py", "sweep.py", "worker.py", "airbench.py", "bench.py",
+                                    "model.py"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_a_script_loads_torch_is_one_line(tmp_path, script, signum):
+    proc = subprocess.Popen([sys.executable, script, *{"sweep.py": ["width"], "worker.py": [
+        "plan.json"]}.get(script, [])], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # importing torch takes a second or more
+    proc.send_signal(signum)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signum, err  # was: a KeyboardInterrupt traceback; no word
+    assert err == f"{script}: stopped by {signum.name} while starting; nothing was done\n", err

@@ -69,6 +69,15 @@ def test_step_parts_time_each_sgd_and_find_foreach_identical_to_the_for_loop(tmp
     assert "convolution" in cells["training_top_ops"] and "%" in cells["eval_top_ops"]
 
 
+def test_bench_sweep_refuses_an_out_that_is_a_file_before_measuring(tmp_path):
+    (tmp_path / "afile").write_text("")
+    proc = subprocess.run([sys.executable, "bench.py", "--sweep", "width", "--device", "cpu",
+                           "--out", str(tmp_path / "afile")], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "afile' is a file; give a folder" in proc.stderr  # was: a
+    assert "s per bundle epoch" not in proc.stderr + proc.stdout          # traceback after it
+
+
 def test_bench_refuses_a_thread_count_below_one():
     proc = subprocess.run([sys.executable, "bench.py", "--threads", "0"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
