@@ -1026,18 +1026,13 @@ def _single_table(rows) -> str:
 
 def _extrapolation_table(rows) -> str:
     return _table([{"x": e["x"], "group": e["group"], "form": e["form"], "n_fit": e["n_fit"],
-                    "held out": len(e["held_out"]),
+                    "held out": e["n_held_out"],
                     "max |rel error|": _g(e["max_abs_rel_error"], 2),
                     "log RMSE": _g(e["log_rmse"], 2),
                     "seed-noise floor": _g(e["noise_floor_log_rmse"], 2),
                     "beyond noise": _g(e["log_rmse_beyond_noise"], 2),
-                    "in 95% interval": _within(e["held_out"])} for e in rows])
-
-
-def _within(held_out) -> str:
-    """How many held-out points fall inside their prediction interval ('' where none has one)."""
-    tested = [h["within_interval"] for h in held_out if "within_interval" in h]
-    return f"{sum(tested)} of {len(tested)}" if tested else ""
+                    "in 95% interval": f"{e['n_within_interval']} of {e['n_with_interval']}"
+                    if e["n_with_interval"] else ""} for e in rows])
 
 
 def _influence_table(rows) -> str:

@@ -1132,6 +1132,9 @@ def _allocation_bootstrap(budgets, n_boot, rng, mode, noise):
 # ---------------------------------------------------------------------------------------------
 # Extrapolation (Alabdulmohsin et al. 2022): fit on all but the largest x, predict those.
 
+HELD_OUT_LISTED = 1_000  # held-out points listed in fits.json; their statistics cover all
+
+
 @dataclass
 class Extrapolation:
     x: str
@@ -1143,13 +1146,22 @@ class Extrapolation:
     noise_floor: Optional[float] = None   # log RMSE that seed noise of the targets alone gives
 
     def to_json(self) -> dict:
+        """The statistics over every held-out point; the points themselves up to HELD_OUT_LISTED,
+        spread evenly over x beyond that (a fifth of 10^6 configurations is 50 MB of JSON)."""
         errors = [abs(h["rel_error"]) for h in self.held_out]
         excess = None if self.noise_floor is None else \
             math.sqrt(max(0.0, self.log_rmse ** 2 - self.noise_floor ** 2))
+        tested = [h["within_interval"] for h in self.held_out if "within_interval" in h]
+        listed = self.held_out
+        if len(listed) > HELD_OUT_LISTED:
+            order = np.argsort([h["x_value"] for h in listed], kind="stable")
+            listed = [listed[order[i]] for i in
+                      np.linspace(0, len(order) - 1, HELD_OUT_LISTED).round().astype(int)]
         return dict(x=self.x, group=self.group, form=self.form, n_fit=self.n_fit,
-                    held_out=self.held_out, log_rmse=self.log_rmse,
+                    n_held_out=len(self.held_out), held_out=listed, log_rmse=self.log_rmse,
                     max_abs_rel_error=max(errors), noise_floor_log_rmse=self.noise_floor,
-                    log_rmse_beyond_noise=excess)
+                    log_rmse_beyond_noise=excess, n_with_interval=len(tested),
+                    n_within_interval=sum(tested))
 
 
 def default_holdout(n_distinct: int) -> int:

@@ -468,3 +468,16 @@ def test_m_out_of_n_joint_intervals_are_as_wide_as_refits_on_all_configurations(
         spread[cap] = fitted.samples.std(0)
     ratio = spread[800] / spread[4000]
     assert np.all((ratio[[0, 2, 4]] > 0.75) & (ratio[[0, 2, 4]] < 1.4)), ratio
+
+
+def test_fits_json_lists_at_most_1000_held_out_points_and_counts_them_all():
+    held = [dict(x_value=float(x), observed=1.0, predicted=1.0 + (x == 7) * 0.5, rel_error=0.5
+                 if x == 7 else 0.0, within_interval=bool(x % 2)) for x in range(2500, 0, -1)]
+    row = laws.Extrapolation("C", "joint", "joint", 10_000, held, 0.01).to_json()
+    assert row["n_held_out"] == 2500 and len(row["held_out"]) == laws.HELD_OUT_LISTED
+    xs = [h["x_value"] for h in row["held_out"]]
+    assert xs == sorted(xs) and xs[0] == 1 and xs[-1] == 2500  # spread over x, ends included
+    assert row["max_abs_rel_error"] == 0.5  # from every point, listed or not (x = 7 is not)
+    assert (row["n_with_interval"], row["n_within_interval"]) == (2500, 1250)
+    small = laws.Extrapolation("C", "joint", "joint", 10, held[:5], 0.01).to_json()
+    assert small["held_out"] == held[:5] and small["n_held_out"] == 5
