@@ -1284,7 +1284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("csv", nargs="+", help="final_data.csv file(s) written by train.py, or CSVs "
                                           "with columns N, D, loss")
     p.add_argument("--out", default="results/analysis", help="folder for fits.json, fits.md, PNGs")
-    p.add_argument("--where", help="pandas query selecting rows, e.g. \"depth == 2\"")
+    p.add_argument("--where", action="append",
+                   help="pandas query selecting rows, e.g. \"depth == 2\"; given twice, rows "
+                        "must meet both")
     p.add_argument("--model", help="keep only this model (e.g. cnn)")
     p.add_argument("--loss", default=None,
                    help=f"numeric column (best_test_loss) or expression (\"1 - best_test_acc\"); "
@@ -1365,7 +1367,9 @@ def run(args) -> int:
                             if os.path.exists(path) else
                             f"--curves {unknown[0]}: no per-epoch CSV {unknown[0]}.csv in "
                             f"{runs_dir} (--runs-dir names another folder)")
-    runs = load(args.csv, loss=args.loss, where=args.where, model=args.model,
+    where = args.where and " and ".join(f"({w})" if len(args.where) > 1 else w
+                                        for w in args.where)
+    runs = load(args.csv, loss=args.loss, where=where, model=args.model,
                 allow_mixed_data=args.allow_mixed_data)
     result = analyse(runs, compute=args.compute, n_boot=args.n_boot, seed=args.seed,
                      holdout=args.holdout, ceiling=args.ceiling, delta=args.huber_delta,

@@ -939,3 +939,15 @@ def test_a_runs_dir_that_is_a_file_and_a_loss_of_two_columns_are_named(tmp_path,
     assert f"--runs-dir {csv} is a file" in capsys.readouterr().err
     assert analysis.main([csv, "--loss", "final_test_loss, N", "--out", out]) == 2
     assert "is not one number per run" in capsys.readouterr().err  # was: "does not depend on"
+
+
+def test_where_given_twice_keeps_the_rows_that_meet_both(tmp_path):
+    csv = write_sweep(str(tmp_path / "results"))
+    out = tmp_path / "out"
+    assert analysis.main([csv, "--where", "depth == 2", "--where", "D == 50000", "--n-boot", "0",
+                          "--out", str(out)]) == 0
+    data = json.loads((out / "fits.json").read_text())["data"]
+    frame = pd.read_csv(csv)
+    left_out = len(frame) - len(frame.query("depth == 2 and D == 50000"))
+    assert f"{left_out} row(s) left out by --where '(depth == 2) and (D == 50000)'" in \
+        data["notes"] and data["n_runs"] == len(frame) - left_out  # was: only the last --where
