@@ -1181,6 +1181,8 @@ def read_curves(runs_dir, run_names) -> tuple:
         try:
             log = pd.read_csv(path)
             torn = torn_last_row(path) if len(log) else None
+            if len(log) and not torn and not ends_with_newline(path):  # written whole, so cut
+                torn = f"{path}: the last line has no line end (cut off, perhaps mid-number)"
         except (OSError, ValueError, pd.errors.ParserError) as e:  # binary bytes, a bad quote
             notes.append(f"per-epoch CSV {path} is damaged ({type(e).__name__}), not drawn")
             continue
@@ -1197,6 +1199,13 @@ def read_curves(runs_dir, run_names) -> tuple:
             continue
         curves[name] = log.assign(**values)
     return curves, missing, notes
+
+
+def ends_with_newline(path) -> bool:
+    """train.py writes a per-epoch CSV whole (records.write_csv), always ending in a newline."""
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def figures(result: Analysis, *, runs_dir=None, curves=None):

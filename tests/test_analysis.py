@@ -875,9 +875,12 @@ def test_a_damaged_per_epoch_csv_is_named_as_damaged_not_as_missing(tmp_path):
     (tmp_path / "garbled.csv").write_text(header + "1,2.0,oops\n")
     (tmp_path / "other.csv").write_text("step,loss\n1,2\n")
     (tmp_path / "folder.csv").mkdir()
-    names = ["whole", "torn", "binary", "garbled", "other", "absent", "folder"]
+    (tmp_path / "digits.csv").write_text(header + "1,2.0,2.1\n2,1.5,1.2")  # 1.2345 cut short
+    names = ["whole", "torn", "binary", "garbled", "other", "absent", "folder", "digits"]
     curves, missing, notes = analysis.read_curves(str(tmp_path), names)
-    assert sorted(curves) == ["torn", "whole"] and missing == ["absent"]  # was: all 5 "missing"
+    assert sorted(curves) == ["digits", "torn", "whole"] and missing == ["absent"]
+    assert len(curves["digits"]) == 1 and "digits.csv: the last line has no line end" in notes[-1]
+    notes.pop()
     assert notes.pop().endswith("folder.csv is a folder, not a file; not drawn")
     assert len(curves["torn"]) == 1 and len(curves["whole"]) == 2
     assert len(notes) == 4 and "torn.csv" in notes[0] and "left out" in notes[0]
