@@ -51,7 +51,7 @@ import torch
 
 import config
 import data
-from model import IMAGE_SHAPE, NUM_CLASSES, build_model
+from model import IMAGE_SHAPE, NUM_CLASSES, build_model, size_error
 import records
 import train
 import worker
@@ -492,6 +492,9 @@ def main():
     bad_sizes = [s for s in args.sizes if not SIZE.fullmatch(s)]
     if bad_sizes:
         parser.error(f"--sizes takes WIDTHxDEPTH,... e.g. 32x2,8x1, got {bad_sizes}")
+    too_large = [e for e in (size_error("cnn", *map(int, s.split("x"))) for s in args.sizes) if e]
+    if too_large:  # before the first measurement, not after the earlier sizes
+        parser.error(f"--sizes: {too_large[0]}")
     if not 1 <= args.dataset_size <= data.NUM_TRAIN:
         parser.error(f"--dataset_size must be in 1..{data.NUM_TRAIN}, got {args.dataset_size}")
     for flag, value, least in (("warmup", args.warmup, 0), ("epochs", args.epochs, 1),

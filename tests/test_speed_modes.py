@@ -78,6 +78,14 @@ def test_bench_sweep_refuses_an_out_that_is_a_file_before_measuring(tmp_path):
     assert "s per bundle epoch" not in proc.stderr + proc.stdout          # traceback after it
 
 
+def test_bench_refuses_a_size_beyond_memory_before_measuring_the_others():
+    proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes",
+                           "2x1,100000000x1", "--step_parts", "--notes", ""], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--sizes: cnn width 100,000,000 depth 1 has N=" in proc.stderr
+    assert "step parts measured" not in proc.stderr  # was: 2x1 measured, then a memory error
+
+
 def test_bench_refuses_a_thread_count_below_one():
     proc = subprocess.run([sys.executable, "bench.py", "--threads", "0"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
