@@ -10,8 +10,9 @@ Rows. Any CSV with a loss column and N and/or D can be fitted: train.py's bookke
 row its own configuration, seed 0, finished, C = N·D·epochs with epochs 1) and one note says what
 was assumed. A run_name seen twice keeps its last row (a rerun); rows sharing a run_name or a
 config_id that disagree on what was trained (config_id, N, D, epochs) are refused. Runs that are
-not `finished`, or whose loss is not finite, are dropped and counted. Seeds of one configuration (rows sharing
-config_id) are averaged; their spread is the noise the bootstraps and the Huber delta use.
+not `finished`, or whose loss is not finite, are dropped and counted. Seeds of one configuration
+(rows sharing config_id) are averaged; their spread is the noise the bootstraps and the Huber
+delta use.
 
 Plans: grouped by what was held fixed. Configurations are split by training recipe first (the
 context: model, bn, optimizer, batch_size, lr, scheduler, momentum, betas, weight_decay, augment,
@@ -1180,13 +1181,14 @@ def read_curves(runs_dir, run_names) -> tuple:
             continue
         try:
             log = pd.read_csv(path)
-            torn = torn_last_row(path) if len(log) else None
-            if len(log) and not torn and not ends_with_newline(path):  # written whole, so cut
-                torn = f"{path}: the last line has no line end (cut off, perhaps mid-number)"
+            torn = None
+            if len(log) and not ends_with_newline(path):  # train.py writes it whole: a cut
+                torn = torn_last_row(path) or \
+                    f"{path}: the last line has no line end (cut off, perhaps mid-number)"
         except (OSError, ValueError, pd.errors.ParserError) as e:  # binary bytes, a bad quote
             notes.append(f"per-epoch CSV {path} is damaged ({type(e).__name__}), not drawn")
             continue
-        if torn:  # a run killed mid-append: its whole epochs are still worth drawing
+        if torn:  # its whole epochs are still worth drawing
             log = log.iloc[:-1]
             notes.append(f"{torn}: left out of the learning curves")
         lacking = [c for c in CURVE_COLUMNS if c not in log.columns]

@@ -5,7 +5,7 @@ DataLoader), on the current device.
     python bench.py --full --seeds 3                 # + whole 100-epoch runs of the scaling recipe
     python bench.py --device cpu --sizes 32x2 --dataset_size 5000 --pipelines brief,default
     python bench.py --sweep_jobs 1,2,4,8             # sweep.py's width plan, K trainings per GPU
-    python bench.py --device cpu --threads 1 --sizes 2x1,16x1 --step_parts   # where a step's time goes
+    python bench.py --device cpu --threads 1 --sizes 2x1,16x1 --step_parts  # where time goes
 
 Each measurement is a real train.train() call (same code path as train.py) in a temporary results
 folder: `--warmup` epochs (compilation, cuDNN autotuning, allocator growth) then `--epochs` timed
@@ -180,7 +180,8 @@ def full_runs(args, device):
     return pd.DataFrame(rows)
 
 
-SGD_KINDS = {"for_loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+SGD_KINDS = {"for_loop": dict(foreach=False), "foreach": dict(foreach=True),
+             "fused": dict(fused=True)}
 STEP_PARTS_COLUMNS = ["size", "forward_ms", "backward_ms", "for_loop_step_ms", "foreach_step_ms",
                       "fused_step_ms", "step_share", "foreach_identical", "fused_identical",
                       "eval_vs_train", "training_top_ops", "eval_top_ops"]
@@ -249,7 +250,8 @@ def step_parts_table(args, device) -> pd.DataFrame:
                     timed_steps(model, optimizer, x, y, device, 2)
                 row["training_top_ops"] = top_ops(prof)
         for kind in ("foreach", "fused"):
-            row[f"{kind}_identical"] = kind in weights and torch.equal(weights[kind], weights["for_loop"])
+            row[f"{kind}_identical"] = kind in weights and torch.equal(weights[kind],
+                                                                       weights["for_loop"])
         base.eval()
         images = torch.randn(cfg.eval_batch_size, *IMAGE_SHAPE, device=device)
         with torch.no_grad():

@@ -41,7 +41,8 @@ import records
 import train
 from model import build_model, count_params, forward_flops_per_image, num_params
 from records import ResultsFileError, atomic_write, write_csv
-from utils import ArgumentParser, Stopped, exit_with_parent, raise_stopped, set_seed, stopped_exit_code
+from utils import (ArgumentParser, Stopped, exit_with_parent, raise_stopped, set_seed,
+                   stopped_exit_code)
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
 MAX_CACHED_NETS = 2  # fused modules kept for reuse; a worker's bundles come grouped by shape

@@ -387,7 +387,7 @@ def test_bad_flags_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="--bn_eps must be > 0"):  # was: torch's traceback
         ab.validate_airbench(ab.AirbenchConfig(bn_eps=0.0, **base))
     with pytest.raises(ConfigError, match="--seed 4294967295 --runs 2 reaches seed 4294967296"):
-        ab.validate_airbench(ab.AirbenchConfig(seed=2 ** 32 - 1, runs=2, **base))  # was: after a run
+        ab.validate_airbench(ab.AirbenchConfig(seed=2 ** 32 - 1, runs=2, **base))  # was: late
     for argv in (["--translate_schedule", "spiral"], ["--tta_level", "3"], ["--lr", "0"]):
         with pytest.raises(SystemExit):
             ab.parse_config(argv)

@@ -86,7 +86,8 @@ def test_a_flat_loss_keeps_a_readable_loss_axis():
 def test_figures_draw_a_fixed_subsample_of_many_points_and_say_so():
     frames = [pd.DataFrame({"N": range(n)}) for n in (9000, 3000)]
     cut, note = plots.drawn(frames, limit=5000)
-    assert [len(f) for f in cut] == [2500, 2500] and note == "; a random 5,000 of 12,000 points drawn"
+    assert [len(f) for f in cut] == [2500, 2500]
+    assert note == "; a random 5,000 of 12,000 points drawn"
     again, _ = plots.drawn(frames, limit=5000)
     assert all(a.equals(b) for a, b in zip(cut, again))  # the same figure on every run
     assert plots.drawn(frames, limit=12000) == (frames, "")

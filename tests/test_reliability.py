@@ -627,7 +627,8 @@ def test_a_final_data_csv_that_is_not_text_is_named_before_training(tmp_path, mo
 
 
 @pytest.mark.parametrize("text,message", [
-    ("a,b,c\n" + ",".join(["x"] * 63) + "\n", "line 2 has 63 fields, more than the header line's 3"),
+    ("a,b,c\n" + ",".join(["x"] * 63) + "\n",
+     "line 2 has 63 fields, more than the header line's 3"),
     ("N,loss\n1,0.5\n", "has no run_name column in its header line"),
 ])
 @pytest.mark.parametrize("command", ["train", "sweep"])
@@ -638,7 +639,9 @@ def test_a_final_data_csv_under_a_wrong_header_is_named_before_training(tmp_path
     forbid_training(monkeypatch)
     argv = ["--width=2", "--depth=1", "--num_epochs=1", f"--results_dir={tmp_path}"]
     with pytest.raises(SystemExit) as exit_:  # was: a traceback after training; sweep: KeyError
-        train.main(argv) if command == "train" else sweep.main(["width", "--widths", "2", "--"] + argv)
+        if command == "train":
+            train.main(argv)
+        sweep.main(["width", "--widths", "2", "--"] + argv)
     assert exit_.value.code not in (0, None)
     assert message in capsys.readouterr().err + str(exit_.value.code)
     assert (tmp_path / "final_data.csv").read_text() == text
