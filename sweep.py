@@ -649,8 +649,7 @@ def collect(results_dir: str, dry_run: bool = False) -> tuple:
                        + (f", with a copy in {backup}" if backup else ""))
             if not records.is_disk_full(e):
                 raise PlanError(message) from None
-            print(f"error: {message}", file=sys.stderr)
-            sys.exit(records.DISK_FULL_EXIT)  # as every other command ends on a full disk
+            disk_full_exit(message)
     return len(rows), backup, orphans
 
 
@@ -953,6 +952,12 @@ def visible_gpus():
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else None
 
 
+def disk_full_exit(message: str):
+    """One line, and the status every command ends with on a full disk."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(records.DISK_FULL_EXIT)
+
+
 DISK_FULL_ADVICE = ("free some space and rerun the same command (finished runs are skipped, "
                     "unfinished ones resume from their checkpoints)")
 
@@ -995,7 +1000,7 @@ def main(argv=None):
     except OSError as e:  # the sweep's own files: plan, logs
         if not records.is_disk_full(e):
             raise
-        sys.exit(f"error: {records.disk_full_message(e, args.results_dir)}: " + DISK_FULL_ADVICE)
+        disk_full_exit(f"{records.disk_full_message(e, args.results_dir)}: " + DISK_FULL_ADVICE)
     if codes is None:  # submitted without --wait: nothing to count yet
         print("not waiting for the tasks (--wait waits and reports): rerun the same command later "
               "to see how many are finished (those are skipped) and launch the rest",
@@ -1003,9 +1008,9 @@ def main(argv=None):
         return
     if records.DISK_FULL_EXIT in codes.values():
         stopped = sum(code == records.DISK_FULL_EXIT for code in codes.values())
-        sys.exit(f"error: no space left on the device under {args.results_dir} "
-                 f"({records.free_mib(args.results_dir):,.1f} MiB free); {stopped} run(s) not "
-                 f"finished: " + DISK_FULL_ADVICE)
+        disk_full_exit(f"no space left on the device under {args.results_dir} "
+                       f"({records.free_mib(args.results_dir):,.1f} MiB free); {stopped} run(s) "
+                       f"not finished: " + DISK_FULL_ADVICE)
     if STOP.is_set():
         report_stopped(codes, args.results_dir)
     report(codes, args.results_dir)

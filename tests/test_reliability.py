@@ -600,17 +600,20 @@ def test_a_full_disk_stops_a_sweep_with_one_line_and_launches_nothing_more(engin
     monkeypatch.setattr(sweep, "run_one", full)
     with pytest.raises(SystemExit) as exit_:
         sweep.main(argv)
-    assert str(exit_.value.code).startswith(f"error: no space left on the device under {tmp_path}")
-    assert "run(s) not finished: free some space and rerun the same command" in str(exit_.value.code)
+    err = capsys.readouterr().err
+    assert exit_.value.code == records.DISK_FULL_EXIT  # was: 1
+    assert err.startswith(f"error: no space left on the device under {tmp_path}")
+    assert "run(s) not finished: free some space and rerun the same command" in err
     assert len(launched) == 1  # was: every later run launched, and failed, one by one
-    assert " exited " not in capsys.readouterr().err  # was, for the worker engine: a 2nd line
+    assert " exited " not in err  # was, for the worker engine: a 2nd line
 
     def no_space(*args, **kwargs):  # the sweep's own files: its plan, its logs
         raise OSError(28, "No space left on device", str(tmp_path / "logs" / "plan.json"))
     monkeypatch.setattr(sweep, "run_one", no_space)
     with pytest.raises(SystemExit) as exit_:  # was: an OSError traceback
         sweep.main(argv)
-    assert str(exit_.value.code).startswith("error: no space left on the device writing ")
+    assert exit_.value.code == records.DISK_FULL_EXIT
+    assert capsys.readouterr().err.startswith("error: no space left on the device writing ")
 
 
 @pytest.mark.parametrize("damage", ["all bytes", "bytes mid-file"])
