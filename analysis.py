@@ -77,6 +77,7 @@ PLANS = (("N", "width", ("depth", "D", "epochs")),
 PLANS_WITHOUT_SHAPE = (("N", "N", ("D", "epochs")), ("D", "data", ("N", "epochs")))
 INFLUENCE_MAX_CONFIGS = 2_000  # leave-one-out is n refits of n points: beyond this, minutes
 LARGEST_VALUE = 1e150     # squared by the fits' starting points; float64 overflows at 1.8e308
+SMALLEST_LOSS = 1e-150    # as far below 1 as LARGEST_VALUE is above: a log of -345 is an accident
 MIN_DISTINCT = 3           # points per group: 2 fix a line, the 3rd is the first test of it
 BUDGET_TOLERANCE = 0.1     # sweep.py plans budgets to +-10%
 MAX_LISTED = 5              # budgets named in one warning; the rest are counted
@@ -357,13 +358,15 @@ def check_positive(rows) -> None:
     """Every law here is fitted in log space (and an infinite N, D or C, e.g. N·D overflowing,
     has no log either)."""
     for column in [c for c in X_COLUMNS if c in rows.columns] + ["L"]:
-        bad = ~((rows[column] > 0) & (rows[column] < LARGEST_VALUE))
+        least = SMALLEST_LOSS if column == "L" else 0
+        bad = ~((rows[column] > least) & (rows[column] < LARGEST_VALUE))
         if column == "total_flops":
             bad &= rows[column].notna()
         if bad.any():
             name = "the loss" if column == "L" else f"column {column!r}"
-            raise AnalysisError(f"{name} must be positive and below {LARGEST_VALUE:.0e} for "
-                                f"log-space fits (whose starts square it): run "
+            raise AnalysisError(f"{name} must be {f'above {least:.0e}' if least else 'positive'} "
+                                f"and below {LARGEST_VALUE:.0e} for log-space fits (whose starts "
+                                f"square it): run "
                                 f"{shown(rows.run_name[bad].iloc[0])} has "
                                 f"{shown(rows[column][bad].iloc[0])} "
                                 f"({bad.sum()} such run(s))")

@@ -78,6 +78,8 @@ def writable_file_error(path: str, flag: str):
     None: checked before the work whose result it would keep."""
     if os.path.isdir(path):
         return f"{flag} {path!r} is a folder, not a file"
+    if os.path.exists(path) and not os.path.isfile(path):  # /dev/full would be read forever
+        return f"{flag} {path!r} is not a regular file"
     if os.path.exists(path):
         return None if os.access(path, os.W_OK) else f"{flag} {path!r} is not a writable file"
     blocked = unwritable_folder(os.path.dirname(os.path.abspath(path)))

@@ -4,6 +4,7 @@ Tolerances are set from the noise: each comment says how."""
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -927,12 +928,13 @@ def test_rows_that_share_a_name_but_not_a_training_are_refused(tmp_path):
     assert runs.rows.set_index("run_name").L[frame.run_name[0]] == 9.0
 
 
-def test_a_loss_too_large_to_fit_is_refused_by_run(tmp_path):
+@pytest.mark.parametrize("loss", [1e300, 1e-300])
+def test_a_loss_too_large_or_small_to_fit_is_refused_by_run(tmp_path, loss):
     frame = make_runs(WIDTH_PLAN, seeds=(0, 1))
-    frame.loc[3, "final_test_loss_avg_last5"] = 1e300
-    with pytest.raises(AnalysisError, match=f"the loss must be positive and below 1e\\+150 .*run "
-                                            f"'{frame.run_name[3]}' has 1e\\+300"):
-        analysis.load([write(tmp_path, frame)])  # was: overflow warnings, fits written
+    frame.loc[3, "final_test_loss_avg_last5"] = loss
+    with pytest.raises(AnalysisError, match=f"the loss must be above 1e-150 and below 1e\\+150 "
+                                            f".*run '{frame.run_name[3]}' has {re.escape(repr(loss))}"):
+        analysis.load([write(tmp_path, frame)])  # was: overflow warnings; alpha 0.37 -> 0.26
 
 
 def test_a_runs_dir_that_is_a_file_and_a_loss_of_two_columns_are_named(tmp_path, capsys):

@@ -82,3 +82,9 @@ def test_append_text_on_a_full_disk_leaves_the_file_as_it_was(tmp_path, monkeypa
         append_text(str(path), "| b |\n" * 1000)
     assert failed.value.filename == str(path) and path.read_text() == "\n| a |\n"  # no half table
     assert sorted(os.listdir(tmp_path)) == ["benchmarks.md", "benchmarks.md.lock"]
+
+
+def test_a_device_is_not_a_file_to_append_tables_to():
+    from records import writable_file_error
+    assert writable_file_error("/dev/full", "--notes") == \
+        "--notes '/dev/full' is not a regular file"  # was: read without end, then killed
