@@ -765,3 +765,14 @@ def test_a_stop_while_a_script_loads_torch_is_one_line(tmp_path, script, signum)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 128 + signum, err  # was: a KeyboardInterrupt traceback; no word
     assert err == f"{script}: stopped by {signum.name} while starting; nothing was done\n", err
+
+
+def test_a_budget_far_from_the_runs_compute_is_refused(capsys):
+    with pytest.raises(SystemExit):  # was: trained and recorded; analysis grouped by it
+        train.parse_config(["--width=2", "--depth=1", "--dataset_size=200", "--num_epochs=2",
+                            "--budget=1e-300"])
+    assert "--budget 1e-300 is not this run's budget: its C = N*D*epochs is 2.184e+05" in \
+        capsys.readouterr().err
+    cfg = train.parse_config(["--width=2", "--depth=1", "--dataset_size=200", "--num_epochs=2",
+                              "--budget=2e5"])  # within a sweep's tolerance: kept
+    assert cfg.budget == 2e5
