@@ -39,6 +39,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -55,7 +56,8 @@ from model import IMAGE_SHAPE, NUM_CLASSES, build_model, size_error
 import records
 import train
 import worker
-from utils import ArgumentParser, mean_pm_std
+from utils import (ArgumentParser, Stopped, mean_pm_std, raise_stopped,
+                   stopped_exit_code)
 
 # Pipelines compared. "brief" is the scaling recipe as first specified, literally: torchvision
 # transforms + DataLoader.
@@ -483,6 +485,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def measured(args, parser, device, device_name) -> str:
+    """The markdown of what the arguments ask to measure."""
+    if args.sweep:
+        if set(args.engines) - {"worker", "process"} or args.fused_pipeline not in PIPELINES:
+            parser.error("--engines takes worker,process; --fused_pipeline one of " + ", ".join(PIPELINES))
+        if any(k < 1 for k in args.fused_copies):
+            parser.error("--fused_copies must be >= 1")
+        if not SIZE.fullmatch(args.fused_size):
+            parser.error(f"--fused_size must be WIDTHxDEPTH, e.g. 32x2, got {args.fused_size!r}")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            parser.error(f"--out {args.out!r} is a file; give a folder for the --sweep tables")
+        blocked = records.unwritable_folder(args.out)
+        if blocked:  # found out now, not after the measurement
+            parser.error(f"--out {args.out!r}: {blocked} is not a writable folder")
+        return engine_report(args, device, device_name)
+    if args.step_parts:
+        return (f"{heading(device_name)} (batch {train.Config().batch_size}, evaluation batch "
+                f"{train.Config().eval_batch_size}; times in ms)\n\n"
+                f"{step_parts_table(args, device).to_markdown(index=False, floatfmt='.4g')}\n")
+    if args.sweep_jobs:
+        return f"{heading(device_name)}\n\n{sweep_table(args).to_markdown(index=False, floatfmt='.4g')}\n"
+    full = full_runs(args, device) if args.full else None
+    return report(args, device_name, timed_table(args, device, device_name), full)
+
+
 def main():
     parser = build_parser()
     args = parser.parse_args()
@@ -517,28 +544,12 @@ def main():
         parser.error(device_errors[0])
     device = str(train.resolve_device(args.device))
     device_name = train.device_name(torch.device(device))
-    if args.sweep:
-        if set(args.engines) - {"worker", "process"} or args.fused_pipeline not in PIPELINES:
-            parser.error("--engines takes worker,process; --fused_pipeline one of " + ", ".join(PIPELINES))
-        if any(k < 1 for k in args.fused_copies):
-            parser.error("--fused_copies must be >= 1")
-        if not SIZE.fullmatch(args.fused_size):
-            parser.error(f"--fused_size must be WIDTHxDEPTH, e.g. 32x2, got {args.fused_size!r}")
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            parser.error(f"--out {args.out!r} is a file; give a folder for the --sweep tables")
-        blocked = records.unwritable_folder(args.out)
-        if blocked:  # found out now, not after the measurement
-            parser.error(f"--out {args.out!r}: {blocked} is not a writable folder")
-        text = engine_report(args, device, device_name)
-    elif args.step_parts:
-        text = (f"{heading(device_name)} (batch {train.Config().batch_size}, evaluation batch "
-                f"{train.Config().eval_batch_size}; times in ms)\n\n"
-                f"{step_parts_table(args, device).to_markdown(index=False, floatfmt='.4g')}\n")
-    elif args.sweep_jobs:
-        text = f"{heading(device_name)}\n\n{sweep_table(args).to_markdown(index=False, floatfmt='.4g')}\n"
-    else:
-        full = full_runs(args, device) if args.full else None
-        text = report(args, device_name, timed_table(args, device, device_name), full)
+    signal.signal(signal.SIGTERM, raise_stopped)
+    try:
+        text = measured(args, parser, device, device_name)
+    except (KeyboardInterrupt, Stopped) as e:
+        sys.exit(stopped_exit_code(e, "bench.py", f"nothing was added to "
+                                   f"{args.notes or 'a notes file'}"))
     print(text)
     if args.notes:
         try:

@@ -1,5 +1,6 @@
 """Every speed mode trains end to end and writes the same records; the benchmark runs."""
 import io
+import signal
 import subprocess
 import sys
 
@@ -84,6 +85,21 @@ def test_bench_refuses_a_size_beyond_memory_before_measuring_the_others():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--sizes: cnn width 100,000,000 depth 1 has N=" in proc.stderr
     assert "step parts measured" not in proc.stderr  # checked before any size is measured
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_bench_stopped_while_measuring_says_so_in_one_line(tmp_path, signum):
+    notes = tmp_path / "benchmarks.md"
+    proc = subprocess.Popen([sys.executable, "bench.py", "--device", "cpu", "--sizes", "16x2",
+                             "--pipelines", "default", "--dataset_size", "5000", "--epochs", "50",
+                             "--notes", str(notes)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    lines = [proc.stderr.readline()]  # the peak is measured first: the measurements have begun
+    proc.send_signal(signum)
+    err = "".join(lines) + proc.communicate(timeout=60)[1]
+    assert proc.returncode == 128 + signum, err  # was: a traceback; SIGTERM: no word
+    assert lines[0].startswith("  measured peak") and err.count("\n") == 2, err
+    assert err.endswith(f"bench.py: stopped by {signum.name}; nothing was added to {notes}\n")
+    assert not notes.exists()
 
 
 def test_bench_refuses_a_thread_count_below_one():
