@@ -486,6 +486,10 @@ def run_experiment(seed, batch_size, num_epochs, test_freq, width, depth, datase
                                   dataset_size=dataset_size)))
 
 
+def has_checkpoint(cfg) -> bool:
+    return os.path.exists(os.path.join(cfg.results_dir, "runs", run_name(cfg) + ".ckpt.pt"))
+
+
 def main(argv=None):
     cfg = parse_config(argv)
     keep_freed_memory()
@@ -496,12 +500,12 @@ def main(argv=None):
     except (data.DataError, ConfigError, ResultsFileError) as e:
         sys.exit(f"error: {e}")
     except (KeyboardInterrupt, Stopped) as e:
-        sys.exit(stopped_exit_code(e, run_name(cfg)))
+        sys.exit(stopped_exit_code(e, run_name(cfg), None if has_checkpoint(cfg) else
+                                   "before its first epoch ended: nothing to resume yet"))
     except OSError as e:
         if not records.is_disk_full(e):
             raise
-        checkpoint = os.path.join(cfg.results_dir, "runs", run_name(cfg) + ".ckpt.pt")
-        kept = ("the epochs it finished are in its checkpoint" if os.path.exists(checkpoint)
+        kept = ("the epochs it finished are in its checkpoint" if has_checkpoint(cfg)
                 else "before its first checkpoint")
         print(f"error: {records.disk_full_message(e, cfg.results_dir)}; {run_name(cfg)} stopped, "
               f"{kept}: free some space and rerun with --resume", file=sys.stderr)

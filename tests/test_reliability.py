@@ -776,3 +776,14 @@ def test_a_budget_far_from_the_runs_compute_is_refused(capsys):
     cfg = train.parse_config(["--width=2", "--depth=1", "--dataset_size=200", "--num_epochs=2",
                               "--budget=2e5"])  # within a sweep's tolerance: kept
     assert cfg.budget == 2e5
+
+
+def test_a_stop_before_the_first_checkpoint_promises_no_resume(tmp_path, monkeypatch, capsys):
+    def stopped_in_epoch_1(cfg):
+        raise train.Stopped(signal.SIGTERM)
+    monkeypatch.setattr(train, "train", stopped_in_epoch_1)
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--width=2", "--depth=1", "--num_epochs=1", f"--results_dir={tmp_path}"])
+    assert exit_.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err  # was: "the epochs it finished are in its checkpoint"
+    assert err.endswith("stopped by SIGTERM; before its first epoch ended: nothing to resume yet\n")
