@@ -1179,8 +1179,8 @@ def read_curves(runs_dir, run_names) -> tuple:
         if not os.path.exists(path):
             missing.append(name)
             continue
-        if not os.path.isfile(path):
-            notes.append(f"per-epoch CSV {path} is a folder, not a file; not drawn")
+        if not os.path.isfile(path):  # a folder, a link to /dev/zero (read forever)
+            notes.append(f"per-epoch CSV {path} is not a regular file; not drawn")
             continue
         try:
             log = pd.read_csv(path)
@@ -1377,7 +1377,7 @@ def run(args) -> int:
                if not os.path.isfile(os.path.join(runs_dir, name + ".csv"))]
     if unknown:  # named by hand: a typo or another folder, found out before the fits
         path = os.path.join(runs_dir, unknown[0] + ".csv")
-        raise AnalysisError(f"--curves {unknown[0]}: {path} is a folder, not a per-epoch CSV"
+        raise AnalysisError(f"--curves {unknown[0]}: {path} is not a regular file (a per-epoch CSV)"
                             if os.path.exists(path) else
                             f"--curves {unknown[0]}: no per-epoch CSV {unknown[0]}.csv in "
                             f"{runs_dir} (--runs-dir names another folder)")

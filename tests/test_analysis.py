@@ -864,7 +864,7 @@ def test_curves_of_a_run_without_a_per_epoch_csv_are_refused_before_fitting(tmp_
     assert "--curves no_such_run: no per-epoch CSV no_such_run.csv in" in capsys.readouterr().err
     (tmp_path / "results" / "runs" / "a_folder.csv").mkdir(parents=True)
     assert analysis.main([csv, "--curves", "a_folder", "--out", str(tmp_path / "out")]) == 2
-    assert "a_folder.csv is a folder, not a per-epoch CSV" in capsys.readouterr().err
+    assert "a_folder.csv is not a regular file (a per-epoch CSV)" in capsys.readouterr().err
     assert not (tmp_path / "out" / "fits.md").exists()
 
 
@@ -876,13 +876,15 @@ def test_a_damaged_per_epoch_csv_is_named_as_damaged_not_as_missing(tmp_path):
     (tmp_path / "garbled.csv").write_text(header + "1,2.0,oops\n")
     (tmp_path / "other.csv").write_text("step,loss\n1,2\n")
     (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "zeros.csv").symlink_to("/dev/zero")
     (tmp_path / "digits.csv").write_text(header + "1,2.0,2.1\n2,1.5,1.2")  # 1.2345 cut short
-    names = ["whole", "torn", "binary", "garbled", "other", "absent", "folder", "digits"]
+    names = ["whole", "torn", "binary", "garbled", "other", "absent", "zeros", "folder", "digits"]
     curves, missing, notes = analysis.read_curves(str(tmp_path), names)
     assert sorted(curves) == ["digits", "torn", "whole"] and missing == ["absent"]
     assert len(curves["digits"]) == 1 and "digits.csv: the last line has no line end" in notes[-1]
     notes.pop()
-    assert notes.pop().endswith("folder.csv is a folder, not a file; not drawn")
+    assert notes.pop().endswith("folder.csv is not a regular file; not drawn")
+    assert notes.pop().endswith("zeros.csv is not a regular file; not drawn")  # was: a folder
     assert len(curves["torn"]) == 1 and len(curves["whole"]) == 2
     assert len(notes) == 4 and "torn.csv" in notes[0] and "left out" in notes[0]
     for note, name, why in zip(notes[1:], ("binary", "garbled", "other"),
