@@ -627,15 +627,34 @@ def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
                  train_time_s=train_time_s, tta_time_s=tta_time_s)
     summary = summarize(cfg, rows, status, N, flops_per_image, step, tta_val_acc, times,
                         fingerprints, device)
-    if record:  # all at the end: a stopped run is not resumed, and leaves no half of itself
-        write_csv(stem + ".csv", rows, list(rows[0]))
-        atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
-        atomic_write(stem + ".yaml", config_yaml(replace(cfg, runs=1)))  # --config repeats this seed
-        append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary)
+    if record:
+        record_run(cfg, stem, rows, summary)
     if not cfg.quiet:
         print(f"{name}: {status}, tta_val_acc={tta_val_acc:.4f} time_s={times['time_s']:.3f} "
               f"train_time_s={train_time_s:.3f}", flush=True)
     return summary
+
+
+def record_run(cfg: AirbenchConfig, stem: str, rows: list, summary: dict) -> None:
+    """The run's files and its final_data.csv row, all or none: a stopped run is not resumed, so a
+    stop or a full disk must not leave part of it beside (or over) a finished run's files. Each
+    file is written under a temporary name first; renaming them needs no space."""
+    texts = {".csv": None, ".json": json.dumps(summary, indent=1) + "\n",
+             ".yaml": config_yaml(replace(cfg, runs=1))}  # --config repeats this seed
+    try:
+        for suffix, text in texts.items():
+            if text is None:
+                write_csv(stem + suffix + ".new", rows, list(rows[0]))
+            else:
+                atomic_write(stem + suffix + ".new", text)
+        append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary)
+    except BaseException:
+        for suffix in texts:
+            if os.path.exists(stem + suffix + ".new"):
+                os.remove(stem + suffix + ".new")
+        raise
+    for suffix in texts:
+        os.replace(stem + suffix + ".new", stem + suffix)
 
 
 def summarize(cfg, rows, status, N, flops_per_image, steps, tta_val_acc, times, fingerprints,

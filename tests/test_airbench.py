@@ -459,6 +459,18 @@ def test_a_stopped_run_leaves_no_partial_csv_over_a_finished_ones(tmp_path, data
     assert {p.name: p.read_bytes() for p in runs.iterdir()} == before
 
 
+def test_a_run_that_cannot_be_recorded_leaves_none_of_its_files(tmp_path, data_dir, monkeypatch):
+    def full(path, row, key=None):
+        raise OSError(28, os.strerror(28), path)
+    monkeypatch.setattr(ab, "append_row", full)  # the last of a run's writes
+    with pytest.raises(SystemExit) as exit_:
+        ab.main(["--dataset_size", "128", "--batch_size", "64", "--width", "0.0625",
+                 "--num_epochs", "3", "--tta_level", "0", "--device", "cpu", "--data_dir",
+                 data_dir, "--results_dir", str(tmp_path), "--quiet"])
+    assert exit_.value.code == 28
+    assert os.listdir(tmp_path / "runs") == []  # was: the run's per-epoch CSV, JSON and YAML
+
+
 def test_a_full_disk_is_one_line_and_exit_28(monkeypatch, tmp_path, capsys):
     def full_in_the_second_run(cfg, finished):
         finished.append({})
