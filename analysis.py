@@ -1194,16 +1194,28 @@ def read_curves(runs_dir, run_names) -> tuple:
         if torn:  # its whole epochs are still worth drawing
             log = log.iloc[:-1]
             notes.append(f"{torn}: left out of the learning curves")
-        lacking = [c for c in CURVE_COLUMNS if c not in log.columns]
-        given = log[[c for c in CURVE_COLUMNS if c in log.columns]]
-        values = given.apply(pd.to_numeric, errors="coerce")  # a diverged run's nan stays nan
-        if lacking or (values.isna() & given.notna()).any().any() or log.empty:
-            why = (f"no {', '.join(lacking)} column" if lacking else
-                   "no rows" if log.empty else "a value that is not a number")
+        values, why = curve_values(log)
+        if why:
             notes.append(f"per-epoch CSV {path} is damaged ({why}), not drawn")
             continue
         curves[name] = log.assign(**values)
     return curves, missing, notes
+
+
+def curve_values(log) -> tuple:
+    """(the CURVE_COLUMNS of a per-epoch table as numbers, why they cannot be drawn or None)."""
+    lacking = [c for c in CURVE_COLUMNS if c not in log.columns]
+    if lacking or log.empty:
+        return None, f"no {', '.join(lacking)} column" if lacking else "no rows"
+    given = log[list(CURVE_COLUMNS)]
+    values = given.apply(pd.to_numeric, errors="coerce")  # a diverged run's nan stays nan
+    if (values.isna() & given.notna()).any().any():
+        return None, "a value that is not a number"
+    if (values < 0).any().any():
+        return None, "a negative value"
+    if not values.epoch.is_monotonic_increasing or values.epoch.duplicated().any():
+        return None, "epochs out of order or repeated"
+    return values, None
 
 
 def ends_with_newline(path) -> bool:
