@@ -281,8 +281,8 @@ def check_fingerprints(rows, allow_mixed_data: bool) -> None:
         return
     if "source_fingerprint" in rows.columns:
         _refuse_mixed(rows.source_fingerprint.dropna().value_counts(), "source_fingerprint")
-    if "data_fingerprint" not in rows.columns:
-        return
+    if "data_fingerprint" not in rows.columns or "D" not in rows.columns:
+        return  # without D, subsets of different sizes cannot be told from different data
     subset = [c for c in ("D", "subset_seed") if c in rows.columns]
     for _, same_subset in rows.groupby(subset, dropna=False):
         _refuse_mixed(same_subset.data_fingerprint.fillna("(missing)").value_counts(),

@@ -963,3 +963,10 @@ def test_where_given_twice_keeps_the_rows_that_meet_both(tmp_path):
     left_out = len(frame) - len(frame.query("depth == 2 and D == 50000"))
     assert f"{left_out} row(s) left out by --where '(depth == 2) and (D == 50000)'" in \
         data["notes"] and data["n_runs"] == len(frame) - left_out  # was: only the last --where
+
+
+def test_a_csv_without_D_is_not_called_mixed_data(tmp_path):
+    frame = pd.read_csv(write_sweep(str(tmp_path / "results"))).drop(columns=["D"])
+    frame = frame.drop(columns=[c for c in ("source_fingerprint",) if c in frame.columns])
+    runs = analysis.load([write(tmp_path, frame)])  # was: "runs on different training data"
+    assert "D" not in runs.configs.columns and len(runs.configs) > 3
