@@ -225,6 +225,9 @@ def step_parts_table(args, device) -> pd.DataFrame:
     leave the weights bit-identical to the for-loop after those steps, evaluation ms per image
     against training's, and each part's most expensive ops (torch.profiler)."""
     from torch.profiler import profile
+    # read when the profiler first starts: without it, a CUDA build on a CPU-only host prints
+    # "ERROR: ... gpuGetDeviceCount failed" although nothing failed
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
     device, cfg, rows = torch.device(device), train.Config(), []
     for size in args.sizes:
         width, depth = map(int, size.split("x"))
