@@ -205,6 +205,9 @@ def with_defaults(frame, path, assumed: dict) -> pd.DataFrame:
             assumed[column] = how
 
     fill("run_name", [f"{name}:{i + 2}" for i in range(len(frame))], "file:line")
+    for size, plans in (("N", "the D plan takes"), ("D", "the N plans take")):
+        if size not in frame.columns and {"N", "D"} & set(frame.columns):  # one of them absent
+            assumed[size] = f"none ({plans} every run as trained at one {size})"
     fill("status", "finished", "finished")
     fill("seed", 0, "0")
     if "epochs" not in frame.columns:

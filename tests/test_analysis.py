@@ -970,3 +970,5 @@ def test_a_csv_without_D_is_not_called_mixed_data(tmp_path):
     frame = frame.drop(columns=[c for c in ("source_fingerprint",) if c in frame.columns])
     runs = analysis.load([write(tmp_path, frame)])  # was: "runs on different training data"
     assert "D" not in runs.configs.columns and len(runs.configs) > 3
+    assert any("D: none (the N plans take every run as trained at one D)" in note
+               for note in runs.notes)  # was: D's of 729 to 50,000 pooled without a word
