@@ -323,6 +323,10 @@ def _config_of(from_file: dict, typed: dict) -> Config:
     if typed.pop("list_presets", False):
         print(presets_text())
         raise SystemExit(0)
+    if from_file and "preset" in typed:  # two recipes: the merge would be neither, unlabelled
+        raise ConfigError(f"--preset {typed['preset']} and a --config file both give a recipe; "
+                          f"give one: a file names its base itself (preset: NAME), and flags "
+                          f"change either")
     # A file's setting that needs one the command line changed (the file's momentum, a typed
     # --optimizer adamw) no longer applies, as a preset's would not.
     from_file = {k: v for k, v in from_file.items() if not (

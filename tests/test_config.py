@@ -83,6 +83,13 @@ def test_missing_config_file_and_bad_values_are_refused_clearly(tmp_path, capsys
     assert f"settings from {path}" in err
 
 
+def test_a_typed_preset_beside_a_config_file_is_refused(capsys):
+    with pytest.raises(SystemExit):  # was: resnet8 with the speedrun's augment: false, unlabelled
+        train.parse_config(["--preset", "speedrun_cpu", "--config",
+                            os.path.join(CONFIG_DIR, "resnet8_sgd.yaml")])
+    assert "--preset speedrun_cpu and a --config file both give a recipe" in capsys.readouterr().err
+
+
 def test_preset_then_file_then_command_line(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("preset: resnet8_sgd\nlr: 1e-3\nseed: 7\nbetas: [0.8, 0.99]\n")
