@@ -690,8 +690,9 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
         raise AnalysisError(f"--seed must be >= 0, got {seed}")
     if holdout is not None and holdout < 1:
         raise AnalysisError(f"--holdout must be >= 1, got {holdout}")
-    if ceiling is not None and not (math.isfinite(ceiling) and ceiling > 0):
-        raise AnalysisError(f"--ceiling must be a positive number, got {ceiling}")
+    if ceiling is not None and not 0 < ceiling < LARGEST_VALUE:  # as the losses it bounds
+        raise AnalysisError(f"--ceiling must be a positive number below {LARGEST_VALUE:.0e}, got "
+                            f"{ceiling}")
     if delta is not None and not (math.isfinite(delta) and delta > 0):
         raise AnalysisError(f"--huber-delta must be a finite number > 0, got {delta}")
     if bootstrap not in ("auto",) + laws.BOOTSTRAPS:

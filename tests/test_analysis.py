@@ -972,3 +972,10 @@ def test_a_csv_without_D_is_not_called_mixed_data(tmp_path):
     assert "D" not in runs.configs.columns and len(runs.configs) > 3
     assert any("D: none (the N plans take every run as trained at one D)" in note
                for note in runs.notes)  # was: D's of 729 to 50,000 pooled without a word
+
+
+@pytest.mark.parametrize("ceiling", [0.0, float("nan"), float("inf"), 1e300])
+def test_a_ceiling_no_loss_could_reach_is_refused(tmp_path, ceiling):
+    runs = analysis.load([write_sweep(str(tmp_path / "results"))])
+    with pytest.raises(AnalysisError, match="--ceiling must be a positive number below 1e\\+150"):
+        analysis.analyse(runs, ceiling=ceiling, n_boot=0)  # 1e300 was: m4 fits with R² -2.9e7
