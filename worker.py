@@ -333,7 +333,13 @@ def read_plan(path: str) -> list:
     if bad is not None:
         raise train.ConfigError(f"{path} is not a plan file ({shape}): run {bad} is not a list of "
                                 f"strings")
-    return [train.parse_config(argv) for argv in argvs]
+    cfgs = [train.parse_config(argv) for argv in argvs]
+    names = [train.run_name(cfg) for cfg in cfgs]
+    repeated = next((i for i, name in enumerate(names) if name in names[:i]), None)
+    if repeated is not None:  # two copies of one run would race for its lock and its files
+        raise train.ConfigError(f"{path} is not a plan file ({shape}): run {repeated} repeats run "
+                                f"{names.index(names[repeated])} ({names[repeated]})")
+    return cfgs
 
 
 def write_plan(path: str, argvs: list) -> None:

@@ -683,6 +683,14 @@ def test_an_empty_results_dir_is_refused_not_the_working_folder(capsys):
     assert "--results_dir must name a folder, got ''" in capsys.readouterr().err
 
 
+def test_a_plan_that_repeats_a_run_is_refused(tmp_path):
+    run = ["--width=2", "--depth=1", "--num_epochs=1"]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"runs": [run, ["--width=3"] + run[1:], run]}))
+    with pytest.raises(train.ConfigError, match="run 2 repeats run 0 "):  # was: "already being
+        worker.read_plan(str(path))                                       # trained by another"
+
+
 def test_a_plan_that_is_not_a_regular_file_is_refused_at_once():
     with pytest.raises(train.ConfigError, match="/dev/urandom is not a plan file .*not a regular"):
         worker.read_plan("/dev/urandom")  # was: read without end
