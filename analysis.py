@@ -1202,6 +1202,9 @@ def read_curves(runs_dir, run_names) -> tuple:
         if why:
             notes.append(f"per-epoch CSV {path} is damaged ({why}), not drawn")
             continue
+        if np.isinf(values.to_numpy()).any():  # a diverged run: a curve that leaves the figure
+            notes.append(f"per-epoch CSV {path} has an infinite loss (a diverged run): its curve "
+                         f"is drawn up to there")
         curves[name] = log.assign(**values)
     return curves, missing, notes
 

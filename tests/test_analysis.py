@@ -880,10 +880,13 @@ def test_a_damaged_per_epoch_csv_is_named_as_damaged_not_as_missing(tmp_path):
     (tmp_path / "digits.csv").write_text(header + "1,2.0,2.1\n2,1.5,1.2")  # 1.2345 cut short
     (tmp_path / "twice.csv").write_text(header + "1,2.0,2.1\n1,2.0,2.1\n")
     (tmp_path / "negative.csv").write_text(header + "1,2.0,-2.1\n")
+    (tmp_path / "diverged.csv").write_text(header + "1,2.0,2.1\n2,inf,inf\n")
     names = ["whole", "torn", "binary", "garbled", "other", "absent", "zeros", "folder", "digits",
-             "twice", "negative"]
+             "twice", "negative", "diverged"]
     curves, missing, notes = analysis.read_curves(str(tmp_path), names)
-    assert sorted(curves) == ["digits", "torn", "whole"] and missing == ["absent"]
+    assert sorted(curves) == ["digits", "diverged", "torn", "whole"] and missing == ["absent"]
+    assert notes.pop().endswith("diverged.csv has an infinite loss (a diverged run): its curve "
+                                "is drawn up to there")  # was: drawn without a word
     assert notes.pop().endswith("negative.csv is damaged (a negative value), not drawn")
     assert notes.pop().endswith("twice.csv is damaged (epochs out of order or repeated), not drawn")
     assert len(curves["digits"]) == 1 and "digits.csv: the last line has no line end" in notes[-1]
