@@ -169,9 +169,8 @@ def _combination_errors(cfg: Config) -> list:
     if cfg.experiment_name and not EXPERIMENT_NAME.fullmatch(cfg.experiment_name):
         errors.append(f"--experiment_name must be letters, digits, _ . - (a folder name under "
                       f"runs/), got {cfg.experiment_name!r}")
-    C = num_params(cfg.model, cfg.width, cfg.depth, cfg.bn) * cfg.dataset_size * cfg.num_epochs \
-        if not size_error(cfg.model, cfg.width, cfg.depth, cfg.bn) else None
-    if cfg.budget and C is not None and abs(C - cfg.budget) >= cfg.budget:
+    C = num_params(cfg.model, cfg.width, cfg.depth, cfg.bn) * cfg.dataset_size * cfg.num_epochs
+    if cfg.budget and abs(C - cfg.budget) >= cfg.budget:
         # sweep.py plans each run within --tolerance < 100% of its budget: this one is not its
         errors.append(f"--budget {cfg.budget:g} is not this run's budget: its C = N*D*epochs is "
                       f"{C:.4g} (a run is planned within 100% of its budget)")

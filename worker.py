@@ -334,11 +334,13 @@ def read_plan(path: str) -> list:
         raise train.ConfigError(f"{path} is not a plan file ({shape}): run {bad} is not a list of "
                                 f"strings")
     cfgs = [train.parse_config(argv) for argv in argvs]
-    names = [train.run_name(cfg) for cfg in cfgs]
-    repeated = next((i for i, name in enumerate(names) if name in names[:i]), None)
-    if repeated is not None:  # two copies of one run would race for its lock and its files
-        raise train.ConfigError(f"{path} is not a plan file ({shape}): run {repeated} repeats run "
-                                f"{names.index(names[repeated])} ({names[repeated]})")
+    first = {}
+    for i, cfg in enumerate(cfgs):  # two copies of one run would race for its lock and its files
+        name = train.run_name(cfg)
+        if name in first:
+            raise train.ConfigError(f"{path} is not a plan file ({shape}): run {i} repeats run "
+                                    f"{first[name]} ({name})")
+        first[name] = i
     return cfgs
 
 
@@ -350,7 +352,8 @@ def slice_of(text: str):
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--slice needs I/N, two whole numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--slice needs I/N, two whole numbers, got {text!r}") \
+            from None
     if not 0 <= i < n:
         raise argparse.ArgumentTypeError(f"--slice needs I/N with 0 <= I < N, got {text}")
     return i, n
@@ -383,14 +386,14 @@ def main(argv=None):
         codes = Worker().run(bundles, args.force, log=lambda line: print(line, flush=True))
     except (KeyboardInterrupt, Stopped) as e:
         sys.exit(stopped_exit_code(e, f"worker {i}/{n}", "its runs keep the epochs they "
-                                         "finished in their checkpoints: rerun it to continue"))
+                                   "finished in their checkpoints: rerun it to continue"))
     except OSError as e:
         if not records.is_disk_full(e):
             raise
         folder = cfgs[0].results_dir if cfgs else "."
-        print(f"error: {records.disk_full_message(e, folder)}; worker {i}/{n} stopped, its runs "
-              f"keep their checkpoints: free some space and rerun", flush=True)
-        sys.exit(records.DISK_FULL_EXIT)
+        sys.exit(records.disk_full_exit_code(e, folder, f"worker {i}/{n} stopped, its runs keep "
+                                             f"their checkpoints: free some space and rerun",
+                                             file=sys.stdout))  # its log
     failed = [name for name, code in codes.items() if code]
     print(f"worker {i}/{n}: {len(codes) - len(failed)} done, {len(failed)} failed", flush=True)
     sys.exit(1 if failed else 0)
