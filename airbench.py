@@ -104,10 +104,10 @@ import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
 from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
 from config import config_id as _config_id
-from train import device_name, keep_freed_memory, last5_and_best, sync, training_flops
+from train import device_name, keep_freed_memory, last5_and_best, sync, timed, training_flops
 from config import config_yaml, parse_settings, parser_from_dataclass
-from records import (DISK_FULL_EXIT, append_row, append_text, atomic_write, disk_full_message,
-                     is_disk_full, writable_file_error, write_csv)
+from records import (append_row, append_text, atomic_write, disk_full_exit_code, is_disk_full,
+                     writable_file_error, write_csv)
 from utils import (Stopped, git_version, mean_pm_std, raise_stopped, set_seed,
                    stopped_exit_code)
 
@@ -538,15 +538,6 @@ def load_data(cfg: AirbenchConfig, device: torch.device):
     return tuple(t.to(device) for t in tensors), data.fingerprints(cifar, train_x, train_y)
 
 
-def timed(device: torch.device, fn, *args):
-    """(fn's result, GPU-synchronised seconds it took)."""
-    sync(device)
-    start = time.perf_counter()
-    out = fn(*args)
-    sync(device)
-    return out, time.perf_counter() - start
-
-
 def train(cfg: AirbenchConfig, loaded=None, record: bool = True) -> dict:
     """One run; returns the summary row (also written under results/ when record)."""
     validate_airbench(cfg)
@@ -765,9 +756,8 @@ def main(argv=None):
     except OSError as e:
         if not is_disk_full(e):
             raise
-        print(f"error: {disk_full_message(e, cfg.results_dir)}; {len(finished)} of {cfg.runs} "
-              f"run(s) recorded, each whole; free some space and run again", file=sys.stderr)
-        sys.exit(DISK_FULL_EXIT)
+        sys.exit(disk_full_exit_code(e, cfg.results_dir, f"{len(finished)} of {cfg.runs} run(s) "
+                                     f"recorded, each whole; free some space and run again"))
 
 
 if __name__ == "__main__":

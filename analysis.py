@@ -53,7 +53,7 @@ import pandas as pd
 
 import laws
 import plots
-from records import (DISK_FULL_EXIT, atomic_write, disk_full_message, is_disk_full, torn_last_row,
+from records import (atomic_write, disk_full_exit_code, is_disk_full, torn_last_row,
                      unwritable_folder)
 from utils import ArgumentParser, Stopped, raise_stopped, stopped_exit_code
 
@@ -1380,9 +1380,7 @@ def main(argv=None) -> int:
     except OSError as e:
         if not is_disk_full(e):
             raise
-        print(f"error: {disk_full_message(e, args.out)}; free some space and run again",
-              file=sys.stderr)
-        return DISK_FULL_EXIT
+        return disk_full_exit_code(e, args.out, "free some space and run again")
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -260,7 +260,7 @@ def step_parts_table(args, device) -> pd.DataFrame:
         base.eval()
         images = torch.randn(cfg.eval_batch_size, *IMAGE_SHAPE, device=device)
         with torch.no_grad():
-            eval_s = min(timed(lambda: base(images), device) for _ in range(STEP_WARMUP + 5))
+            eval_s = min(train.timed(device, base, images)[1] for _ in range(STEP_WARMUP + 5))
             with profile() as prof:
                 base(images)
         row["eval_vs_train"] = (eval_s / len(images)) / \
@@ -269,14 +269,6 @@ def step_parts_table(args, device) -> pd.DataFrame:
         rows.append(row)
         print(f"  {size}: step parts measured", file=sys.stderr)
     return pd.DataFrame(rows, columns=STEP_PARTS_COLUMNS)
-
-
-def timed(work, device) -> float:
-    train.sync(device)
-    start = time.perf_counter()
-    work()
-    train.sync(device)
-    return time.perf_counter() - start
 
 
 def sweep_args_default() -> str:
@@ -488,20 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def measured(args, parser, device, device_name) -> str:
+def measured(args, device, device_name) -> str:
     """The markdown of what the arguments ask to measure."""
     if args.sweep:
-        if set(args.engines) - {"worker", "process"} or args.fused_pipeline not in PIPELINES:
-            parser.error("--engines takes worker,process; --fused_pipeline one of " + ", ".join(PIPELINES))
-        if any(k < 1 for k in args.fused_copies):
-            parser.error("--fused_copies must be >= 1")
-        if not SIZE.fullmatch(args.fused_size):
-            parser.error(f"--fused_size must be WIDTHxDEPTH, e.g. 32x2, got {args.fused_size!r}")
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            parser.error(f"--out {args.out!r} is a file; give a folder for the --sweep tables")
-        blocked = records.unwritable_folder(args.out)
-        if blocked:  # found out now, not after the measurement
-            parser.error(f"--out {args.out!r}: {blocked} is not a writable folder")
         return engine_report(args, device, device_name)
     if args.step_parts:
         return (f"{heading(device_name)} (batch {train.Config().batch_size}, evaluation batch "
@@ -547,9 +528,21 @@ def main():
         parser.error(device_errors[0])
     device = str(train.resolve_device(args.device))
     device_name = train.device_name(torch.device(device))
+    if args.sweep:
+        if set(args.engines) - {"worker", "process"} or args.fused_pipeline not in PIPELINES:
+            parser.error("--engines takes worker,process; --fused_pipeline one of " + ", ".join(PIPELINES))
+        if any(k < 1 for k in args.fused_copies):
+            parser.error("--fused_copies must be >= 1")
+        if not SIZE.fullmatch(args.fused_size):
+            parser.error(f"--fused_size must be WIDTHxDEPTH, e.g. 32x2, got {args.fused_size!r}")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            parser.error(f"--out {args.out!r} is a file; give a folder for the --sweep tables")
+        blocked = records.unwritable_folder(args.out)
+        if blocked:  # found out now, not after the measurement
+            parser.error(f"--out {args.out!r}: {blocked} is not a writable folder")
     signal.signal(signal.SIGTERM, raise_stopped)
     try:
-        text = measured(args, parser, device, device_name)
+        text = measured(args, device, device_name)
     except (KeyboardInterrupt, Stopped) as e:
         sys.exit(stopped_exit_code(e, "bench.py", f"nothing was added to "
                                    f"{args.notes or 'a notes file'}"))
@@ -560,10 +553,9 @@ def main():
         except OSError as e:
             if not records.is_disk_full(e):
                 raise
-            folder = os.path.dirname(os.path.abspath(args.notes))
-            print(f"error: {records.disk_full_message(e, folder)}; the table above was not added "
-                  f"to {args.notes}, which is as it was", file=sys.stderr)
-            sys.exit(records.DISK_FULL_EXIT)
+            sys.exit(records.disk_full_exit_code(
+                e, os.path.dirname(os.path.abspath(args.notes)),
+                f"the table above was not added to {args.notes}, which is as it was"))
     if args.failures:
         sys.exit("error: " + "\nerror: ".join(args.failures))
 

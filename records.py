@@ -16,6 +16,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import textwrap
 from dataclasses import asdict
@@ -388,6 +389,13 @@ def disk_full_message(e: OSError, folder: str) -> str:
     """One line for a full disk: which file, how much is free where the results go."""
     where = f" writing {e.filename}" if e.filename else f" writing under {folder}"
     return f"no space left on the device{where} ({free_mib(folder):,.1f} MiB free there)"
+
+
+def disk_full_exit_code(e: OSError, folder: str, left: str, file=None) -> int:
+    """Say in one line that the disk is full and what `left` is on it (as utils.stopped_exit_code
+    says what a stop left); the exit status for it. file: standard error unless given."""
+    print(f"error: {disk_full_message(e, folder)}; {left}", file=file or sys.stderr, flush=True)
+    return DISK_FULL_EXIT
 
 
 def free_mib(folder: str) -> float:

@@ -157,6 +157,15 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(device: torch.device, fn, *args):
+    """(fn's result, GPU-synchronised seconds it took)."""
+    sync(device)
+    start = time.perf_counter()
+    out = fn(*args)
+    sync(device)
+    return out, time.perf_counter() - start
+
+
 def autocast(cfg: Config, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
@@ -507,9 +516,8 @@ def main(argv=None):
             raise
         kept = ("the epochs it finished are in its checkpoint" if has_checkpoint(cfg)
                 else "before its first checkpoint")
-        print(f"error: {records.disk_full_message(e, cfg.results_dir)}; {run_name(cfg)} stopped, "
-              f"{kept}: free some space and rerun with --resume", file=sys.stderr)
-        sys.exit(records.DISK_FULL_EXIT)
+        sys.exit(records.disk_full_exit_code(e, cfg.results_dir, f"{run_name(cfg)} stopped, "
+                                             f"{kept}: free some space and rerun with --resume"))
 
 
 if __name__ == "__main__":
