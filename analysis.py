@@ -53,8 +53,8 @@ import pandas as pd
 
 import laws
 import plots
-from records import (atomic_write, disk_full_exit_code, is_disk_full, torn_last_row,
-                     unwritable_folder)
+from records import (atomic_write, disk_full_exit_code, ends_with_newline, is_disk_full,
+                     torn_last_row, unwritable_folder)
 from utils import ArgumentParser, Stopped, raise_stopped, stopped_exit_code
 
 DEFAULT_LOSS = "final_test_loss_avg_last5"
@@ -1189,7 +1189,8 @@ def read_curves(runs_dir, run_names) -> tuple:
         try:
             log = pd.read_csv(path)
             torn = None
-            if len(log) and not ends_with_newline(path):  # train.py writes it whole: a cut
+            # train.py writes it whole (records.write_csv): a last line without its newline is cut
+            if len(log) and not ends_with_newline(path):
                 torn = torn_last_row(path) or \
                     f"{path}: the last line has no line end (cut off, perhaps mid-number)"
         except (OSError, ValueError, pd.errors.ParserError) as e:  # binary bytes, a bad quote
@@ -1223,13 +1224,6 @@ def curve_values(log) -> tuple:
     if not values.epoch.is_monotonic_increasing or values.epoch.duplicated().any():
         return None, "epochs out of order or repeated"
     return values, None
-
-
-def ends_with_newline(path) -> bool:
-    """train.py writes a per-epoch CSV whole (records.write_csv), always ending in a newline."""
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
 
 
 def figures(result: Analysis, *, runs_dir=None, curves=None):

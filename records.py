@@ -134,13 +134,18 @@ def csv_append_error(path: str, key: str = None):
     return None
 
 
+def ends_with_newline(path: str) -> bool:
+    """Whether a non-empty file's last byte is a newline, as every whole CSV written here ends."""
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def torn_last_row(path: str):
     """A sentence naming the last line of the CSV at `path` when it is not a whole row (no
     newline at its end and fewer fields than the header: a write cut off), else None."""
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return None
+    if ends_with_newline(path):
+        return None
     with open(path, newline="") as f:
         text = f.read()
     lines = list(csv.reader(io.StringIO(text)))
