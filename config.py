@@ -91,8 +91,10 @@ class Config:
     loader: str = hp("tensor", "tensor: uint8 data on the device, batched crop/flip; "
                                "torchvision: the literal DataLoader pipeline (reference)",
                      choices=["tensor", "torchvision"])
-    precision: str = hp("fp32", "fp32, or bf16 autocast (CUDA)", choices=["fp32", "bf16"])
-    channels_last: bool = hp(False, "NHWC memory format (faster convolutions with bf16 on GPU)")
+    precision: str = hp("fp32", "fp32, or bf16 autocast (CUDA, or a CPU with AVX-512 BF16 or "
+                                "AMX; changes results by about 1%)", choices=["fp32", "bf16"])
+    channels_last: bool = hp(False, "NHWC memory format (faster convolutions: bf16 on a GPU, "
+                                    "fp32 from width 8 on a CPU)")
     compile: str = hp("off", "torch.compile the model; reduce-overhead also captures it in CUDA "
                              "graphs (one launch per step instead of dozens)",
                       choices=["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead"])

@@ -254,7 +254,7 @@ def plan(args) -> tuple:
             raise PlanError(f"planned run {shlex.join(argv)} is invalid (see above)") from None
         run = Planned(cfg, argv, budget, (tag,) if tag else ())
         if run.name in runs and tag is None:
-            raise PlanError("the plan repeats configurations; check the grid values for duplicates")
+            raise PlanError(f"the plan repeats {run.name}; check the grid values for duplicates")
         if run.name in runs:  # the study: one run serves every sub-plan that contains it
             shared = runs[run.name]
             shared.plans += (tag,) if tag not in shared.plans else ()
@@ -692,7 +692,7 @@ def int_list(text):
         values.append(int(number))
     if not values:
         raise argparse.ArgumentTypeError("needs at least one value")
-    return values
+    return distinct(values)
 
 
 def float_list(text):
@@ -702,6 +702,16 @@ def float_list(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of numbers") from None
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise argparse.ArgumentTypeError("needs positive finite values")
+    return distinct(values)
+
+
+def distinct(values: list) -> list:
+    """A list's values, refused if one is given twice (2,2 or 1000,1e3 would plan a run twice)."""
+    seen = set()
+    for v in values:
+        if v in seen:
+            raise argparse.ArgumentTypeError(f"{v!r} is given twice")
+        seen.add(v)
     return values
 
 
@@ -728,7 +738,7 @@ def field_list(f):
             if choices and value not in choices:
                 raise argparse.ArgumentTypeError(f"{v!r} is not one of {choices}")
             values.append(value)
-        return values
+        return distinct(values)
     return parse
 
 

@@ -37,6 +37,11 @@ class ArgumentParser(argparse.ArgumentParser):
                 i += 1
         return super().parse_known_args(joined + args[i:], namespace)
 
+    def error(self, message):
+        """One line naming the problem: argparse's usage block (train.py's is 40 lines) would
+        push it off the screen."""
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every option)\n")
+
 
 def set_seed(seed: int, deterministic: bool = True) -> None:
     """Seed every RNG; with `deterministic`, make CUDA kernels reproducible (the default)."""

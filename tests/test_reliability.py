@@ -663,6 +663,9 @@ def test_collect_dry_run_names_what_it_would_do_and_writes_nothing(tmp_path, cap
 @pytest.mark.parametrize("argv, message", [
     (["collect", "--widths", "2"], "takes no plan flags: --widths"),
     (["width", "--widths", "2,,3", "--dry_run"], "'2,,3' has an empty item"),
+    (["width", "--widths", "2,4,2", "--dry_run"], "--widths: 2 is given twice"),
+    (["width", "--seeds", "1000,1e3", "--dry_run"], "--seeds: 1000 is given twice"),
+    (["compute", "--budgets", "1e9,1000000000", "--dry_run"], "--budgets: 1000000000.0 is given twice"),
     (["width", "--gpus", "7", "--dry_run"], "no CUDA device 7 on this machine"),
     (["width", "--dry_run", "--results_dir", ""], "--results_dir must name a folder"),
     (["width", "--dry_run", "--bench_notes", "/no/such.md"], "is not a file (bench.py's tables)"),
@@ -722,6 +725,15 @@ def test_values_are_joined_to_their_flag_only_before_a_double_dash():
     parser.add_argument("rest", nargs="*")
     args = parser.parse_args(["--lr", "-1e-3", "--quiet", "--", "--lr", "-2e3"])
     assert args.lr == -1e-3 and args.quiet and args.rest == ["--lr", "-2e3"]
+
+
+@pytest.mark.parametrize("argv, lines", [(["--width", "abc"], 1), (["--width", "0"], 2)])
+def test_a_refused_flag_is_its_message_not_the_usage_block(argv, lines, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_config(argv)  # a bad value: one line; a bad setting: a header + one per setting
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "usage:" not in err and len(err.splitlines()) == lines
+    assert "--width" in err and err.endswith("(--help lists every option)\n")
 
 
 def test_airbench_stopped_by_sigterm_says_so_in_one_line(monkeypatch, tmp_path, capsys):
