@@ -92,7 +92,8 @@ class Config:
                                "torchvision: the literal DataLoader pipeline (reference)",
                      choices=["tensor", "torchvision"])
     precision: str = hp("fp32", "fp32, or bf16 autocast (CUDA, or a CPU with AVX-512 BF16 or "
-                                "AMX; changes results by about 1%)", choices=["fp32", "bf16"])
+                                "AMX; changes the losses by about 1 percent)",
+                        choices=["fp32", "bf16"])
     channels_last: bool = hp(False, "NHWC memory format (faster convolutions: bf16 on a GPU, "
                                     "fp32 from width 8 on a CPU)")
     compile: str = hp("off", "torch.compile the model; reduce-overhead also captures it in CUDA "
