@@ -102,7 +102,8 @@ from torch import nn
 
 import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
-from config import MAX_SEED, ConfigError, as_flag, hp, resolve_device, validate
+from config import (MAX_SEED, ConfigError, as_flag, hp, invalid_configuration, resolve_device,
+                    validate)
 from config import config_id as _config_id
 from train import device_name, keep_freed_memory, last5_and_best, sync, timed, training_flops
 from config import config_yaml, parse_settings, parser_from_dataclass
@@ -219,7 +220,7 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
         errors.append(f"--seed {cfg.seed} --runs {cfg.runs} reaches seed "
                       f"{cfg.seed + cfg.runs - 1}, above {MAX_SEED}")
     if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+        raise invalid_configuration(errors)
 
 
 def total_steps_of(cfg: AirbenchConfig) -> int:

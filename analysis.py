@@ -79,6 +79,8 @@ INFLUENCE_MAX_CONFIGS = 2_000  # leave-one-out is n refits of n points: beyond t
 LARGEST_VALUE = 1e150     # squared by the fits' starting points; float64 overflows at 1.8e308
 SMALLEST_LOSS = 1e-150    # as far below 1 as LARGEST_VALUE is above: a log of -345 is an accident
 MIN_DISTINCT = 3           # points per group: 2 fix a line, the 3rd is the first test of it
+MAX_GROUPS = 12            # slices of one plan fitted and drawn: a grid gives a few per plan;
+                           # thousands come from scattered sizes, whose tiny slices tell nothing
 BUDGET_TOLERANCE = 0.1     # sweep.py plans budgets to +-10%
 MAX_LISTED = 5              # budgets named in one warning; the rest are counted
 STEPS_RATIO_MAX = 10       # a budget whose runs' optimiser steps differ more mixes regimes
@@ -453,12 +455,18 @@ def slices(frame, keys, varying=None) -> list:
     return [part for _, part in frame.groupby(list(keys), dropna=False, sort=True)]
 
 
-def plan_groups(configs) -> list:
+def plan_groups(configs, warnings=None) -> list:
     context, varying = context_columns(configs)
     groups = []
     for x, plan, held in plans_for(configs):
-        for frame in slices(configs, context + list(held), varying=x):  # MIN_DISTINCT x each
-            groups.append(_group(x, plan, frame.sort_values(x), varying + list(held)))
+        found = slices(configs, context + list(held), varying=x)  # MIN_DISTINCT x each
+        frames = widest(found, x)
+        if len(frames) < len(found) and warnings is not None:
+            warnings.append(f"{x}: {len(found):,} {plan} slices (runs sharing "
+                            f"{', '.join(context + list(held))}) have >= {MIN_DISTINCT} distinct "
+                            f"{x}; fitted and drawn are the {MAX_GROUPS} with the most distinct {x} "
+                            f"(then the widest range): scattered sizes rather than a grid")
+        groups += [_group(x, plan, frame.sort_values(x), varying + list(held)) for frame in frames]
     for x in ("C", "total_flops"):
         if x not in configs.columns or configs[x].isna().any():
             continue
@@ -467,6 +475,17 @@ def plan_groups(configs) -> list:
             if front[x].nunique() >= MIN_DISTINCT:
                 groups.append(_group(x, "frontier", front, varying))
     return groups
+
+
+def widest(frames, x, most=MAX_GROUPS) -> list:
+    """The `most` slices with the most distinct x, then the widest range of x, in the order
+    given (their keys' order)."""
+    if len(frames) <= most:
+        return frames
+    def breadth(frame):
+        return frame[x].nunique(), frame[x].max() / frame[x].min()
+    ranks = sorted(range(len(frames)), key=lambda i: breadth(frames[i]), reverse=True)
+    return [frames[i] for i in sorted(ranks[:most])]
 
 
 def _group(x, plan, frame, columns) -> Group:
@@ -706,7 +725,7 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
         warnings.append(f"--vs {' '.join(vs)}: no (N, D, epochs) at which it takes two values or "
                         f"more; no table or figure")
     fields = [] if table is None else fields
-    groups = plan_groups(configs)
+    groups = plan_groups(configs, warnings)
     check_holdout(groups, holdout, ceiling, rosenfeld_ceiling)
     single = _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, warnings)
     joint, delta_used, delta_source = _joint(configs, n_boot, seed, delta, grid, bootstrap,
@@ -1206,6 +1225,12 @@ def read_curves(runs_dir, run_names) -> tuple:
         if np.isinf(values.to_numpy()).any():  # a diverged run: a curve that leaves the figure
             notes.append(f"per-epoch CSV {path} has an infinite loss (a diverged run): its curve "
                          f"is drawn up to there")
+        elif values.train_loss.isna().any():  # every epoch has one; empty or nan: diverged
+            notes.append(f"per-epoch CSV {path} has a training loss that is not a number (a "
+                         f"diverged run, or an edit): its curve has a gap there")
+        if np.isnan(values.test_loss.iloc[-1]):  # the last epoch is always evaluated
+            notes.append(f"per-epoch CSV {path} has no test loss at its last epoch (a diverged "
+                         f"run, or an edit): its test curve ends before it")
         curves[name] = log.assign(**values)
     return curves, missing, notes
 

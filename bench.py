@@ -520,8 +520,9 @@ def main():
     if notes_error:
         parser.error(notes_error)
     if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}")
+        most = 4 * (os.cpu_count() or 1)  # OpenMP crashes (a segfault) at tens of thousands
+        if not 1 <= args.threads <= most:
+            parser.error(f"--threads must be 1 to {most} (4 per core here), got {args.threads}")
         torch.set_num_threads(args.threads)
     device_errors = config.device_errors(args.device)
     if device_errors:

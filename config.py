@@ -154,7 +154,13 @@ def validate(cfg, errors=()) -> None:
         errors += _combination_errors(cfg) + _results_file_errors(cfg.results_dir)
     errors += device_errors(cfg.device) + _writable_errors(cfg.results_dir)
     if errors:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+        raise invalid_configuration(errors)
+
+
+def invalid_configuration(errors: list) -> ConfigError:
+    """Every bad setting in one line, as any other refusal (a block of lines scrolls its start
+    away in a sweep's log)."""
+    return ConfigError("invalid configuration: " + "; ".join(errors))
 
 
 def _combination_errors(cfg: Config) -> list:
@@ -243,6 +249,17 @@ def run_name(cfg: Config) -> str:
     optimizer = "" if cfg.optimizer == "sgd" else f"_{cfg.optimizer}"
     return (f"{cfg.model}_w{cfg.width}_d{cfg.depth}_D{cfg.dataset_size}_e{cfg.num_epochs}"
             f"_s{cfg.seed}{optimizer}_{config_id(cfg)}")
+
+
+def saved_by_another_run(saved: dict, cfg) -> str:
+    """Why a checkpoint's saved settings are not this run's ("" when they are, or when they are
+    too old to tell): a copied or misplaced checkpoint would otherwise be resumed as this run."""
+    known = {f.name for f in fields(type(cfg))}
+    try:
+        theirs = run_name(dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in known}))
+    except (TypeError, ValueError):
+        return ""
+    return "" if theirs == run_name(cfg) else f"it was saved by run {theirs}"
 
 
 def make_config(given: dict) -> Config:
@@ -553,7 +570,7 @@ def parse_settings(parser, argv, cls, make, text=config_yaml, extra=()):
     try:
         cfg = make(from_file, typed)
     except ConfigError as e:
-        parser.error(f"{e}\n  (settings from {path} and the command line)" if path else str(e))
+        parser.error(f"{e} (settings from {path} and the command line)" if path else str(e))
     if print_config:
         print(text(cfg), end="")
         parser.exit()

@@ -31,8 +31,10 @@ from utils import ConfigError
 
 def atomic_write(path: str, data, mode: str = "w") -> None:
     """Write a whole file or nothing: readers see the old or the new version, never a torn one.
-    An OSError names `path` (a failed write() names no file, mkstemp its temp file)."""
-    folder = os.path.dirname(os.path.abspath(path))
+    An OSError names `path` (a failed write() names no file, mkstemp its temp file). A symbolic
+    link is written through, as an append would: the rename would replace the link itself."""
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
@@ -70,7 +72,7 @@ def write_csv(path: str, rows: list, columns: list) -> None:
 
 
 def read_csv(path: str) -> list:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark
         return list(csv.DictReader(f))
 
 
@@ -79,6 +81,8 @@ def writable_file_error(path: str, flag: str):
     None: checked before the work whose result it would keep."""
     if os.path.isdir(path):
         return f"{flag} {path!r} is a folder, not a file"
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"{flag} {path!r} is a symbolic link to nothing (or a loop of links)"
     if os.path.exists(path) and not os.path.isfile(path):  # /dev/full would be read forever
         return f"{flag} {path!r} is not a regular file"
     if os.path.exists(path):
@@ -92,6 +96,8 @@ def unwritable_folder(folder: str):
     when it is not a writable folder, else None."""
     probe = os.path.abspath(folder)
     while not os.path.exists(probe):
+        if os.path.islink(probe):  # to nothing, or a loop: makedirs cannot create it
+            return probe
         probe = os.path.dirname(probe)
     return None if os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK) else probe
 
@@ -115,7 +121,7 @@ def csv_append_error(path: str, key: str = None):
         return f"{path} is not a writable file"
     rebuild = "move it aside (python sweep.py collect rebuilds it from runs/*.json), then run again"
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)  # every line: a stray binary byte anywhere fails every reader
             header = next(reader)
             longer = next(((number, len(fields)) for number, fields in enumerate(reader, 2)
@@ -250,7 +256,7 @@ def _checked_header(path: str):
     error = csv_append_error(path)
     if error:
         raise ResultsFileError(error)
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         return next(csv.reader(f))
 
 
@@ -370,17 +376,23 @@ def read_checkpoint(path, device="cpu") -> dict:
     return torch.load(io.BytesIO(payload), map_location=device, weights_only=False)
 
 
-def load_checkpoint(path, model, optimizer) -> list:
+def load_checkpoint(path, model, optimizer, another_run=lambda saved: "") -> list:
+    """The rows of a checkpoint, its weights and optimiser state loaded; another_run(its saved
+    settings) says why it is not this run's, or ""."""
     try:
         state = read_checkpoint(path, next(model.parameters()).device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        return list(state["rows"])
+        why = another_run(state.get("config") or {})
+        if not why:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            return list(state["rows"])
     except Exception as e:  # truncated, flipped bits, empty, another architecture, ...
         detail = textwrap.shorten(" ".join(str(e).split()), 200, placeholder=" ...")
         raise ConfigError(f"checkpoint {path} is damaged or belongs to another configuration "
                           f"({type(e).__name__}: {detail}); delete it to train this run from its "
                           f"first epoch, or run without --resume") from None
+    raise ConfigError(f"checkpoint {path} belongs to another run ({why}): move it away to train "
+                      f"this run from its first epoch, or run without --resume")
 
 
 DISK_FULL_EXIT = 28  # ENOSPC's number: tells sweep.py to launch nothing more

@@ -131,7 +131,13 @@ STUDY_MIN_SIZES_PER_BUDGET = 5
 
 
 class PlanError(ValueError):
-    """A sweep that cannot be planned; the message says why."""
+    """A sweep that cannot be planned or collected; the message says why (exit status 1)."""
+
+
+class PlanRefused(PlanError):
+    """A plan refused for its input (a value train.py refuses, a repeat): exit status 2, as
+    argparse's refusals."""
+    exit_status = 2
 
 
 @dataclass
@@ -245,16 +251,16 @@ def plan(args) -> tuple:
             flags.append(f"--num_epochs={args.num_epochs}")
         clash = sorted(k for k in point if k in args.extra_given and args.extra_given[k] != point[k])
         if clash:
-            raise PlanError(f"--{clash[0]} after -- would be overridden by the {args.plan} plan, "
+            raise PlanRefused(f"--{clash[0]} after -- would be overridden by the {args.plan} plan, "
                             f"which sets it for every run; use sweep.py's own option before --")
         argv = args.extra + flags + (["--force"] if args.force else [])
         try:
             cfg = train.parse_config(argv)
         except SystemExit:  # train.py's parser has printed which flag and why
-            raise PlanError(f"planned run {shlex.join(argv)} is invalid (see above)") from None
+            raise PlanRefused(f"planned run {shlex.join(argv)} is invalid (see above)") from None
         run = Planned(cfg, argv, budget, (tag,) if tag else ())
         if run.name in runs and tag is None:
-            raise PlanError(f"the plan repeats {run.name}; check the grid values for duplicates")
+            raise PlanRefused(f"the plan repeats {run.name}; check the grid values for duplicates")
         if run.name in runs:  # the study: one run serves every sub-plan that contains it
             shared = runs[run.name]
             shared.plans += (tag,) if tag not in shared.plans else ()
@@ -986,6 +992,9 @@ def main(argv=None):
                       f"({kept}): {', '.join(orphans)}", file=sys.stderr)
             return
         runs, dropped = plan(args)
+    except PlanRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_status)
     except PlanError as e:
         sys.exit(f"error: {e}")
     if args.plan in STUDIES and dropped:  # by design: the ladder is wider than any one budget

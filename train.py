@@ -33,7 +33,8 @@ from tqdm import tqdm
 import data
 import records
 from config import (ONLY_WITH, Config, ConfigError, claim_experiment, config_id, config_text,
-                    make_config, parse_config, resolve_device, run_name, validate)
+                    make_config, parse_config, resolve_device, run_name, saved_by_another_run,
+                    validate)
 from model import build_model, count_params, forward_flops_per_image, num_params
 from records import ResultsFileError, append_row, atomic_write, write_csv
 from utils import (Stopped, exit_with_parent, git_version, raise_stopped, set_seed,
@@ -430,7 +431,8 @@ def fit(cfg, name, device, stem, cifar=None) -> dict:
     optimizer, grad_norms = make_optimizer(model, cfg, device), GradNorms(model, cfg.log_grad_norms)
     rows, ckpt_path = [], stem + ".ckpt.pt"
     if cfg.resume and os.path.exists(ckpt_path):
-        rows = records.load_checkpoint(ckpt_path, model, optimizer)
+        rows = records.load_checkpoint(ckpt_path, model, optimizer,
+                                       lambda saved: saved_by_another_run(saved, cfg))
     step_model = compiled(model, cfg)
 
     status = "finished"

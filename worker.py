@@ -121,7 +121,9 @@ class Copy:
         self.optimizer = train.make_optimizer(self.model, cfg, device)
         self.rows, self.status = [], "finished"
         if cfg.resume and os.path.exists(self.stem + ".ckpt.pt"):
-            self.rows = records.load_checkpoint(self.stem + ".ckpt.pt", self.model, self.optimizer)
+            self.rows = records.load_checkpoint(
+                self.stem + ".ckpt.pt", self.model, self.optimizer,
+                lambda saved: config.saved_by_another_run(saved, cfg))
 
     def optimizer_states(self):
         """Per parameter, the torch optimiser's state ({} before its first step)."""

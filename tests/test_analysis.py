@@ -870,7 +870,7 @@ def test_curves_of_a_run_without_a_per_epoch_csv_are_refused_before_fitting(tmp_
 
 def test_a_damaged_per_epoch_csv_is_named_as_damaged_not_as_missing(tmp_path):
     header = "epoch,train_loss,test_loss\n"
-    (tmp_path / "whole.csv").write_text(header + "1,2.0,2.1\n2,1.5,nan\n")  # diverged: drawn
+    (tmp_path / "whole.csv").write_text(header + "1,2.0,\n2,1.5,1.9\n")  # epoch 1 not evaluated
     (tmp_path / "torn.csv").write_text(header + "1,2.0,2.1\n2,1.5")        # killed mid-append
     (tmp_path / "binary.csv").write_bytes(header.encode() + b"1,\xff\xfe\x00,2\n")
     (tmp_path / "garbled.csv").write_text(header + "1,2.0,oops\n")
@@ -881,10 +881,15 @@ def test_a_damaged_per_epoch_csv_is_named_as_damaged_not_as_missing(tmp_path):
     (tmp_path / "twice.csv").write_text(header + "1,2.0,2.1\n1,2.0,2.1\n")
     (tmp_path / "negative.csv").write_text(header + "1,2.0,-2.1\n")
     (tmp_path / "diverged.csv").write_text(header + "1,2.0,2.1\n2,inf,inf\n")
+    (tmp_path / "nan.csv").write_text(header + "1,2.0,2.1\n2,nan,nan\n")
     names = ["whole", "torn", "binary", "garbled", "other", "absent", "zeros", "folder", "digits",
-             "twice", "negative", "diverged"]
+             "twice", "negative", "diverged", "nan"]
     curves, missing, notes = analysis.read_curves(str(tmp_path), names)
-    assert sorted(curves) == ["digits", "diverged", "torn", "whole"] and missing == ["absent"]
+    assert sorted(curves) == ["digits", "diverged", "nan", "torn", "whole"] and missing == ["absent"]
+    assert notes.pop().endswith("nan.csv has no test loss at its last epoch (a diverged run, or an "
+                                "edit): its test curve ends before it")  # was: drawn without a word
+    assert notes.pop().endswith("nan.csv has a training loss that is not a number (a diverged run, "
+                                "or an edit): its curve has a gap there")
     assert notes.pop().endswith("diverged.csv has an infinite loss (a diverged run): its curve "
                                 "is drawn up to there")  # was: drawn without a word
     assert notes.pop().endswith("negative.csv is damaged (a negative value), not drawn")
@@ -982,3 +987,18 @@ def test_a_ceiling_no_loss_could_reach_is_refused(tmp_path, ceiling):
     runs = analysis.load([write_sweep(str(tmp_path / "results"))])
     with pytest.raises(AnalysisError, match="--ceiling must be a positive number below 1e\\+150"):
         analysis.analyse(runs, ceiling=ceiling, n_boot=0)  # 1e300 was: m4 fits with R² -2.9e7
+
+
+def test_scattered_sizes_fit_only_the_widest_slices_and_say_so(tmp_path):
+    rows = [(N, D, 2 * N ** -0.1 + D ** -0.1) for D in range(1000, 1000 + 40)
+            for N in (100, 200, 400, 800)]
+    rows += [(N, 5000, 2 * N ** -0.1) for N in (50, 100, 200, 400, 800, 1600)]
+    path = tmp_path / "scattered.csv"
+    pd.DataFrame(rows, columns=["N", "D", "loss"]).to_csv(path, index=False)
+    runs, warnings = analysis.load([str(path)]), []
+    groups = [g for g in analysis.plan_groups(runs.configs, warnings) if g.x == "N"]
+    assert len(groups) == analysis.MAX_GROUPS  # was: 41 slices, each fitted (10^5 rows: hours)
+    assert any(len(g.configs) == 6 for g in groups)  # the one with the most distinct N is kept
+    assert warnings == [f"N: 41 N slices (runs sharing D, epochs) have >= 3 distinct N; fitted "
+                        f"and drawn are the {analysis.MAX_GROUPS} with the most distinct N (then "
+                        f"the widest range): scattered sizes rather than a grid"]

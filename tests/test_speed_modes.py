@@ -1,5 +1,6 @@
 """Every speed mode trains end to end and writes the same records; the benchmark runs."""
 import io
+import os
 import signal
 import subprocess
 import sys
@@ -102,10 +103,12 @@ def test_bench_stopped_while_measuring_says_so_in_one_line(tmp_path, signum):
     assert not notes.exists()
 
 
-def test_bench_refuses_a_thread_count_below_one():
-    proc = subprocess.run([sys.executable, "bench.py", "--threads", "0"], cwd=REPO,
+@pytest.mark.parametrize("threads", ["0", "99999"])  # 99999: was a segfault in OpenMP
+def test_bench_refuses_a_thread_count_out_of_range(threads):
+    proc = subprocess.run([sys.executable, "bench.py", "--threads", threads], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "--threads must be >= 1, got 0" in proc.stderr
+    assert proc.returncode == 2 and f"--threads must be 1 to {4 * os.cpu_count()} (4 per core " \
+        f"here), got {threads}" in proc.stderr
 
 
 def test_bench_refuses_notes_that_are_a_folder_before_measuring(tmp_path):
