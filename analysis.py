@@ -464,8 +464,8 @@ def plan_groups(configs, warnings=None) -> list:
         if len(frames) < len(found) and warnings is not None:
             warnings.append(f"{x}: {len(found):,} {plan} slices (runs sharing "
                             f"{', '.join(context + list(held))}) have >= {MIN_DISTINCT} distinct "
-                            f"{x}; fitted and drawn are the {MAX_GROUPS} with the most distinct {x} "
-                            f"(then the widest range): scattered sizes rather than a grid")
+                            f"{x}; fitted and drawn are the {MAX_GROUPS} with the most distinct "
+                            f"{x} (then the widest range): scattered sizes rather than a grid")
         groups += [_group(x, plan, frame.sort_values(x), varying + list(held)) for frame in frames]
     for x in ("C", "total_flops"):
         if x not in configs.columns or configs[x].isna().any():
@@ -482,6 +482,7 @@ def widest(frames, x, most=MAX_GROUPS) -> list:
     given (their keys' order)."""
     if len(frames) <= most:
         return frames
+
     def breadth(frame):
         return frame[x].nunique(), frame[x].max() / frame[x].min()
     ranks = sorted(range(len(frames)), key=lambda i: breadth(frames[i]), reverse=True)

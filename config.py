@@ -171,7 +171,10 @@ def _combination_errors(cfg: Config) -> list:
     if cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size):
         errors.append(f"--val_size must be a whole number of images or a fraction < 1, got {cfg.val_size}")
     num_val = data.val_count(cfg.val_size, data.NUM_TRAIN)
-    if num_val < data.NUM_TRAIN and cfg.dataset_size + num_val > data.NUM_TRAIN:
+    if num_val >= data.NUM_TRAIN:  # 0.999999 rounds to all of them
+        errors.append(f"--val_size {cfg.val_size} asks for {num_val:,} validation images and "
+                      f"leaves none of the {data.NUM_TRAIN:,} to train on")
+    elif cfg.dataset_size + num_val > data.NUM_TRAIN:
         errors.append(f"--dataset_size {cfg.dataset_size} + --val_size {num_val} images exceed the "
                       f"{data.NUM_TRAIN:,} training images; use --dataset_size <= "
                       f"{data.NUM_TRAIN - num_val} (or leave it unset)")
@@ -255,8 +258,9 @@ def saved_by_another_run(saved: dict, cfg) -> str:
     """Why a checkpoint's saved settings are not this run's ("" when they are, or when they are
     too old to tell): a copied or misplaced checkpoint would otherwise be resumed as this run."""
     known = {f.name for f in fields(type(cfg))}
-    try:
-        theirs = run_name(dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in known}))
+    try:  # settings this code no longer has are left out, as run names leave them out
+        theirs = run_name(dataclasses.replace(cfg, **{k: v for k, v in saved.items()
+                                                      if k in known}))
     except (TypeError, ValueError):
         return ""
     return "" if theirs == run_name(cfg) else f"it was saved by run {theirs}"

@@ -251,8 +251,9 @@ def plan(args) -> tuple:
             flags.append(f"--num_epochs={args.num_epochs}")
         clash = sorted(k for k in point if k in args.extra_given and args.extra_given[k] != point[k])
         if clash:
-            raise PlanRefused(f"--{clash[0]} after -- would be overridden by the {args.plan} plan, "
-                            f"which sets it for every run; use sweep.py's own option before --")
+            raise PlanRefused(f"--{clash[0]} after -- would be overridden by the {args.plan} "
+                              f"plan, which sets it for every run; use sweep.py's own option "
+                              f"before --")
         argv = args.extra + flags + (["--force"] if args.force else [])
         try:
             cfg = train.parse_config(argv)

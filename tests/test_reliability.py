@@ -847,3 +847,10 @@ def test_a_results_file_a_spreadsheet_saved_with_a_byte_order_mark_is_still_appe
     assert records.csv_append_error(str(path), "run_name") is None  # was: "no run_name column"
     append_row(str(path), {"run_name": "b", "N": "2"}, key="run_name")
     assert [(r["run_name"], r["N"]) for r in read_csv(str(path))] == [("a", "1"), ("b", "2")]
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_is_refused_first(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train.parse_config(["--val_size", "0.999999"])  # was: exit 1 after loading the data
+    assert exit_.value.code == 2 and "--val_size 0.999999 asks for 50,000 validation images and " \
+        "leaves none of the 50,000 to train on" in capsys.readouterr().err
