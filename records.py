@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -193,7 +194,30 @@ def summary_value_error(summary: dict):
             return f"{key} is {value!r}, not a positive number"
     if summary.get("status", "finished") not in ("finished", "diverged"):
         return f"status is {summary['status']!r}, not finished or diverged"
+    named = NAMED_SIZES.search(str(summary.get("run_name", "")))
+    for key, value in zip(("D", "epochs", "seed"), named.groups() if named else ()):
+        if key in summary and not _same_number(summary[key], value):  # train.py skips by name
+            return f"{key} is {summary[key]!r}, but its run name says {value}"
+    for loss, acc in (("final_test_loss_avg_last5", "final_test_acc_avg_last5"),
+                      ("final_test_loss", "final_test_acc")):  # always written together
+        for key, partner in ((loss, acc), (acc, loss)):
+            value = summary.get(key)
+            if key in summary and (isinstance(value, bool) or
+                                   not isinstance(value, (int, float, type(None)))):
+                return f"{key} is {value!r}, not a number"
+            if key not in summary and partner in summary:
+                return f"{key} is missing, though {partner} is there"
     return None
+
+
+NAMED_SIZES = re.compile(r"_D(\d+)_e(\d+)_s(\d+)")  # train.py's and airbench.py's run names
+
+
+def _same_number(value, text: str) -> bool:
+    try:
+        return not isinstance(value, bool) and float(value) == float(text)
+    except (TypeError, ValueError):
+        return False
 
 
 def append_text(path: str, text: str) -> None:

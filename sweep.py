@@ -31,6 +31,7 @@ import csv
 import functools
 import glob
 import importlib
+import io
 import itertools
 import math
 import os
@@ -255,10 +256,13 @@ def plan(args) -> tuple:
                               f"plan, which sets it for every run; use sweep.py's own option "
                               f"before --")
         argv = args.extra + flags + (["--force"] if args.force else [])
+        refusal = io.StringIO()
         try:
-            cfg = train.parse_config(argv)
-        except SystemExit:  # train.py's parser has printed which flag and why
-            raise PlanRefused(f"planned run {shlex.join(argv)} is invalid (see above)") from None
+            with contextlib.redirect_stderr(refusal):
+                cfg = train.parse_config(argv)
+        except SystemExit:  # train.py's parser's line: which flag and why
+            why = refusal.getvalue().strip().partition("error: ")[2] or refusal.getvalue().strip()
+            raise PlanRefused(f"planned run {shlex.join(argv)}: {why}") from None
         run = Planned(cfg, argv, budget, (tag,) if tag else ())
         if run.name in runs and tag is None:
             raise PlanRefused(f"the plan repeats {run.name}; check the grid values for duplicates")

@@ -680,7 +680,8 @@ def test_collect_dry_run_names_what_it_would_do_and_writes_nothing(tmp_path, cap
 def test_sweep_refuses_what_it_would_silently_ignore(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         sweep.main(argv)
-    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
 def test_an_empty_results_dir_is_refused_not_the_working_folder(capsys):
@@ -753,13 +754,15 @@ def test_airbench_stopped_by_sigterm_says_so_in_one_line(monkeypatch, tmp_path, 
         in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("edit", ['"N": "abc"', '"D": -5', '"status": "done"'])
+@pytest.mark.parametrize("edit", ['"N": "abc"', '"D": -5', '"status": "done"', '"epochs": 7',
+                                  '"final_test_acc": 0.5', '"final_test_loss_avg_last5": "low"'])
 def test_collect_refuses_a_hand_edited_summary_and_leaves_final_data(tmp_path, edit):
-    final = summaries_folder(tmp_path)
+    final = summaries_folder(tmp_path, names=("run_a", "cnn_w2_d1_D200_e2_s0_e17ed54315"))
     original = final.read_text()
-    path = tmp_path / "runs" / "run_a.json"
+    path = tmp_path / "runs" / "cnn_w2_d1_D200_e2_s0_e17ed54315.json"
     path.write_text(path.read_text()[:-1] + f", {edit}}}")  # was: copied into final_data.csv
-    with pytest.raises(SystemExit, match=r"(?s)1 damaged run summaries.*run_a.json is not a readable"):
+    with pytest.raises(SystemExit, match=r"(?s)1 damaged run summaries.*_e17ed54315.json is not a "
+                                         r"readable"):
         sweep.main(["collect", "--results_dir", str(tmp_path)])
     assert final.read_text() == original
 
