@@ -325,9 +325,12 @@ def read_plan(path: str) -> list:
         raise train.ConfigError(f"{path} is not a plan file ({shape}): not a regular file")
     try:
         with open(path) as f:
-            argvs = json.load(f)["runs"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+            plan = json.load(f)
+    except (OSError, ValueError) as e:
         raise train.ConfigError(f"{path} is not a plan file ({shape}): {e!r}") from None
+    if not isinstance(plan, dict) or "runs" not in plan:
+        raise train.ConfigError(f"{path} is not a plan file ({shape}): no \"runs\" key at its top")
+    argvs = plan["runs"]
     if not isinstance(argvs, list):
         raise train.ConfigError(f"{path} is not a plan file ({shape}): runs is not a list")
     bad = next((i for i, argv in enumerate(argvs)

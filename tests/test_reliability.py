@@ -711,6 +711,14 @@ def test_a_malformed_plan_is_named(tmp_path, runs):
         worker.read_plan(str(path))
 
 
+@pytest.mark.parametrize("plan", [[1, 2], "runs", {"run": []}])
+def test_a_plan_of_another_shape_is_named_in_words(tmp_path, plan):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    with pytest.raises(train.ConfigError, match='is not a plan file .*: no "runs" key at its top$'):
+        worker.read_plan(str(path))  # was: TypeError('list indices must be integers ...')
+
+
 @pytest.mark.parametrize("argv,message", [
     (["plan.json", "--slice", "-1/2"], "--slice needs I/N with 0 <= I < N, got -1/2"),
     (["plan.json", "--max_bundle", "-1e3"], "--max_bundle: invalid int value: '-1e3'"),
