@@ -198,15 +198,16 @@ def summary_value_error(summary: dict):
     for key, value in zip(("D", "epochs", "seed"), named.groups() if named else ()):
         if key in summary and not _same_number(summary[key], value):  # train.py skips by name
             return f"{key} is {summary[key]!r}, but its run name says {value}"
-    for loss, acc in (("final_test_loss_avg_last5", "final_test_acc_avg_last5"),
-                      ("final_test_loss", "final_test_acc")):  # always written together
-        for key, partner in ((loss, acc), (acc, loss)):
-            value = summary.get(key)
-            if key in summary and (isinstance(value, bool) or
-                                   not isinstance(value, (int, float, type(None)))):
-                return f"{key} is {value!r}, not a number"
-            if key not in summary and partner in summary:
-                return f"{key} is missing, though {partner} is there"
+    for pair in (("final_test_loss_avg_last5", "final_test_acc_avg_last5"),
+                 ("final_test_loss", "final_test_acc")):  # always written together
+        present = [key for key in pair if key in summary]
+        for key in present:
+            if isinstance(summary[key], bool) or \
+                    not isinstance(summary[key], (int, float, type(None))):
+                return f"{key} is {summary[key]!r}, not a number"
+        if len(present) == 1:
+            missing = next(key for key in pair if key not in summary)
+            return f"{missing} is missing, though {present[0]} is there"
     return None
 
 

@@ -138,7 +138,6 @@ class PlanError(ValueError):
 class PlanRefused(PlanError):
     """A plan refused for its input (a value train.py refuses, a repeat): exit status 2, as
     argparse's refusals."""
-    exit_status = 2
 
 
 @dataclass
@@ -261,7 +260,8 @@ def plan(args) -> tuple:
             with contextlib.redirect_stderr(refusal):
                 cfg = train.parse_config(argv)
         except SystemExit:  # train.py's parser's line: which flag and why
-            why = refusal.getvalue().strip().partition("error: ")[2] or refusal.getvalue().strip()
+            line = refusal.getvalue().strip()
+            why = line.partition("error: ")[2] or line
             raise PlanRefused(f"planned run {shlex.join(argv)}: {why}") from None
         run = Planned(cfg, argv, budget, (tag,) if tag else ())
         if run.name in runs and tag is None:
@@ -999,7 +999,7 @@ def main(argv=None):
         runs, dropped = plan(args)
     except PlanRefused as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_status)
+        sys.exit(2)
     except PlanError as e:
         sys.exit(f"error: {e}")
     if args.plan in STUDIES and dropped:  # by design: the ladder is wider than any one budget
