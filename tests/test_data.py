@@ -36,6 +36,19 @@ def test_crop_flip_equals_torchvision_pad_crop_flip():
         assert torch.equal(out[i], ref)
 
 
+@pytest.mark.parametrize("pad", [1, 4])
+def test_crop_flip_reflect_equals_numpy_reflect_pad_crop_flip(pad):
+    images = random_images(9, seed=4)
+    g = torch.Generator().manual_seed(pad)
+    dy, dx = (torch.randint(2 * pad + 1, (9,), generator=g) for _ in range(2))
+    flip = torch.rand(9, generator=g) < 0.5
+    out = data.crop_flip(images, dy, dx, flip, pad=pad, reflect=True)
+    padded = np.pad(images.numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="reflect")
+    for i in range(9):
+        ref = torch.from_numpy(padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32].copy())
+        assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref)
+
+
 def test_every_augmented_image_is_a_window_of_the_padded_image():
     images = random_images(4, seed=2)
     g = data.epoch_generator(seed=3, epoch=1)
