@@ -162,12 +162,31 @@ def test_quarter_max_pool_gives_aten_max_pools_values(case):
 
 def test_evaluation_uses_the_quarter_pool_and_training_atens(monkeypatch):
     torch.manual_seed(0)
-    model, x = ScalingCNN(4, 1).eval(), torch.randn(16, 3, 32, 32)
+    model, x = ScalingCNN(2, 1).eval(), torch.randn(16, 3, 32, 32)  # pools 2 and 4 channels
     aten_calls, aten = [], nn.MaxPool2d.forward
     monkeypatch.setattr(nn.MaxPool2d, "forward", lambda m, x: aten_calls.append(1) or aten(m, x))
     with torch.no_grad():
         fast = model(x)
     assert aten_calls == []
-    slow = model(x)  # with gradients: ATen's kernel, which also keeps the indices
-    assert len(aten_calls) == 2 and torch.equal(fast, slow)
+    slow = model(x)  # with gradients: ATen's kernels, which also keep the indices
+    assert aten_calls == [1] and torch.equal(fast, slow)  # 2 channels: channels-first; 4: not
     assert isinstance(model.body[1], nn.MaxPool2d)  # fused.py stacks copies of it as it is
+
+
+@pytest.mark.parametrize("channels", [4, 16])
+def test_training_pool_gives_atens_values_indices_and_gradients_bit_for_bit(channels):
+    """Every 2x2 window over {-inf, -1, -0.0, +0.0, 1, nan} (1,296), in each channel: the
+    channels_last detour must pick the very element ATen's channels-first kernel picks."""
+    from model import MaxPool2x2
+    values = torch.tensor([float("-inf"), -1.0, -0.0, 0.0, 1.0, float("nan")])
+    windows = torch.cartesian_prod(*[values] * 4).view(36, 36, 2, 2)
+    image = windows.permute(0, 2, 1, 3).reshape(72, 72)                 # windows side by side
+    x = torch.stack([image.roll(c, dims=1) for c in range(channels)])[None].repeat(2, 1, 1, 1)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = MaxPool2x2()(ours), nn.functional.max_pool2d(theirs, 2)
+    assert "ChannelsLastMaxPool" in type(out.grad_fn).__name__
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(channels))
+    out.backward(grad)
+    ref.backward(grad)
+    bits = lambda t: t.detach().view(torch.int32)
+    assert torch.equal(bits(out), bits(ref)) and torch.equal(bits(ours.grad), bits(theirs.grad))
