@@ -10,7 +10,7 @@ the lab, with the three variants of the airbench study as flags.
 Why a script of its own rather than a train.py preset: the recipe differs from train.py's loop in
 almost everything (frozen whitening layer, per-step schedule, parameter groups with decoupled
 hyperparameters, lookahead, label smoothing, TTA, fractional epochs). It shares data.py (loading,
-subsets, fingerprint, the batched crop gather), records.py (the locked results files), config.py
+subsets, fingerprint, the batched crop), records.py (the locked results files), config.py
 (validation, config_id, the dataclass -> argparse and YAML helpers) and train.py's row format, so its rows
 land in results/final_data.csv beside the scaling runs.
 
