@@ -186,7 +186,21 @@ def make_optimizer(model, cfg: Config, device: torch.device):
 
 
 def compiled(model, cfg: Config):
-    return model if cfg.compile == "off" else torch.compile(model, mode=cfg.compile)
+    if cfg.compile == "off":
+        return model
+    allow_recompiles()
+    return torch.compile(model, mode=cfg.compile)
+
+
+def allow_recompiles() -> None:
+    """Every model a process compiles (bench.py's pipelines, the worker's shapes) recompiles the one
+    model.forward: past dynamo's per-function limit (8) later models would silently run eagerly,
+    as a bench.py run on an H200 did (its "fast" row timed eager code)."""
+    import torch._dynamo
+    config = torch._dynamo.config
+    for name in ("cache_size_limit", "recompile_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 256))
 
 
 def mark_step(cfg: Config) -> None:

@@ -160,8 +160,6 @@ class Worker:
         cfg, K = copies[0].cfg, len(copies)
         key = network_key(cfg, K)
         if key not in self.nets:
-            if cfg.compile != "off":
-                allow_recompiles()
             while len(self.nets) >= MAX_CACHED_NETS:  # CUDA-graph pools hold activations: evict
                 self.nets.pop(next(iter(self.nets)))
             net = fused.fuse([c.model for c in copies]).to(memory_format=train.memory_format(cfg))
@@ -280,16 +278,6 @@ class Worker:
         write_failure(cfg, name)
         log(f"failed: {name}: {error!r}, log {log_path(cfg.results_dir, name)}")
         return {name: 1}
-
-
-def allow_recompiles() -> None:
-    """One process compiles a graph per shape: past dynamo's per-function limit (8 by default)
-    later shapes would silently run eagerly."""
-    import torch._dynamo
-    config = torch._dynamo.config
-    for name in ("cache_size_limit", "recompile_limit"):
-        if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), 256))
 
 
 def stem_of(cfg) -> str:

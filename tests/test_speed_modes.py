@@ -7,8 +7,10 @@ import sys
 
 import pandas as pd
 import pytest
+import torch._dynamo
 
 import bench
+import model
 import train
 from conftest import REPO
 from test_train import TINY
@@ -183,3 +185,33 @@ print(default, faults())
     assert out.returncode == 0, out.stderr
     default, kept = map(int, out.stdout.split())
     assert default > 5000 and kept < default / 10, (default, kept)  # 19,533 and 0 when written
+
+
+def test_a_process_compiles_every_model_past_dynamos_recompile_limit(monkeypatch):
+    """bench.py's pipelines and the worker's shapes each compile model.forward again, once for
+    training and once for evaluation: past dynamo's limit of 8 the later ones ran eagerly (an
+    H200's bench.py "fast" row timed eager code). A counting backend stands in for inductor."""
+    graph_calls = []
+
+    def counting_backend(graph, example_inputs):
+        def run(*args):
+            graph_calls.append(1)
+            return graph.forward(*args)
+        return run
+    for name in ("cache_size_limit", "recompile_limit"):  # restored after the test
+        if hasattr(torch._dynamo.config, name):
+            monkeypatch.setattr(torch._dynamo.config, name, getattr(torch._dynamo.config, name))
+    inductor_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: inductor_compile(
+        module, backend=counting_backend))
+    torch._dynamo.reset()
+    images = torch.randn(2, 3, 32, 32)
+    for width in range(1, 6):  # 10 graphs of one forward
+        step = train.compiled(model.build_model(width=width, depth=1),
+                              train.Config(compile="default", device="cpu"))
+        before = len(graph_calls)
+        step(images).sum().backward()
+        with torch.no_grad():
+            step(images)
+        assert len(graph_calls) == before + 2, f"width {width} ran eagerly"
+    torch._dynamo.reset()
