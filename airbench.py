@@ -103,7 +103,7 @@ from torch import nn
 import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
 from config import (MAX_SEED, ConfigError, as_flag, hp, invalid_configuration, resolve_device,
-                    validate)
+                    validate, warn_if_slow_bf16)
 from config import config_id as _config_id
 from train import device_name, keep_freed_memory, last5_and_best, sync, timed, training_flops
 from config import config_yaml, parse_settings, parser_from_dataclass
@@ -716,6 +716,7 @@ def bench(cfg: AirbenchConfig, rows=None) -> list:
     rows: the caller's list, to which each finished run's summary is added as it finishes."""
     validate_airbench(cfg)
     device = resolve_device(cfg.device)
+    warn_if_slow_bf16(precision_of(cfg, device), device)
     loaded = load_data(cfg, device)
     if warms_up(cfg, device):
         train(replace(cfg, quiet=True), loaded, record=False)

@@ -57,7 +57,7 @@ import records
 import train
 import worker
 from utils import (ArgumentParser, Stopped, mean_pm_std, raise_stopped,
-                   stopped_exit_code)
+                   stopped_exit_code, stopped_signal)
 
 # Pipelines compared. "brief" is the scaling recipe as first specified, literally: torchvision
 # transforms + DataLoader.
@@ -90,19 +90,20 @@ def peak_tflops(device_name: str, precision: str):
     return None
 
 
-def measured_peak_tflops(precision: str, size: int = 2048, repeats: int = 5) -> float:
+def measured_peak_tflops(precision: str, max_size: int = 2048, min_time_s: float = 0.05,
+                         repeats: int = 5) -> float:
     """A CPU's peak on the threads this process uses, measured: the best of `repeats` square
-    matmuls (dense, large enough that BLAS runs near its peak). No datasheet says what 2 shared
-    cloud cores deliver."""
+    matmuls, the size doubling from 256 until one takes min_time_s (BLAS near its peak) or reaches
+    max_size. No datasheet says what 2 shared cloud cores deliver, and a CPU without native bf16
+    (AVX2 only) multiplies bf16 at ~1 GFLOP/s: one 2048 product there takes 13 s, during which
+    a stop cannot be heard."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best / 1e12
+    size = 256
+    while True:
+        best = config.best_matmul_s(size, dtype, repeats)
+        if best >= min_time_s or size >= max_size:
+            return 2 * size ** 3 / best / 1e12
+        size *= 2
 
 
 def pipeline_config(pipeline, device, **overrides):
@@ -132,7 +133,7 @@ def projected_run_s(epoch_s, eval_s, num_epochs=BRIEF_EPOCHS, test_freq=BRIEF_TE
 
 
 def timed_table(args, device, device_name):
-    rows = []
+    rows = args.timed_rows  # kept by main: a stop still writes the rows measured before it
     num_test = len(data.load_cifar10(args.data_dir).test_labels)
     if device == "cpu":  # measured once, on the same threads as the trainings
         args.cpu_peak = {p: measured_peak_tflops(p) for p in ("fp32", "bf16")}
@@ -157,10 +158,26 @@ def timed_table(args, device, device_name):
                              mfu=tflops / peak if peak else float("nan"),
                              threads=torch.get_num_threads()))
             print(f"  {size} {pipeline}: {epoch_s:.3f} s/epoch", file=sys.stderr)
+    return timed_frame(rows)
+
+
+def timed_frame(rows) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     brief = table[table.pipeline == "brief"].set_index("size")["epoch_s"]
     table["speedup_vs_brief"] = [brief.get(s, float("nan")) / e for s, e in zip(table["size"], table["epoch_s"])]
     return table
+
+
+def stopped_report(args, device_name, signal_name) -> str:
+    """The rows of the timed table measured before a stop (a device call's time limit, Ctrl-C),
+    as report() writes them, saying what was left out; "" when there are none."""
+    rows = args.timed_rows
+    if not rows or args.sweep or args.step_parts or args.sweep_jobs:
+        return ""
+    planned = len(args.sizes) * len(args.pipelines)
+    full = " and no whole run" if args.full else ""
+    return (report(args, device_name, timed_frame(rows), None) +
+            f"Stopped by {signal_name} after {len(rows)} of {planned} rows{full}.\n")
 
 
 def full_runs(args, device):
@@ -542,12 +559,28 @@ def main():
         if blocked:  # found out now, not after the measurement
             parser.error(f"--out {args.out!r}: {blocked} is not a writable folder")
     signal.signal(signal.SIGTERM, raise_stopped)
+    args.timed_rows = []
     try:
         text = measured(args, device, device_name)
     except (KeyboardInterrupt, Stopped) as e:
-        sys.exit(stopped_exit_code(e, "bench.py", f"nothing was added to "
-                                   f"{args.notes or 'a notes file'}"))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the append
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        text = stopped_report(args, device_name, stopped_signal(e).name)
+        if not text:
+            sys.exit(stopped_exit_code(e, "bench.py", f"nothing was added to "
+                                       f"{args.notes or 'a notes file'}"))
+        print(text)
+        written = append_notes(args, text)
+        sys.exit(stopped_exit_code(e, "bench.py", "the rows measured before it are above" +
+                                   (f" and in {args.notes}" if written else "")))
     print(text)
+    append_notes(args, text)
+    if args.failures:
+        sys.exit("error: " + "\nerror: ".join(args.failures))
+
+
+def append_notes(args, text) -> bool:
+    """Append text to --notes, if one was given; True once it is there."""
     if args.notes:
         try:
             records.append_text(args.notes, text + "\n")
@@ -557,8 +590,8 @@ def main():
             sys.exit(records.disk_full_exit_code(
                 e, os.path.dirname(os.path.abspath(args.notes)),
                 f"the table above was not added to {args.notes}, which is as it was"))
-    if args.failures:
-        sys.exit("error: " + "\nerror: ".join(args.failures))
+        return True
+    return False
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import data
 import records
 from config import (ONLY_WITH, Config, ConfigError, claim_experiment, config_id, config_text,
                     make_config, parse_config, resolve_device, run_name, saved_by_another_run,
-                    validate)
+                    validate, warn_if_slow_bf16)
 from model import build_model, count_params, forward_flops_per_image, num_params
 from records import ResultsFileError, append_row, atomic_write, write_csv
 from utils import (Stopped, exit_with_parent, git_version, raise_stopped, set_seed,
@@ -370,6 +370,7 @@ def train(cfg: Config) -> dict:
     done = not cfg.force and records.finished_summary(cfg, stem)
     if done:
         return done
+    warn_if_slow_bf16(cfg.precision, device)
     cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     claim_experiment(cfg, os.path.dirname(stem), name)

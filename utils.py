@@ -135,10 +135,15 @@ def raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
+def stopped_signal(e: BaseException) -> signal.Signals:
+    """The signal behind a stop (KeyboardInterrupt or Stopped)."""
+    return signal.Signals(e.args[0] if isinstance(e, Stopped) else signal.SIGINT)
+
+
 def stopped_exit_code(e: BaseException, who: str, left=None) -> int:
     """Say what a stop (KeyboardInterrupt or Stopped) left behind; the exit status for it."""
-    signum = e.args[0] if isinstance(e, Stopped) else signal.SIGINT
+    signum = stopped_signal(e)
     left = left or ("the epochs it finished are in its checkpoint: rerun with --resume to "
                     "continue")
-    print(f"{who}: stopped by {signal.Signals(signum).name}; {left}", file=sys.stderr)
+    print(f"{who}: stopped by {signum.name}; {left}", file=sys.stderr)
     return 128 + signum

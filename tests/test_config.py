@@ -239,3 +239,24 @@ def test_a_name_whose_run_never_trained_can_be_given_to_another_configuration(da
     summary = named_run(data_dir, tmp_path, experiment_name="big")  # the corrected width
     assert summary["experiment_name"] == "big" and summary["width"] == 4
     assert (tmp_path / "runs" / "big" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("slowdown, warned", [(75.0, True), (0.6, False)])
+def test_bf16_on_a_cpu_that_emulates_it_is_flagged_before_training(monkeypatch, capsys, data_dir,
+                                                                    tmp_path, slowdown, warned):
+    """An AVX2-only CPU multiplies bf16 ~75x slower than fp32: --precision bf16 there would make a
+    CPU speedrun hours long. The measurement is replaced by the slowdown under test."""
+    monkeypatch.setattr(config, "cpu_bf16_slowdown", lambda: slowdown)
+    train.train(train.Config(**{**TINY, "num_epochs": 1}, precision="bf16", data_dir=data_dir,
+                             results_dir=str(tmp_path)))
+    err = capsys.readouterr().err
+    assert ("bf16 75x slower than fp32" in err and "--precision fp32 is faster here" in err) == warned
+    config.warn_if_slow_bf16("fp32", torch.device("cpu"))  # fp32 runs are never warned
+    config.warn_if_slow_bf16("bf16", torch.device("cuda"))  # nor GPUs
+    assert capsys.readouterr().err == ""
+
+
+def test_the_cpu_bf16_slowdown_is_a_measured_ratio():
+    slowdown = config.cpu_bf16_slowdown.__wrapped__()
+    assert 0.01 < slowdown < 1000
+    assert config.best_matmul_s(64, torch.float32) < config.best_matmul_s(512, torch.float32)

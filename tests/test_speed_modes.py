@@ -105,6 +105,40 @@ def test_bench_stopped_while_measuring_says_so_in_one_line(tmp_path, signum):
     assert not notes.exists()
 
 
+@pytest.mark.parametrize("gflops, sizes", [(1, [256, 512]), (1000, [256, 512, 1024, 2048])])
+def test_the_cpu_peak_grows_its_product_until_one_takes_long_enough(monkeypatch, gflops, sizes):
+    """1 GFLOP/s is bf16 on an AVX2-only CPU, where one 2048 product took 13 s and a stop
+    waited for it; 1000 stands for a fast BLAS, measured up to 2048."""
+    tried = []
+
+    def matmul_s(size, dtype, repeats):
+        tried.append(size)
+        return 2 * size ** 3 / (gflops * 1e9)
+    monkeypatch.setattr(bench.config, "best_matmul_s", matmul_s)
+    assert bench.measured_peak_tflops("bf16") == pytest.approx(gflops / 1000)
+    assert tried == sizes
+
+
+def test_bench_stopped_after_some_rows_keeps_them_and_says_what_is_missing(tmp_path):
+    """A device call's time limit stops bench.py mid-table: the rows already measured are the
+    call's only result, so they are written, marked as partial."""
+    notes = tmp_path / "benchmarks.md"
+    proc = subprocess.Popen([sys.executable, "bench.py", "--device", "cpu", "--sizes", "2x1,64x3",
+                             "--pipelines", "default", "--dataset_size", "500", "--warmup", "1",
+                             "--epochs", "8", "--notes", str(notes)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = [proc.stderr.readline()]
+    while lines[-1] and not lines[-1].startswith("  2x1 default"):
+        lines.append(proc.stderr.readline())
+    proc.send_signal(signal.SIGTERM)  # while 64x3 trains
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines) + err
+    table = notes.read_text()
+    assert "| 2x1 " in table and "| 64x3 " not in table and table.strip() in out
+    assert "Stopped by SIGTERM after 1 of 2 rows.\n" in table
+    assert err == f"bench.py: stopped by SIGTERM; the rows measured before it are above and in {notes}\n"
+
+
 @pytest.mark.parametrize("threads", ["0", "99999"])  # 99999: was a segfault in OpenMP
 def test_bench_refuses_a_thread_count_out_of_range(threads):
     proc = subprocess.run([sys.executable, "bench.py", "--threads", threads], cwd=REPO,
