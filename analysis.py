@@ -348,7 +348,11 @@ def selected_on_test(spec: str) -> bool:
 def drop_unusable(rows, notes) -> pd.DataFrame:
     finished = rows.status == "finished"
     for status, n in rows.status[~finished].fillna("(missing)").value_counts().items():
-        notes.append(f"{n} {status} run(s) dropped")
+        if status in ("diverged", "(missing)"):
+            notes.append(f"{n} {status} run(s) dropped")
+        else:  # e.g. a number: a row of another column layout, shifted under this header
+            notes.append(f"{n} row(s) with status {shown(status)} dropped: train.py writes only "
+                         f"finished or diverged (a row from another tool or column layout?)")
     rows = rows[finished]
     finite = np.isfinite(rows.L)
     if (~finite).any():

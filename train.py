@@ -197,10 +197,10 @@ def allow_recompiles() -> None:
     model.forward: past dynamo's per-function limit (8) later models would silently run eagerly,
     as a bench.py run on an H200 did (its "fast" row timed eager code)."""
     import torch._dynamo
-    config = torch._dynamo.config
+    limits = torch._dynamo.config
     for name in ("cache_size_limit", "recompile_limit"):
-        if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), 256))
+        if hasattr(limits, name):
+            setattr(limits, name, max(getattr(limits, name), 256))
 
 
 def mark_step(cfg: Config) -> None:

@@ -46,6 +46,16 @@ def test_load_keeps_last_rerun_drops_diverged_and_averages_seeds(tmp_path):
         assert expected in notes
 
 
+def test_a_row_of_another_layout_is_named_as_such_not_as_a_status(tmp_path):
+    """A foreign row shifted under the header puts a number where status is: '1 2.5 run(s)
+    dropped' read as a count of a status called 2.5."""
+    frame = make_runs([(8, 2, 50000, EPOCHS), (16, 2, 50000, EPOCHS)], seeds=(0, 1))
+    foreign = frame.iloc[[0]].assign(run_name="foreign", seed=9, status="2.5")
+    notes = " | ".join(loaded(tmp_path, pd.concat([frame, foreign])).notes)
+    assert "1 row(s) with status '2.5' dropped: train.py writes only finished or diverged" in notes
+    assert "2.5 run(s)" not in notes
+
+
 def test_mixed_fingerprints_refused_unless_allowed(tmp_path):
     frame = pd.concat([make_runs(WIDTH_PLAN[:4], fingerprint="aaa"),
                        make_runs(WIDTH_PLAN[4:], fingerprint="bbb")])
