@@ -103,9 +103,10 @@ from torch import nn
 import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
 from config import (MAX_SEED, ConfigError, as_flag, hp, invalid_configuration, resolve_device,
-                    validate, warn_if_slow_bf16)
+                    validate)
 from config import config_id as _config_id
-from train import device_name, keep_freed_memory, last5_and_best, sync, timed, training_flops
+from train import (device_name, keep_freed_memory, last5_and_best, sync, timed, training_flops,
+                   warn_if_slow_bf16)
 from config import config_yaml, parse_settings, parser_from_dataclass
 from records import (append_row, append_text, atomic_write, disk_full_exit_code, is_disk_full,
                      writable_file_error, write_csv)

@@ -100,7 +100,7 @@ def measured_peak_tflops(precision: str, max_size: int = 2048, min_time_s: float
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     size = 256
     while True:
-        best = config.best_matmul_s(size, dtype, repeats)
+        best = train.best_matmul_s(size, dtype, repeats)
         if best >= min_time_s or size >= max_size:
             return 2 * size ** 3 / best / 1e12
         size *= 2
@@ -171,8 +171,8 @@ def timed_frame(rows) -> pd.DataFrame:
 def stopped_report(args, device_name, signal_name) -> str:
     """The rows of the timed table measured before a stop (a device call's time limit, Ctrl-C),
     as report() writes them, saying what was left out; "" when there are none."""
-    rows = args.timed_rows
-    if not rows or args.sweep or args.step_parts or args.sweep_jobs:
+    rows = args.timed_rows  # only timed_table fills it
+    if not rows:
         return ""
     planned = len(args.sizes) * len(args.pipelines)
     full = " and no whole run" if args.full else ""

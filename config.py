@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import sys
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -235,35 +234,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-@functools.cache
-def cpu_bf16_slowdown() -> float:
-    """How many times longer this CPU takes to multiply in bf16 than in fp32 (256x256 products,
-    ~0.1 s at worst): below 1 with AVX-512 BF16 or AMX, ~50-90 on an AVX2-only EPYC, where torch
-    emulates bf16 (1.3 GFLOP/s against 180 in fp32)."""
-    return best_matmul_s(256, torch.bfloat16) / best_matmul_s(256, torch.float32)
-
-
-def best_matmul_s(size: int, dtype: torch.dtype, repeats: int = 3) -> float:
-    """The fastest of `repeats` products of two random size x size matrices, after one untimed."""
-    import time
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def warn_if_slow_bf16(precision: str, device: torch.device) -> None:
-    """bf16 autocast on a CPU without native bf16 is slower than fp32, not faster: say so."""
-    if precision == "bf16" and device.type == "cpu" and cpu_bf16_slowdown() > 4:
-        print(f"warning: this CPU multiplies bf16 {cpu_bf16_slowdown():.0f}x slower than fp32 "
-              f"(no AVX-512 BF16 or AMX, so torch emulates it): --precision fp32 is faster here",
-              file=sys.stderr)
 
 
 def config_id(cfg: Config) -> str:

@@ -18,6 +18,7 @@ if __name__ == "__main__":
 
 import contextlib  # noqa: E402 (after the guard above: loading torch takes a second or more)
 import ctypes
+import functools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ import data
 import records
 from config import (ONLY_WITH, Config, ConfigError, claim_experiment, config_id, config_text,
                     make_config, parse_config, resolve_device, run_name, saved_by_another_run,
-                    validate, warn_if_slow_bf16)
+                    validate)
 from model import build_model, count_params, forward_flops_per_image, num_params
 from records import ResultsFileError, append_row, atomic_write, write_csv
 from utils import (Stopped, exit_with_parent, git_version, raise_stopped, set_seed,
@@ -165,6 +166,30 @@ def timed(device: torch.device, fn, *args):
     out = fn(*args)
     sync(device)
     return out, time.perf_counter() - start
+
+
+@functools.cache
+def cpu_bf16_slowdown() -> float:
+    """How many times longer this CPU takes to multiply in bf16 than in fp32 (256x256 products,
+    ~0.1 s at worst): below 1 with AVX-512 BF16 or AMX, ~50-90 on an AVX2-only EPYC, where torch
+    emulates bf16 (1.3 GFLOP/s against 180 in fp32)."""
+    return best_matmul_s(256, torch.bfloat16) / best_matmul_s(256, torch.float32)
+
+
+def best_matmul_s(size: int, dtype: torch.dtype, repeats: int = 3) -> float:
+    """The fastest of `repeats` CPU products of two random size x size matrices, after one
+    untimed."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    return min(timed(torch.device("cpu"), torch.matmul, a, b)[1] for _ in range(repeats))
+
+
+def warn_if_slow_bf16(precision: str, device: torch.device) -> None:
+    """bf16 autocast on a CPU without native bf16 is slower than fp32, not faster: say so."""
+    if precision == "bf16" and device.type == "cpu" and cpu_bf16_slowdown() > 4:
+        print(f"warning: this CPU multiplies bf16 {cpu_bf16_slowdown():.0f}x slower than fp32 "
+              f"(no AVX-512 BF16 or AMX, so torch emulates it): --precision fp32 is faster here",
+              file=sys.stderr)
 
 
 def autocast(cfg: Config, device: torch.device):

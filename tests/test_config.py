@@ -246,17 +246,17 @@ def test_bf16_on_a_cpu_that_emulates_it_is_flagged_before_training(monkeypatch, 
                                                                     tmp_path, slowdown, warned):
     """An AVX2-only CPU multiplies bf16 ~75x slower than fp32: --precision bf16 there would make a
     CPU speedrun hours long. The measurement is replaced by the slowdown under test."""
-    monkeypatch.setattr(config, "cpu_bf16_slowdown", lambda: slowdown)
+    monkeypatch.setattr(train, "cpu_bf16_slowdown", lambda: slowdown)
     train.train(train.Config(**{**TINY, "num_epochs": 1}, precision="bf16", data_dir=data_dir,
                              results_dir=str(tmp_path)))
     err = capsys.readouterr().err
     assert ("bf16 75x slower than fp32" in err and "--precision fp32 is faster here" in err) == warned
-    config.warn_if_slow_bf16("fp32", torch.device("cpu"))  # fp32 runs are never warned
-    config.warn_if_slow_bf16("bf16", torch.device("cuda"))  # nor GPUs
+    train.warn_if_slow_bf16("fp32", torch.device("cpu"))  # fp32 runs are never warned
+    train.warn_if_slow_bf16("bf16", torch.device("cuda"))  # nor GPUs
     assert capsys.readouterr().err == ""
 
 
 def test_the_cpu_bf16_slowdown_is_a_measured_ratio():
-    slowdown = config.cpu_bf16_slowdown.__wrapped__()
+    slowdown = train.cpu_bf16_slowdown.__wrapped__()
     assert 0.01 < slowdown < 1000
-    assert config.best_matmul_s(64, torch.float32) < config.best_matmul_s(512, torch.float32)
+    assert train.best_matmul_s(64, torch.float32) < train.best_matmul_s(512, torch.float32)

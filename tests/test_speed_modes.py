@@ -114,7 +114,7 @@ def test_the_cpu_peak_grows_its_product_until_one_takes_long_enough(monkeypatch,
     def matmul_s(size, dtype, repeats):
         tried.append(size)
         return 2 * size ** 3 / (gflops * 1e9)
-    monkeypatch.setattr(bench.config, "best_matmul_s", matmul_s)
+    monkeypatch.setattr(bench.train, "best_matmul_s", matmul_s)
     assert bench.measured_peak_tflops("bf16") == pytest.approx(gflops / 1000)
     assert tried == sizes
 
