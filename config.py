@@ -30,6 +30,8 @@ DESCRIPTION = "Train one configuration of the scaling study and log it under res
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
 # An experiment name becomes a folder name under runs/: no separators, no hidden or parent folders.
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# A plan tag is a CSV field analysis.py splits on ':' and '+': names of plans, nothing else.
+PLAN_TAG = re.compile(r"([A-Za-z0-9_.-]+:)?[A-Za-z0-9_.-]+(\+[A-Za-z0-9_.-]+)*")
 
 NO_NEUTRAL = object()
 
@@ -108,6 +110,9 @@ class Config:
     budget: float = hp(0.0, "the IsoFLOP budget C = N*D*epochs the run was planned for (sweep.py "
                             "sets it; recorded so analysis.py groups a budget's runs exactly, not "
                             "by nearby C; 0: none)", min=0.0, result=False)
+    plan: str = hp("", "the sweep plan this run was planned for, as STUDY:SUBPLAN+SUBPLAN or PLAN "
+                       "(sweep.py sets it; analysis.py reads a study's plans from it instead of "
+                       "guessing them from N, D and epochs)", result=False)
     num_workers: int = hp(0, "DataLoader workers (--loader torchvision only)", min=0, result=False)
     data_dir: str = hp("data", "holds cifar-10-batches-py/ (downloaded there if absent)", result=False)
     results_dir: str = hp("results", "where runs/ and final_data.csv go", result=False)
@@ -181,6 +186,9 @@ def _combination_errors(cfg: Config) -> list:
     if cfg.experiment_name and not EXPERIMENT_NAME.fullmatch(cfg.experiment_name):
         errors.append(f"--experiment_name must be letters, digits, _ . - (a folder name under "
                       f"runs/), got {cfg.experiment_name!r}")
+    if cfg.plan and not PLAN_TAG.fullmatch(cfg.plan):
+        errors.append(f"--plan must be PLAN or STUDY:SUBPLAN+SUBPLAN (letters, digits, _ . -), "
+                      f"got {cfg.plan!r}")
     C = num_params(cfg.model, cfg.width, cfg.depth, cfg.bn) * cfg.dataset_size * cfg.num_epochs
     if cfg.budget and abs(C - cfg.budget) >= cfg.budget:
         # sweep.py plans each run within --tolerance < 100% of its budget: this one is not its

@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, fields
 
 import torch
@@ -65,7 +66,7 @@ TRAIN_PY = os.path.join(HERE, "train.py")
 WORKER_PY = os.path.join(HERE, "worker.py")
 # Curated bench.py tables: bench.py writes to results/benchmarks.md, GPU tables are copied here.
 BENCH_NOTES = os.path.join(HERE, "Notes", "benchmarks.md")
-PLANS = ["width", "depth", "data", "compute", "grid", "study", "pocket"]
+PLANS = ["width", "depth", "data", "compute", "grid", "study", "pocket", "cpu"]
 DEFAULT_WIDTHS = [4, 8, 16, 32, 64, 128]   # doubling
 DEFAULT_DEPTHS = [1, 2, 3, 4, 5, 6]
 DEFAULT_DATASET_SIZES = [50_000, 25_000, 12_500, 6_250, 3_125, 1_562]  # halving
@@ -80,6 +81,8 @@ GRID_ALIASES = {"width": "widths", "depth": "depths", "dataset_size": "dataset_s
 
 # A study is several plans run as one: points shared by plans run once. `fixed` holds the
 # settings of every run (the value a plan does not vary), `flags` the train.py flags of every run.
+# A sub-plan's settings are those of its plan kind (`kind`, default: the sub-plan's name), or for
+# kind "points" an explicit list of `points` (train.py settings) run at each of its `seeds`.
 @dataclass
 class Study:
     epochs: int
@@ -89,6 +92,9 @@ class Study:
     # CPU default: one single-threaded training per core, so a run has 1 thread on any machine
     # and repeats to the bit there (CPU sums differ in the last bits across thread counts).
     jobs_per_core: bool = False
+    # Test evaluations spread over each run besides its last 5 (test_freq = epochs // this), so
+    # every learning curve has points from start to end whatever its length; 0: the flags' own.
+    spread_evaluations: int = 0
 
 
 LADDER_DATASET_SIZES = [50_000, 25_000, 12_500, 6_250, 3_125, 1_562]  # halving
@@ -125,6 +131,54 @@ STUDIES = {
         # 1,500 <= D <= 50,000; the committed study found each valley's vertex inside its widths.
         "compute": dict(budgets=[1.3e8, 2.7e8, 5.5e8], widths=[2, 3, 4, 6, 8, 12, 16, 24],
                         min_dataset_size=1_500, seeds=[0, 1]),
+    }),
+    # `sweep.py cpu`: the joint law L(N, D, epochs) and the four research questions on 2 CPU
+    # cores (~2 hours), depth-2 networks as the full study's, N = 1,344 .. 73,178 fitted and the
+    # full study's own size (width 32, depth 2, D = 50,000: N = 289,194) held back as the far
+    # target. D and epochs vary independently, so images seen T = D * epochs is measured, not a
+    # function of D: the axes run at T = 500,000 (1,960 steps, 10 epochs of 50,000), except the
+    # deliberate short and long T of `epochs`. Seeds: 3 where the noise floor is estimated and on
+    # the far target, 2 on the points that decide each axis, 1 elsewhere (the fits pool the seed
+    # noise over every configuration that has several). Notes/cpu_study/README.md gives the reasons.
+    "cpu": Study(epochs=10, fixed=dict(width=8, depth=2, dataset_size=50_000),
+                 flags=("--eval_batch_size=250",), jobs_per_core=True, spread_evaluations=5,
+                 subplans={
+        # research question 1: N at fixed depth, D and steps
+        "width": dict(widths=[2, 4, 6, 8, 12, 16], seeds=[0]),
+        # research question 2: depth at fixed width (widths 4 and 8), and depth at equal N
+        # (w16 d1, w8 d2, w6 d3 ... are 18-24k parameters)
+        "depth": dict(kind="grid", widths=[4, 8], depths=[1, 2, 3], seeds=[0, 1]),
+        "depth_more": dict(kind="points", points=[dict(width=4, depth=4), dict(width=16, depth=1)],
+                           seeds=[0]),
+        # research question 3: D with the steps held at ~1,960 (epochs = 500,000 / D), so that the
+        # data axis measures data; widths 2 and 16 at D = 6,250 show how D's effect depends on N
+        "data": dict(kind="points", seeds=[0], points=[
+            dict(dataset_size=D, num_epochs=500_000 // D) for D in (1_562, 3_125, 6_250, 12_500, 25_000)]
+            + [dict(width=2, dataset_size=6_250, num_epochs=80),
+               dict(width=16, dataset_size=6_250, num_epochs=80)]),
+        # images seen at fixed D: short T at D = 50,000, 6,250 and 1,562, and T = 1,000,000 (the
+        # largest T, held out by one of the extrapolation checks)
+        "epochs": dict(kind="points", seeds=[0], points=[
+            dict(dataset_size=50_000, num_epochs=2), dict(dataset_size=50_000, num_epochs=5),
+            dict(dataset_size=6_250, num_epochs=10), dict(dataset_size=6_250, num_epochs=20),
+            dict(dataset_size=6_250, num_epochs=40), dict(dataset_size=1_562, num_epochs=40),
+            dict(width=4, dataset_size=50_000, num_epochs=20),
+            dict(width=4, dataset_size=6_250, num_epochs=160)]),
+        # research question 4: fixed compute C = N * D * epochs over a decade, N traded against D
+        # (10 epochs) and against epochs (D = 6,250)
+        "isoflop_data": dict(kind="compute", budgets=[2e8, 6e8, 2e9],
+                             widths=[2, 3, 4, 6, 8, 12, 16, 24], min_dataset_size=1_000, seeds=[0]),
+        "isoflop_epochs": dict(kind="compute", tradeoff="epochs", dataset_sizes=[6_250],
+                               dataset_sizes_given=True, budgets=[2e8, 6e8, 2e9],
+                               widths=[2, 3, 4, 6, 8, 12, 16, 24], seeds=[0]),
+        # more seeds: the noise floor (widths 4 and 8 at D = 50,000) and the points nearest each
+        # held-out edge (the widest fitted network, the smallest and middle D of the data axis)
+        "seeds": dict(kind="points", seeds=[1, 2], points=[dict(width=4), dict(width=8)]),
+        "seeds_edges": dict(kind="points", seeds=[1], points=[
+            dict(width=16), dict(dataset_size=1_562, num_epochs=320),
+            dict(dataset_size=6_250, num_epochs=80)]),
+        # the far target: the full study's network, never fitted, predicted by the law
+        "target": dict(kind="points", points=[dict(width=32)], seeds=[0, 1, 2]),
     }),
 }
 STUDY_SUBPLANS = STUDIES["study"].subplans
@@ -196,15 +250,26 @@ def study_points(args) -> tuple:
     """Every sub-plan of the study, tagged with its name; plan() merges shared points."""
     study, points, dropped = STUDIES[args.plan], [], []
     for name, settings in study.subplans.items():
-        sub = argparse.Namespace(**{**vars(args), "plan": name, "num_epochs": study.epochs,
-                                    "tradeoff": "data", "dataset_sizes_given": False,
-                                    "widths": [study.fixed["width"]],
-                                    "depths": [study.fixed["depth"]],
-                                    "dataset_sizes": [study.fixed["dataset_size"]],
-                                    "grid_values": {}, **settings})
-        sub_points, sub_dropped = plan_points(sub)
-        points += [dict({**study.fixed, **p}, plan=name) for p in sub_points]
-        dropped += sub_dropped
+        settings = dict(settings)
+        kind = settings.pop("kind", name)
+        if kind == "points":
+            sub_points = [dict(p, seed=s) for p in settings["points"] for s in settings["seeds"]]
+            sub_dropped = []
+        else:
+            sub = argparse.Namespace(**{**vars(args), "plan": kind, "num_epochs": study.epochs,
+                                        "tradeoff": "data", "dataset_sizes_given": False,
+                                        "widths": [study.fixed["width"]],
+                                        "depths": [study.fixed["depth"]],
+                                        "dataset_sizes": [study.fixed["dataset_size"]],
+                                        "grid_values": {}, **settings})
+            sub_points, sub_dropped = plan_points(sub)
+        for p in sub_points:
+            point = {**study.fixed, **p}
+            if study.spread_evaluations:
+                epochs = point.get("num_epochs", study.epochs)
+                point["test_freq"] = max(1, epochs // study.spread_evaluations)
+            points.append(dict(point, plan=name))
+        dropped += [f"{name}: {reason}" for reason in sub_dropped]
     return points, dropped
 
 
@@ -275,6 +340,9 @@ def plan(args) -> tuple:
             runs[run.name] = run
     if not runs:
         raise PlanError("no feasible configuration" + (":\n  " + "\n  ".join(dropped) if dropped else ""))
+    for run in runs.values():  # recorded in each row: analysis.py reads the plans from it
+        tag = f"{args.plan}:{'+'.join(run.plans)}" if run.plans else args.plan
+        run.argv, run.cfg = run.argv + [f"--plan={tag}"], dataclasses.replace(run.cfg, plan=tag)
     named = {r.cfg.experiment_name for r in runs.values()} - {""}
     if named and len(runs) > 1:  # train.py would refuse every run after the first
         raise PlanError(f"--experiment_name {named.pop()} names one configuration; this plan has "
@@ -382,7 +450,8 @@ def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> 
     lines = [f"{plan_name} plan: {len(runs)} runs"]
     if any(r.plans for r in runs):
         tags = [t for r in runs for t in r.plans]
-        counts = ", ".join(f"{name} {tags.count(name)}" for name in PLANS if name in tags)
+        order = STUDIES[plan_name].subplans if plan_name in STUDIES else dict.fromkeys(tags)
+        counts = ", ".join(f"{name} {tags.count(name)}" for name in order if name in tags)
         lines[0] += (f" ({counts}; {len(tags) - len(runs)} of those are points shared by several "
                      f"plans, run once)")
     budgets = {}
@@ -573,17 +642,37 @@ def launch_submitit(runs, results_dir, args, tasks=None) -> dict:
 # The worker engine: worker.py processes, each over a slice of the plan's fused bundles
 
 
-def worker_tasks(runs, results_dir, workers, max_bundle, force) -> list:
+def worker_tasks(runs, results_dir, workers, max_bundle, force, queue=False) -> list:
     """[(name, command)] of `workers` worker.py processes sharing the plan, written to
-    results/logs/plan_<time>.json. Never more workers than bundles."""
+    results/logs/plan_<time>_<pid>.json, longest runs first. queue: the workers take the next
+    bundle from one queue file as they free up (local sweeps); else each has a fixed slice (one
+    Slurm task each). Never more workers than bundles; each worker's log is this sweep's own."""
+    runs = sorted(runs, key=lambda r: run_work(r.cfg), reverse=True)
     bundles = len(worker.make_bundles([r.cfg for r in runs], max_bundle))
     n = min(workers, bundles)
     print(f"worker engine: {len(runs)} runs in {bundles} bundles, {n} worker(s)", file=sys.stderr)
-    path = os.path.join(results_dir, "logs", f"plan_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}.json")
-    worker.write_plan(path, [r.argv + ["--resume", "--quiet"] for r in runs])
+    stem = os.path.join(results_dir, "logs", f"plan_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}")
+    worker.write_plan(stem + ".json", [r.argv + ["--resume", "--quiet"] for r in runs])
     options = (["--max_bundle", str(max_bundle)] if max_bundle else []) + (["--force"] if force else [])
-    return [(f"worker_{i}of{n}", [sys.executable, WORKER_PY, path, "--slice", f"{i}/{n}", *options])
+    if queue:
+        records.atomic_write(stem + ".queue", "0\n")
+        share = ["--queue", stem + ".queue"]
+    return [(f"{os.path.basename(stem)}_worker_{i}of{n}",
+             [sys.executable, WORKER_PY, stem + ".json", *(share if queue else ["--slice", f"{i}/{n}"]),
+              *options])
             for i in range(n)]
+
+
+# Per image, a CPU training step costs about as much fixed work (launches, the crop, the
+# optimiser's pass) as this many FLOPs of arithmetic: bench.py's 2x1 and 32x2 on one core.
+STEP_OVERHEAD_FLOPS = 2e6
+
+
+def run_work(cfg) -> float:
+    """A run's work for ordering a queue (longest first, so the last runs to start are short):
+    its images times its FLOPs per image plus the fixed cost of an image's step."""
+    return cfg.dataset_size * cfg.num_epochs * (
+        flops_per_image(cfg.model, cfg.width, cfg.depth, cfg.bn) + STEP_OVERHEAD_FLOPS)
 
 
 def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
@@ -961,7 +1050,7 @@ def extra_flags(parser, extra: list, args) -> dict:
     if "results_dir" in given and args.results_dir not in (None, given["results_dir"]):
         parser.error(f"--results_dir {args.results_dir} before -- and {given['results_dir']} after "
                      f"it disagree; give it once, before --")
-    for flag in ("force", "resume", "quiet", "print_config", "list_presets"):
+    for flag in ("force", "resume", "quiet", "print_config", "list_presets", "plan"):
         if flag in given:
             parser.error(f"--{flag} after -- is sweep.py's to set"
                          + (": put --force before --" if flag == "force" else ""))
@@ -1003,10 +1092,12 @@ def main(argv=None):
     except PlanError as e:
         sys.exit(f"error: {e}")
     if args.plan in STUDIES and dropped:  # by design: the ladder is wider than any one budget
-        print(f"{len(dropped)} (budget, width) pairs of the {args.plan} study's compute plan need "
-              f"D outside {STUDIES[args.plan].subplans['compute']['min_dataset_size']:,}.."
-              f"{NUM_TRAIN:,} and are left out",
-              file=sys.stderr)
+        print(f"{len(dropped)} (budget, width) pairs of `sweep.py {args.plan}`'s compute plans "
+              f"are off their budget or need D or epochs out of range, and are left out "
+              f"(--dry_run lists them)", file=sys.stderr)
+        if args.dry_run:
+            for reason in dropped:
+                print(f"# dropped {reason}", file=sys.stderr)
     else:
         for reason in dropped:
             print(f"dropped {reason}", file=sys.stderr)
@@ -1059,7 +1150,7 @@ def launch(args, runs) -> dict:
     elif args.launcher == "local":  # one worker per slot: --jobs per GPU
         gpus = args.gpus or visible_gpus()
         tasks = worker_tasks(todo, args.results_dir, args.jobs * len(gpus or [None]),
-                             args.max_bundle, args.force)
+                             args.max_bundle, args.force, queue=True)
         codes = launch_workers(todo, args.results_dir, tasks, gpus)
     else:  # one array task per bundle
         tasks = worker_tasks(todo, args.results_dir, len(todo), args.max_bundle, args.force)

@@ -98,7 +98,7 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         if flag in row and getattr(cfg, key) != needed:
             row[flag] = ""
     row.update(
-        test_freq=cfg.test_freq, budget=cfg.budget or "", preset=cfg.preset,
+        test_freq=cfg.test_freq, budget=cfg.budget or "", plan=cfg.plan, preset=cfg.preset,
         experiment_name=cfg.experiment_name,
         train_time_s=sum(r["epoch_time_s"] for r in rows),
         wall_time_s=sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows),

@@ -2,6 +2,7 @@
 
     python worker.py plan.json                    # every run of the plan
     python worker.py plan.json --slice 2/8        # bundles 2, 10, 18, ... (one Slurm task of 8)
+    python worker.py plan.json --queue plan.queue # with other workers: each takes the next bundle
 
 plan.json: {"runs": [[train.py flags of run 1], [flags of run 2], ...]} (sweep.py writes it).
 
@@ -341,6 +342,20 @@ def write_plan(path: str, argvs: list) -> None:
     atomic_write(path, json.dumps(dict(runs=argvs), indent=1) + "\n")
 
 
+def queued(bundles: list, path: str):
+    """The bundles in plan order, each to only one of the workers that share the queue file
+    `path` (a count of the bundles taken, under its lock): a worker that drew short runs takes
+    the next one while another is still on a long one, where fixed slices would leave it idle."""
+    while True:
+        with records.file_lock(path):
+            with open(path) as f:
+                taken = int(f.read().strip() or 0)
+            if taken >= len(bundles):
+                return
+            atomic_write(path, f"{taken + 1}\n")
+        yield bundles[taken]
+
+
 def slice_of(text: str):
     try:
         i, n = (int(v) for v in text.split("/"))
@@ -360,8 +375,16 @@ def main(argv=None):
     parser.add_argument("--max_bundle", type=int, default=None,
                         help="copies per fused network (default 1: no fusion; try 16 on a GPU "
                              "and measure with bench.py)")
+    parser.add_argument("--queue", default=None,
+                        help="a queue file the workers of one sweep share (sweep.py writes it): "
+                             "bundles in plan order, each to the next free worker; instead of "
+                             "--slice")
     parser.add_argument("--force", action="store_true", help="train runs that have a summary again")
     args = parser.parse_args(argv)
+    if args.queue is not None and args.slice != (0, 1):
+        parser.error("--queue and --slice are two ways to share a plan; give one")
+    if args.queue is not None and not os.path.isfile(args.queue):
+        parser.error(f"--queue {args.queue!r} is not a file (sweep.py writes it beside the plan)")
     if args.max_bundle is not None and args.max_bundle < 1:
         parser.error("--max_bundle must be >= 1")
     try:
@@ -369,9 +392,12 @@ def main(argv=None):
     except train.ConfigError as e:
         parser.error(str(e))
     i, n = args.slice
-    bundles = sorted(make_bundles(cfgs, args.max_bundle), key=bundle_cost,
-                     reverse=True)[i::n]  # largest first, dealt round-robin: slices balance
-    bundles.sort(key=lambda b: str(network_key(b[0], len(b))))  # one shape's bundles in a row
+    if args.queue:
+        bundles = queued(make_bundles(cfgs, args.max_bundle), args.queue)
+    else:
+        bundles = sorted(make_bundles(cfgs, args.max_bundle), key=bundle_cost,
+                         reverse=True)[i::n]  # largest first, dealt round-robin: slices balance
+        bundles.sort(key=lambda b: str(network_key(b[0], len(b))))  # one shape's bundles in a row
     train.keep_freed_memory()
     exit_with_parent()
     signal.signal(signal.SIGTERM, raise_stopped)
@@ -388,7 +414,8 @@ def main(argv=None):
                                              f"their checkpoints: free some space and rerun",
                                              file=sys.stdout))  # its log
     failed = [name for name, code in codes.items() if code]
-    print(f"worker {i}/{n}: {len(codes) - len(failed)} done, {len(failed)} failed", flush=True)
+    who = "worker" if args.queue else f"worker {i}/{n}"
+    print(f"{who}: {len(codes) - len(failed)} done, {len(failed)} failed", flush=True)
     sys.exit(1 if failed else 0)
 
 

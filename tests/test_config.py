@@ -218,7 +218,8 @@ def test_a_config_file_after_the_separator_is_the_base_of_every_run_of_a_sweep(t
     assert sorted((r.cfg.lr, r.cfg.seed) for r in runs) == [(0.05, 0), (0.05, 1), (0.1, 0), (0.1, 1)]
     assert all(dataclasses.replace(r.cfg, lr=preset.lr, seed=preset.seed, force=False, resume=False,
                                    quiet=False, results_dir=preset.results_dir,
-                                   preset="resnet8_sgd") == preset for r in runs)
+                                   preset="resnet8_sgd", plan="") == preset for r in runs)
+    assert {r.cfg.plan for r in runs} == {"grid"}  # recorded in every row
     assert args.results_dir == str(tmp_path) and {r.cfg.results_dir for r in runs} == {str(tmp_path)}
 
     forcing = tmp_path / "force.yaml"

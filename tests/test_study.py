@@ -142,7 +142,7 @@ def test_study_dry_run_prints_its_size_and_no_made_up_time(tmp_path, capsys):
     runs, _ = study_runs(tmp_path)
     commands = out.out.strip().splitlines()
     assert len(commands) == len(runs) and all(c.startswith("python train.py ") for c in commands)
-    assert f"study plan: {len(runs)} runs (width 18, depth 18, data 18, compute " in out.err
+    assert f"study plan: {len(runs)} runs (width 18, depth 18, data 18, grid 40, compute " in out.err
     image_epochs = sum(r.cfg.dataset_size * r.cfg.num_epochs for r in runs)
     flops = sum(3 * sweep.flops_per_image("cnn", r.cfg.width, r.cfg.depth, False)
                 * r.cfg.dataset_size * r.cfg.num_epochs for r in runs)
