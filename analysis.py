@@ -62,7 +62,7 @@ FALLBACK_LOSS = "loss"      # the loss column of a minimal CSV (N, D, loss)
 LOSS_ALIASES = {"error": "1 - final_test_acc_avg_last5", "best_error": "1 - best_test_acc",
                 "final_error": "1 - final_test_acc"}
 TEXT = ("run_name", "config_id", "status", "model", "data_fingerprint", "source_fingerprint",
-        "code_version")
+        "code_version", "plan")
 NUMERIC = ("width", "depth", "seed", "N", "D", "epochs", "C", "flops_per_image", "total_flops",
            "budget", "batch_size", "lr", "momentum", "weight_decay", "subset_seed", "steps",
            "final_test_loss_avg_last5", "final_test_acc_avg_last5", "final_test_loss",
@@ -393,7 +393,19 @@ def average_seeds(rows) -> pd.DataFrame:
                                                 for c in ("L", "run_name"))
     if "code_version" in rows.columns:
         configs["code_versions"] = by_config.code_version.agg(lambda v: sorted(set(v.dropna())))
+    if "plan" in rows.columns and rows.plan.notna().any():  # a run serves every plan it names
+        configs["plans"] = by_config.plan.agg(
+            lambda tags: "+".join(sorted(set().union(*map(plan_names, tags)))))
+    if {"D", "epochs"} <= set(configs.columns):
+        configs["T"] = configs.D * configs.epochs   # images seen
     return configs.reset_index()
+
+
+def plan_names(tag) -> set:
+    """The sub-plans a recorded plan tag names: STUDY:A+B (a study's sub-plans) or PLAN."""
+    if not isinstance(tag, str) or not tag:
+        return set()
+    return set(tag.rpartition(":")[2].split("+"))
 
 
 def per_config(by_config, column) -> list:
@@ -584,6 +596,159 @@ def hyperparameter_table(rows, fields) -> Optional[pd.DataFrame]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The joint law L(N, D, T): every form of laws.JOINT_FORMS, judged on runs it was not fitted on
+
+TARGET_PLAN = "target"          # a study's sub-plan no law is fitted on: the far target
+JOINT_FORMS_MAX_CONFIGS = 300   # beyond this the forms are compared on a seeded sample of them
+RECIPE_BUDGETS = 7              # compute budgets of the recipe table, from the smallest fitted C
+RECIPE_REACH = 10.0             # ... to this many times the largest fitted (or target) C
+CROSS_ENTROPY_CEILING = math.log(10)   # the loss of a uniform guess over CIFAR-10's 10 classes
+
+
+@dataclass
+class JointLaw:
+    rows: str                    # which configurations were fitted
+    n_configs: int
+    verdicts: list               # laws.FormVerdict, one per form (and depth variant)
+    selected: Optional[laws.FormVerdict]
+    target: dict                 # verdict label -> far-target predictions
+    recipe: Optional[dict]       # from the selected law
+    L0: float
+    configs: object = None       # the fitted configurations (a table)
+    target_configs: object = None
+    notes: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dict(rows=self.rows, n_configs=self.n_configs, L0=self.L0,
+                    selected=self.selected.label if self.selected else None,
+                    selection_rule=(f"passes every holdout scheme (log RMSE <= "
+                                    f"{laws.RMSE_NOISE_FACTOR:g} x noise floor, >= "
+                                    f"{laws.COVERAGE_MIN:.0%} inside 95% intervals, no exponent "
+                                    f"or scale on a bound; a floor at 0 is flagged) with exponents "
+                                    f"agreeing across schemes; among those, the smallest mean "
+                                    f"held-out log RMSE"),
+                    forms=[v.to_json() for v in self.verdicts],
+                    selected_fit=self.selected.full.to_json(samples=True) if self.selected else None,
+                    target=self.target, recipe=self.recipe, notes=self.notes)
+
+
+def loss_ceiling(loss: str, ceiling=None) -> float:
+    """L0 of the envelope forms: --ceiling, else a uniform guess's loss (ln 10) or error (0.9)."""
+    if ceiling is not None:
+        return ceiling
+    return RANDOM_GUESS_ERROR if is_error_rate(loss) else CROSS_ENTROPY_CEILING
+
+
+def target_mask(configs) -> np.ndarray:
+    """Configurations of the far target: their runs name the sub-plan TARGET_PLAN."""
+    if "plans" not in configs.columns:
+        return np.zeros(len(configs), bool)
+    return configs.plans.fillna("").map(lambda p: TARGET_PLAN in p.split("+")).to_numpy(bool)
+
+
+def fit_joint_law(configs, *, loss, n_boot, seed, bootstrap, ceiling, warnings, forms=None):
+    """The forms compared on the largest recipe context's configurations (the far target left
+    out), with a depth term over every depth and without one at the commonest depth when depths
+    vary; None when the runs lack N, D or epochs, or are too few."""
+    if not {"N", "D", "T"} <= set(configs.columns):
+        return None
+    context, varying = context_columns(configs)
+    frame = max(slices(configs, context), key=len)
+    is_target = target_mask(frame)
+    fit, target = frame[~is_target], frame[is_target]
+    notes = []
+    if len(fit) > JOINT_FORMS_MAX_CONFIGS:
+        fit = fit.sample(JOINT_FORMS_MAX_CONFIGS, random_state=seed)
+        notes.append(f"the forms are compared on a random sample of {JOINT_FORMS_MAX_CONFIGS} "
+                     f"of the {int((~is_target).sum()):,} configurations (seed {seed})")
+    if len(fit) < 6:
+        return None
+    L0 = loss_ceiling(loss, ceiling)
+    variants = [("", fit, False)]
+    if "depth" in fit.columns and fit.depth.nunique() > 1:
+        main = fit.depth.mode().iloc[0]
+        variants = [("every depth", fit, True), (f"depth {plots.plain(main)} only",
+                                                  fit[fit.depth == main], False)]
+    verdicts = []
+    for variant, rows, depth_term in variants:
+        verdicts += laws.compare_forms(
+            rows.N, rows.D, rows["T"], rows.L, depth=rows.depth if "depth" in rows else None,
+            depth_terms=(depth_term,), noise=noise_of(rows), L0=L0, n_boot=n_boot, seed=seed,
+            bootstrap=bootstrap, forms=forms, warnings=warnings, variant=variant)
+    if not verdicts:
+        return None
+    selected = laws.select_form(verdicts)
+    label = _label("joint", frame, varying)
+    result = JointLaw(f"{label}: {len(fit)} configurations" +
+                      (f", far target ({len(target)}) left out" if len(target) else ""),
+                      len(fit), verdicts, selected, {}, None, L0, fit, target, notes)
+    result.target = {v.label: target_predictions(v, target) for v in verdicts}
+    if selected is None:
+        warnings.append("joint law: no form passes every holdout scheme; no compute-optimal "
+                        "recipe is drawn from one")
+    else:
+        result.recipe = recipe(selected.full, fit, target)
+    return result
+
+
+def target_predictions(verdict, target) -> list:
+    """The law's prediction for each far-target configuration, with the 95% interval of its seed
+    mean; [] when there is none or the law does not cover its depth."""
+    fit = verdict.full
+    if target is None or not len(target):
+        return []
+    if fit.depth_ref is None and "depth" in target.columns and "depth" in fit.ranges and \
+            not set(target.depth) <= {fit.ranges["depth"][0]}:
+        return []
+    depth = target.depth.to_numpy(float) if "depth" in target.columns else None
+    if fit.depth_ref is None:
+        depth = None
+    args = (target.N.to_numpy(float), target.D.to_numpy(float), target["T"].to_numpy(float), depth)
+    sd = fit.sigma / np.sqrt(target.n_seeds.to_numpy(float)) if np.isfinite(fit.sigma) else None
+    interval = fit.interval(*args, sd=sd, rng=laws.stream(0, "target", verdict.label))
+    out = []
+    for i, (_, config) in enumerate(target.iterrows()):
+        row = dict(point=_point(config), N=float(config.N), D=float(config.D),
+                   epochs=float(config.epochs), n_seeds=int(config.n_seeds),
+                   observed=float(config.L), predicted=float(fit.predict(*[
+                       None if a is None else a[[i]] for a in args])[0]))
+        row["rel_error"] = row["predicted"] / row["observed"] - 1
+        if interval is not None:
+            row.update(low=float(interval[0][i]), high=float(interval[1][i]),
+                       within=bool(interval[0][i] <= config.L <= interval[1][i]))
+        out.append(row)
+    return out
+
+
+def recipe(fit, configs, target) -> dict:
+    """The selected law's compute-optimal allocation over budgets from the smallest fitted C to
+    RECIPE_REACH times the largest fitted or target C, at the reference depth, with the width
+    that gives N_opt where the runs tell how N grows with width."""
+    both = pd.concat([configs, target]) if target is not None and len(target) else configs
+    C = np.geomspace(configs.C.min(), both.C.max() * RECIPE_REACH, RECIPE_BUDGETS)
+    depth = fit.depth_ref if fit.depth_ref is not None else (
+        float(configs.depth.mode().iloc[0]) if "depth" in configs.columns else None)
+    out = laws.optimal_allocation(fit, C, D_max=float(both.D.max()),
+                                  depth=depth if fit.depth_ref is not None else None)
+    out["depth"] = depth
+    out["width_opt"] = widths_for(out["N_opt"], both, depth)
+    return out
+
+
+def widths_for(N, configs, depth) -> Optional[list]:
+    """The width whose network has N parameters at this depth: N is a quadratic in width at a
+    fixed depth for the lab's networks (3x3 convs grow as width², biases and BatchNorm as width),
+    so three widths of the runs at that depth give it exactly. None when they do not exist."""
+    if depth is None or not {"width", "depth"} <= set(configs.columns):
+        return None
+    at = configs[configs.depth == depth].drop_duplicates("width")
+    if at.width.nunique() < 3:
+        return None
+    c2, c1, c0 = np.polyfit(at.width.to_numpy(float), at.N.to_numpy(float), 2)
+    return [float((-c1 + math.sqrt(c1 * c1 - 4 * c2 * (c0 - n))) / (2 * c2)) for n in N]
+
+
+# ---------------------------------------------------------------------------------------------
 # Everything at once
 
 @dataclass
@@ -683,6 +848,7 @@ class Analysis:
     hyperparameter_fields: list = field(default_factory=list)
     influence: list = field(default_factory=list)
     figures: list = field(default_factory=list)
+    joint_law: Optional[JointLaw] = None
 
     def to_json(self) -> dict:
         table = self.hyperparameters
@@ -693,6 +859,7 @@ class Analysis:
                       n_runs=len(self.runs.rows), n_configs=len(self.runs.configs)),
             single=[f.to_json() for f in self.single],
             joint=self.joint.to_json() if self.joint else None,
+            joint_law=self.joint_law.to_json() if self.joint_law else None,
             compute_optimal=self.compute_optimal.to_json() if self.compute_optimal else None,
             epochs_tradeoff=self.epochs_tradeoff.to_json() if self.epochs_tradeoff else None,
             extrapolation=[e.to_json() for e in self.extrapolation],
@@ -704,7 +871,7 @@ class Analysis:
 
 
 def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceiling=None,
-            delta=None, grid=None, bootstrap="auto", vs=None) -> Analysis:
+            delta=None, grid=None, bootstrap="auto", vs=None, forms=None) -> Analysis:
     """Every fit the data allows. Groups or forms that cannot be fitted are skipped with a
     warning; AnalysisError only when nothing at all can be fitted or tabulated.
     delta=None: the noise-scaled Huber delta when seeds measure the noise, else 1e-3."""
@@ -739,7 +906,10 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
                                        seed=seed, bootstrap=bootstrap,
                                        joint=joint if partner == "D" else None, warnings=warnings)
                        for partner in ("D", "epochs"))
-    if not single and joint is None and optimal is None and epochs is None and table is None:
+    joint_law = fit_joint_law(configs, loss=runs.loss, n_boot=n_boot, seed=seed,
+                              bootstrap=bootstrap, ceiling=ceiling, warnings=warnings, forms=forms)
+    if not single and joint is None and optimal is None and epochs is None and table is None \
+            and joint_law is None:
         raise AnalysisError(_nothing_to_fit(configs))
     extrapolations = _extrapolations(groups, holdout, ceiling, rosenfeld_ceiling, warnings)
     if joint is not None and joint.n >= 7:
@@ -769,7 +939,7 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
                     delta_source=delta_source, bootstrap=bootstrap,
                     budget_tolerance=BUDGET_TOLERANCE, alpha_max=laws.ALPHA_MAX)
     return Analysis(runs, compute, groups, single, joint, optimal, epochs, extrapolations,
-                    warnings, settings, table, fields, influence)
+                    warnings, settings, table, fields, influence, joint_law=joint_law)
 
 
 def check_holdout(groups, holdout, ceiling, rosenfeld_ceiling) -> None:
@@ -1093,6 +1263,7 @@ def markdown_report(result: Analysis) -> str:
              f"{settings['n_boot']} resamples; seed {settings['seed']}.", "",
              "## Single-variable fits (95% bootstrap CI; R² of log L)", "",
              _single_table(data["single"]), ""]
+    parts += joint_law_section(data["joint_law"])
     parts += _joint_section(data["joint"])
     parts += _allocation_section(data["compute_optimal"], "Compute-optimal allocation (N vs D)")
     parts += _allocation_section(data["epochs_tradeoff"], "N vs epochs at constant compute")
@@ -1119,6 +1290,9 @@ def plan_report(result: Analysis, plan: str) -> str:
     if plan == "hyperparameters":
         return "\n".join(_hyperparameter_section(data)) or \
             "(no hyperparameter varies in these runs)"
+    if plan == "joint_law":
+        return "\n".join(joint_law_section(data["joint_law"])) or \
+            "(no configurations with N, D and epochs to fit a joint law to)"
     if plan == "joint":
         checks = [e for e in data["extrapolation"] if e["form"] == "joint"]
         check = ["Extrapolation to the largest N·D:", "", _extrapolation_table(checks)]
@@ -1130,6 +1304,83 @@ def plan_report(result: Analysis, plan: str) -> str:
                       "Extrapolation to the largest x:", "",
                       _extrapolation_table([e for e in data["extrapolation"]
                                             if e["group"] in groups])])
+
+
+def joint_law_section(law) -> list:
+    """The forms side by side on held-out runs, the selected law, the far target and the
+    compute-optimal recipe, as markdown lines ([] without a joint law)."""
+    if law is None:
+        return []
+    schemes = list(dict.fromkeys(c["scheme"] for f in law["forms"] for c in f["checks"]))
+    rows = []
+    for form in law["forms"]:
+        fit = form["fit"]
+        row = {"form": form["label"], "parameters": len(fit["params"]),
+               "in-sample log RMSE": _g(fit["log_rmse"], 2)}
+        by_scheme = {c["scheme"]: c for c in form["checks"]}
+        for scheme in schemes:
+            c = by_scheme.get(scheme)
+            row[scheme] = "–" if c is None else (
+                f"{_g(c['log_rmse'], 2)} / {_g(c['noise_floor'], 2)} / "
+                f"{'–' if c['coverage'] is None else format(c['coverage'], '.0%')}"
+                f"{' ✓' if c['passed'] else ''}")
+        row["passes"] = "**yes**" if form["passed"] else "no"
+        row["flags"] = ", ".join(f"{p} at 0" for p in fit["floor_at_zero"])
+        rows.append(row)
+    parts = [f"## Joint law L(N, D, T): the forms judged on held-out runs", "",
+             f"{law['rows']}; T = images seen = D × epochs; L0 = {_g(law['L0'], 4)}. Each cell: "
+             f"held-out log RMSE / seed-noise floor of those points / share inside their 95% "
+             f"prediction interval (✓: passes that scheme). {law['selection_rule']}.", "",
+             _table(rows), ""]
+    for note in law["notes"]:
+        parts += [f"- {note}"]
+    failing = [f for f in law["forms"] if not f["passed"]]
+    if failing:
+        parts += ["Why the others do not pass:", ""] + [
+            f"- {f['label']}: {'; '.join(f['failures'][:4])}"
+            f"{' ...' if len(f['failures']) > 4 else ''}" for f in failing] + [""]
+    selected = law["selected_fit"]
+    if selected is None:
+        parts += ["**No form passes every scheme**: no joint law is selected, and no "
+                  "compute-optimal recipe is drawn from one. The runs that would decide it are "
+                  "those of the failing schemes above: more configurations beyond the largest "
+                  "held-out values, or more seeds where the noise floor is wider than the misfit.",
+                  ""]
+    else:
+        parts += [f"**Selected: {law['selected']}** ({selected['source']}): "
+                  f"{selected['equation']}" + (f", N·(depth/{_g(selected['depth_ref'])})^kappa"
+                                               if selected["depth_term"] else ""), "",
+                  _table([{"param": k, "value": _g(v),
+                           "95% CI": "on its bound: not identified"
+                           if k in selected["at_bound"] + selected["floor_at_zero"] else
+                           _ci(selected["ci95"][k])} for k, v in selected["params"].items()]), ""]
+    target = [dict(form=label, **t) for label, points in law["target"].items() for t in points]
+    if target:
+        parts += ["### The far target (never fitted): predicted from the smaller runs", "",
+                  _table([{"form": t["form"], "configuration": t["point"], "seeds": t["n_seeds"],
+                           "observed": _g(t["observed"], 4), "predicted": _g(t["predicted"], 4),
+                           "95% interval": _ci([t["low"], t["high"]]) if "low" in t else "–",
+                           "inside": ("yes" if t["within"] else "**no**") if "within" in t else "–"}
+                          for t in target]), ""]
+    recipe = law["recipe"]
+    if recipe:
+        width = recipe.get("width_opt")
+        rows = [{"C = N·D·epochs": _g(c), "N_opt": _g(n) + (" (edge)" if edge else ""),
+                 "width" + (f" (depth {_g(recipe['depth'])})" if recipe["depth"] else ""):
+                     "–" if width is None else f"{width[i]:.1f}",
+                 "D": _g(d), "epochs": _g(e, 3), "predicted loss": _g(l, 4),
+                 "95% CI": _ci(recipe["L_opt_ci95"][i]) if "L_opt_ci95" in recipe else "–"}
+                for i, (c, n, d, e, l, edge) in enumerate(zip(
+                    recipe["C"], recipe["N_opt"], recipe["D_opt"], recipe["epochs_opt"],
+                    recipe["L_opt"], recipe["at_edge"]))]
+        parts += [f"### Compute-optimal recipe from {law['selected']}", "",
+                  f"At each compute C the N that minimises the law, each image seen once until "
+                  f"the {_g(recipe['D_max'])} training images run out (D = min(T, "
+                  f"{_g(recipe['D_max'])}), epochs = T/D). N_opt ∝ C^{_g(recipe['a'])} "
+                  f"{_ci(recipe.get('a_ci95'))}, T_opt ∝ C^{_g(recipe['b'])} "
+                  f"{_ci(recipe.get('b_ci95'))}; (edge): the optimum is at the end of the N "
+                  f"searched (10x beyond the fitted N).", "", _table(rows), ""]
+    return parts
 
 
 def _joint_section(joint) -> list:
@@ -1338,8 +1589,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Fit, validate and plot the scaling laws of "
                                    "results/final_data.csv (or any CSV with N and/or D and a loss "
                                    "column).")
-    p.add_argument("csv", nargs="+", help="final_data.csv file(s) written by train.py, or CSVs "
+    p.add_argument("csv", nargs="*", help="final_data.csv file(s) written by train.py, or CSVs "
                                           "with columns N, D, loss")
+    p.add_argument("--fits", help="--predict: the fits.json of an earlier analysis")
+    p.add_argument("--predict", metavar="CONFIGS.csv",
+                   help="predict the loss of the configurations in this CSV (columns N, D, "
+                        "epochs; depth when the law has a depth term; every other column passed "
+                        "through) from --fits' selected joint law, before training them: the CSV "
+                        "back on stdout with predicted_loss, predicted_low, predicted_high (95%% "
+                        "interval of one run) and extrapolated (outside the fitted ranges)")
+    p.add_argument("--forms", nargs="+", choices=list(laws.JOINT_FORMS),
+                   help="joint forms to compare (default: all)")
     p.add_argument("--out", default="results/analysis", help="folder for fits.json, fits.md, PNGs")
     p.add_argument("--where", action="append",
                    help="pandas query selecting rows, e.g. \"depth == 2\"; given twice, rows "
@@ -1378,6 +1638,66 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+PREDICT_COLUMNS = ("N", "D", "epochs")
+
+
+def selected_law(fits_path) -> laws.FormFit:
+    """The selected joint law of an analysis' fits.json, or AnalysisError saying why there is
+    none."""
+    try:
+        with open(fits_path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise AnalysisError(f"--fits {fits_path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise AnalysisError(f"--fits {fits_path}: not a fits.json ({e})") from None
+    law = data.get("joint_law") if isinstance(data, dict) else None
+    if not isinstance(law, dict):
+        raise AnalysisError(f"--fits {fits_path}: no joint law in it (an analysis of runs with "
+                            f"N, D and epochs writes one)")
+    if not law.get("selected_fit"):
+        raise AnalysisError(f"--fits {fits_path}: no joint form passed its held-out checks, so "
+                            f"there is no law to predict with (fits.md says why)")
+    try:
+        return laws.FormFit.from_json(law["selected_fit"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise AnalysisError(f"--fits {fits_path}: its selected law is damaged ({e!r})") from None
+
+
+def predict_table(fits_path, configs_path) -> pd.DataFrame:
+    """The configurations of a CSV with the selected law's prediction for one run of each."""
+    law = selected_law(fits_path)
+    needed = PREDICT_COLUMNS + (("depth",) if law.depth_ref is not None else ())
+    if not os.path.isfile(configs_path):
+        raise AnalysisError(f"--predict {configs_path}: no such file")
+    try:
+        table = pd.read_csv(configs_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise AnalysisError(f"--predict {configs_path}: not a readable CSV ({e})") from None
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        why = " (the law has a depth term)" if "depth" in missing else ""
+        raise AnalysisError(f"--predict {configs_path}: missing column(s) {', '.join(missing)}"
+                            f"{why}; it needs {', '.join(needed)}")
+    values = {}
+    for column in needed:
+        v = pd.to_numeric(table[column], errors="coerce")
+        bad = ~(np.isfinite(v) & (v > 0) & (v < LARGEST_VALUE))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise AnalysisError(f"--predict {configs_path}: column {column} must hold positive "
+                                f"finite numbers; row {row + 2} has {shown(table[column].iloc[row])}")
+        values[column] = v.to_numpy(float)
+    args = (values["N"], values["D"], values["D"] * values["epochs"], values.get("depth"))
+    interval = law.interval(*args, rng=laws.stream(0, "predict"))
+    out = table.copy()
+    out["predicted_loss"] = law.predict(*args)
+    out["predicted_low"], out["predicted_high"] = interval if interval is not None else (
+        np.nan, np.nan)
+    out["extrapolated"] = np.where(law.outside(*args), "true", "false")
+    return out
+
+
 def out_error(out: str):
     """Why the report cannot go to folder `out`, or None: checked before minutes of fitting."""
     if os.path.exists(out) and not os.path.isdir(out):
@@ -1387,7 +1707,22 @@ def out_error(out: str):
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.predict or args.fits:
+        if not (args.predict and args.fits):
+            parser.error("--predict CONFIGS.csv and --fits fits.json go together")
+        if args.csv:
+            parser.error("--predict reads a law from --fits, not runs: leave out the CSV(s) of "
+                         "runs")
+        try:
+            sys.stdout.write(predict_table(args.fits, args.predict).to_csv(index=False))
+        except AnalysisError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if not args.csv:
+        parser.error("give the CSV(s) of runs to analyse (results/final_data.csv)")
     refused = out_error(args.out)
     if refused:
         print(f"error: {refused}", file=sys.stderr)

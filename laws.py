@@ -22,6 +22,7 @@ Bootstrap refits that do not converge are dropped and counted, never averaged in
 import hashlib
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -281,17 +282,29 @@ def _predict_saturating(theta, x, ceiling=None):
     return E + A * np.asarray(x, float) ** -alpha
 
 def _m4_solve(theta, log_x, ceiling):
-    """L from (L - E)/(L0 - L)^alpha = B x^-c. With L = E + (L0 - E)·s the left side rises
-    with s, so bisect on logit(s): precise near both ends."""
+    """L from (L - E)/(L0 - L)^alpha = B x^-c."""
     E, log_B, c, alpha = theta
+    return _m4_invert(E, alpha, log_B - c * log_x, ceiling)
+
+
+def _m4_invert(E, alpha, log_h, ceiling):
+    """L from (L - E)/(L0 - L)^alpha = h, given log h. With L = E + (L0 - E)·s the left side
+    rises with s, so bisect on logit(s): precise near both ends."""
     span = math.log(ceiling - E)
-    target = log_B - c * log_x
-    lo, hi = np.full_like(log_x, -60.0), np.full_like(log_x, 60.0)
-    for _ in range(50):      # 120 / 2^50: logit(s) to 1e-13
+    lo, hi = np.full_like(log_h, -60.0), np.full_like(log_h, 60.0)
+
+    def g(t):   # rises with t: d/dt = sigmoid(-t) + alpha·sigmoid(t) > 0
+        return span - np.logaddexp(0, -t) - alpha * (span - np.logaddexp(0, t)) - log_h
+
+    for _ in range(20):      # 120 / 2^20: logit(s) to 1e-4, then Newton's quadratic steps
         t = (lo + hi) / 2
-        g = span - np.logaddexp(0, -t) - alpha * (span - np.logaddexp(0, t)) - target
-        lo, hi = np.where(g > 0, lo, t), np.where(g > 0, t, hi)
-    s = 1 / (1 + np.exp(-(lo + hi) / 2))
+        above = g(t) > 0
+        lo, hi = np.where(above, lo, t), np.where(above, t, hi)
+    t = (lo + hi) / 2
+    for _ in range(4):       # 1e-4 -> 1e-8 -> 1e-16: kept inside the bracket
+        slope = 1 / (1 + np.exp(t)) + alpha / (1 + np.exp(-t))
+        t = np.clip(t - g(t) / slope, lo, hi)
+    s = 1 / (1 + np.exp(-t))
     return E + (ceiling - E) * s
 
 
@@ -1247,3 +1260,751 @@ def joint_allocation(params: dict, C, epochs):
     G = (alpha * params["A"] / (beta * params["B"])) ** (1 / (alpha + beta))
     N_opt = G * (np.asarray(C, float) / epochs) ** (beta / (alpha + beta))
     return N_opt, np.asarray(C, float) / (epochs * N_opt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Joint forms L(N, D, T) side by side, judged on runs they were not fitted on.
+#
+# N: parameters; D: unique training images; T: images seen, D x epochs. The forms with one data
+# variable take T, the data the optimiser has processed: Hoffmann et al.'s D is tokens seen with
+# none repeated, and at fixed epochs T is D times a constant, so they fit as they would in D.
+# Bryant & Liu's form has both. With a depth term every form sees N·(depth/depth_ref)^kappa, one
+# parameter more: networks of equal N but another depth may learn differently (Johnston's depth
+# and width exponents differ). Every form is fitted the same way: least squares on log L of
+# configuration means, from the best FORM_STARTS of FORM_CANDIDATES random starts (each term of a
+# start a random share of the observed losses), then the parametric bootstrap of the
+# single-variable laws, refits warm-started from the fit. Scales are stored as natural logs.
+
+FORM_CANDIDATES, FORM_STARTS = 400, 12
+DEPTH_PARAM = "kappa"
+
+
+@dataclass(frozen=True)
+class Points:
+    """Natural logs of N (times the depth factor when a form has one), D and T."""
+    log_N: np.ndarray
+    log_D: np.ndarray
+    log_T: np.ndarray
+
+
+def _terms(rng, x, L, count):
+    """Random starting exponents and the log-scales that make each term a random share (5-100%)
+    of the typical loss at the typical x: a start whose terms are already the size of the data."""
+    exponent = rng.uniform(0.05, 1.2, count)
+    share = np.log(rng.uniform(0.05, 1.0, count) * np.median(L))
+    return exponent, share + exponent * np.median(x)
+
+
+def _additive_log_L(theta, x, L0, jac=False):
+    E, log_A, alpha, log_B, beta = theta
+    a, b = np.exp(log_A - alpha * x.log_N), np.exp(log_B - beta * x.log_T)
+    L = E + a + b
+    if not jac:
+        return np.log(L)
+    J = np.stack([np.ones_like(a), a, -x.log_N * a, b, -x.log_T * b], 1) / L[:, None]
+    return np.log(L), J, -alpha * a / L
+
+
+def _additive_start(rng, x, L, L0):
+    alpha, log_A = _terms(rng, x.log_N, L, 1)
+    beta, log_B = _terms(rng, x.log_T, L, 1)
+    return np.array([rng.uniform(0, L.min()), log_A[0], alpha[0], log_B[0], beta[0]])
+
+
+def _kaplan_log_L(theta, x, L0, jac=False):
+    log_Nc, alpha_N, log_Dc, alpha_D = theta
+    u, v = alpha_N / alpha_D * (log_Nc - x.log_N), log_Dc - x.log_T
+    inner = np.logaddexp(u, v)
+    if not jac:
+        return alpha_D * inner
+    pu, pv = np.exp(u - inner), np.exp(v - inner)
+    J = np.stack([alpha_N * pu, pu * (log_Nc - x.log_N), alpha_D * pv, inner - pu * u], 1)
+    return alpha_D * inner, J, -alpha_N * pu
+
+
+def _kaplan_start(rng, x, L, L0):
+    alpha_N, alpha_D = rng.uniform(0.05, 0.6, 2)
+    inner = np.log(np.median(L)) / alpha_D   # log of the bracket at the typical point
+    share_N, share_D = np.log(rng.uniform(0.05, 1.0, 2)) + inner
+    return np.array([np.median(x.log_N) + alpha_D / alpha_N * share_N, alpha_N,
+                     np.median(x.log_T) + share_D, alpha_D])
+
+
+def _rosenfeld_log_L(theta, x, L0, jac=False):
+    """Rosenfeld et al.'s envelope L0·|u/(u - i·eta)| in log, eta absorbed into u (only u/eta is
+    identified)."""
+    c_inf, log_a, alpha, log_b, beta = theta
+    a, b = np.exp(log_a - alpha * x.log_T), np.exp(log_b - beta * x.log_N)
+    u = c_inf + a + b
+    log_L = math.log(L0) + np.log(u) - 0.5 * np.log1p(u * u)
+    if not jac:
+        return log_L
+    g = 1 / (u * (1 + u * u))   # d log L / du
+    J = g[:, None] * np.stack([np.ones_like(u), a, -x.log_T * a, b, -x.log_N * b], 1)
+    return log_L, J, -g * beta * b
+
+
+def _rosenfeld_start(rng, x, L, L0):
+    below = np.minimum(L, 0.99 * L0)
+    u = below / np.sqrt(L0 ** 2 - below ** 2)   # the envelope inverted
+    alpha, log_a = _terms(rng, x.log_T, u, 1)
+    beta, log_b = _terms(rng, x.log_N, u, 1)
+    return np.array([rng.uniform(0, u.min()), log_a[0], alpha[0], log_b[0], beta[0]])
+
+
+def _m4_joint_log_L(theta, x, L0, jac=False):
+    E, log_A, alpha, log_B, beta, shape = theta
+    A, B = np.exp(log_A - alpha * x.log_N), np.exp(log_B - beta * x.log_T)
+    h = A + B
+    L = _m4_invert(E, shape, np.log(h), L0)
+    if not jac:
+        return np.log(L)
+    # implicit: F = log(L - E) - shape·log(L0 - L) - log h = 0, dL = -dF/F_L
+    F_L = 1 / (L - E) + shape / (L0 - L)
+    dF = np.stack([-1 / (L - E), -A / h, x.log_N * A / h, -B / h, x.log_T * B / h,
+                   -np.log(L0 - L)], 1)
+    J = -dF / (F_L * L)[:, None]
+    return np.log(L), J, -(alpha * A / h) / (F_L * L)
+
+
+def _m4_joint_start(rng, x, L, L0):
+    E = rng.uniform(0, L.min())
+    shape = rng.uniform(0.0, 1.5)
+    below = np.minimum(L, E + 0.99 * (L0 - E))
+    h = (below - E) / (L0 - below) ** shape
+    alpha, log_A = _terms(rng, x.log_N, h, 1)
+    beta, log_B = _terms(rng, x.log_T, h, 1)
+    return np.array([E, log_A[0], alpha[0], log_B[0], beta[0], shape])
+
+
+def _bryant_liu_log_L(theta, x, L0, jac=False):
+    E, log_a, alpha, log_b, beta, log_c, gamma, delta = theta
+    a, b = np.exp(log_a - alpha * x.log_N), np.exp(log_b - beta * x.log_T)
+    c = np.exp(log_c + gamma * x.log_N - delta * x.log_D)
+    h = a + b + c
+    L = E + (L0 - E) * h / (1 + h)
+    if not jac:
+        return np.log(L)
+    dh = (L0 - E) / (1 + h) ** 2 / L     # d log L / dh
+    J = np.stack([(1 - h / (1 + h)) / L, dh * a, -dh * a * x.log_N, dh * b, -dh * b * x.log_T,
+                  dh * c, dh * c * x.log_N, -dh * c * x.log_D], 1)
+    return np.log(L), J, dh * (gamma * c - alpha * a)
+
+
+def _bryant_liu_start(rng, x, L, L0):
+    E = rng.uniform(0, L.min())
+    below = np.minimum(L, E + 0.99 * (L0 - E))
+    h = (below - E) / (L0 - below)
+    alpha, log_a = _terms(rng, x.log_N, h, 1)
+    beta, log_b = _terms(rng, x.log_T, h, 1)
+    gamma, delta = rng.uniform(0.0, 1.0), rng.uniform(0.05, 1.2)
+    log_c = np.log(rng.uniform(0.01, 0.5) * np.median(h)) - gamma * np.median(x.log_N) + \
+        delta * np.median(x.log_D)
+    return np.array([E, log_a[0], alpha[0], log_b[0], beta[0], log_c, gamma, delta])
+
+
+@dataclass(frozen=True)
+class JointForm:
+    name: str
+    source: str
+    equation: str
+    params: tuple       # names in theta's order; log_X is the natural log of the coefficient X
+    kinds: tuple        # per parameter: floor (>= 0 and, for E, below every loss), log, exponent
+    log_L: Callable     # (theta, Points, L0, jac) -> log L, or with jac (log L, d/dtheta, d/dlog N)
+    start: Callable     # (rng, Points, L, L0) -> theta
+    exponents: tuple    # the parameters that are scaling exponents
+    meaning: str = ""   # what the parameters mean, for docs and reports
+    uses_D: bool = False
+
+    def bounds(self, L, L0, depth_term: bool):
+        lower, upper = [], []
+        for name, kind in zip(self.params, self.kinds):
+            if kind == "floor":
+                lower.append(0.0)
+                upper.append(float(L.min()) * (1 - 1e-9) if name == "E" else np.inf)
+            elif kind == "exponent":
+                lower.append(1e-3 if name == "alpha_D" else 0.0)   # Kaplan's divides by it
+                upper.append(ALPHA_MAX)
+            else:
+                lower.append(-np.inf)
+                upper.append(np.inf)
+        if depth_term:
+            lower.append(-ALPHA_MAX)
+            upper.append(ALPHA_MAX)
+        return np.array(lower), np.array(upper)
+
+
+JOINT_FORMS = {form.name: form for form in (
+    JointForm("additive", "Hoffmann et al. 2022", "L = E + A/N^alpha + B/T^beta",
+              ("E", "log_A", "alpha", "log_B", "beta"),
+              ("floor", "log", "exponent", "log", "exponent"), _additive_log_L, _additive_start,
+              ("alpha", "beta"),
+              "E: the loss no N or T removes; A/N^alpha: the part more parameters remove; "
+              "B/T^beta: the part more training images remove; the terms add, so every N gains "
+              "the same from more data"),
+    JointForm("kaplan", "Kaplan et al. 2020, eq. 1.5", "L = [(N_c/N)^(alpha_N/alpha_D) + T_c/T]^alpha_D",
+              ("log_Nc", "alpha_N", "log_Dc", "alpha_D"),
+              ("log", "exponent", "log", "exponent"), _kaplan_log_L, _kaplan_start,
+              ("alpha_N", "alpha_D"),
+              "alpha_N, alpha_D: the exponents of N alone and of the data alone; N_c, T_c: the "
+              "scales where each stops limiting the loss; no floor: L -> 0 with N and T"),
+    JointForm("rosenfeld", "Rosenfeld et al. 2020", "L = L0·u/sqrt(1 + u²), u = c_inf + a/T^alpha + b/N^beta",
+              ("c_inf", "log_a", "alpha", "log_b", "beta"),
+              ("floor", "log", "exponent", "log", "exponent"), _rosenfeld_log_L, _rosenfeld_start,
+              ("alpha", "beta"),
+              "u: an additive power law in T and N with floor c_inf; the envelope bends it "
+              "towards the random-guess loss L0 (ln 10) where u is large (small N or T), their "
+              "eta absorbed into u (only u/eta is identified)"),
+    JointForm("m4", "Alabdulmohsin et al. 2022 (M4)", "(L - E)/(L0 - L)^a = A/N^alpha + B/T^beta",
+              ("E", "log_A", "alpha", "log_B", "beta", "a"),
+              ("floor", "log", "exponent", "log", "exponent", "exponent"), _m4_joint_log_L,
+              _m4_joint_start, ("alpha", "beta"),
+              "a power law in N and T for (L - E), bent towards L0 (ln 10) with shape a: a = 0 "
+              "is the additive law, larger a a longer plateau near chance"),
+    JointForm("bryant_liu", "Bryant & Liu 2026", "L = E + (L0 - E)·h/(1 + h), h = a/N^alpha + b/T^beta + c·N^gamma/D^delta",
+              ("E", "log_a", "alpha", "log_b", "beta", "log_c", "gamma", "delta"),
+              ("floor", "log", "exponent", "log", "exponent", "log", "exponent", "exponent"),
+              _bryant_liu_log_L, _bryant_liu_start, ("alpha", "beta", "gamma", "delta"),
+              "E: the floor; a/N^alpha: capacity; b/T^beta: training duration (images seen); "
+              "c·N^gamma/D^delta: the cost of repeating few unique images, larger for larger N "
+              "(over-fitting); h/(1+h) bends the loss towards L0 (ln 10)", uses_D=True),
+)}
+
+
+@dataclass
+class FormFit:
+    """One joint form fitted to (N, D, T, depth) -> L, with its bootstrap and noise model, enough to
+    predict any configuration with an interval (fits.json keeps all of it for --predict)."""
+    form: str
+    theta: np.ndarray
+    samples: np.ndarray         # converged bootstrap thetas, one per row
+    L0: float
+    depth_ref: Optional[float]  # None: no depth term
+    bootstrap: str
+    inflation: float            # Birge ratio on the seed noise (parametric)
+    dropped: int
+    sigma: float                # seed SD of one run's log L (nan: not measured)
+    n: int
+    log_rmse: float
+    at_bound: list              # parameters on a bound of the fit: their value is the bound's
+    ranges: dict                # the fitted (min, max) of N, D, T and depth
+    floor_at_zero: list = field(default_factory=list)   # a floor (E, c_inf) at 0: flagged only
+
+    @property
+    def spec(self) -> JointForm:
+        return JOINT_FORMS[self.form]
+
+    @property
+    def names(self) -> tuple:
+        return self.spec.params + ((DEPTH_PARAM,) if self.depth_ref is not None else ())
+
+    @property
+    def exponents(self) -> tuple:
+        return self.spec.exponents + ((DEPTH_PARAM,) if self.depth_ref is not None else ())
+
+    def params(self) -> dict:
+        return dict(zip(self.names, self.theta.tolist()))
+
+    def intervals(self) -> dict:
+        return {name: percentile_ci(self.samples[:, i]) for i, name in enumerate(self.names)}
+
+    def log_predict(self, N, D, T, depth=None, theta=None):
+        theta = self.theta if theta is None else theta
+        x = _points(N, D, T, depth, self.depth_ref, theta)
+        with np.errstate(all="ignore"):
+            return self.spec.log_L(theta[:len(self.spec.params)], x, self.L0)
+
+    def predict(self, N, D, T, depth=None):
+        return np.exp(self.log_predict(N, D, T, depth))
+
+    def interval(self, N, D, T, depth=None, sd=None, rng=None, level=0.95):
+        """The interval in which a new observation at each point falls with probability `level`:
+        every bootstrap law's prediction plus the point's seed noise (sd of its log, inflated by
+        the Birge ratio; default one run's). (low, high), or None without bootstrap samples."""
+        if not len(self.samples):
+            return None
+        N = np.atleast_1d(np.asarray(N, float))
+        sd = np.full(N.shape, self.sigma if np.isfinite(self.sigma) else 0.0) if sd is None \
+            else np.nan_to_num(np.asarray(sd, float))
+        rng = rng if rng is not None else np.random.default_rng(0)
+        draws = np.stack([self.log_predict(N, D, T, depth, theta) for theta in self.samples])
+        draws = draws + self.inflation * sd * rng.standard_normal(draws.shape)
+        tail = 100 * (1 - level) / 2
+        low, high = np.exp(np.percentile(draws, [tail, 100 - tail], axis=0))
+        return low, high
+
+    def outside(self, N, D, T, depth=None) -> np.ndarray:
+        """Points outside the fitted ranges: a prediction there is an extrapolation."""
+        out = np.zeros(np.shape(np.atleast_1d(N)), bool)
+        for name, values in (("N", N), ("D", D), ("T", T), ("depth", depth)):
+            if values is None or name not in self.ranges:
+                continue
+            lo, hi = self.ranges[name]
+            v = np.atleast_1d(np.asarray(values, float))
+            out |= (v < lo * (1 - 1e-9)) | (v > hi * (1 + 1e-9))
+        return out
+
+    def to_json(self, samples=False) -> dict:
+        """Everything but the bootstrap laws, which only a law used for predictions keeps
+        (samples=True): 200 of them per form would make fits.json mostly numbers no one reads."""
+        out = dict(form=self.form, source=self.spec.source, equation=self.spec.equation,
+                   depth_term=self.depth_ref is not None, depth_ref=self.depth_ref,
+                   L0=self.L0, params=self.params(),
+                   ci95=self.intervals(), at_bound=self.at_bound,
+                   floor_at_zero=self.floor_at_zero, n=self.n,
+                   log_rmse=self.log_rmse, bootstrap=self.bootstrap,
+                   n_boot=len(self.samples) + self.dropped, n_boot_dropped=self.dropped,
+                   noise_inflation=self.inflation, sigma=self.sigma,
+                   ranges={k: list(v) for k, v in self.ranges.items()})
+        if samples:
+            out["samples"] = self.samples.tolist()
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FormFit":
+        names = JOINT_FORMS[data["form"]].params + ((DEPTH_PARAM,) if data["depth_term"] else ())
+        return cls(data["form"], np.array([data["params"][k] for k in names], float),
+                   np.array(data["samples"], float).reshape(-1, len(names)), data["L0"],
+                   data["depth_ref"], data["bootstrap"], data["noise_inflation"],
+                   data["n_boot_dropped"], float("nan") if data["sigma"] is None else data["sigma"],
+                   data["n"], data["log_rmse"], data["at_bound"],
+                   {k: tuple(v) for k, v in data["ranges"].items()}, data.get("floor_at_zero", []))
+
+
+def _points(N, D, T, depth, depth_ref, theta) -> Points:
+    log_N = np.log(np.asarray(N, float))
+    if depth_ref is not None:
+        if depth is None:
+            raise FitError("this law has a depth term: give each configuration's depth")
+        log_N = log_N + theta[-1] * np.log(np.asarray(depth, float) / depth_ref)
+    return Points(log_N, np.log(np.asarray(D, float)), np.log(np.asarray(T, float)))
+
+
+class _FormProblem:
+    """Residuals log L(theta) - log L and their Jacobian for one form on one set of points."""
+
+    def __init__(self, spec, N, D, T, depth, depth_ref, log_L, L0):
+        self.spec, self.L0, self.log_L, self.p = spec, L0, log_L, len(spec.params)
+        self.x = _points(N, D, T, None, None, None)
+        self.depth_log = None if depth_ref is None else np.log(np.asarray(depth, float) / depth_ref)
+
+    def _x(self, theta):
+        if self.depth_log is None:
+            return self.x
+        return Points(self.x.log_N + theta[-1] * self.depth_log, self.x.log_D, self.x.log_T)
+
+    def residuals(self, theta):
+        with np.errstate(all="ignore"):
+            r = self.spec.log_L(theta[:self.p], self._x(theta), self.L0) - self.log_L
+        return np.where(np.isfinite(r), r, 1e3)   # a trial step off the law's domain: far off
+
+    def jacobian(self, theta):
+        with np.errstate(all="ignore"):
+            _, J, d_log_N = self.spec.log_L(theta[:self.p], self._x(theta), self.L0, jac=True)
+            if self.depth_log is not None:
+                J = np.column_stack([J, d_log_N * self.depth_log])
+        return np.where(np.isfinite(J), J, 0.0)
+
+    def fit(self, starts, lower, upper):
+        """The best least-squares optimum from the starts: (theta, cost), or None."""
+        best = None
+        for theta0 in starts:
+            try:
+                with warnings.catch_warnings(), np.errstate(all="ignore"):
+                    warnings.simplefilter("ignore", RuntimeWarning)   # scipy's trial steps
+                    fit = least_squares(self.residuals, np.clip(theta0, lower, upper),
+                                        jac=self.jacobian, bounds=(lower, upper), x_scale="jac",
+                                        xtol=1e-10, ftol=1e-12, gtol=1e-10, max_nfev=500)
+            except ValueError:
+                continue
+            if np.isfinite(fit.cost) and (best is None or fit.cost < best[1]):
+                best = (fit.x, float(fit.cost))
+        return best
+
+
+def fit_form(form: str, N, D, T, L, *, depth=None, depth_term=False, L0=math.log(10),
+             noise: Optional[Noise] = None, n_boot=200, rng=None, bootstrap="auto",
+             start=None) -> FormFit:
+    """Fit one joint form to configuration means; depth_term adds kappa (N·(depth/median
+    depth)^kappa). start: a theta to start from besides the random ones (a fit of nearly the same
+    points). FitError when no start converges or the points are too few."""
+    spec = JOINT_FORMS[form]
+    N, D, T, L = (np.asarray(v, float) for v in (N, D, T, L))
+    n_params = len(spec.params) + depth_term
+    if len(L) <= n_params:
+        raise FitError(f"the {form} form has {n_params} parameters and needs more configurations "
+                       f"than that; got {len(L)}")
+    depth = None if depth is None else np.asarray(depth, float)
+    if depth_term and (depth is None or np.unique(depth).size < 2):
+        raise FitError("a depth term needs configurations of at least two depths")
+    depth_ref = float(np.median(depth)) if depth_term else None
+    rng = rng if rng is not None else np.random.default_rng(0)
+    log_L = np.log(L)
+    lower, upper = spec.bounds(L, L0, depth_term)
+    problem = _FormProblem(spec, N, D, T, depth, depth_ref, log_L, L0)
+    candidates = [np.append(spec.start(rng, problem.x, L, L0), [0.0] * depth_term)
+                  for _ in range(FORM_CANDIDATES)]
+    costs = [float(np.sum(problem.residuals(np.clip(c, lower, upper)) ** 2)) for c in candidates]
+    starts = [candidates[i] for i in np.argsort(costs)[:FORM_STARTS]]
+    best = problem.fit(starts + ([np.asarray(start, float)] if start is not None else []),
+                       lower, upper)
+    if best is None:
+        raise FitError(f"the {form} form: no start converged")
+    theta = best[0]
+    log_fitted = log_L + problem.residuals(theta)
+    ranges = {name: (float(v.min()), float(v.max())) for name, v in
+              (("N", N), ("D", D), ("T", T)) + ((("depth", depth),) if depth is not None else ())}
+    sigma = noise.sigma if noise is not None and noise.measured else float("nan")
+    at_bound, floor_at_zero = _form_bounds(theta, lower, upper, spec, depth_term)
+    fitted = FormFit(form, theta, np.empty((0, len(theta))), L0, depth_ref, "none", 1.0, 0,
+                     sigma, len(L), float(np.sqrt(np.mean((log_fitted - log_L) ** 2))),
+                     at_bound, ranges, floor_at_zero)
+    mode = resolve_bootstrap(bootstrap, noise) if n_boot else "none"
+    if mode == "none":
+        return fitted
+    weights, targets, fitted.inflation = resample(mode, n_boot, rng, log_L, log_fitted, noise,
+                                                  n_params)
+    samples = []
+    for w, target in zip(weights, targets):
+        pick = np.repeat(np.arange(len(L)), w.astype(int))
+        refit = None
+        if np.unique(pick).size > n_params:
+            refit = _FormProblem(spec, N[pick], D[pick], T[pick],
+                                 None if depth is None else depth[pick], depth_ref, target[pick],
+                                 L0).fit([theta], lower, upper)
+        if refit is None:
+            fitted.dropped += 1
+        else:
+            samples.append(refit[0])
+    fitted.samples = np.array(samples).reshape(-1, len(theta))
+    fitted.bootstrap = mode
+    return fitted
+
+
+def fitted_names(spec: JointForm, depth_term: bool) -> tuple:
+    return spec.params + ((DEPTH_PARAM,) if depth_term else ())
+
+
+def _form_bounds(theta, lower, upper, spec, depth_term) -> tuple:
+    """(parameters that ended on a bound, floors that ended at 0). A bound's value is not the
+    data's: an exponent or a scale there fails the form. A floor (E, c_inf) at 0 says only that the
+    runs do not reach the loss no N or T removes (they are far above it), which the far target
+    and the held-out errors judge; it is flagged, not failed."""
+    names, kinds = fitted_names(spec, depth_term), spec.kinds + (("depth",) if depth_term else ())
+    span = np.where(np.isfinite(upper - lower), upper - lower, 1.0)
+    on = [(name, kind, v <= lo + 1e-6 * s) for name, kind, v, lo, hi, s in
+          zip(names, kinds, theta, lower, upper, span) if v <= lo + 1e-6 * s or v >= hi - 1e-6 * s]
+    return ([name for name, kind, low in on if not (kind == "floor" and low)],
+            [name for name, kind, low in on if kind == "floor" and low])
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing a joint form on held-out runs. Each scheme refits a form without a set of
+# configurations and predicts them: the largest C = N·T, N, D and T (each: the configurations at
+# the largest values, a fifth of them at most, the largest always), and every configuration in
+# turn (leave one out). A form passes a scheme when its held-out log RMSE is at most twice the
+# seed-noise floor of those points, at least 3 in 4 of them lie in their 95% prediction intervals,
+# and no exponent or scale ends on a bound (a floor, E or c_inf, at 0 is flagged: the runs stay far
+# above the loss nothing removes); it passes when it passes every scheme, its full fit has no
+# parameter on a bound, and every exponent's intervals overlap across the full fit and the four
+# extrapolation schemes. The selected law is the passing form with the smallest mean held-out log
+# RMSE; when none passes there is none, and nothing downstream uses a joint law.
+
+HOLDOUT_SHARE = 0.2
+RMSE_NOISE_FACTOR = 2.0
+COVERAGE_MIN = 0.75
+LEAVE_ONE_OUT_MAX = 500   # configurations: beyond this, n refits per form take minutes
+
+
+def held_at_largest(values, share=HOLDOUT_SHARE) -> np.ndarray:
+    """The configurations at the largest values of `values`, whole groups of equal values from
+    the top while they make up at most `share` of all (the largest group always)."""
+    values = np.asarray(values, float)
+    held = np.zeros(values.size, bool)
+    for v in np.unique(values)[::-1]:
+        at = values == v
+        if held.any() and (held | at).sum() > share * values.size:
+            break
+        held |= at
+    return held
+
+
+def holdout_schemes(N, D, T) -> dict:
+    """{scheme: mask of held-out configurations}; the largest T only where T is not a function of
+    D (epochs vary), else it repeats the largest D. A scheme that would leave fewer than half the
+    configurations to fit is left out."""
+    N, D, T = (np.asarray(v, float) for v in (N, D, T))
+    schemes = {"largest C": held_at_largest(N * T), "largest N": held_at_largest(N),
+               "largest D": held_at_largest(D)}
+    if np.unique(T / D).size > 1:
+        schemes["largest T"] = held_at_largest(T)
+    return {name: mask for name, mask in schemes.items() if (~mask).sum() >= N.size / 2}
+
+
+@dataclass
+class HoldoutCheck:
+    scheme: str
+    form: str
+    n_fit: int
+    held: list                  # one dict per held-out configuration
+    log_rmse: float
+    noise_floor: Optional[float]
+    coverage: Optional[float]   # share of held-out points inside their 95% interval
+    at_bound: list
+    exponents: dict = field(default_factory=dict)   # name -> (value, 95% interval)
+    floor_at_zero: list = field(default_factory=list)
+
+    @property
+    def criteria(self) -> dict:
+        """Each pass criterion: True, False, or None when it cannot be judged (no seed noise, no
+        bootstrap)."""
+        return dict(
+            rmse=None if self.noise_floor is None else
+            bool(self.log_rmse <= RMSE_NOISE_FACTOR * self.noise_floor),
+            coverage=None if self.coverage is None else bool(self.coverage >= COVERAGE_MIN),
+            bounds=not self.at_bound)
+
+    @property
+    def passed(self) -> bool:
+        return all(v is True for v in self.criteria.values())
+
+    def to_json(self) -> dict:
+        errors = [abs(h["rel_error"]) for h in self.held]
+        return dict(scheme=self.scheme, form=self.form, n_fit=self.n_fit, n_held=len(self.held),
+                    log_rmse=self.log_rmse, noise_floor=self.noise_floor,
+                    max_abs_rel_error=max(errors) if errors else None, coverage=self.coverage,
+                    at_bound=self.at_bound, floor_at_zero=self.floor_at_zero,
+                    criteria=self.criteria, passed=self.passed,
+                    exponents={k: [v, ci] for k, (v, ci) in self.exponents.items()},
+                    held=self.held[:HELD_OUT_LISTED])
+
+
+def _held_rows(index, observed, log_predicted, interval):
+    rows = []
+    for k, (i, o, p) in enumerate(zip(index, observed, np.exp(log_predicted))):
+        row = dict(index=int(i), observed=float(o), predicted=float(p), rel_error=float(p / o - 1))
+        if interval is not None:
+            lo, hi = float(interval[0][k]), float(interval[1][k])
+            row.update(low=lo, high=hi, within=bool(lo <= o <= hi))
+        rows.append(row)
+    return rows
+
+
+def _check(scheme, form, n_fit, held_index, L, log_predicted, interval, point_sd, at_bound,
+           exponents=None, floor_at_zero=()) -> HoldoutCheck:
+    L = np.asarray(L, float)[held_index]
+    rows = _held_rows(held_index, L, log_predicted, interval)
+    sd = None if point_sd is None else np.asarray(point_sd, float)[held_index]
+    floor = float(np.sqrt(np.mean(sd ** 2))) if sd is not None and np.isfinite(sd).all() else None
+    within = [r["within"] for r in rows if "within" in r]
+    return HoldoutCheck(scheme, form, n_fit, rows,
+                        float(np.sqrt(np.mean((log_predicted - np.log(L)) ** 2))), floor,
+                        float(np.mean(within)) if within else None, at_bound, exponents or {},
+                        list(floor_at_zero))
+
+
+def _exponents(fit: FormFit) -> dict:
+    intervals = fit.intervals()
+    return {name: (float(fit.params()[name]), intervals[name]) for name in fit.exponents}
+
+
+def check_form(full: FormFit, N, D, T, L, *, depth=None, noise: Optional[Noise] = None,
+               n_boot=200, seed=0, bootstrap="auto") -> list:
+    """The held-out checks of one form (its fit to all points given as `full`): [HoldoutCheck]
+    for each scheme of holdout_schemes, then leave one out. Leave-one-out intervals take the
+    spread of the full fit's bootstrap laws around the refit's prediction (n refits with
+    bootstraps each would take minutes); the schemes bootstrap their own refits."""
+    N, D, T, L = (np.asarray(v, float) for v in (N, D, T, L))
+    depth = None if depth is None else np.asarray(depth, float)
+    point_sd = None if noise is None or not noise.measured else noise.point_sd()
+    depth_term = full.depth_ref is not None
+    checks = []
+    for scheme, held in holdout_schemes(N, D, T).items():
+        keep = ~held
+        sub_noise = None if noise is None else Noise([s for s, k in zip(noise.seeds, keep) if k])
+        try:
+            fit = fit_form(full.form, N[keep], D[keep], T[keep], L[keep],
+                           depth=None if depth is None else depth[keep], depth_term=depth_term,
+                           L0=full.L0, noise=sub_noise, n_boot=n_boot, bootstrap=bootstrap,
+                           rng=stream(seed, "holdout", full.form, depth_term, scheme),
+                           start=full.theta)
+        except FitError:
+            continue
+        idx = np.flatnonzero(held)
+        args = (N[idx], D[idx], T[idx], None if depth is None else depth[idx])
+        sd = None if point_sd is None else point_sd[idx]
+        checks.append(_check(scheme, full.form, int(keep.sum()), idx, L, fit.log_predict(*args),
+                             fit.interval(*args, sd=sd, rng=stream(seed, "interval", scheme)),
+                             point_sd, fit.at_bound, _exponents(fit), fit.floor_at_zero))
+    if len(L) <= LEAVE_ONE_OUT_MAX:
+        checks.append(_leave_one_out(full, N, D, T, L, depth, point_sd, seed))
+    return checks
+
+
+def _leave_one_out(full, N, D, T, L, depth, point_sd, seed) -> HoldoutCheck:
+    n = len(L)
+    spec = full.spec
+    lower, upper = spec.bounds(L, full.L0, full.depth_ref is not None)
+    log_refit = np.full(n, np.nan)
+    bounded, floors = set(), set()
+    for i in range(n):
+        keep = np.arange(n) != i
+        problem = _FormProblem(spec, N[keep], D[keep], T[keep],
+                               None if depth is None else depth[keep], full.depth_ref,
+                               np.log(L[keep]), full.L0)
+        best = problem.fit([full.theta], lower, upper)
+        if best is None:
+            continue
+        on, at_zero = _form_bounds(best[0], lower, upper, spec, full.depth_ref is not None)
+        bounded.update(on)
+        floors.update(at_zero)
+        log_refit[i] = full.log_predict(N[[i]], D[[i]], T[[i]],
+                                        None if depth is None else depth[[i]], best[0])[0]
+    ok = np.isfinite(log_refit)
+    interval = None
+    if len(full.samples):
+        rng = stream(seed, "leave one out", full.form, full.depth_ref is not None)
+        spread = np.stack([full.log_predict(N, D, T, depth, theta) for theta in full.samples]) \
+            - full.log_predict(N, D, T, depth)
+        sd = np.zeros(n) if point_sd is None else np.nan_to_num(point_sd)
+        draws = log_refit + spread + full.inflation * sd * rng.standard_normal(spread.shape)
+        low, high = np.exp(np.percentile(draws, [2.5, 97.5], axis=0))
+        interval = (low[ok], high[ok])
+    idx = np.flatnonzero(ok)
+    return _check("leave one out", full.form, n - 1, idx, L, log_refit[ok], interval, point_sd,
+                  sorted(bounded), floor_at_zero=sorted(floors))
+
+
+def exponents_agree(full: FormFit, checks: list) -> dict:
+    """{exponent: True when its 95% intervals overlap pairwise across the full fit and the
+    extrapolation schemes, False when two are disjoint, None without intervals}."""
+    fits = [_exponents(full)] + [c.exponents for c in checks if c.exponents]
+    out = {}
+    for name in full.exponents:
+        intervals = [f[name][1] for f in fits if name in f]
+        if len(intervals) < 2 or any(ci is None for ci in intervals):
+            out[name] = None
+            continue
+        out[name] = bool(max(ci[0] for ci in intervals) <= min(ci[1] for ci in intervals))
+    return out
+
+
+@dataclass
+class FormVerdict:
+    full: FormFit
+    checks: list
+    agree: dict
+    variant: str = ""   # which configurations, when several sets are compared (one depth)
+
+    @property
+    def label(self) -> str:
+        return self.full.form + (" + depth" if self.full.depth_ref is not None else "") + \
+            (f" ({self.variant})" if self.variant else "")
+
+    @property
+    def passed(self) -> bool:
+        return (not self.full.at_bound and all(c.passed for c in self.checks) and bool(self.checks)
+                and all(v is True for v in self.agree.values()))
+
+    @property
+    def mean_log_rmse(self) -> float:
+        return float(np.mean([c.log_rmse for c in self.checks])) if self.checks else float("inf")
+
+    def failures(self) -> list:
+        """Why the form does not pass, in words (empty when it passes)."""
+        out = [f"full fit: {', '.join(self.full.at_bound)} on a bound"] if self.full.at_bound else []
+        for c in self.checks:
+            for criterion, ok in c.criteria.items():
+                if ok is not True:
+                    out.append(f"{c.scheme}: " + {
+                        "rmse": f"log RMSE {c.log_rmse:.3g} > {RMSE_NOISE_FACTOR:g} x noise floor "
+                                f"{c.noise_floor:.3g}" if c.noise_floor else "no seed noise to judge "
+                                "the log RMSE by",
+                        "coverage": f"{c.coverage:.0%} of held-out points inside their 95% interval"
+                                    if c.coverage is not None else "no intervals (no bootstrap)",
+                        "bounds": f"{', '.join(c.at_bound)} on a bound"}[criterion])
+        out += [f"{name}: intervals disjoint across schemes" for name, ok in self.agree.items()
+                if ok is False]
+        return out
+
+    def to_json(self) -> dict:
+        return dict(label=self.label, fit=self.full.to_json(), passed=self.passed,
+                    mean_log_rmse=self.mean_log_rmse, exponents_agree=self.agree,
+                    failures=self.failures(), checks=[c.to_json() for c in self.checks])
+
+
+def compare_forms(N, D, T, L, *, depth=None, depth_terms=(False,), noise: Optional[Noise] = None,
+                  L0=math.log(10), n_boot=200, seed=0, bootstrap="auto", forms=None,
+                  warnings=None, variant="") -> list:
+    """Every joint form (with and/or without a depth term) fitted and checked on held-out runs:
+    [FormVerdict], in JOINT_FORMS order. Forms that cannot be fitted are named in `warnings`."""
+    warnings = [] if warnings is None else warnings
+    verdicts = []
+    for depth_term in depth_terms:
+        for form in forms or JOINT_FORMS:
+            try:
+                full = fit_form(form, N, D, T, L, depth=depth, depth_term=depth_term, L0=L0,
+                                noise=noise, n_boot=n_boot, bootstrap=bootstrap,
+                                rng=stream(seed, "form", form, depth_term))
+            except FitError as e:
+                warnings.append(f"joint form {form}{' + depth' if depth_term else ''} not fitted: "
+                                f"{e}")
+                continue
+            checks = check_form(full, N, D, T, L, depth=depth, noise=noise, n_boot=n_boot,
+                                seed=seed, bootstrap=bootstrap)
+            verdicts.append(FormVerdict(full, checks, exponents_agree(full, checks), variant))
+    return verdicts
+
+
+def select_form(verdicts) -> Optional[FormVerdict]:
+    """The passing form with the smallest mean held-out log RMSE, or None."""
+    passing = [v for v in verdicts if v.passed]
+    return min(passing, key=lambda v: v.mean_log_rmse) if passing else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The compute-optimal recipe of a joint law: at each compute C = N·T (the lab's N·D·epochs), the
+# N that minimises it, every image seen once until the data runs out (D = min(T, D_max), epochs =
+# T/D: under every form here new images are worth at least as much as repeated ones).
+
+OPTIMUM_GRID = 2001   # values of log N per budget: 0.2% steps over the searched decades
+
+
+def optimal_allocation(fit: FormFit, C, *, D_max, depth=None, N_range=None) -> dict:
+    """N_opt, T_opt, D_opt, epochs_opt and L_opt at each compute in C, each with its 95% interval
+    from the bootstrap laws, and the exponents of N_opt ∝ C^a and T_opt ∝ C^b over these budgets
+    (with intervals). N is searched over N_range (default: the fitted range widened 10x each
+    way); an optimum at its edge is flagged."""
+    C = np.asarray(C, float)
+    lo, hi = N_range or (fit.ranges["N"][0] / 10, fit.ranges["N"][1] * 10)
+    log_N = np.linspace(math.log(lo), math.log(hi), OPTIMUM_GRID)
+    N = np.exp(log_N)[None, :]
+    T = C[:, None] / N
+    D = np.minimum(T, D_max)
+    depth_grid = None if depth is None else np.full(T.shape, float(depth))
+
+    def optimum(theta):
+        log_L = fit.log_predict(np.broadcast_to(N, T.shape), D, T, depth_grid, theta)
+        log_L = np.where(np.isfinite(log_L), log_L, np.inf)
+        best = np.argmin(log_L, axis=1)
+        rows = np.arange(len(C))
+        return best, np.exp(log_L[rows, best])
+
+    best, L_opt = optimum(fit.theta)
+    N_opt = np.exp(log_N[best])
+    out = dict(C=C.tolist(), N_opt=N_opt.tolist(), T_opt=(C / N_opt).tolist(),
+               D_opt=np.minimum(C / N_opt, D_max).tolist(),
+               epochs_opt=(C / N_opt / np.minimum(C / N_opt, D_max)).tolist(),
+               L_opt=L_opt.tolist(), at_edge=((best == 0) | (best == OPTIMUM_GRID - 1)).tolist(),
+               D_max=float(D_max))
+    a, b = line(np.log(C), np.log(N_opt))[0], line(np.log(C), np.log(C / N_opt))[0]
+    out.update(a=a, b=b)
+    if len(fit.samples) and len(C) >= 2:
+        samples = [optimum(theta) for theta in fit.samples]
+        N_s = np.exp(log_N[np.array([s[0] for s in samples])])
+        out["N_opt_ci95"] = [percentile_ci(N_s[:, j]) for j in range(len(C))]
+        out["L_opt_ci95"] = [percentile_ci([s[1][j] for s in samples]) for j in range(len(C))]
+        slopes = [line(np.log(C), np.log(n))[0] for n in N_s]
+        out["a_ci95"] = percentile_ci(slopes)
+        out["b_ci95"] = percentile_ci([1 - v for v in slopes])   # T = C/N
+    return out
