@@ -70,11 +70,14 @@ NUMERIC = ("width", "depth", "seed", "N", "D", "epochs", "C", "flops_per_image",
            "final_train_acc")
 CONTEXT = ("model", "bn", "optimizer", "batch_size", "lr", "scheduler", "momentum", "betas",
            "weight_decay", "augment", "normalize", "subset_seed")
-X_COLUMNS = ("N", "D", "C", "total_flops")
+X_COLUMNS = ("N", "D", "T", "C", "total_flops")
 PLANS = (("N", "width", ("depth", "D", "epochs")),
          ("N", "depth", ("width", "D", "epochs")),
-         ("D", "data", ("width", "depth", "epochs")))
-PLANS_WITHOUT_SHAPE = (("N", "N", ("D", "epochs")), ("D", "data", ("N", "epochs")))
+         ("D", "data", ("width", "depth", "epochs")),
+         ("D", "data", ("width", "depth", "T")),      # D with the images seen (steps) held
+         ("T", "epochs", ("width", "depth", "D")))    # images seen at a fixed D
+PLANS_WITHOUT_SHAPE = (("N", "N", ("D", "epochs")), ("D", "data", ("N", "epochs")),
+                       ("D", "data", ("N", "T")), ("T", "epochs", ("N", "D")))
 INFLUENCE_MAX_CONFIGS = 2_000  # leave-one-out is n refits of n points: beyond this, minutes
 LARGEST_VALUE = 1e150     # squared by the fits' starting points; float64 overflows at 1.8e308
 SMALLEST_LOSS = 1e-150    # as far below 1 as LARGEST_VALUE is above: a log of -345 is an accident
@@ -473,6 +476,53 @@ def slices(frame, keys, varying=None) -> list:
 
 def plan_groups(configs, warnings=None) -> list:
     context, varying = context_columns(configs)
+    groups = tagged_groups(configs, context, varying) if "plans" in configs.columns else None
+    if groups is None:
+        groups = guessed_groups(configs, context, varying, warnings)
+    for x in ("C", "total_flops"):
+        if x not in configs.columns or configs[x].isna().any():
+            continue
+        for frame in slices(configs, context):
+            front = frontier(frame, x)
+            if front[x].nunique() >= MIN_DISTINCT:
+                groups.append(_group(x, "frontier", front, varying))
+    return groups
+
+
+def tagged_groups(configs, context, varying) -> Optional[list]:
+    """The curves of the plans the runs name (their `plan` field), in their order: for each
+    sub-plan and each way of holding the others fixed (PLANS) in which the sub-plan's own runs
+    vary x, every configuration at those held values (another sub-plan's run completes an axis:
+    the data axis' D = 50,000 point is the width axis' run), except the far target and the runs of
+    a compute budget (the IsoFLOP analysis has those). None when no run names a plan."""
+    tags = list(dict.fromkeys(t for p in configs.plans.fillna("") for t in p.split("+") if t))
+    if not tags:
+        return None
+    budgeted = configs.budget.notna().to_numpy() if "budget" in configs.columns else False
+    candidates = configs[~target_mask(configs) & ~budgeted]
+    groups, seen = [], set()
+    for tag in tags:
+        own = candidates[candidates.plans.fillna("").map(lambda p: tag in p.split("+"))]
+        for x, _, held in plans_for(configs):
+            keys = context + list(held)
+            for part in slices(own, keys):
+                if part[x].nunique() < 2:   # this sub-plan does not vary x here
+                    continue
+                first = part.iloc[0]
+                at = np.ones(len(candidates), bool)
+                for k in keys:
+                    at &= (candidates[k] == first[k]).to_numpy() | \
+                        (candidates[k].isna() & pd.isna(first[k])).to_numpy()
+                frame = candidates[at]
+                identity = (x, tuple(sorted(frame.config_id)))
+                if frame[x].nunique() >= MIN_DISTINCT and identity not in seen:
+                    seen.add(identity)
+                    groups.append(_group(x, tag, frame.sort_values(x), varying + list(held)))
+    return groups
+
+
+def guessed_groups(configs, context, varying, warnings) -> list:
+    """The curves of runs that name no plan: guessed from what they hold fixed (PLANS)."""
     groups = []
     for x, plan, held in plans_for(configs):
         found = slices(configs, context + list(held), varying=x)  # MIN_DISTINCT x each
@@ -483,13 +533,6 @@ def plan_groups(configs, warnings=None) -> list:
                             f"{x}; fitted and drawn are the {MAX_GROUPS} with the most distinct "
                             f"{x} (then the widest range): scattered sizes rather than a grid")
         groups += [_group(x, plan, frame.sort_values(x), varying + list(held)) for frame in frames]
-    for x in ("C", "total_flops"):
-        if x not in configs.columns or configs[x].isna().any():
-            continue
-        for frame in slices(configs, context):
-            front = frontier(frame, x)
-            if front[x].nunique() >= MIN_DISTINCT:
-                groups.append(_group(x, "frontier", front, varying))
     return groups
 
 
@@ -1435,9 +1478,14 @@ def loss_label(spec: str) -> str:
     return spec + (" (selected on test)" if selected_on_test(spec) else "")
 
 
+LEARNING_CURVES_MAX = 150   # runs drawn one curve each; more: a few spread over the width axis
+
+
 def learning_curve_runs(result: Analysis, count=6) -> list:
-    """Default choice: one seed each of up to `count` configurations spread over the largest N
-    group (or the largest group)."""
+    """Default choice: every run, when there are at most LEARNING_CURVES_MAX; else one seed each
+    of up to `count` configurations spread over the largest N group (or the largest group)."""
+    if len(result.runs.rows) <= LEARNING_CURVES_MAX:
+        return result.runs.rows.run_name.tolist()
     groups = sorted(result.groups, key=lambda g: (g.x != "N", -len(g.configs)))
     if not groups:
         return []
@@ -1522,10 +1570,16 @@ def figures(result: Analysis, *, runs_dir=None, curves=None):
     if result.joint is not None:
         wanted.append(("joint_fit.png",
                        lambda: plots.joint(result.joint, result.joint.configs, label)))
+    law = result.joint_law
+    if law is not None:
+        wanted.append(("joint_law.png", lambda: plots.joint_law(law, label)))
     for name, optimal in (("", result.compute_optimal), ("_epochs", result.epochs_tradeoff)):
         if optimal is not None:
-            wanted.append((f"isoflop{name}.png", lambda o=optimal: plots.isoflop(o, label)))
-            wanted.append((f"compute_optimal{name}.png", lambda o=optimal: plots.frontier(o)))
+            wanted.append((f"isoflop{name}.png",
+                           lambda o=optimal: plots.isoflop(o, label, steps_note(o))))
+            if law is not None and law.selected is not None:   # only from a law that passed
+                wanted.append((f"compute_optimal{name}.png",
+                               lambda o=optimal: plots.frontier(o, law_line(law, o))))
     table = result.hyperparameters
     for name in result.hyperparameter_fields:
         others = [c for c in table.columns if c not in (name, "mean", "std", "n")]
@@ -1541,8 +1595,58 @@ def figures(result: Analysis, *, runs_dir=None, curves=None):
             result.warnings.append(f"no per-epoch CSV in {runs_dir} for {len(missing)} run(s): "
                                    f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
         if found:
-            wanted.append(("learning_curves.png", lambda: plots.learning_curves(found)))
+            labels, panels, seen = curve_labels(result.runs.rows, found)
+            found = {name: log.assign(images_per_epoch=seen[name]) if seen.get(name) else log
+                     for name, log in found.items()}
+            wanted.append(("learning_curves.png",
+                           lambda: plots.learning_curves(found, labels, panels)))
     return wanted
+
+
+CURVE_LABEL = (("width", "w"), ("depth", "d"), ("D", "D"), ("epochs", "e"), ("seed", "s"))
+
+
+def curve_labels(rows, names) -> tuple:
+    """({run: 'w8 d2 D6250 e80 s0'}, {run: its panel, the first sub-plan its plan field names
+    (the study's order) or ''}, {run: its D, so curves run against images seen}) for the runs in
+    `names`."""
+    known = rows.drop_duplicates("run_name").set_index("run_name")
+    labels, panels, seen = {}, {}, {}
+    for name in names:
+        if name not in known.index:
+            labels[name], panels[name] = name, ""
+            continue
+        row = known.loc[name]
+        labels[name] = " ".join(f"{short}{plots.plain(row[c])}" for c, short in CURVE_LABEL
+                                if c in row.index and pd.notna(row[c])) or name
+        tag = row["plan"] if "plan" in row.index and isinstance(row["plan"], str) else ""
+        panels[name] = tag.rpartition(":")[2].split("+")[0]
+        if "D" in row.index and pd.notna(row["D"]):
+            seen[name] = float(row["D"])
+    return labels, panels, seen
+
+
+def steps_note(optimal) -> str:
+    """The IsoFLOP figure's note when a budget's runs took very different numbers of steps."""
+    ratios = [b.configs.steps.max() / b.configs.steps.min() for b in optimal.budgets
+              if "steps" in b.configs.columns and b.configs.steps.notna().all()]
+    worst = max(ratios, default=1.0)
+    return (f"; within a budget the runs' optimiser steps differ up to {worst:.0f}x (small-D or "
+            f"few-epoch runs are short of steps, not only of data)"
+            if worst > STEPS_RATIO_MAX else "")
+
+
+def law_line(law, optimal) -> tuple:
+    """The selected law's optimum under an IsoFLOP plan's constraint (its fixed epochs, or its
+    fixed D), over the plan's budgets: (label, C, N_opt, partner_opt) for plots.frontier."""
+    fit = law.selected.full
+    budgets = np.array([b.compute for b in optimal.budgets])
+    C = np.geomspace(budgets.min() / 2, budgets.max() * 2, 30)
+    depth = fit.depth_ref
+    fixed = dict(epochs=optimal.held) if optimal.partner == "D" else dict(D_max=optimal.held)
+    out = laws.optimal_allocation(fit, C, depth=depth, **{"D_max": np.inf, **fixed})
+    partner = out["D_opt"] if optimal.partner == "D" else out["epochs_opt"]
+    return f"selected law ({law.selected.label})", C, out["N_opt"], partner
 
 
 def runs_folder(runs_dir, first_csv) -> str:

@@ -1253,15 +1253,6 @@ def _prediction_interval(fitted, N, D, sd, rng):
     return np.concatenate(lo), np.concatenate(hi)
 
 
-def joint_allocation(params: dict, C, epochs):
-    """Minimise E + A/N^alpha + B/D^beta on N·D = C/epochs (Hoffmann et al. 2022, eq. 4):
-    (N_opt, D_opt). Only for identified exponents (alpha, beta > 0)."""
-    alpha, beta = params["alpha"], params["beta"]
-    G = (alpha * params["A"] / (beta * params["B"])) ** (1 / (alpha + beta))
-    N_opt = G * (np.asarray(C, float) / epochs) ** (beta / (alpha + beta))
-    return N_opt, np.asarray(C, float) / (epochs * N_opt)
-
-
 # ---------------------------------------------------------------------------------------------
 # Joint forms L(N, D, T) side by side, judged on runs they were not fitted on.
 #
@@ -1970,17 +1961,19 @@ def select_form(verdicts) -> Optional[FormVerdict]:
 OPTIMUM_GRID = 2001   # values of log N per budget: 0.2% steps over the searched decades
 
 
-def optimal_allocation(fit: FormFit, C, *, D_max, depth=None, N_range=None) -> dict:
+def optimal_allocation(fit: FormFit, C, *, D_max, depth=None, N_range=None,
+                       epochs=None) -> dict:
     """N_opt, T_opt, D_opt, epochs_opt and L_opt at each compute in C, each with its 95% interval
     from the bootstrap laws, and the exponents of N_opt ∝ C^a and T_opt ∝ C^b over these budgets
-    (with intervals). N is searched over N_range (default: the fitted range widened 10x each
-    way); an optimum at its edge is flagged."""
+    (with intervals). D = min(T, D_max), or with `epochs` fixed D = T/epochs (an IsoFLOP plan's
+    trade of N against D). N is searched over N_range (default: the fitted range widened 10x
+    each way); an optimum at its edge is flagged."""
     C = np.asarray(C, float)
     lo, hi = N_range or (fit.ranges["N"][0] / 10, fit.ranges["N"][1] * 10)
     log_N = np.linspace(math.log(lo), math.log(hi), OPTIMUM_GRID)
     N = np.exp(log_N)[None, :]
     T = C[:, None] / N
-    D = np.minimum(T, D_max)
+    D = T / epochs if epochs else np.minimum(T, D_max)
     depth_grid = None if depth is None else np.full(T.shape, float(depth))
 
     def optimum(theta):
@@ -1992,9 +1985,9 @@ def optimal_allocation(fit: FormFit, C, *, D_max, depth=None, N_range=None) -> d
 
     best, L_opt = optimum(fit.theta)
     N_opt = np.exp(log_N[best])
+    D_opt = C / N_opt / epochs if epochs else np.minimum(C / N_opt, D_max)
     out = dict(C=C.tolist(), N_opt=N_opt.tolist(), T_opt=(C / N_opt).tolist(),
-               D_opt=np.minimum(C / N_opt, D_max).tolist(),
-               epochs_opt=(C / N_opt / np.minimum(C / N_opt, D_max)).tolist(),
+               D_opt=D_opt.tolist(), epochs_opt=(C / N_opt / D_opt).tolist(),
                L_opt=L_opt.tolist(), at_edge=((best == 0) | (best == OPTIMUM_GRID - 1)).tolist(),
                D_max=float(D_max))
     a, b = line(np.log(C), np.log(N_opt))[0], line(np.log(C), np.log(C / N_opt))[0]

@@ -14,6 +14,7 @@ import pandas as pd
 import laws
 
 X_LABELS = {"N": "parameters N", "D": "training images D",
+            "T": "images seen T = D·epochs",
             "C": "compute C = N·D·epochs (parameters × images)",
             "total_flops": "training compute (FLOPs, 3 × forward)",
             "epochs": "epochs"}
@@ -110,38 +111,51 @@ def legend(ax, count):
     ax.legend(fontsize=6, ncols=1 if count <= 6 else 2, framealpha=0.7)
 
 
+FEW_POINTS = 4   # a law through this many points or fewer is barely tested: drawn faint, dotted
+
+
 def loss_vs_x(x, groups, fits, loss_label, not_identified=()):
-    """Points (seed mean ± seed std) per group, saturating law with its 95% band, pure law dashed.
-    groups: objects with .label, .fields (what defines the group) and .configs (x, L, L_std);
-    fits: objects with .group, .x, .form, .predict(x) and .fit (a laws.LawFit)."""
+    """Points (seed mean ± seed std) per group, saturating law with its 95% band, pure law dashed;
+    a law through FEW_POINTS points or fewer dotted and without a band (it has 0-1 degrees of
+    freedom: it passes through them, it is not tested by them). groups: objects with .label,
+    .fields (what defines the group) and .configs (x, L, L_std); fits: objects with .group, .x,
+    .form, .predict(x) and .fit (a laws.LawFit)."""
     fig, (ax,) = figure()
     labels, shared = split_fields([g.fields for g in groups])
     frames, cut = drawn([g.configs for g in groups])
+    styles = set()
     for colour, group, label, frame in zip(colours(len(groups)), groups, labels, frames):
+        few = group.configs[x].nunique() <= FEW_POINTS
         ax.errorbar(frame[x], frame.L, yerr=frame.L_std.fillna(0), fmt="o", color=colour,
-                    ms=4, capsize=2, label=label)
+                    ms=4, capsize=2, label=label + (f" ({group.configs[x].nunique()} points)"
+                                                    if few else ""))
         grid = np.geomspace(group.configs[x].min(), group.configs[x].max(), 100)
         for fit in (f for f in fits if f.group == group.label and f.x == x):
             style = dict(pure="--", saturating="-").get(fit.form)
             if style is None:
                 continue
-            ax.plot(grid, fit.predict(grid), style, color=colour, lw=1.2)
+            style = ":" if few else style
+            styles.add(style if few else fit.form)
+            ax.plot(grid, fit.predict(grid), style, color=colour, lw=0.8 if few else 1.2)
             samples = fit.fit.samples
-            if fit.form == "saturating" and len(samples) >= 10:
+            if fit.form == "saturating" and len(samples) >= 10 and not few:
                 curves = np.array([laws.FORMS[fit.form].predict(t, grid) for t in samples])
                 lo, hi = np.percentile(curves, [2.5, 97.5], axis=0)
                 ax.fill_between(grid, lo, hi, color=colour, alpha=0.15, lw=0)
-    ax.plot([], [], "k-", label="E + A·x^-α (95% band)")
-    ax.plot([], [], "k--", label="A·x^-α")
+    for key, style, text in (("saturating", "k-", "E + A·x^-α (95% band)"),
+                             ("pure", "k--", "A·x^-α"),
+                             (":", "k:", f"a law through {FEW_POINTS} points or fewer")):
+        if key in styles:   # the legend names only what is drawn
+            ax.plot([], [], style, label=text)
     log_axes(ax)
     ax.set(xlabel=X_LABELS.get(x, x), ylabel=loss_label)
     flag = f" (α {laws.NOT_IDENTIFIED}: {', '.join(not_identified)})" if not_identified else ""
     title(ax, f"loss vs {x}, seed mean ± std{flag}{cut}", shared)
-    legend(ax, len(groups) + 2)
+    legend(ax, len(groups) + len(styles))
     return fig
 
 
-def isoflop(result, loss_label):
+def isoflop(result, loss_label, steps_note=""):
     """result: analysis's ComputeOptimal (budgets with .configs, .coef, .N_opt, .edge)."""
     fig, (ax,) = figure()
     frames, cut = drawn([budget.configs for budget in result.budgets])
@@ -158,26 +172,29 @@ def isoflop(result, loss_label):
     log_axes(ax, y=False)
     ax.set(xlabel=X_LABELS["N"], ylabel=loss_label)
     title(ax, f"IsoFLOP: N vs {result.partner} at constant {result.compute} (★ minimum)"
-              f"{cut}", result.group)
+              f"{cut}{steps_note}", result.group)
     legend(ax, len(result.budgets))
     return fig
 
 
-def frontier(result):
-    """N_opt and the partner's optimum against compute, the fitted lines with their 95% bands and,
-    for N vs D with identified exponents, the allocation the joint law implies."""
+def frontier(result, law=None):
+    """N_opt and the partner's optimum against compute: each budget's IsoFLOP vertex, the lines
+    fitted through them with their 95% bands, and the selected joint law's optimum under the same
+    constraint (law: (label, C, N_opt, partner_opt)). analysis.py draws it only from a law that
+    passed its held-out checks."""
     fig, axes = figure(ncols=2, width=5.2)
     compute = np.array([b.compute for b in result.budgets])
     grid = np.geomspace(compute.min() / 2, compute.max() * 2, 50)
     allocation = result.allocation
-    joint = result.joint
-    use_joint = joint is not None and result.compute == "C" and result.held and \
-        joint.allocation()[0] is not None
+    edges = any(b.edge for b in result.budgets)
     for ax, column, key, offset in ((axes[0], "N", "N_opt", 0),
                                     (axes[1], result.partner, "partner_opt", 2)):
         for budget in result.budgets:
             ax.plot(budget.compute, getattr(budget, key), "x" if budget.edge else "o",
                     color="grey" if budget.edge else "C0")
+        ax.plot([], [], "o", color="C0", label="IsoFLOP vertex")
+        if edges:
+            ax.plot([], [], "x", color="grey", label="edge budget, not fitted")
         if allocation.a is not None:
             slope = (allocation.a, allocation.b)[offset // 2]
             ax.plot(grid, np.exp(allocation.intercepts[offset // 2]) * grid ** slope, "C0-",
@@ -187,19 +204,16 @@ def frontier(result):
                     grid[None, :] ** allocation.samples[:, offset][:, None]
                 lo, hi = np.percentile(lines, [2.5, 97.5], axis=0)
                 ax.fill_between(grid, lo, hi, color="C0", alpha=0.15, lw=0)
-        if use_joint:
-            ax.plot(grid, laws.joint_allocation(joint.params, grid, result.held)[offset // 2],
-                    "C3--", label="joint law")
+        if law is not None:
+            label, C, N_opt, partner_opt = law
+            ax.plot(C, (N_opt, partner_opt)[offset // 2], "C3--", label=label)
         log_axes(ax)
         ax.set(xlabel=X_LABELS.get(result.compute, result.compute),
                ylabel=f"compute-optimal {X_LABELS.get(column, column)}")
-        if ax.get_legend_handles_labels()[0]:
-            legend(ax, 2)
-    note = "" if joint is None or use_joint or result.partner != "D" else \
-        f"; joint law's exponents {laws.NOT_IDENTIFIED}"
+        legend(ax, 4)
     fig.suptitle("\n".join(textwrap.wrap(
-        f"compute-optimal allocation ({result.group}); × = edge budget, not fitted{note}",
-        int(10.4 * CHARS_PER_INCH * 0.8))), fontsize=8)
+        f"compute-optimal allocation ({result.group})", int(10.4 * CHARS_PER_INCH * 0.8))),
+        fontsize=8)
     return fig
 
 
@@ -255,17 +269,100 @@ def hyperparameter(table, field, others, metric_label):
     return fig
 
 
-def learning_curves(curves: dict):
-    """Test loss per evaluated epoch (solid) and training loss (dashed); curves: name -> table."""
-    fig, (ax,) = figure(width=7.5)
-    for colour, (name, log) in zip(colours(len(curves)), curves.items()):
-        test = log.dropna(subset=["test_loss"])
-        ax.plot(test.epoch, test.test_loss, "-o", ms=2, color=colour, label=name)
-        ax.plot(log.epoch, log.train_loss, "--", color=colour, lw=0.8)
-    ax.plot([], [], "k-", label="test loss")
-    ax.plot([], [], "k--", label="train loss (augmented)")
-    log_axes(ax, x=False)
-    ax.set(xlabel="epoch", ylabel="cross-entropy loss (nats)")
-    title(ax, "learning curves", width_in=7.5)
-    legend(ax, len(curves) + 2)
+def learning_curves(curves: dict, labels=None, panels=None):
+    """Test loss per evaluated epoch (solid) and training loss (dashed) against images seen, one
+    panel per group of runs (panels: name -> panel title; default one panel). curves: name ->
+    table; labels: name -> what the legend calls the run (width, D, epochs, seed)."""
+    from matplotlib.ticker import LogLocator
+    panels = panels or {name: "" for name in curves}
+    titles = list(dict.fromkeys(panels[name] for name in curves))
+    fig, axes = figure(ncols=min(3, len(titles)), width=5.2 if len(titles) > 1 else 7.5,
+                       height=4.8) if len(titles) <= 3 else _grid(len(titles))
+    low = min(float(np.nanmin(log[["train_loss", "test_loss"]].to_numpy())) for log in curves.values())
+    high = max(float(np.nanmax(log[["train_loss", "test_loss"]].to_numpy())) for log in curves.values())
+    for ax, panel in zip(axes, titles):
+        names = [name for name in curves if panels[name] == panel]
+        for colour, name in zip(colours(len(names)), names):
+            log = curves[name]
+            seen = log.epoch * log.get("images_per_epoch", 1)
+            test = log.test_loss.notna()
+            ax.plot(seen[test], log.test_loss[test], "-o", ms=2, color=colour,
+                    label=(labels or {}).get(name, name))
+            ax.plot(seen, log.train_loss, "--", color=colour, lw=0.8)
+        ax.plot([], [], "k-", label="test loss")
+        ax.plot([], [], "k--", label="train loss (augmented)")
+        log_axes(ax)
+        if np.isfinite(low) and np.isfinite(high) and low > 0:   # one loss scale in every panel
+            ax.set_ylim(low / 1.05, high * 1.05)
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.set(xlabel="images seen (epoch × D)" if "images_per_epoch" in next(
+            iter(curves.values())) else "epoch", ylabel="cross-entropy loss (nats)")
+        title(ax, f"learning curves{': ' + panel if panel else ''}", width_in=5.2)
+        legend(ax, len(names) + 2)
+    for ax in axes[len(titles):]:
+        ax.set_visible(False)
+    return fig
+
+
+def _grid(count, width=4.2, height=3.8):
+    """A figure of `count` panels, three per row."""
+    from matplotlib.figure import Figure
+    rows = math.ceil(count / 3)
+    fig = Figure(figsize=(3 * width, rows * height), layout="constrained")
+    return fig, list(np.ravel(fig.subplots(rows, 3, squeeze=False)))
+
+
+def joint_law(law, loss_label):
+    """Left: observed against predicted for the selected law (or, when none passes, the form
+    with the smallest held-out error), each point predicted by the refit that left it out, with
+    its 95% interval; the far target marked. Right: each form's held-out log RMSE per scheme
+    against twice the seed-noise floor. law: analysis's JointLaw."""
+    fig, axes = figure(ncols=2, width=5.4)
+    shown = law.selected or min(law.verdicts, key=lambda v: v.mean_log_rmse)
+    loo = next((c for c in shown.checks if c.scheme == "leave one out"), None)
+    ax = axes[0]
+    if loo is not None:
+        held = pd.DataFrame(loo.held)
+        within = held.get("within", pd.Series(True, index=held.index)).astype(bool)
+        for mask, colour, text in ((within, "C0", "inside its 95% interval"),
+                                   (~within, "C3", "outside it")):
+            if mask.any():
+                part = held[mask]
+                yerr = None if "low" not in part else np.abs(np.stack([
+                    part.predicted - part.low, part.high - part.predicted]))
+                ax.errorbar(part.observed, part.predicted, yerr=yerr, fmt="o", ms=3,
+                            color=colour, elinewidth=0.6, label=f"left out one at a time: {text}")
+    target = law.target.get(shown.label, [])
+    if target:
+        t = pd.DataFrame(target)
+        yerr = None if "low" not in t else np.abs(np.stack([t.predicted - t.low,
+                                                            t.high - t.predicted]))
+        ax.errorbar(t.observed, t.predicted, yerr=yerr, fmt="*", ms=10, color="k",
+                    label="far target (never fitted)")
+    values = [v for v in ax.get_xlim() + ax.get_ylim()]
+    span = [min(values), max(values)]
+    ax.plot(span, span, "k-", lw=0.6)
+    log_axes(ax)
+    ax.set(xlabel=f"observed {loss_label}", ylabel="predicted")
+    status = "selected" if law.selected else "no form passes; smallest held-out error"
+    title(ax, f"{shown.label} ({status})", width_in=5.4)
+    legend(ax, 3)
+    ax = axes[1]
+    schemes = list(dict.fromkeys(c.scheme for v in law.verdicts for c in v.checks))
+    width = 0.8 / max(1, len(law.verdicts))
+    floors = []
+    for i, (colour, verdict) in enumerate(zip(colours(len(law.verdicts)), law.verdicts)):
+        by = {c.scheme: c for c in verdict.checks}
+        x = np.arange(len(schemes)) + i * width
+        ax.bar(x, [by[s].log_rmse if s in by else np.nan for s in schemes], width, color=colour,
+               label=verdict.label + (" (passes)" if verdict.passed else ""))
+        floors += [by[s].noise_floor for s in schemes if s in by and by[s].noise_floor]
+    if floors:
+        ax.axhline(laws.RMSE_NOISE_FACTOR * float(np.median(floors)), color="k", ls="--", lw=0.8,
+                   label=f"{laws.RMSE_NOISE_FACTOR:g} x noise floor (median)")
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(schemes)) + 0.4 - width / 2, schemes, rotation=20, fontsize=7)
+    ax.set(ylabel="held-out log RMSE")
+    title(ax, "each form on the runs it was not fitted on", width_in=5.4)
+    legend(ax, len(law.verdicts) + 1)
     return fig
