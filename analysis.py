@@ -40,6 +40,7 @@ if __name__ == "__main__":
     stop_while_loading("analysis.py")
 
 import argparse  # noqa: E402 (after the guard above: loading these takes a second)
+import contextlib
 import hashlib
 import io
 import json
@@ -1132,8 +1133,9 @@ def _extrapolations(groups, holdout, ceiling, rosenfeld_ceiling, warnings) -> li
             if distinct - k < needed:
                 if distinct >= needed:   # fitted, but too few points left once k are held out
                     warnings.append(f"{group.x} / {group.label}: {form} not checked by "
-                                    f"extrapolation: holdout {k} leaves fewer than {needed} of "
-                                    f"its {distinct} points to fit")
+                                    f"extrapolation: the group has {distinct} points, the form "
+                                    f"needs {needed} to fit and the check holds out {k} "
+                                    f"(--holdout)")
                 continue
             try:
                 out.append(laws.extrapolate(x, L, form, n_holdout=k, ceiling=form_ceiling,
@@ -1670,6 +1672,19 @@ def write_figures(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> l
     return written
 
 
+def previous_figures(out_dir) -> list:
+    """The figures an earlier analysis wrote to out_dir, as its fits.json lists them: a figure of
+    runs no longer analysed (a joint fit, an IsoFLOP) must not stay beside the new report. Only
+    those: anything else in the folder is the user's."""
+    try:
+        with open(os.path.join(out_dir, "fits.json")) as f:
+            listed = json.load(f).get("figures", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in listed if isinstance(name, str) and name.endswith(".png")
+            and os.path.basename(name) == name]
+
+
 def write_outputs(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> list:
     """Figures, fits.md and fits.json (last, so it lists the figures). Returns the paths."""
     try:
@@ -1678,8 +1693,12 @@ def write_outputs(result: Analysis, out_dir, *, runs_dir=None, curves=None) -> l
         raise AnalysisError(f"--out {out_dir}: cannot create it ({e.strerror})") from None
     if not os.access(out_dir, os.W_OK):
         raise AnalysisError(f"--out {out_dir}: not writable")
+    earlier = previous_figures(out_dir)
     figures_written = write_figures(result, out_dir, runs_dir=runs_dir, curves=curves)
     result.figures = [os.path.basename(p) for p in figures_written]
+    for name in sorted(set(earlier) - set(result.figures)):   # an analysis owns its output
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
     paths = figures_written + [os.path.join(out_dir, "fits.md"), os.path.join(out_dir, "fits.json")]
     atomic_write(paths[-2], markdown_report(result))
     atomic_write(paths[-1], json.dumps(result.to_json(), indent=1, allow_nan=False))

@@ -996,7 +996,9 @@ def _grid_edge_warnings(theta, grid=None, skip=()) -> list:
         lo, hi = float(np.min(grid[name])), float(np.max(grid[name]))
         if not lo < value < hi:
             warnings.append(f"joint fit: optimum {name}={value:.3g} is on or beyond the edge of "
-                            f"the initialisation grid [{lo:g}, {hi:g}]; widen the grid")
+                            f"its grid of starting points [{lo:g}, {hi:g}], so a better optimum "
+                            f"beyond it may have been missed (from Python, laws.fit_joint's grid= "
+                            f"widens it; the forms table of the joint law starts anywhere)")
     return warnings
 
 

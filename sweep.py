@@ -47,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 import dataclasses
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -444,6 +445,94 @@ def projected_cpu_s(runs, figures: dict, pipeline: str, jobs: int):
     return total_s / (min(jobs, cores // threads) if threads < cores else 1)
 
 
+# Finished runs whose measured wall times project a plan's CPU time: the committed studies'.
+MEASURED_RUNS = os.path.join(HERE, "Notes", "*", "final_data.csv")
+
+
+def duration(seconds: float) -> str:
+    """Seconds in the unit that shows them: 40 s, 12 min, 3.4 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:,.0f} min" if seconds < 3 * 3600 else f"{seconds / 3600:,.1f} h"
+
+
+def evaluations(num_epochs: int, test_freq: int) -> int:
+    return sum(train.is_eval_epoch(e, train.Config(num_epochs=num_epochs, test_freq=test_freq))
+               for e in range(1, num_epochs + 1))
+
+
+def measured_speeds(paths, threads: int) -> dict:
+    """{forward FLOPs per image: (seconds per training image, seconds per test evaluation)},
+    medians over the finished CPU runs in these final_data.csv files that trained on `threads`
+    threads. Their times were measured where they ran: beside another training when a sweep ran
+    one per core, which a projection of such a sweep needs."""
+    found = {}
+    for path in paths:
+        try:
+            rows = read_csv(path)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue
+        for row in rows:
+            try:
+                if row.get("device") != "cpu" or row.get("status") != "finished" or \
+                        int(float(row["num_threads"])) != threads:
+                    continue
+                flops, images = float(row["flops_per_image"]), float(row["D"]) * float(row["epochs"])
+                train_s, wall_s = float(row["train_time_s"]), float(row["wall_time_s"])
+                evals = evaluations(int(float(row["epochs"])), int(float(row["test_freq"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if images > 0 and train_s > 0 and math.isfinite(wall_s):
+                found.setdefault(flops, []).append((train_s / images,
+                                                    max(wall_s - train_s, 0.0) / max(evals, 1)))
+    return {f: tuple(float(np.median(v)) for v in zip(*pairs)) for f, pairs in found.items()}
+
+
+def latest_speeds(paths, threads: int) -> tuple:
+    """(path, measured_speeds) of the file whose newest finished run is the most recent, among
+    those with runs of at least two sizes: one machine's times, not a blend of two machines'
+    (the committed studies ran on different hosts; their speeds differ 2x). (None, {}) if none."""
+    best = (None, {}, "")
+    for path in paths:
+        speeds = measured_speeds([path], threads)
+        if len(speeds) < 2:
+            continue
+        try:
+            newest = max((r.get("timestamp") or "") for r in read_csv(path))
+        except (OSError, UnicodeDecodeError, csv.Error, ValueError):
+            continue
+        if newest > best[2]:
+            best = (path, speeds, newest)
+    return best[0], best[1]
+
+
+def loglog(x: float, xs, ys) -> float:
+    """y at x on the piecewise-linear log-log curve through (xs, ys), its end segments extended
+    (one measured size: that size's y)."""
+    xs, ys = np.log(np.asarray(xs, float)), np.log(np.maximum(np.asarray(ys, float), 1e-12))
+    if xs.size == 1:
+        return float(np.exp(ys[0]))
+    i = int(np.clip(np.searchsorted(xs, math.log(x)), 1, xs.size - 1))
+    slope = (ys[i] - ys[i - 1]) / (xs[i] - xs[i - 1])
+    return float(np.exp(ys[i - 1] + slope * (math.log(x) - xs[i - 1])))
+
+
+def projected_from_runs(runs, speeds: dict, jobs: int, threads: int) -> float:
+    """Wall seconds of the planned runs on the CPU: each run's images at the measured seconds
+    per image of its size (between measured sizes, interpolated in log-log by FLOPs per image),
+    plus its evaluations, `jobs` at once sharing the cores."""
+    sizes = sorted(speeds)
+    per_image, per_eval = [speeds[f][0] for f in sizes], [speeds[f][1] for f in sizes]
+    total = 0.0
+    for run in runs:
+        c = run.cfg
+        f = flops_per_image(c.model, c.width, c.depth, c.bn)
+        total += c.dataset_size * c.num_epochs * loglog(f, sizes, per_image) + \
+            evaluations(c.num_epochs, c.test_freq) * loglog(f, sizes, per_eval)
+    cores = os.cpu_count() or 1
+    return total / max(1, min(jobs, cores // threads))
+
+
 def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> list:
     """Lines saying how big a plan is and, from bench.py's figures when there are any, how long
     on a GPU and, for runs on the CPU, on this CPU."""
@@ -473,12 +562,24 @@ def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> 
                      f"(python bench.py on a GPU measures them into results/benchmarks.md: copy "
                      f"its table there or pass --bench_notes); plan with the FLOP total above")
     else:
-        lines.append(f"projected GPU time: {seconds / 3600:.2f} h ({seconds / 60:,.0f} min) of "
-                     f"training, one run at a time "
+        lines.append(f"projected GPU time: {duration(seconds)} of training, one run at a time "
                      f"(evaluation and start-up not included), from the {pipeline} pipeline's "
                      f"TFLOP/s in {bench_notes}: {figures[0]}")
     device = runs[0].cfg.device
     if device == "cpu" or device == "auto" and not visible_gpus():
+        cores = os.cpu_count() or 1
+        threads = max(1, cores // jobs)
+        sources = sorted(glob.glob(MEASURED_RUNS)) + [
+            p for p in [os.path.join(runs[0].cfg.results_dir, "final_data.csv")] if os.path.isfile(p)]
+        source, speeds = latest_speeds(sources, threads)
+        if speeds:
+            sources = [source]
+            seconds = projected_from_runs(runs, speeds, jobs, threads)
+            lines.append(f"projected CPU time: {duration(seconds)} wall with --jobs {jobs} on "
+                         f"{cores} cores (training and evaluation; start-up not included), from "
+                         f"the measured wall times of finished {threads}-thread CPU runs of "
+                         f"{len(speeds)} sizes in {', '.join(os.path.relpath(p) for p in sources)}"
+                         f" (between sizes, interpolated by FLOPs per image)")
         figures = bench_figures(bench_notes, on_cpu=True)
         seconds = projected_cpu_s(runs, figures[1], pipeline, jobs) if figures else None
         if seconds is None:
@@ -486,7 +587,8 @@ def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> 
                          f"eval_s for the {pipeline} pipeline in {bench_notes} (python bench.py "
                          f"--device cpu measures them)")
         else:
-            lines.append(f"projected CPU time: {seconds / 60:,.0f} min wall with --jobs {jobs} "
+            lines.append(f"{'bench.py alone projects' if speeds else 'projected CPU time'}: "
+                         f"{duration(seconds)} wall with --jobs {jobs} "
                          f"on {os.cpu_count()} cores (training and evaluation; start-up not "
                          f"included), from the {pipeline} pipeline's images_per_s and eval_s in "
                          f"{bench_notes}: {figures[0]}")
@@ -729,19 +831,25 @@ def collect(results_dir: str, dry_run: bool = False) -> tuple:
     if not rows:
         raise PlanError(f"no run summaries under {results_dir}/runs/")
     rows.sort(key=lambda r: r.get("timestamp", ""))
-    columns = list(dict.fromkeys(k for row in rows for k in row))
     target = os.path.join(results_dir, "final_data.csv")
-    backup, orphans = None, []
+    refused = records.writable_file_error(target, "collect: results file")
+    if refused and os.path.exists(target) or os.path.isdir(target):
+        raise PlanError(f"{refused}; final_data.csv must be a regular file (move what is there "
+                        f"aside and rerun collect)")
+    backup, orphans, kept = None, [], []
     with contextlib.nullcontext() if dry_run else file_lock(target):  # a lock file is a write
         if os.path.exists(target):
             backup = keep_backup(target) if not dry_run else None
             try:
-                old = {r.get("run_name") for r in read_csv(target)}
+                old_rows = read_csv(target)
             except (OSError, UnicodeDecodeError, csv.Error):
-                old = set()  # unreadable: all of it stays in the backup
-            orphans = sorted(name for name in old - {r["run_name"] for r in rows} if name)
+                old_rows = []  # unreadable: all of it stays in the backup
+            orphans = sorted({r.get("run_name") for r in old_rows} - {r["run_name"] for r in rows}
+                             - {None, ""})
+            kept = keep_hand_columns(rows, old_rows)
+        columns = list(dict.fromkeys(k for row in rows for k in row))
         if dry_run:
-            return len(rows), None, orphans
+            return len(rows), None, orphans, kept
         try:
             write_csv(target, rows, columns)
         except OSError as e:
@@ -750,23 +858,37 @@ def collect(results_dir: str, dry_run: bool = False) -> tuple:
             if not records.is_disk_full(e):
                 raise PlanError(message) from None
             disk_full_exit(message)
-    return len(rows), backup, orphans
+    return len(rows), backup, orphans, kept
+
+
+def keep_hand_columns(rows: list, old_rows: list) -> list:
+    """Columns of the old final_data.csv that no summary has (a `my_notes` added by hand): their
+    values are carried into the rebuilt rows of the same run_name. Returns their names."""
+    known = {k for row in rows for k in row}
+    extra = list(dict.fromkeys(k for row in old_rows for k in row if k and k not in known))
+    by_name = {r.get("run_name"): r for r in old_rows}
+    for row in rows:
+        old = by_name.get(row["run_name"], {})
+        row.update({k: old.get(k) or "" for k in extra})
+    return extra
 
 
 def keep_backup(path: str) -> str:
-    """A second name for `path` (a hard link: no copy, no space), unique even for two collects in
-    one second; the file under it is never replaced."""
+    """A second name for the bytes at `path` (a hard link to the file itself, not to a symbolic
+    link that names it: no copy, no space), unique even for two collects in one second; the file
+    under it is never replaced (the rewrite puts a new file in its place)."""
     stamp = time.strftime("%Y%m%dT%H%M%S")
+    real = os.path.realpath(path)
     for i in itertools.count():
         backup = f"{path}.{stamp}{f'.{i}' if i else ''}.bak"
         try:
-            os.link(path, backup)
+            os.link(real, backup)
             return backup
         except FileExistsError:
             continue
-        except OSError:  # a file system without hard links
+        except OSError:  # a file system without hard links, or the file on another one
             if not os.path.exists(backup):
-                shutil.copy2(path, backup)
+                shutil.copy2(real, backup)
                 return backup
 
 
@@ -1076,21 +1198,24 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         if args.plan == "collect":
-            count, backup, orphans = collect(args.results_dir, args.dry_run)
+            count, backup, orphans, kept = collect(args.results_dir, args.dry_run)
             verb = "would rebuild (--dry_run: nothing written)" if args.dry_run else "rebuilt"
             print(f"{verb} {args.results_dir}/final_data.csv from {count} run summaries"
                   + (f"; the old file is kept as {backup}" if backup else ""))
+            if kept:
+                print(f"column(s) added by hand kept from the old file: {', '.join(kept)}",
+                      file=sys.stderr)
             if orphans:
                 kept = f"they stay in {backup}" if backup else "the file is left as it is"
                 print(f"{len(orphans)} rows of the old file have no run summary and are left out "
                       f"({kept}): {', '.join(orphans)}", file=sys.stderr)
             return
         runs, dropped = plan(args)
-    except PlanRefused as e:
-        print(f"error: {e}", file=sys.stderr)
+    except PlanRefused as e:   # as argparse's own refusals: the command's name first
+        print(f"sweep.py: error: {e}", file=sys.stderr)
         sys.exit(2)
     except PlanError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"sweep.py: error: {e}")
     if args.plan in STUDIES and dropped:  # by design: the ladder is wider than any one budget
         print(f"{len(dropped)} (budget, width) pairs of `sweep.py {args.plan}`'s compute plans "
               f"are off their budget or need D or epochs out of range, and are left out "

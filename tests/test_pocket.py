@@ -7,6 +7,7 @@ import pytest
 
 import analysis
 
+import records
 import sweep
 import train
 from model import num_params
@@ -100,6 +101,7 @@ BENCH = """# Benchmarks
 def test_pocket_dry_run_projects_cpu_time_from_bench_figures(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sweep, "visible_gpus", lambda: None)
     monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(sweep, "MEASURED_RUNS", str(tmp_path / "none" / "*.csv"))  # no runs yet
     notes = tmp_path / "benchmarks.md"
     notes.write_text(BENCH)
     sweep.main(["pocket", "--dry_run", "--results_dir", str(tmp_path / "r"),
@@ -115,14 +117,58 @@ def test_pocket_dry_run_projects_cpu_time_from_bench_figures(tmp_path, capsys, m
         large = abs(math.log(sweep.flops_per_image("cnn", 24, 1, False) / far))
         ips, eval_s = (5000, 0.5) if small < large else (500, 7.5)
         total_s += 10 * r.cfg.dataset_size / ips + 5 * eval_s
-    assert f"projected CPU time: {total_s / 2 / 60:,.0f} min wall with --jobs 2 on 2 cores" in err
+    assert f"projected CPU time: {sweep.duration(total_s / 2)} wall with --jobs 2 on 2 cores" in err
     assert "compute budgets: C=1.3e+08 5 model sizes, C=2.7e+08 6 model sizes, C=5.5e+08 5" in err
     assert not (tmp_path / "r").exists()
     # A table measured with both threads in one training runs one training at a time.
     notes.write_text(BENCH.replace("| 1 |\n", "| 2 |\n"))
     sweep.main(["pocket", "--dry_run", "--jobs", "2", "--results_dir", str(tmp_path / "r"),
                 "--bench_notes", str(notes)])
-    assert f"projected CPU time: {total_s / 60:,.0f} min wall" in capsys.readouterr().err
+    assert f"projected CPU time: {sweep.duration(total_s)} wall" in capsys.readouterr().err
+
+
+def measured_row(width, depth, D, epochs, train_s, wall_s, threads=1, test_freq=10,
+                 timestamp="2026-12-02T18:00:00+0000"):
+    return dict(run_name=f"r{width}x{depth}_{D}_{epochs}", status="finished", device="cpu",
+                num_threads=threads, flops_per_image=sweep.flops_per_image("cnn", width, depth, False),
+                D=D, epochs=epochs, train_time_s=train_s, wall_time_s=wall_s, test_freq=test_freq,
+                timestamp=timestamp)
+
+
+def test_dry_run_projects_cpu_time_from_the_measured_wall_times_of_finished_runs(
+        tmp_path, capsys, monkeypatch):
+    """Two sizes measured (2x1 at 100 us an image, 24x1 at 1 ms; 5 evaluations of 1 s and 10 s):
+    every planned run at its size's speed, sizes between them on the log-log line through them,
+    two at once on 2 cores; the most recent file's runs, not a blend of two machines'."""
+    monkeypatch.setattr(sweep, "visible_gpus", lambda: None)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
+    rows = [measured_row(2, 1, 10_000, 10, 10.0, 15.0), measured_row(24, 1, 10_000, 10, 100.0, 150.0)]
+    study = tmp_path / "Notes" / "study"
+    study.mkdir(parents=True)
+    records.write_csv(str(study / "final_data.csv"), rows, list(rows[0]))
+    older = tmp_path / "Notes" / "older"
+    older.mkdir()
+    slow = [dict(r, train_time_s=10 * float(r["train_time_s"]), timestamp="2026-11-01T00:00:00+0000")
+            for r in rows]
+    records.write_csv(str(older / "final_data.csv"), slow, list(rows[0]))
+    monkeypatch.setattr(sweep, "MEASURED_RUNS", str(tmp_path / "Notes" / "*" / "final_data.csv"))
+    sweep.main(["pocket", "--dry_run", "--results_dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    runs, _ = pocket(tmp_path / "r")
+    small, large = (sweep.flops_per_image("cnn", w, 1, False) for w in (2, 24))
+    total_s = 0.0
+    for r in runs:
+        f = sweep.flops_per_image("cnn", r.cfg.width, 1, False)
+        share = math.log(f / small) / math.log(large / small)   # 0 at 2x1, 1 at 24x1
+        per_image, per_eval = 1e-3 * 10 ** (share - 1), 10 ** share
+        total_s += r.cfg.dataset_size * 10 * per_image + 5 * per_eval
+    assert f"projected CPU time: {sweep.duration(total_s / 2)} wall with --jobs 2 on 2 cores" in err
+    assert "runs of 2 sizes in " in err and "study/final_data.csv" in err and "older" not in err
+
+
+def test_durations_are_shown_in_a_unit_that_shows_them():
+    assert [sweep.duration(s) for s in (0.4, 42, 600, 7200, 4 * 3600)] == \
+        ["0 s", "42 s", "10 min", "120 min", "4.0 h"]
 
 
 def test_pocket_runs_record_the_last_evaluation_and_their_threads():

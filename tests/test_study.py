@@ -160,12 +160,12 @@ def test_dry_run_projects_gpu_time_from_measured_figures(tmp_path, capsys):
     out = dry_run(["grid", "--widths", "32", "--dataset_sizes", "1000", "--num_epochs", "3"],
                   tmp_path, capsys, notes)
     seconds = 3 * sweep.flops_per_image("cnn", 32, 2, False) * 1000 * 3 / 20e12
-    assert f"projected GPU time: {seconds / 3600:.2f} h" in out.err
+    assert f"projected GPU time: {sweep.duration(seconds)} of training" in out.err
     assert "default pipeline's TFLOP/s" in out.err and "NVIDIA H100" in out.err
     out = dry_run(["grid", "--widths", "32", "--dataset_sizes", "1000", "--num_epochs", "3"],
                   tmp_path, capsys, notes, ["--", "--no-deterministic", "--precision=bf16",
                                             "--channels_last", "--compile=reduce-overhead"])
-    assert f"projected GPU time: {seconds / 5 / 3600:.2f} h" in out.err  # the fast pipeline's figure
+    assert f"projected GPU time: {sweep.duration(seconds / 5)}" in out.err  # the fast pipeline's figure
 
 
 def test_study_resumes_skipping_finished_runs(tmp_path, capsys, monkeypatch):
