@@ -135,7 +135,8 @@ class AirbenchConfig:
     seed: int = hp(0, "seed of init, data order and augmentation (first of --runs seeds)", min=0,
                    max=MAX_SEED)
     # --- the recipe (paper's values) ---
-    num_epochs: float = hp(9.9, "epochs, fractional: the last one stops part-way", min=0.01)
+    num_epochs: float = hp(9.9, "epochs, fractional: the last one stops part-way (at most "
+                                "1,000: 100x the recipe's, hours on a GPU)", min=0.01, max=1000.0)
     batch_size: int = hp(1024, "images per step (last partial batch of an epoch dropped)", min=1)
     lr: float = hp(11.5, "peak lr per 1024 examples, divided by kilostep_scale for torch", min=0.0)
     momentum: float = hp(0.85, "Nesterov momentum", min=0.0, max=0.999)

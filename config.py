@@ -252,6 +252,8 @@ def config_id(cfg: Config) -> str:
             and getattr(cfg, f.name) != f.metadata.get("neutral", NO_NEUTRAL)}
     if getattr(cfg, "loader", None) == "torchvision":  # workers draw the transforms' random stream
         keys["num_workers"] = cfg.num_workers
+    if 0 < keys.get("val_size", 0) < 1:   # 0.1 of the 50,000 is the split of --val_size 5000
+        keys["val_size"] = float(data.val_count(keys["val_size"], data.NUM_TRAIN))
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
 
 

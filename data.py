@@ -14,6 +14,7 @@ import functools
 import hashlib
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,14 +74,27 @@ def _read_batch(path: str):
 
 
 def download_cifar10(data_dir: str) -> None:
-    """Fetch and unpack the official archive (md5-checked) into data_dir."""
+    """Fetch and unpack the official archive (md5-checked) into data_dir. A failure leaves no
+    trace: a data_dir it created is removed, and in one that existed the archive it began."""
     from torchvision.datasets.utils import download_and_extract_archive
-    download_and_extract_archive(CIFAR10_URL, download_root=data_dir, md5=CIFAR10_MD5)
+    archive = os.path.join(data_dir, os.path.basename(CIFAR10_URL))
+    had_folder, had_archive = os.path.exists(data_dir), os.path.exists(archive)
+    try:
+        download_and_extract_archive(CIFAR10_URL, download_root=data_dir, md5=CIFAR10_MD5)
+    except BaseException:
+        if not had_folder:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        elif not had_archive and os.path.isfile(archive):
+            os.remove(archive)
+        raise
 
 
 def load_cifar10(data_dir: str = "data", download: bool = True) -> CIFAR10:
     """All of CIFAR-10 from data_dir/cifar-10-batches-py (the official python layout), fetched
     first if absent."""
+    if not data_dir.strip():   # os.path.join would read it as the current folder
+        raise DataError("--data_dir is empty: name the folder that holds (or will hold) "
+                        f"{BATCHES_DIR}/, e.g. data")
     folder = os.path.join(data_dir, BATCHES_DIR)
     paths = [os.path.join(folder, name) for name in TRAIN_FILES + [TEST_FILE]]
     for path in (data_dir, folder):

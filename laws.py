@@ -290,7 +290,7 @@ def _m4_solve(theta, log_x, ceiling):
 def _m4_invert(E, alpha, log_h, ceiling):
     """L from (L - E)/(L0 - L)^alpha = h, given log h. With L = E + (L0 - E)·s the left side
     rises with s, so bisect on logit(s): precise near both ends."""
-    span = math.log(ceiling - E)
+    span = np.log(ceiling - E)
     lo, hi = np.full_like(log_h, -60.0), np.full_like(log_h, 60.0)
 
     def g(t):   # rises with t: d/dt = sigmoid(-t) + alpha·sigmoid(t) > 0
@@ -1288,13 +1288,20 @@ def _terms(rng, x, L, count):
     return exponent, share + exponent * np.median(x)
 
 
+def _unpack(theta):
+    """A form's parameters, each a scalar for one theta (p,) or a column (K, 1) for K of them
+    (K, p), so every form evaluates K laws on n points at once as (K, n) arrays."""
+    theta = np.asarray(theta, float)
+    return [theta[..., i, None] if theta.ndim > 1 else theta[i] for i in range(theta.shape[-1])]
+
+
 def _additive_log_L(theta, x, L0, jac=False):
-    E, log_A, alpha, log_B, beta = theta
+    E, log_A, alpha, log_B, beta = _unpack(theta)
     a, b = np.exp(log_A - alpha * x.log_N), np.exp(log_B - beta * x.log_T)
     L = E + a + b
     if not jac:
         return np.log(L)
-    J = np.stack([np.ones_like(a), a, -x.log_N * a, b, -x.log_T * b], 1) / L[:, None]
+    J = np.stack(np.broadcast_arrays(1.0, a, -x.log_N * a, b, -x.log_T * b), -1) / L[..., None]
     return np.log(L), J, -alpha * a / L
 
 
@@ -1305,13 +1312,14 @@ def _additive_start(rng, x, L, L0):
 
 
 def _kaplan_log_L(theta, x, L0, jac=False):
-    log_Nc, alpha_N, log_Dc, alpha_D = theta
+    log_Nc, alpha_N, log_Dc, alpha_D = _unpack(theta)
     u, v = alpha_N / alpha_D * (log_Nc - x.log_N), log_Dc - x.log_T
     inner = np.logaddexp(u, v)
     if not jac:
         return alpha_D * inner
     pu, pv = np.exp(u - inner), np.exp(v - inner)
-    J = np.stack([alpha_N * pu, pu * (log_Nc - x.log_N), alpha_D * pv, inner - pu * u], 1)
+    J = np.stack(np.broadcast_arrays(alpha_N * pu, pu * (log_Nc - x.log_N), alpha_D * pv,
+                                     inner - pu * u), -1)
     return alpha_D * inner, J, -alpha_N * pu
 
 
@@ -1326,14 +1334,14 @@ def _kaplan_start(rng, x, L, L0):
 def _rosenfeld_log_L(theta, x, L0, jac=False):
     """Rosenfeld et al.'s envelope L0·|u/(u - i·eta)| in log, eta absorbed into u (only u/eta is
     identified)."""
-    c_inf, log_a, alpha, log_b, beta = theta
+    c_inf, log_a, alpha, log_b, beta = _unpack(theta)
     a, b = np.exp(log_a - alpha * x.log_T), np.exp(log_b - beta * x.log_N)
     u = c_inf + a + b
     log_L = math.log(L0) + np.log(u) - 0.5 * np.log1p(u * u)
     if not jac:
         return log_L
     g = 1 / (u * (1 + u * u))   # d log L / du
-    J = g[:, None] * np.stack([np.ones_like(u), a, -x.log_T * a, b, -x.log_N * b], 1)
+    J = g[..., None] * np.stack(np.broadcast_arrays(1.0, a, -x.log_T * a, b, -x.log_N * b), -1)
     return log_L, J, -g * beta * b
 
 
@@ -1346,7 +1354,7 @@ def _rosenfeld_start(rng, x, L, L0):
 
 
 def _m4_joint_log_L(theta, x, L0, jac=False):
-    E, log_A, alpha, log_B, beta, shape = theta
+    E, log_A, alpha, log_B, beta, shape = _unpack(theta)
     A, B = np.exp(log_A - alpha * x.log_N), np.exp(log_B - beta * x.log_T)
     h = A + B
     L = _m4_invert(E, shape, np.log(h), L0)
@@ -1354,9 +1362,9 @@ def _m4_joint_log_L(theta, x, L0, jac=False):
         return np.log(L)
     # implicit: F = log(L - E) - shape·log(L0 - L) - log h = 0, dL = -dF/F_L
     F_L = 1 / (L - E) + shape / (L0 - L)
-    dF = np.stack([-1 / (L - E), -A / h, x.log_N * A / h, -B / h, x.log_T * B / h,
-                   -np.log(L0 - L)], 1)
-    J = -dF / (F_L * L)[:, None]
+    dF = np.stack(np.broadcast_arrays(-1 / (L - E), -A / h, x.log_N * A / h, -B / h,
+                                      x.log_T * B / h, -np.log(L0 - L)), -1)
+    J = -dF / (F_L * L)[..., None]
     return np.log(L), J, -(alpha * A / h) / (F_L * L)
 
 
@@ -1371,7 +1379,7 @@ def _m4_joint_start(rng, x, L, L0):
 
 
 def _bryant_liu_log_L(theta, x, L0, jac=False):
-    E, log_a, alpha, log_b, beta, log_c, gamma, delta = theta
+    E, log_a, alpha, log_b, beta, log_c, gamma, delta = _unpack(theta)
     a, b = np.exp(log_a - alpha * x.log_N), np.exp(log_b - beta * x.log_T)
     c = np.exp(log_c + gamma * x.log_N - delta * x.log_D)
     h = a + b + c
@@ -1379,8 +1387,9 @@ def _bryant_liu_log_L(theta, x, L0, jac=False):
     if not jac:
         return np.log(L)
     dh = (L0 - E) / (1 + h) ** 2 / L     # d log L / dh
-    J = np.stack([(1 - h / (1 + h)) / L, dh * a, -dh * a * x.log_N, dh * b, -dh * b * x.log_T,
-                  dh * c, dh * c * x.log_N, -dh * c * x.log_D], 1)
+    J = np.stack(np.broadcast_arrays((1 - h / (1 + h)) / L, dh * a, -dh * a * x.log_N, dh * b,
+                                     -dh * b * x.log_T, dh * c, dh * c * x.log_N,
+                                     -dh * c * x.log_D), -1)
     return np.log(L), J, dh * (gamma * c - alpha * a)
 
 
@@ -1573,8 +1582,13 @@ def _points(N, D, T, depth, depth_ref, theta) -> Points:
     return Points(log_N, np.log(np.asarray(D, float)), np.log(np.asarray(T, float)))
 
 
+FORM_MAX_ITER = 500   # Levenberg-Marquardt iterations; warm-started refits need a few
+
+
 class _FormProblem:
-    """Residuals log L(theta) - log L and their Jacobian for one form on one set of points."""
+    """Residuals log L(theta) - log L and their Jacobian for one form on one set of points; and
+    the same least squares for K laws at once (bootstrap resamples, leave-one-out refits,
+    starting points), solved together by bfgs_batched."""
 
     def __init__(self, spec, N, D, T, depth, depth_ref, log_L, L0):
         self.spec, self.L0, self.log_L, self.p = spec, L0, log_L, len(spec.params)
@@ -1584,7 +1598,8 @@ class _FormProblem:
     def _x(self, theta):
         if self.depth_log is None:
             return self.x
-        return Points(self.x.log_N + theta[-1] * self.depth_log, self.x.log_D, self.x.log_T)
+        kappa = theta[..., -1, None] if theta.ndim > 1 else theta[-1]
+        return Points(self.x.log_N + kappa * self.depth_log, self.x.log_D, self.x.log_T)
 
     def residuals(self, theta):
         with np.errstate(all="ignore"):
@@ -1599,7 +1614,8 @@ class _FormProblem:
         return np.where(np.isfinite(J), J, 0.0)
 
     def fit(self, starts, lower, upper):
-        """The best least-squares optimum from the starts: (theta, cost), or None."""
+        """The best least-squares optimum from the starts (scipy's trust region, to polish one
+        law): (theta, cost), or None."""
         best = None
         for theta0 in starts:
             try:
@@ -1613,6 +1629,89 @@ class _FormProblem:
             if np.isfinite(fit.cost) and (best is None or fit.cost < best[1]):
                 best = (fit.x, float(fit.cost))
         return best
+
+    def batched(self, targets, weights):
+        """fun(theta (k, p), rows) -> (weighted residuals sqrt(w)·r (k, n), their Jacobian
+        (k, n, p)) for levenberg_marquardt_batched: problem `row` fits targets[row] with
+        weights[row] (bootstrap counts, 0 for a point left out)."""
+        def fun(theta, rows):
+            with np.errstate(all="ignore"):
+                log_L, J, d_log_N = self.spec.log_L(theta[:, :self.p], self._x(theta), self.L0,
+                                                    jac=True)
+                if self.depth_log is not None:
+                    J = np.concatenate([J, (d_log_N * self.depth_log)[..., None]], -1)
+                root_w = np.sqrt(weights[rows])
+                r = root_w * (log_L - targets[rows])
+                J = root_w[..., None] * J
+            return r, J
+        return fun
+
+    def solve(self, starts, targets, weights, lower, upper):
+        """Least squares from each start, row k fitting targets[k] with weights[k], all at once:
+        (thetas, sums of weighted squared residuals, converged)."""
+        starts = np.atleast_2d(starts)
+        targets, weights = np.broadcast_to(targets, (len(starts), len(self.log_L))), \
+            np.broadcast_to(weights, (len(starts), len(self.log_L)))
+        return levenberg_marquardt_batched(self.batched(targets, weights), starts, lower, upper)
+
+
+def levenberg_marquardt_batched(fun, theta, lower, upper, max_iter=FORM_MAX_ITER):
+    """Minimise |r(theta)|² for K independent least-squares problems at once by
+    Levenberg-Marquardt (Marquardt's scaling of the damping by diag(JᵀJ); Nocedal & Wright 2006,
+    ch. 10), trial points clipped to the bounds: Gauss-Newton steps converge in tens of iterations
+    where BFGS on these ill-conditioned laws (scales in log, exponents) took thousands.
+    fun(theta (k, p), rows) -> (r (k, n), J (k, n, p)). Returns (theta, cost, converged): a
+    problem converges when a step no longer lowers its cost by 1e-12 of it and its projected
+    gradient is small, or its damping grows past any useful step."""
+    theta = np.clip(np.array(theta, float), lower, upper)
+    K, p = theta.shape
+
+    def evaluate(t, rows):
+        r, J = fun(t, rows)
+        cost = (r * r).sum(1)
+        bad = ~(np.isfinite(cost) & np.isfinite(J).all((1, 2)))
+        cost[bad] = np.inf
+        return r, np.where(np.isfinite(J), J, 0.0), cost
+
+    r, J, cost = evaluate(theta, np.arange(K))
+    damping = np.full(K, 1e-3)
+    active = np.isfinite(cost)
+    converged = np.zeros(K, bool)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        Ja, ra = J[idx], r[idx]
+        A = np.einsum("knp,knq->kpq", Ja, Ja)
+        g = np.einsum("knp,kn->kp", Ja, ra)
+        # a parameter on a bound that the gradient pushes through stays there: no step for it
+        pinned = ((theta[idx] <= lower) & (g > 0)) | ((theta[idx] >= upper) & (g < 0))
+        scale = np.maximum(np.einsum("kpp->kp", A), 1e-12)
+        system = A + damping[idx, None, None] * scale[:, :, None] * np.eye(p)
+        system[pinned] = 0.0
+        system[np.nonzero(pinned)[0], np.nonzero(pinned)[1], np.nonzero(pinned)[1]] = 1.0
+        rhs = np.where(pinned, 0.0, -g)
+        try:
+            step = np.linalg.solve(system, rhs[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = np.stack([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(system, rhs)])
+        trial = np.clip(theta[idx] + step, lower, upper)
+        r2, J2, cost2 = evaluate(trial, idx)
+        better = cost2 < cost[idx]
+        gain = cost[idx] - cost2
+        keep = idx[better]
+        theta[keep], r[keep], J[keep] = trial[better], r2[better], J2[better]
+        # done: a step gains under 1e-9 of the cost (a creep along a flat valley, far inside the
+        # bootstrap's spread), or no step, however short, lowers it (a minimum)
+        small = better & (gain <= 1e-9 * np.maximum(cost2, 1e-300)) | \
+            (np.abs(step) <= 1e-12 * (1 + np.abs(theta[idx]))).all(1)
+        cost[keep] = cost2[better]
+        damping[keep] = np.maximum(damping[keep] / 3, 1e-12)
+        damping[idx[~better]] *= 4
+        done = small | (damping[idx] > 1e12)
+        converged[idx[done]] = True
+        active[idx[done]] = False
+    return theta, cost, converged & np.isfinite(cost)
 
 
 def fit_form(form: str, N, D, T, L, *, depth=None, depth_term=False, L0=math.log(10),
@@ -1635,15 +1734,20 @@ def fit_form(form: str, N, D, T, L, *, depth=None, depth_term=False, L0=math.log
     log_L = np.log(L)
     lower, upper = spec.bounds(L, L0, depth_term)
     problem = _FormProblem(spec, N, D, T, depth, depth_ref, log_L, L0)
-    candidates = [np.append(spec.start(rng, problem.x, L, L0), [0.0] * depth_term)
-                  for _ in range(FORM_CANDIDATES)]
-    costs = [float(np.sum(problem.residuals(np.clip(c, lower, upper)) ** 2)) for c in candidates]
-    starts = [candidates[i] for i in np.argsort(costs)[:FORM_STARTS]]
-    best = problem.fit(starts + ([np.asarray(start, float)] if start is not None else []),
-                       lower, upper)
-    if best is None:
+    candidates = np.clip([np.append(spec.start(rng, problem.x, L, L0), [0.0] * depth_term)
+                          for _ in range(FORM_CANDIDATES)], lower, upper)
+    residuals, _ = problem.batched(log_L[None], np.ones((1, len(L))))(
+        candidates, np.zeros(len(candidates), int))
+    costs = np.where(np.isfinite(residuals).all(1), (residuals ** 2).sum(1), np.inf)
+    starts = candidates[np.argsort(costs)[:FORM_STARTS]]
+    if start is not None:
+        starts = np.vstack([starts, np.clip(start, lower, upper)])
+    thetas, values, _ = problem.solve(starts, log_L, 1.0, lower, upper)
+    if not np.isfinite(values).any():
         raise FitError(f"the {form} form: no start converged")
-    theta = best[0]
+    polished = problem.fit([thetas[np.argmin(values)]], lower, upper)
+    theta = polished[0] if polished is not None and 2 * polished[1] <= values.min() else \
+        thetas[np.argmin(values)]   # scipy's cost is half the sum of squares
     log_fitted = log_L + problem.residuals(theta)
     ranges = {name: (float(v.min()), float(v.max())) for name, v in
               (("N", N), ("D", D), ("T", T)) + ((("depth", depth),) if depth is not None else ())}
@@ -1657,19 +1761,10 @@ def fit_form(form: str, N, D, T, L, *, depth=None, depth_term=False, L0=math.log
         return fitted
     weights, targets, fitted.inflation = resample(mode, n_boot, rng, log_L, log_fitted, noise,
                                                   n_params)
-    samples = []
-    for w, target in zip(weights, targets):
-        pick = np.repeat(np.arange(len(L)), w.astype(int))
-        refit = None
-        if np.unique(pick).size > n_params:
-            refit = _FormProblem(spec, N[pick], D[pick], T[pick],
-                                 None if depth is None else depth[pick], depth_ref, target[pick],
-                                 L0).fit([theta], lower, upper)
-        if refit is None:
-            fitted.dropped += 1
-        else:
-            samples.append(refit[0])
-    fitted.samples = np.array(samples).reshape(-1, len(theta))
+    enough = (weights > 0).sum(1) > n_params
+    boot, _, converged = problem.solve(np.tile(theta, (n_boot, 1)), targets, weights, lower, upper)
+    kept = enough & converged
+    fitted.samples, fitted.dropped = boot[kept], int((~kept).sum())
     fitted.bootstrap = mode
     return fitted
 
@@ -1835,28 +1930,27 @@ def check_form(full: FormFit, N, D, T, L, *, depth=None, noise: Optional[Noise] 
 
 
 def _leave_one_out(full, N, D, T, L, depth, point_sd, seed) -> HoldoutCheck:
+    """Every configuration left out in turn: n refits warm-started from the full fit, solved
+    together (one batched least squares of n problems)."""
     n = len(L)
     spec = full.spec
-    lower, upper = spec.bounds(L, full.L0, full.depth_ref is not None)
-    log_refit = np.full(n, np.nan)
+    depth_term = full.depth_ref is not None
+    lower, upper = spec.bounds(L, full.L0, depth_term)
+    problem = _FormProblem(spec, N, D, T, depth, full.depth_ref, np.log(L), full.L0)
+    refits, _, converged = problem.solve(np.tile(full.theta, (n, 1)), np.log(L), 1 - np.eye(n),
+                                         lower, upper)
     bounded, floors = set(), set()
-    for i in range(n):
-        keep = np.arange(n) != i
-        problem = _FormProblem(spec, N[keep], D[keep], T[keep],
-                               None if depth is None else depth[keep], full.depth_ref,
-                               np.log(L[keep]), full.L0)
-        best = problem.fit([full.theta], lower, upper)
-        if best is None:
-            continue
-        on, at_zero = _form_bounds(best[0], lower, upper, spec, full.depth_ref is not None)
+    for theta in refits[converged]:
+        on, at_zero = _form_bounds(theta, lower, upper, spec, depth_term)
         bounded.update(on)
         floors.update(at_zero)
-        log_refit[i] = full.log_predict(N[[i]], D[[i]], T[[i]],
-                                        None if depth is None else depth[[i]], best[0])[0]
-    ok = np.isfinite(log_refit)
+    log_refit = np.array([full.log_predict(N[[i]], D[[i]], T[[i]],
+                                           None if depth is None else depth[[i]], refits[i])[0]
+                          for i in range(n)])
+    ok = converged & np.isfinite(log_refit)
     interval = None
     if len(full.samples):
-        rng = stream(seed, "leave one out", full.form, full.depth_ref is not None)
+        rng = stream(seed, "leave one out", full.form, depth_term)
         spread = np.stack([full.log_predict(N, D, T, depth, theta) for theta in full.samples]) \
             - full.log_predict(N, D, T, depth)
         sd = np.zeros(n) if point_sd is None else np.nan_to_num(point_sd)

@@ -1133,7 +1133,7 @@ def parse_args(argv=None):
     args.seeds = args.seeds or [0]
     args.budgets = args.budgets or DEFAULT_BUDGETS
     args.tradeoff = args.tradeoff or "data"
-    args.min_dataset_size = args.min_dataset_size or 1
+    args.min_dataset_size = 1 if args.min_dataset_size is None else args.min_dataset_size
     args.dataset_sizes_given = args.dataset_sizes is not None
     if args.plan == "grid" and args.grid_values:
         # A grid of other settings (lr x momentum, presets) leaves the size to train.py (or the
@@ -1155,6 +1155,9 @@ def parse_args(argv=None):
         parser.error("--max_bundle must be >= 1")
     if not 0 < args.tolerance < 1:
         parser.error("--tolerance must be in (0, 1)")
+    if not 1 <= args.min_dataset_size <= NUM_TRAIN:
+        parser.error(f"--min_dataset_size {args.min_dataset_size:,} must be within 1..{NUM_TRAIN:,} "
+                     f"(the training images there are)")
     return args
 
 

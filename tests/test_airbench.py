@@ -564,3 +564,14 @@ def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
     assert exit_.value.code == 130  # 128 + SIGINT, as train.py and sweep.py exit
     assert f"airbench.py: stopped by SIGINT; 1 of 3 run(s) finished (kept in {tmp_path}); the " \
         "one in progress is lost" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("epochs", ["1e30", "1e6", "inf"])
+def test_an_endless_number_of_epochs_is_refused_naming_the_flag(epochs, tmp_path, capsys):
+    """1e30 epochs planned 10^31 steps and trained forever; now one line before any work."""
+    with pytest.raises(SystemExit) as stop:
+        ab.main(["--num_epochs", epochs, "--results_dir", str(tmp_path / "r"), "--device", "cpu"])
+    assert stop.value.code not in (0, None)
+    message = str(stop.value.code) + capsys.readouterr().err
+    assert "--num_epochs" in message and ("1000" in message or "finite" in message)
+    assert not (tmp_path / "r").exists()

@@ -156,3 +156,33 @@ def test_offsets_match_torchvision_random_crop_distribution():
     b = torch.bincount(dy * 9 + dx, minlength=81).double()
     chi2 = (((a - b) ** 2) / (a + b)).sum().item()  # ~chi2(80) if both are the same distribution
     assert a.min() > 0 and b.min() > 0 and chi2 < 140
+
+
+def test_an_empty_data_dir_is_refused_naming_the_flag(tmp_path):
+    with pytest.raises(data.DataError, match="--data_dir is empty"):
+        data.load_cifar10("")
+    with pytest.raises(data.DataError, match="--data_dir is empty"):
+        data.load_cifar10("  ")
+
+
+def test_a_failed_download_leaves_no_folder_or_archive_behind(tmp_path, monkeypatch):
+    """Offline: the download fails; a data folder it created is gone again, and in a folder that
+    was there only what was there stays (no half archive)."""
+    import torchvision.datasets.utils as tv
+
+    def failing(url, download_root, md5):
+        os.makedirs(download_root, exist_ok=True)
+        with open(os.path.join(download_root, os.path.basename(url)), "wb") as f:
+            f.write(b"half an archive")
+        raise OSError("no network")
+    monkeypatch.setattr(tv, "download_and_extract_archive", failing)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(data.DataError, match="could not be downloaded"):
+        data.load_cifar10(str(fresh))
+    assert not fresh.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "mine.txt").write_text("user's file")
+    with pytest.raises(data.DataError, match="could not be downloaded"):
+        data.load_cifar10(str(kept))
+    assert sorted(p.name for p in kept.iterdir()) == ["mine.txt"]

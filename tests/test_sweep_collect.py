@@ -58,3 +58,29 @@ def test_collect_refuses_a_folder_where_final_data_csv_should_be(tmp_path, capsy
     message = str(stop.value.code)
     assert "final_data.csv" in message and "folder" in message
     assert os.path.isdir(results / "final_data.csv")   # nothing moved or removed
+
+
+def test_a_validation_fraction_and_its_count_are_one_configuration(tmp_path, capsys):
+    """--val_size 0.1 carves the same 5,000 images as --val_size 5000: one config_id, and a grid
+    of both is refused as a repeat instead of training the split twice."""
+    import train
+    fraction, count = (train.parse_config(["--val_size", v, "--dataset_size", "1000"])
+                       for v in ("0.1", "5000"))
+    assert train.config_id(fraction) == train.config_id(count)
+    assert train.run_name(fraction) == train.run_name(count)
+    assert train.config_id(train.parse_config(["--val_size", "0.2", "--dataset_size", "1000"])) \
+        != train.config_id(count)
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["grid", "--val_size", "0.1,5000", "--dry_run", "--results_dir", str(tmp_path),
+                    "--", "--dataset_size=1000"])
+    assert stop.value.code == 2 and "repeats" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["60000", "0"])
+def test_a_minimum_dataset_size_beyond_the_data_is_refused_naming_the_flag(value, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["compute", "--min_dataset_size", value, "--dry_run", "--results_dir",
+                    str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--min_dataset_size" in err and "50,000" in err
