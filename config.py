@@ -117,9 +117,11 @@ class Config:
     data_dir: str = hp("data", "holds cifar-10-batches-py/ (downloaded there if absent)", result=False)
     results_dir: str = hp("results", "where runs/ and final_data.csv go", result=False)
     device: str = hp("auto", "auto (cuda if available), cpu, cuda, cuda:N, mps", result=False)
-    resume: bool = hp(False, "continue from this configuration's checkpoint if there is one", result=False)
+    resume: bool = hp(False, "continue this configuration's checkpoint quietly (a killed run's "
+                             "checkpoint is continued anyway, with a line saying so)", result=False)
     force: bool = hp(False, "retrain a configuration that already has a summary (replacing its "
-                            "row); without it such a run is skipped", result=False)
+                            "row), or start a killed one over; without it a finished run is "
+                            "skipped", result=False)
     keep_checkpoints: bool = hp(False, "keep the per-epoch checkpoint after the run finishes", result=False)
     log_grad_norms: bool = hp(False, "per-layer gradient norms (mean over the epoch's steps) as "
                                      "grad_norm_<layer> columns of the per-epoch CSV", result=False)
@@ -252,8 +254,9 @@ def config_id(cfg: Config) -> str:
             and getattr(cfg, f.name) != f.metadata.get("neutral", NO_NEUTRAL)}
     if getattr(cfg, "loader", None) == "torchvision":  # workers draw the transforms' random stream
         keys["num_workers"] = cfg.num_workers
-    if 0 < keys.get("val_size", 0) < 1:   # 0.1 of the 50,000 is the split of --val_size 5000
-        keys["val_size"] = float(data.val_count(keys["val_size"], data.NUM_TRAIN))
+    if keys.get("val_size", 0) > 0:   # --val_size 5000 is the split of 0.1 of the 50,000: hashed
+        # as the share it carves (0.1 stays 0.1, so the presets' run names do not change)
+        keys["val_size"] = data.val_count(keys["val_size"], data.NUM_TRAIN) / data.NUM_TRAIN
     return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -1265,8 +1265,9 @@ def _prediction_interval(fitted, N, D, sd, rng):
 # parameter more: networks of equal N but another depth may learn differently (Johnston's depth
 # and width exponents differ). Every form is fitted the same way: least squares on log L of
 # configuration means, from the best FORM_STARTS of FORM_CANDIDATES random starts (each term of a
-# start a random share of the observed losses), then the parametric bootstrap of the
-# single-variable laws, refits warm-started from the fit. Scales are stored as natural logs.
+# start a random share of the observed losses), polished by scipy's trust region; then the
+# parametric bootstrap of the single-variable laws, its refits warm-started from the fit and
+# solved together (levenberg_marquardt_batched). Scales are stored as natural logs.
 
 FORM_CANDIDATES, FORM_STARTS = 400, 12
 DEPTH_PARAM = "kappa"
@@ -1280,12 +1281,11 @@ class Points:
     log_T: np.ndarray
 
 
-def _terms(rng, x, L, count):
-    """Random starting exponents and the log-scales that make each term a random share (5-100%)
+def _term(rng, x, L):
+    """A random starting exponent and the log-scale that makes its term a random share (5-100%)
     of the typical loss at the typical x: a start whose terms are already the size of the data."""
-    exponent = rng.uniform(0.05, 1.2, count)
-    share = np.log(rng.uniform(0.05, 1.0, count) * np.median(L))
-    return exponent, share + exponent * np.median(x)
+    exponent = rng.uniform(0.05, 1.2)
+    return exponent, math.log(rng.uniform(0.05, 1.0) * np.median(L)) + exponent * np.median(x)
 
 
 def _unpack(theta):
@@ -1306,14 +1306,14 @@ def _additive_log_L(theta, x, L0, jac=False):
 
 
 def _additive_start(rng, x, L, L0):
-    alpha, log_A = _terms(rng, x.log_N, L, 1)
-    beta, log_B = _terms(rng, x.log_T, L, 1)
-    return np.array([rng.uniform(0, L.min()), log_A[0], alpha[0], log_B[0], beta[0]])
+    alpha, log_A = _term(rng, x.log_N, L)
+    beta, log_B = _term(rng, x.log_T, L)
+    return np.array([rng.uniform(0, L.min()), log_A, alpha, log_B, beta])
 
 
 def _kaplan_log_L(theta, x, L0, jac=False):
-    log_Nc, alpha_N, log_Dc, alpha_D = _unpack(theta)
-    u, v = alpha_N / alpha_D * (log_Nc - x.log_N), log_Dc - x.log_T
+    log_Nc, alpha_N, log_Tc, alpha_D = _unpack(theta)
+    u, v = alpha_N / alpha_D * (log_Nc - x.log_N), log_Tc - x.log_T
     inner = np.logaddexp(u, v)
     if not jac:
         return alpha_D * inner
@@ -1348,9 +1348,9 @@ def _rosenfeld_log_L(theta, x, L0, jac=False):
 def _rosenfeld_start(rng, x, L, L0):
     below = np.minimum(L, 0.99 * L0)
     u = below / np.sqrt(L0 ** 2 - below ** 2)   # the envelope inverted
-    alpha, log_a = _terms(rng, x.log_T, u, 1)
-    beta, log_b = _terms(rng, x.log_N, u, 1)
-    return np.array([rng.uniform(0, u.min()), log_a[0], alpha[0], log_b[0], beta[0]])
+    alpha, log_a = _term(rng, x.log_T, u)
+    beta, log_b = _term(rng, x.log_N, u)
+    return np.array([rng.uniform(0, u.min()), log_a, alpha, log_b, beta])
 
 
 def _m4_joint_log_L(theta, x, L0, jac=False):
@@ -1373,9 +1373,9 @@ def _m4_joint_start(rng, x, L, L0):
     shape = rng.uniform(0.0, 1.5)
     below = np.minimum(L, E + 0.99 * (L0 - E))
     h = (below - E) / (L0 - below) ** shape
-    alpha, log_A = _terms(rng, x.log_N, h, 1)
-    beta, log_B = _terms(rng, x.log_T, h, 1)
-    return np.array([E, log_A[0], alpha[0], log_B[0], beta[0], shape])
+    alpha, log_A = _term(rng, x.log_N, h)
+    beta, log_B = _term(rng, x.log_T, h)
+    return np.array([E, log_A, alpha, log_B, beta, shape])
 
 
 def _bryant_liu_log_L(theta, x, L0, jac=False):
@@ -1397,12 +1397,12 @@ def _bryant_liu_start(rng, x, L, L0):
     E = rng.uniform(0, L.min())
     below = np.minimum(L, E + 0.99 * (L0 - E))
     h = (below - E) / (L0 - below)
-    alpha, log_a = _terms(rng, x.log_N, h, 1)
-    beta, log_b = _terms(rng, x.log_T, h, 1)
+    alpha, log_a = _term(rng, x.log_N, h)
+    beta, log_b = _term(rng, x.log_T, h)
     gamma, delta = rng.uniform(0.0, 1.0), rng.uniform(0.05, 1.2)
     log_c = np.log(rng.uniform(0.01, 0.5) * np.median(h)) - gamma * np.median(x.log_N) + \
         delta * np.median(x.log_D)
-    return np.array([E, log_a[0], alpha[0], log_b[0], beta[0], log_c, gamma, delta])
+    return np.array([E, log_a, alpha, log_b, beta, log_c, gamma, delta])
 
 
 @dataclass(frozen=True)
@@ -1445,7 +1445,7 @@ JOINT_FORMS = {form.name: form for form in (
               "B/T^beta: the part more training images remove; the terms add, so every N gains "
               "the same from more data"),
     JointForm("kaplan", "Kaplan et al. 2020, eq. 1.5", "L = [(N_c/N)^(alpha_N/alpha_D) + T_c/T]^alpha_D",
-              ("log_Nc", "alpha_N", "log_Dc", "alpha_D"),
+              ("log_Nc", "alpha_N", "log_Tc", "alpha_D"),
               ("log", "exponent", "log", "exponent"), _kaplan_log_L, _kaplan_start,
               ("alpha_N", "alpha_D"),
               "alpha_N, alpha_D: the exponents of N alone and of the data alone; N_c, T_c: the "

@@ -269,34 +269,40 @@ def hyperparameter(table, field, others, metric_label):
     return fig
 
 
-def learning_curves(curves: dict, labels=None, panels=None):
-    """Test loss per evaluated epoch (solid) and training loss (dashed) against images seen, one
-    panel per group of runs (panels: name -> panel title; default one panel). curves: name ->
-    table; labels: name -> what the legend calls the run (width, D, epochs, seed)."""
+def learning_curves(curves: dict, labels=None, panels=None, metric="loss"):
+    """Test `metric` (loss or acc) per evaluated epoch (solid) and its training value (dashed)
+    against images seen, one panel per group of runs (panels: name -> panel title; default one
+    panel), one scale in every panel. curves: name -> per-epoch table; labels: name -> what the
+    legend calls the run (width, D, epochs, seed)."""
     from matplotlib.ticker import LogLocator
     panels = panels or {name: "" for name in curves}
     titles = list(dict.fromkeys(panels[name] for name in curves))
     fig, axes = figure(ncols=min(3, len(titles)), width=5.2 if len(titles) > 1 else 7.5,
                        height=4.8) if len(titles) <= 3 else _grid(len(titles))
-    low = min(float(np.nanmin(log[["train_loss", "test_loss"]].to_numpy())) for log in curves.values())
-    high = max(float(np.nanmax(log[["train_loss", "test_loss"]].to_numpy())) for log in curves.values())
+    values = {name: log[[f"train_{metric}", f"test_{metric}"]].apply(pd.to_numeric, errors="coerce")
+              for name, log in curves.items()}
+    low = min(float(np.nanmin(v.to_numpy())) for v in values.values())
+    high = max(float(np.nanmax(v.to_numpy())) for v in values.values())
+    loss = metric == "loss"
     for ax, panel in zip(axes, titles):
         names = [name for name in curves if panels[name] == panel]
         for colour, name in zip(colours(len(names)), names):
-            log = curves[name]
+            log, v = curves[name], values[name]
             seen = log.epoch * log.get("images_per_epoch", 1)
-            test = log.test_loss.notna()
-            ax.plot(seen[test], log.test_loss[test], "-o", ms=2, color=colour,
+            test = v[f"test_{metric}"].notna()
+            ax.plot(seen[test], v[f"test_{metric}"][test], "-o", ms=2, color=colour,
                     label=(labels or {}).get(name, name))
-            ax.plot(seen, log.train_loss, "--", color=colour, lw=0.8)
-        ax.plot([], [], "k-", label="test loss")
-        ax.plot([], [], "k--", label="train loss (augmented)")
-        log_axes(ax)
-        if np.isfinite(low) and np.isfinite(high) and low > 0:   # one loss scale in every panel
-            ax.set_ylim(low / 1.05, high * 1.05)
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+            ax.plot(seen, v[f"train_{metric}"], "--", color=colour, lw=0.8)
+        ax.plot([], [], "k-", label=f"test {'loss' if loss else 'accuracy'}")
+        ax.plot([], [], "k--", label=f"train {'loss' if loss else 'accuracy'} (augmented)")
+        log_axes(ax, y=loss)
+        if np.isfinite(low) and np.isfinite(high) and (low > 0 or not loss):
+            ax.set_ylim(low / 1.05, high * 1.05) if loss else ax.set_ylim(low - 0.02, high + 0.02)
+        if loss:
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
         ax.set(xlabel="images seen (epoch × D)" if "images_per_epoch" in next(
-            iter(curves.values())) else "epoch", ylabel="cross-entropy loss (nats)")
+            iter(curves.values())) else "epoch",
+            ylabel="cross-entropy loss (nats)" if loss else "accuracy")
         title(ax, f"learning curves{': ' + panel if panel else ''}", width_in=5.2)
         legend(ax, len(names) + 2)
     for ax in axes[len(titles):]:

@@ -293,6 +293,13 @@ def _checked_header(path: str):
 REPLACED = ".json.replaced"
 
 
+HELD_EXIT = 3   # the exit status of a run (and a sweep) left to another process that holds it
+
+
+class RunHeld(ConfigError):
+    """Another process (another sweep on the same results folder) is training this run."""
+
+
 @contextlib.contextmanager
 def run_lock(stem: str, name: str):
     """Hold one configuration's lock (two processes on it would interleave its files), or
@@ -301,7 +308,8 @@ def run_lock(stem: str, name: str):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise ConfigError(f"{name} is already being trained by another process") from None
+        raise RunHeld(f"{name} is already being trained by another process (another sweep or "
+                      f"train.py on this results folder?); it is left to that one") from None
     try:
         yield
     finally:

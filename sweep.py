@@ -794,12 +794,25 @@ def launch_workers(runs, results_dir, tasks, gpus, quiet=False) -> dict:
     for name, future in futures.items():
         # failed runs also have their own logs, unless the worker died; a stop and a full disk
         # are reported once, by main
-        if future.result() not in (0, records.DISK_FULL_EXIT) and not STOP.is_set():
+        if future.result() not in (0, records.DISK_FULL_EXIT, records.HELD_EXIT) and \
+                not STOP.is_set():
             print(f"  {name} exited {future.result()}, log {log_path(results_dir, name)}", file=sys.stderr)
     codes = summary_codes(runs, results_dir)
+    for name in futures:   # runs another process held: left to it, whether or not it finished them
+        codes.update({run: records.HELD_EXIT for run in held_runs(log_path(results_dir, name))})
     if any(f.result() == records.DISK_FULL_EXIT for f in futures.values()):
         codes = {name: code and records.DISK_FULL_EXIT for name, code in codes.items()}
     return codes
+
+
+def held_runs(log: str) -> list:
+    """The runs a worker left to another process that held them, as its log names them."""
+    try:
+        with open(log) as f:
+            return [line[len(worker.HELD_LINE):].split(" ", 1)[0] for line in f
+                    if line.startswith(worker.HELD_LINE)]
+    except OSError:
+        return []
 
 
 def summary_codes(runs, results_dir) -> dict:
@@ -1301,16 +1314,24 @@ def report_stopped(codes: dict, results_dir: str):
 
 
 def report(codes: dict, results_dir: str):
-    failed = {name: code for name, code in codes.items() if code != 0}
-    diverged = [name for name in codes if name not in failed and _status(results_dir, name) == "diverged"]
-    print(f"done: {len(codes) - len(failed)} finished ({len(diverged)} diverged), {len(failed)} failed",
-          file=sys.stderr)
+    held = [name for name, code in codes.items() if code == records.HELD_EXIT]
+    failed = {name: code for name, code in codes.items() if code not in (0, records.HELD_EXIT)}
+    done = len(codes) - len(failed) - len(held)
+    diverged = [name for name in codes if codes[name] == 0 and
+                _status(results_dir, name) == "diverged"]
+    print(f"done: {done} finished ({len(diverged)} diverged), {len(failed)} failed"
+          + (f", {len(held)} held by another process" if held else ""), file=sys.stderr)
     for name in diverged:
         print(f"  diverged: {name}", file=sys.stderr)
     for name, code in failed.items():
         print(f"  failed (exit {code}): {name}, log {log_path(results_dir, name)}", file=sys.stderr)
-    if failed:
-        sys.exit(1)
+    if held:
+        print(f"  {len(held)} run(s) were being trained by another process (another sweep on "
+              f"{results_dir}?), so this sweep left them to it: {', '.join(held[:5])}"
+              f"{' ...' if len(held) > 5 else ''}; rerun this command when that one is done "
+              f"(finished runs are skipped)", file=sys.stderr)
+    if failed or held:
+        sys.exit(1 if failed else records.HELD_EXIT)
 
 
 def _status(results_dir, name):

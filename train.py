@@ -469,10 +469,8 @@ def fit(cfg, name, device, stem, cifar=None) -> dict:
     model = model.to(device, memory_format=memory_format(cfg))
     N, flops_per_image = count_params(model), forward_flops_per_image(model)
     optimizer, grad_norms = make_optimizer(model, cfg, device), GradNorms(model, cfg.log_grad_norms)
-    rows, ckpt_path = [], stem + ".ckpt.pt"
-    if cfg.resume and os.path.exists(ckpt_path):
-        rows = records.load_checkpoint(ckpt_path, model, optimizer,
-                                       lambda saved: saved_by_another_run(saved, cfg))
+    rows = continued(cfg, name, stem + ".ckpt.pt", model, optimizer)
+    ckpt_path = stem + ".ckpt.pt"
     step_model = compiled(model, cfg)
 
     status = "finished"
@@ -503,6 +501,24 @@ def fit(cfg, name, device, stem, cifar=None) -> dict:
     bar.close()
     return finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints,
                       device, len(val_set[1]))
+
+
+def continued(cfg, name, ckpt_path, model, optimizer) -> list:
+    """The rows of the epochs a killed run finished, its model and optimiser loaded from its
+    checkpoint; [] for a new run. A checkpoint is always continued (a rerun that forgot --resume
+    must not throw hours away), and says so unless --resume asked for it; --force starts over."""
+    if not os.path.exists(ckpt_path):
+        return []
+    if cfg.force:
+        os.remove(ckpt_path)
+        return []
+    rows = records.load_checkpoint(ckpt_path, model, optimizer,
+                                   lambda saved: saved_by_another_run(saved, cfg))
+    if not cfg.resume and not cfg.quiet:
+        print(f"{name}: continuing from its checkpoint after epoch {len(rows)} of "
+              f"{cfg.num_epochs} (a killed run is continued; --force starts it over)",
+              file=sys.stderr)
+    return rows
 
 
 def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints, device,
@@ -548,6 +564,9 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, raise_stopped)
     try:
         train(cfg)
+    except records.RunHeld as e:   # not a failure: the other process finishes it
+        print(f"train.py: {e}", file=sys.stderr)
+        sys.exit(records.HELD_EXIT)
     except (data.DataError, ConfigError, ResultsFileError) as e:
         sys.exit(f"error: {e}")
     except (KeyboardInterrupt, Stopped) as e:

@@ -46,6 +46,7 @@ from utils import (ArgumentParser, Stopped, exit_with_parent, raise_stopped, set
                    stopped_exit_code)
 
 PER_COPY = ("seed", "lr", "momentum", "weight_decay")  # may differ between copies of a bundle
+HELD_LINE = "held by another process: "   # a worker log's line for a run another process trains
 MAX_CACHED_NETS = 2  # fused modules kept for reuse; a worker's bundles come grouped by shape
 
 
@@ -265,6 +266,11 @@ class Worker:
                 statuses = {names[0]: train.train(cfgs[0])["status"]}
             log(f"bundle of {len(cfgs)}: " + ", ".join(f"{n} {s}" for n, s in statuses.items()))
             return {name: 0 for name in names}
+        except records.RunHeld as error:   # another sweep trains it: its to finish, not a failure
+            if len(cfgs) > 1:
+                return {n: code for c in cfgs for n, code in self._run_isolated([c], log).items()}
+            log(f"{HELD_LINE}{names[0]} ({error})")
+            return {names[0]: records.HELD_EXIT}
         except Exception as error:  # noqa: BLE001 - a run's failure must not end the queue
             if records.is_disk_full(error):  # ... but a full disk would fail every run after it
                 raise
@@ -413,10 +419,12 @@ def main(argv=None):
         sys.exit(records.disk_full_exit_code(e, folder, f"worker {i}/{n} stopped, its runs keep "
                                              f"their checkpoints: free some space and rerun",
                                              file=sys.stdout))  # its log
-    failed = [name for name, code in codes.items() if code]
+    failed = [name for name, code in codes.items() if code not in (0, records.HELD_EXIT)]
+    held = [name for name, code in codes.items() if code == records.HELD_EXIT]
     who = "worker" if args.queue else f"worker {i}/{n}"
-    print(f"{who}: {len(codes) - len(failed)} done, {len(failed)} failed", flush=True)
-    sys.exit(1 if failed else 0)
+    print(f"{who}: {len(codes) - len(failed) - len(held)} done, {len(failed)} failed, "
+          f"{len(held)} held by another process", flush=True)
+    sys.exit(1 if failed else records.HELD_EXIT if held else 0)
 
 
 if __name__ == "__main__":

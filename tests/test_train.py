@@ -200,3 +200,33 @@ def test_summary_records_the_last_evaluation_and_the_thread_count(data_dir, tmp_
     assert summary["final_test_loss"] == rows.test_loss.iloc[-1]
     assert summary["final_test_acc"] == rows.test_acc.iloc[-1]
     assert summary["num_threads"] == torch.get_num_threads() and summary["budget"] == ""
+
+
+def test_a_killed_run_rerun_without_resume_continues_and_says_so(data_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    """Forgetting --resume must not throw a killed run's epochs away: the rerun continues from its
+    checkpoint with one line saying so, to the rows an uninterrupted run gives; --force starts
+    a killed run over."""
+    import records
+    whole = tiny_run(data_dir, tmp_path / "whole")
+    real_save, epochs = records.save_checkpoint, []
+
+    def save_then_crash(path, model, optimizer, rows, cfg):
+        real_save(path, model, optimizer, rows, cfg)
+        epochs.append(len(rows))
+        if len(rows) == 2 and len(epochs) == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+    monkeypatch.setattr(records, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(data_dir, tmp_path / "killed")
+    capsys.readouterr()
+    again = tiny_run(data_dir, tmp_path / "killed", quiet=False)   # no --resume
+    assert epochs == [1, 2, 3]   # only epoch 3 trained again
+    assert "continuing from its checkpoint after epoch 2 of 3" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(epoch_rows(tmp_path / "killed", again),
+                                  epoch_rows(tmp_path / "whole", whole))
+    epochs.clear()
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(data_dir, tmp_path / "forced")
+    tiny_run(data_dir, tmp_path / "forced", force=True)
+    assert epochs == [1, 2, 1, 2, 3]   # started over
