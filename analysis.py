@@ -711,8 +711,8 @@ def fit_joint_law(configs, *, loss, n_boot, seed, bootstrap, ceiling, warnings, 
     variants = [("", fit, False)]
     if "depth" in fit.columns and fit.depth.nunique() > 1:
         main = fit.depth.mode().iloc[0]
-        variants = [("every depth", fit, True), (f"depth {plots.plain(main)} only",
-                                                  fit[fit.depth == main], False)]
+        variants = [("", fit, True), (f"depth {plots.plain(main)}", fit[fit.depth == main],
+                                       False)]
     verdicts = []
     for variant, rows, depth_term in variants:
         verdicts += laws.compare_forms(
@@ -1365,7 +1365,7 @@ def joint_law_section(law) -> list:
         by_scheme = {c["scheme"]: c for c in form["checks"]}
         for scheme in schemes:
             c = by_scheme.get(scheme)
-            row[scheme] = "–" if c is None else (
+            row[scheme] = "–" if c is None else "not refittable" if c["unfit"] else (
                 f"{_g(c['log_rmse'], 2)} / {_g(c['noise_floor'], 2)} / "
                 f"{'–' if c['coverage'] is None else format(c['coverage'], '.0%')}"
                 f"{' ✓' if c['passed'] else ''}")

@@ -1841,11 +1841,14 @@ class HoldoutCheck:
     at_bound: list
     exponents: dict = field(default_factory=dict)   # name -> (value, 95% interval)
     floor_at_zero: list = field(default_factory=list)
+    unfit: str = ""     # why the form could not be refitted without these points
 
     @property
     def criteria(self) -> dict:
         """Each pass criterion: True, False, or None when it cannot be judged (no seed noise, no
         bootstrap)."""
+        if self.unfit:
+            return dict(refit=False)
         return dict(
             rmse=None if self.noise_floor is None else
             bool(self.log_rmse <= RMSE_NOISE_FACTOR * self.noise_floor),
@@ -1859,6 +1862,7 @@ class HoldoutCheck:
     def to_json(self) -> dict:
         errors = [abs(h["rel_error"]) for h in self.held]
         return dict(scheme=self.scheme, form=self.form, n_fit=self.n_fit, n_held=len(self.held),
+                    unfit=self.unfit,
                     log_rmse=self.log_rmse, noise_floor=self.noise_floor,
                     max_abs_rel_error=max(errors) if errors else None, coverage=self.coverage,
                     at_bound=self.at_bound, floor_at_zero=self.floor_at_zero,
@@ -1916,7 +1920,9 @@ def check_form(full: FormFit, N, D, T, L, *, depth=None, noise: Optional[Noise] 
                            L0=full.L0, noise=sub_noise, n_boot=n_boot, bootstrap=bootstrap,
                            rng=stream(seed, "holdout", full.form, depth_term, scheme),
                            start=full.theta)
-        except FitError:
+        except FitError as e:   # untestable by this scheme: a check it cannot pass, and why
+            checks.append(HoldoutCheck(scheme, full.form, int(keep.sum()), [], float("nan"),
+                                       None, None, [], unfit=str(e)))
             continue
         idx = np.flatnonzero(held)
         args = (N[idx], D[idx], T[idx], None if depth is None else depth[idx])
@@ -1995,7 +2001,8 @@ class FormVerdict:
 
     @property
     def mean_log_rmse(self) -> float:
-        return float(np.mean([c.log_rmse for c in self.checks])) if self.checks else float("inf")
+        errors = [c.log_rmse for c in self.checks if not c.unfit]
+        return float(np.mean(errors)) if errors else float("inf")
 
     def failures(self) -> list:
         """Why the form does not pass, in words (empty when it passes)."""
@@ -2004,6 +2011,7 @@ class FormVerdict:
             for criterion, ok in c.criteria.items():
                 if ok is not True:
                     out.append(f"{c.scheme}: " + {
+                        "refit": f"cannot be refitted without those points ({c.unfit})",
                         "rmse": f"log RMSE {c.log_rmse:.3g} > {RMSE_NOISE_FACTOR:g} x noise floor "
                                 f"{c.noise_floor:.3g}" if c.noise_floor else "no seed noise to judge "
                                 "the log RMSE by",

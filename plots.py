@@ -28,28 +28,37 @@ def figure(ncols=1, width=6.4, height=4.8):
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def log_axes(ax, x=True, y=True):
+def log_axes(ax, x=True, y=True, loss_x=False):
     """Log scales with plain numbers on the loss axis (losses span about a decade) and no minor
-    labels on the x axis (which spans several)."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    labels on the x axis (which spans several); loss_x: x is a loss too (observed vs predicted)."""
+    from matplotlib.ticker import NullFormatter
     if x:
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        if loss_x:
+            _loss_ticks(ax, ax.xaxis, ax.get_xlim)
+        else:
+            ax.xaxis.set_minor_formatter(NullFormatter())
     if y:
         ax.set_yscale("log")
         lo, hi = ax.get_ylim()
         if 0 < lo and hi < lo * 1.1:   # a flat loss: autoscaling would magnify round-off
             centre = math.sqrt(lo * hi)
             ax.set_ylim(centre / 1.05, centre * 1.05)
+        _loss_ticks(ax, ax.yaxis, ax.get_ylim)
 
-        def minor(value, _):
-            decades = math.log10(ax.get_ylim()[1] / ax.get_ylim()[0])
-            digit = round(value / 10 ** math.floor(math.log10(value)))
-            shown = decades < 0.6 or (decades < 1.5 and digit in (2, 3, 5))
-            return f"{value:g}" if shown else ""
 
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+def _loss_ticks(ax, axis, limits):
+    """Plain numbers (0.5, 1, 2), and minor ones where the axis spans little."""
+    from matplotlib.ticker import FuncFormatter
+
+    def minor(value, _):
+        decades = math.log10(limits()[1] / limits()[0])
+        digit = round(value / 10 ** math.floor(math.log10(value)))
+        shown = decades < 0.6 or (decades < 1.5 and digit in (2, 3, 5))
+        return f"{value:g}" if shown else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def colours(n):
@@ -330,28 +339,29 @@ def joint_law(law, loss_label):
     if loo is not None:
         held = pd.DataFrame(loo.held)
         within = held.get("within", pd.Series(True, index=held.index)).astype(bool)
-        for mask, colour, text in ((within, "C0", "inside its 95% interval"),
+        for mask, colour, text in ((within, "C0", "inside 95% interval"),
                                    (~within, "C3", "outside it")):
             if mask.any():
                 part = held[mask]
                 yerr = None if "low" not in part else np.abs(np.stack([
                     part.predicted - part.low, part.high - part.predicted]))
                 ax.errorbar(part.observed, part.predicted, yerr=yerr, fmt="o", ms=3,
-                            color=colour, elinewidth=0.6, label=f"left out one at a time: {text}")
+                            color=colour, elinewidth=0.6, label=f"left out: {text}")
     target = law.target.get(shown.label, [])
     if target:
         t = pd.DataFrame(target)
         yerr = None if "low" not in t else np.abs(np.stack([t.predicted - t.low,
                                                             t.high - t.predicted]))
         ax.errorbar(t.observed, t.predicted, yerr=yerr, fmt="*", ms=10, color="k",
-                    label="far target (never fitted)")
+                    label="far target, never fitted")
     values = [v for v in ax.get_xlim() + ax.get_ylim()]
     span = [min(values), max(values)]
     ax.plot(span, span, "k-", lw=0.6)
-    log_axes(ax)
+    log_axes(ax, loss_x=True)
     ax.set(xlabel=f"observed {loss_label}", ylabel="predicted")
     status = "selected" if law.selected else "no form passes; smallest held-out error"
-    title(ax, f"{shown.label} ({status})", width_in=5.4)
+    title(ax, f"{shown.label} ({status}); each point predicted by the refit that left it out, "
+              f"with its 95% interval", width_in=5.4)
     legend(ax, 3)
     ax = axes[1]
     schemes = list(dict.fromkeys(c.scheme for v in law.verdicts for c in v.checks))
@@ -361,12 +371,12 @@ def joint_law(law, loss_label):
         by = {c.scheme: c for c in verdict.checks}
         x = np.arange(len(schemes)) + i * width
         ax.bar(x, [by[s].log_rmse if s in by else np.nan for s in schemes], width, color=colour,
-               label=verdict.label + (" (passes)" if verdict.passed else ""))
+               label=verdict.label + (" ✓" if verdict.passed else ""))
         floors += [by[s].noise_floor for s in schemes if s in by and by[s].noise_floor]
     if floors:
         ax.axhline(laws.RMSE_NOISE_FACTOR * float(np.median(floors)), color="k", ls="--", lw=0.8,
                    label=f"{laws.RMSE_NOISE_FACTOR:g} x noise floor (median)")
-    ax.set_yscale("log")
+    log_axes(ax, x=False)
     ax.set_xticks(np.arange(len(schemes)) + 0.4 - width / 2, schemes, rotation=20, fontsize=7)
     ax.set(ylabel="held-out log RMSE")
     title(ax, "each form on the runs it was not fitted on", width_in=5.4)

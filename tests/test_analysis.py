@@ -510,7 +510,9 @@ def test_degenerate_joint_fit_raises_no_numeric_warning(tmp_path):
     data = json.loads((tmp_path / "out" / "fits.json").read_text())
     assert not [w for w in data["warnings"] if "not drawn" in w]
     assert "beta" in data["joint"]["not_identified"]
-    assert {"joint_fit.png", "isoflop.png", "compute_optimal.png"} <= set(data["figures"])
+    assert {"joint_fit.png", "isoflop.png"} <= set(data["figures"])
+    # the compute-optimal figure comes only from a joint law that passed its held-out checks
+    assert ("compute_optimal.png" in data["figures"]) == bool(data["joint_law"]["selected"])
 
 
 def test_mixed_code_versions_and_test_set_selection_are_warned(tmp_path):
@@ -666,8 +668,8 @@ def test_readme_notebook_command_runs_headless(tmp_path):
     done = subprocess.run(["bash", "-c", run], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    for name in ("loss_vs_N.png", "loss_vs_D.png", "joint_fit.png", "isoflop.png",
-                 "compute_optimal.png", "learning_curves.png", "fits.json", "fits.md"):
+    for name in ("loss_vs_N.png", "loss_vs_D.png", "joint_fit.png", "joint_law.png",
+                 "isoflop.png", "learning_curves.png", "fits.json", "fits.md"):
         assert (out / name).exists(), name
 
 
@@ -695,6 +697,17 @@ def test_notebook_reads_the_committed_study_when_results_has_none(tmp_path, monk
     assert len(images) >= 7 and (tmp_path / "out" / "fits.json").exists()
     # fitted on the loss the committed study was designed for
     assert json.loads((tmp_path / "out" / "fits.json").read_text())["loss"] == "final_test_loss"
+
+
+def test_notebook_stops_on_a_missing_csv_naming_it(tmp_path):
+    """ANALYSIS_CSV=/nonexistent ran to the end, exit 0, printing nothing: now it fails and says
+    which file."""
+    missing = tmp_path / "nonexistent.csv"
+    run = f"ANALYSIS_CSV={missing} ANALYSIS_OUT={tmp_path / 'out'} jupyter execute analysis.ipynb"
+    done = subprocess.run(["bash", "-c", run], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0 and str(missing) in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_notebook_says_clearly_when_there_are_no_runs(tmp_path, monkeypatch):

@@ -45,7 +45,10 @@ def test_every_figure_keeps_its_axes_and_its_text_inside(tmp_path):
     drawn = analysis.figures(result, runs_dir=str(tmp_path / "none"))
     names = [name for name, _ in drawn]
     assert {"loss_vs_N.png", "loss_vs_D.png", "joint_fit.png", "isoflop.png",
-            "compute_optimal.png", "loss_vs_lr.png"} <= set(names), names
+            "loss_vs_lr.png", "joint_law.png"} <= set(names), names
+    # the compute-optimal figure only from a joint law that passed its held-out checks
+    selected = result.joint_law is not None and result.joint_law.selected is not None
+    assert ("compute_optimal.png" in names) == selected
     assert len([g for g in result.groups if g.x == "N"]) >= 5
     for name, draw in drawn:
         fig = draw()
