@@ -13,7 +13,7 @@ import speed
 import train
 from conftest import REPO
 from model import build_model
-from tiny import TINY
+from tiny import TINY, says
 
 
 TINY_NO_DEVICE = {k: v for k, v in TINY.items() if k != "device"}
@@ -114,3 +114,13 @@ def test_the_cpu_bf16_slowdown_is_a_measured_ratio():
     slowdown = speed.cpu_bf16_slowdown.__wrapped__()
     assert 0.01 < slowdown < 1000
     assert speed.best_matmul_s(64, torch.float32) < speed.best_matmul_s(512, torch.float32)
+
+
+def test_bf16_is_flagged_only_on_a_cpu_that_emulates_it(monkeypatch, capsys):
+    """The check itself, without a training (the slow test above trains through it)."""
+    monkeypatch.setattr(speed, "cpu_bf16_slowdown", lambda: 75.0)
+    speed.warn_if_slow_bf16("bf16", torch.device("cpu"))
+    says(capsys.readouterr().err, "75x", "--precision fp32")
+    speed.warn_if_slow_bf16("fp32", torch.device("cpu"))
+    speed.warn_if_slow_bf16("bf16", torch.device("cuda"))
+    assert capsys.readouterr().err == ""
