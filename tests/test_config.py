@@ -7,6 +7,7 @@ import pytest
 
 import config
 import train
+from conftest import REPO
 from tiny import forbid_training, parse_fails, says
 
 CONFIG_DIR = os.path.join(REPO, "config")
