@@ -34,7 +34,9 @@ def test_a_layer_without_a_fused_form_is_refused():
         fused.fuse(models)
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet8", "simplecnn"])
+# fp64 convolutions have no fast CPU kernel: the cnn alone is fast enough to run while working
+@pytest.mark.parametrize("name", ["cnn", pytest.param("resnet8", marks=pytest.mark.slow),
+                                  pytest.param("simplecnn", marks=pytest.mark.slow)])
 def test_fused_sgd_steps_equal_torch_sgd_in_fp64(name):
     """Eight steps of the fused network + FusedSGD (each copy its own lr, momentum, weight decay)
     against each model with torch.optim.SGD; a copy marked dead is frozen bit for bit even when

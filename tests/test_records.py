@@ -113,7 +113,8 @@ def test_append_after_a_torn_row_is_refused_and_the_file_left_alone(tmp_path):
     assert path.read_text() == "run_name,N,loss\na,1,0.5\nb,2"
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "architecture", "flipped"])
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty",
+                                    pytest.param("architecture", marks=pytest.mark.slow), "flipped"])
 def test_a_damaged_checkpoint_is_named_with_what_to_do(data_dir, tmp_path, damage):
     cfg = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path),
                           "resume": True, "keep_checkpoints": True})
