@@ -70,8 +70,7 @@ def separate_and_fused(data_dir, tmp_path, copies, **shared):
     return alone, bundle
 
 
-@pytest.mark.parametrize("name", ["cnn", pytest.param("resnet8", marks=pytest.mark.slow),
-                                  pytest.param("simplecnn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["cnn", pytest.param("resnet8", marks=pytest.mark.slow), "simplecnn"])
 def test_bundle_of_seeds_equals_separate_train_py_runs(data_dir, tmp_path, name):
     alone, bundle = separate_and_fused(data_dir, tmp_path, [dict(seed=s) for s in (0, 1, 2)],
                                        model=name, bn=name == "simplecnn")
@@ -125,7 +124,6 @@ def test_one_fused_module_serves_every_bundle_of_its_shape(data_dir, tmp_path):
         assert_same_rows(a, b)
 
 
-@pytest.mark.slow
 def test_per_copy_hyperparameters_reach_their_slices(data_dir, tmp_path):
     copies = [dict(seed=0, lr=0.1, momentum=0.9, weight_decay=5e-4),
               dict(seed=0, lr=0.02, momentum=0.5, weight_decay=0.0),
