@@ -11,8 +11,9 @@ Why a script of its own rather than a train.py preset: the recipe differs from t
 almost everything (frozen whitening layer, per-step schedule, parameter groups with decoupled
 hyperparameters, lookahead, label smoothing, TTA, fractional epochs). It shares data.py (loading,
 subsets, fingerprint, the batched crop), records.py (the locked results files), config.py
-(validation, config_id, the dataclass -> argparse and YAML helpers) and train.py's row format, so its rows
-land in results/final_data.csv beside the scaling runs.
+(validation, config_id), flags.py (flags and YAML config files from its dataclass), speed.py
+(synchronised timers, the device) and train.py's row format, so its rows land in
+results/final_data.csv beside the scaling runs.
 
 The recipe, checked value by value against the paper and its released script (the paper-era
 `legacy/airbench94.py`, which the paper states is equivalent to `airbench94_compiled.py`, in
@@ -102,12 +103,11 @@ from torch import nn
 
 import data
 from model import IMAGE_SHAPE, NUM_CLASSES, count_params, forward_flops_per_image, memory_error
-from config import (MAX_SEED, ConfigError, as_flag, hp, invalid_configuration, resolve_device,
-                    validate)
+from config import MAX_SEED, ConfigError, as_flag, invalid_configuration, validate
 from config import config_id as _config_id
-from train import (device_name, keep_freed_memory, last5_and_best, sync, timed, training_flops,
-                   warn_if_slow_bf16)
-from config import config_yaml, parse_settings, parser_from_dataclass
+from flags import config_yaml, hp, parse_settings, parser_from_dataclass
+from speed import device_name, keep_freed_memory, resolve_device, sync, timed, warn_if_slow_bf16
+from train import last5_and_best, training_flops
 from records import (append_row, append_text, atomic_write, disk_full_exit_code, is_disk_full,
                      writable_file_error, write_csv)
 from utils import (Stopped, git_version, mean_pm_std, raise_stopped, set_seed,

@@ -1,9 +1,9 @@
-"""Benchmark the training pipelines against the reference one ("brief": torchvision
-DataLoader), on the current device.
+"""Benchmark the training pipelines against the reference one ("torchvision": torchvision
+transforms and DataLoader), on the current device.
 
     python bench.py                                  # timed epochs, the default sizes, all pipelines
     python bench.py --full --seeds 3                 # + whole 100-epoch runs of the scaling recipe
-    python bench.py --device cpu --sizes 32x2 --dataset_size 5000 --pipelines brief,default
+    python bench.py --device cpu --sizes 32x2 --dataset_size 5000 --pipelines torchvision,default
     python bench.py --sweep_jobs 1,2,4,8             # sweep.py's width plan, K trainings per GPU
     python bench.py --device cpu --threads 1 --sizes 2x1,16x1 --step_parts  # where time goes
 
@@ -54,16 +54,17 @@ import config
 import data
 from model import IMAGE_SHAPE, NUM_CLASSES, build_model, size_error
 import records
+import speed
 import train
 import worker
-from utils import (ArgumentParser, Stopped, mean_pm_std, raise_stopped,
+from utils import (ArgumentParser, Stopped, git_version, mean_pm_std, raise_stopped,
                    stopped_exit_code, stopped_signal)
 
-# Pipelines compared. "brief" is the scaling recipe as first specified, literally: torchvision
-# transforms + DataLoader.
+# Pipelines compared. "torchvision" is the scaling recipe done the textbook way, the reference
+# every other pipeline is timed against: torchvision transforms + DataLoader.
 # The ones between default and fast add one lever at a time, so the table says what each bought.
 PIPELINES = {
-    "brief": dict(loader="torchvision"),
+    "torchvision": dict(loader="torchvision"),
     "default": dict(loader="tensor"),
     "channels_last": dict(loader="tensor", channels_last=True),  # one lever alone (CPU: per size)
     "compile_fp32": dict(loader="tensor", compile="default"),  # one lever alone (inductor on CPU)
@@ -78,7 +79,8 @@ PIPELINES = {
 # Dense peak TFLOP/s from NVIDIA's H100/H200 datasheets (SXM; no sparsity). fp32 convolutions run
 # on TF32 tensor cores by default in PyTorch (cudnn.allow_tf32), so fp32 is compared with TF32 peak.
 PEAK_TFLOPS = {"H100": {"bf16": 989.4, "fp32": 494.7}, "H200": {"bf16": 989.4, "fp32": 494.7}}
-BRIEF_EPOCHS, BRIEF_TEST_FREQ = 100, 5  # the recipe projected to and run by --full
+RECIPE_EPOCHS, RECIPE_TEST_FREQ = 100, 5  # the recipe projected to and run by --full
+RENAMED_PIPELINES = {"brief": "torchvision"}  # old names, refused with the new one named
 NO_EVAL = 10 ** 6  # test_freq for timed runs: evaluate only at the final epochs
 SIZE = re.compile(r"[1-9][0-9]*x[1-9][0-9]*")  # WIDTHxDEPTH of --sizes and --fused_size
 
@@ -100,7 +102,7 @@ def measured_peak_tflops(precision: str, max_size: int = 2048, min_time_s: float
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     size = 256
     while True:
-        best = train.best_matmul_s(size, dtype, repeats)
+        best = speed.best_matmul_s(size, dtype, repeats)
         if best >= min_time_s or size >= max_size:
             return 2 * size ** 3 / best / 1e12
         size *= 2
@@ -108,7 +110,7 @@ def measured_peak_tflops(precision: str, max_size: int = 2048, min_time_s: float
 
 def pipeline_config(pipeline, device, **overrides):
     options = {**PIPELINES[pipeline], "device": device, "quiet": True, **overrides}
-    if pipeline == "brief" and device.startswith("cuda"):
+    if pipeline == "torchvision" and device.startswith("cuda"):
         options["num_workers"] = min(8, os.cpu_count() or 1)  # the DataLoader baseline measured first
     if options.get("compile", "off") != "off" and not device.startswith("cuda"):
         options["compile"] = "default"  # CUDA graphs and GPU autotuning need CUDA
@@ -126,7 +128,7 @@ def time_epochs(cfg, warmup, epochs):
     return summary, timed["epoch_time_s"].mean(), rows["eval_time_s"][rows["test_loss"].notna()].iloc[-1]
 
 
-def projected_run_s(epoch_s, eval_s, num_epochs=BRIEF_EPOCHS, test_freq=BRIEF_TEST_FREQ):
+def projected_run_s(epoch_s, eval_s, num_epochs=RECIPE_EPOCHS, test_freq=RECIPE_TEST_FREQ):
     evals = sum(train.is_eval_epoch(e, train.Config(num_epochs=num_epochs, test_freq=test_freq))
                 for e in range(1, num_epochs + 1))
     return num_epochs * epoch_s + evals * eval_s
@@ -163,8 +165,9 @@ def timed_table(args, device, device_name):
 
 def timed_frame(rows) -> pd.DataFrame:
     table = pd.DataFrame(rows)
-    brief = table[table.pipeline == "brief"].set_index("size")["epoch_s"]
-    table["speedup_vs_brief"] = [brief.get(s, float("nan")) / e for s, e in zip(table["size"], table["epoch_s"])]
+    reference = table[table.pipeline == "torchvision"].set_index("size")["epoch_s"]
+    table["speedup_vs_torchvision"] = [reference.get(s, float("nan")) / e
+                                       for s, e in zip(table["size"], table["epoch_s"])]
     return table
 
 
@@ -181,9 +184,10 @@ def stopped_report(args, device_name, signal_name) -> str:
 
 
 def full_runs(args, device):
-    """The brief's whole recipe per pipeline and seed: end-to-end seconds and final loss."""
+    """The scaling recipe's whole run per pipeline and seed: end-to-end seconds and final loss."""
     rows = []
-    for pipeline in [p for p in args.pipelines if p != "brief"]:  # brief: projected, ~4 min a run
+    # the torchvision pipeline is projected, not run: ~4 min a run
+    for pipeline in [p for p in args.pipelines if p != "torchvision"]:
         for seed in range(args.seeds):
             cfg = pipeline_config(pipeline, device, seed=seed, data_dir=args.data_dir)
             with tempfile.TemporaryDirectory() as results:
@@ -221,14 +225,14 @@ def timed_steps(model, optimizer, x, y, device, steps) -> dict:
     for i in range(STEP_WARMUP + steps):
         t0 = time.perf_counter()
         loss = torch.nn.functional.cross_entropy(model(x), y)
-        train.sync(device)
+        speed.sync(device)
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        train.sync(device)
+        speed.sync(device)
         t2 = time.perf_counter()
         optimizer.step()
-        train.sync(device)
+        speed.sync(device)
         if i >= STEP_WARMUP:
             for part, seconds in zip(parts, (t1 - t0, t2 - t1, time.perf_counter() - t2)):
                 parts[part].append(seconds)
@@ -277,7 +281,7 @@ def step_parts_table(args, device) -> pd.DataFrame:
         base.eval()
         images = torch.randn(cfg.eval_batch_size, *IMAGE_SHAPE, device=device)
         with torch.no_grad():
-            eval_s = min(train.timed(device, base, images)[1] for _ in range(STEP_WARMUP + 5))
+            eval_s = min(speed.timed(device, base, images)[1] for _ in range(STEP_WARMUP + 5))
             with profile() as prof:
                 base(images)
         row["eval_vs_train"] = (eval_s / len(images)) / \
@@ -326,7 +330,7 @@ class Utilisation:
 
     def __init__(self, device):
         self.samples, self.stop = [], threading.Event()
-        self.enabled = str(train.resolve_device(device)).startswith("cuda") and shutil.which("nvidia-smi")
+        self.enabled = str(speed.resolve_device(device)).startswith("cuda") and shutil.which("nvidia-smi")
 
     def poll(self):
         query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
@@ -431,7 +435,7 @@ def mean_std(values):
 
 def heading(device_name) -> str:
     return (f"## {time.strftime('%Y-%m-%d %H:%M')} · {device_name} · torch {torch.__version__} "
-            f"· code {train.git_version()}\n\n`python {shlex.join(sys.argv)}`")
+            f"· code {git_version()}\n\n`python {shlex.join(sys.argv)}`")
 
 
 def report(args, device_name, timed, full) -> str:
@@ -439,8 +443,8 @@ def report(args, device_name, timed, full) -> str:
              f"{args.warmup} warm-up + {args.epochs} timed epochs)", "",
              timed.to_markdown(index=False, floatfmt=".4g"), ""]
     if full is not None and len(full):
-        lines += [f"Whole runs (width 32, depth 2, D=50,000, {BRIEF_EPOCHS} epochs, test every "
-                  f"{BRIEF_TEST_FREQ} + last 5):", "", full.to_markdown(index=False, floatfmt=".4g"), ""]
+        lines += [f"Whole runs (width 32, depth 2, D=50,000, {RECIPE_EPOCHS} epochs, test every "
+                  f"{RECIPE_TEST_FREQ} + last 5):", "", full.to_markdown(index=False, floatfmt=".4g"), ""]
         for pipeline, group in full.groupby("pipeline"):
             lines.append(f"- {pipeline}: final_test_loss_avg_last5 "
                          f"{mean_std(group.final_test_loss_avg_last5)}, end-to-end s "
@@ -515,7 +519,11 @@ def main():
     parser = build_parser()
     args = parser.parse_args()
     args.failures = []  # measurements that could not be taken (the others are still written)
-    train.keep_freed_memory()  # as train.py, worker.py and airbench.py run
+    speed.keep_freed_memory()  # as train.py, worker.py and airbench.py run
+    renamed = [p for p in args.pipelines if p in RENAMED_PIPELINES]
+    if renamed:
+        parser.error(f"--pipelines {renamed[0]} is now called {RENAMED_PIPELINES[renamed[0]]}: "
+                     f"--pipelines {RENAMED_PIPELINES[renamed[0]]}")
     unknown = set(args.pipelines) - set(PIPELINES)
     if unknown:
         parser.error(f"unknown pipelines {sorted(unknown)}; choose from {list(PIPELINES)}")
@@ -544,8 +552,8 @@ def main():
     device_errors = config.device_errors(args.device)
     if device_errors:
         parser.error(device_errors[0])
-    device = str(train.resolve_device(args.device))
-    device_name = train.device_name(torch.device(device))
+    device = str(speed.resolve_device(args.device))
+    device_name = speed.device_name(torch.device(device))
     if args.sweep:
         if set(args.engines) - {"worker", "process"} or args.fused_pipeline not in PIPELINES:
             parser.error("--engines takes worker,process; --fused_pipeline one of " + ", ".join(PIPELINES))

@@ -156,31 +156,30 @@ class FusedOptimizer:
     """Per-copy optimiser over a fused network's parameters, written with torch's multi-tensor
     (_foreach) kernels over every live copy's slice of every parameter: a handful of launches per
     step whatever the number of parameters, each slice with its copy's lr and weight decay as a
-    scalar. A frozen copy (diverged) is left out of the lists, so its weights and state stay as
-    they were (never multiplied by 0: NaN * 0 is NaN). STATE names the per-param tensors as
-    torch's optimiser of the same rule names them in its state_dict."""
+    scalar. As torch's optimisers have a param group per set of parameters, this one has one per
+    copy: the training loop sets copy k's lr in param_groups[k]. A frozen copy (diverged) is left
+    out of the lists, so its weights and state stay as they were (never multiplied by 0: NaN * 0
+    is NaN). STATE names the per-param tensors as torch's optimiser of the same rule names them in
+    its state_dict."""
     STATE = ()
 
     def __init__(self, fused: nn.Module, lrs, weight_decays):
         self.params = [p for p in fused.parameters() if p.requires_grad]
         self.K = fused_copies(fused)
-        self.lr, self.weight_decay = [float(v) for v in lrs], [float(v) for v in weight_decays]
+        self.param_groups = [dict(lr=lr) for lr in lrs]
+        self.weight_decay = [float(v) for v in weight_decays]
         self.state = {name: [torch.zeros_like(p) for p in self.params] for name in self.STATE}
         self.alive = torch.ones(self.K, dtype=torch.bool, device=self.params[0].device)  # loss mask
         self.live = list(range(self.K))
         self.steps = 0
 
+    @property
+    def lr(self) -> list:
+        return [float(group["lr"]) for group in self.param_groups]
+
     def freeze(self, k: int) -> None:
         self.alive[k] = False
         self.live = [j for j in self.live if j != k]
-
-    def objective(self, losses):
-        """What a step minimises: the sum of the live copies' losses, selected so that a NaN copy
-        cannot leak into the sum."""
-        return torch.where(self.alive, losses, 0.0).sum()
-
-    def set_lr(self, lrs):
-        self.lr = [float(v) for v in lrs]
 
     def zero_grad(self, set_to_none=True):  # torch.optim's signature; always to None
         for p in self.params:

@@ -104,7 +104,7 @@ class GlobalAvgPool(nn.Module):
 
 
 class ScalingCNN(nn.Module):
-    """The brief's 3-stage CNN; `features(x)` returns the pooled 4*width-dim representation."""
+    """The scaling study's 3-stage CNN; `features(x)` returns the pooled 4*width-dim representation."""
 
     def __init__(self, width: int = 32, depth: int = 2, num_classes: int = NUM_CLASSES):
         super().__init__()

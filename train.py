@@ -10,6 +10,11 @@ results/final_data.csv and the run name are all generated from it, so a new knob
 (one row per epoch), results/runs/<run_name>.json (the summary, written atomically),
 results/runs/<run_name>.yaml (the resolved Config) and appends the summary to
 results/final_data.csv.
+
+Read top to bottom: `train` (settings in, a finished run skipped), `fit` (data and model built),
+`train_epochs` (the epoch loop), `train_epoch` and `evaluate` (one pass each), then the records a
+run writes. worker.py trains K same-shape runs fused into one network through the same loop.
+Speed and device levers live in speed.py.
 """
 from utils import stop_while_loading
 
@@ -17,8 +22,6 @@ if __name__ == "__main__":
     stop_while_loading("train.py")
 
 import contextlib  # noqa: E402 (after the guard above: loading torch takes a second or more)
-import ctypes
-import functools
 import json
 import math
 import os
@@ -26,6 +29,7 @@ import signal
 import sys
 import time
 from dataclasses import asdict, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -33,17 +37,227 @@ from tqdm import tqdm
 
 import data
 import records
+import speed
 from config import (ONLY_WITH, Config, ConfigError, claim_experiment, config_id, config_text,
-                    make_config, parse_config, resolve_device, run_name, saved_by_another_run,
-                    validate)
+                    make_config, parse_config, run_name, saved_by_another_run, validate)
 from model import build_model, count_params, forward_flops_per_image, num_params
 from records import ResultsFileError, append_row, atomic_write, write_csv
 from utils import (Stopped, exit_with_parent, git_version, raise_stopped, set_seed,
                    stopped_exit_code)
 
 LAST_K = 5  # the scaling study's final metric averages the last 5 test evaluations (= last 5 epochs)
+NOT_EVALUATED = ("", "")  # (loss, accuracy) of an epoch without an evaluation
+
+
+def train(cfg: Config) -> dict:
+    """Train one configuration end to end; returns the summary row. A configuration that already
+    has a summary is not trained again (unless cfg.force): its summary is returned."""
+    validate(cfg)
+    name, device = run_name(cfg), speed.resolve_device(cfg.device)
+    stem = os.path.join(cfg.results_dir, "runs", name)
+    # --force's clean-up waits for the lock
+    done = not cfg.force and records.finished_summary(cfg, stem)
+    if done:
+        return done
+    speed.warn_if_slow_bf16(cfg.precision, device)
+    cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    claim_experiment(cfg, os.path.dirname(stem), name)
+    # another process may have finished it while this one waited for the lock
+    with records.run_lock(stem, name), explained_errors(cfg, device):
+        return records.finished_summary(cfg, stem) or fit(cfg, device, cifar)
+
+
+def fit(cfg: Config, device: torch.device, cifar=None) -> dict:
+    """Train the configuration (its lock held) and write its summary."""
+    set_seed(cfg.seed, cfg.deterministic)
+    splits = load_splits(cfg, device, cifar)
+    save_split(run_stem(cfg), cfg, splits)
+    run = Run(cfg, device)
+    train_epochs(Net(run), splits, device)
+    return run.summary
+
+
+def train_epochs(net, splits, device) -> None:
+    """The epoch loop, for one run's network (Net) or for K runs fused into one (worker.Bundle):
+    each epoch sets every run's lr, trains, evaluates, and gives each run its row in
+    runs/<run_name>.csv and its checkpoint. A run that diverges stops and is summarised at once;
+    the others are summarised after their last epoch."""
+    runs, cfg = net.runs, net.runs[0].cfg  # the runs of a Net differ only in worker.PER_COPY
+    live, first = list(runs), len(runs[0].rows) + 1
+    bar = tqdm(range(first, cfg.num_epochs + 1), desc=runs[0].name, initial=first - 1,
+               total=cfg.num_epochs, disable=cfg.quiet or not sys.stderr.isatty(), leave=False)
+    with trackers(runs) as log:
+        for epoch in bar:
+            lrs = [epoch_lr(epoch - 1, run.cfg) for run in runs]
+            for group, lr in zip(net.optimizer.param_groups, lrs):  # one group per run
+                group["lr"] = lr
+            trained, train_s = speed.timed(device, train_epoch, net,
+                                           net.train_batches(splits, epoch), cfg, device)
+            (tested, validated), eval_s = speed.timed(device, evaluations, net, epoch, cfg,
+                                                      device, splits)
+            finite, grad_norms = net.params_finite(), net.grad_norms.epoch_means()
+            for k, run in enumerate(runs):
+                if run not in live:
+                    continue
+                # a network's time is shared by its runs: sums over a sweep stay the device time
+                run.rows.append(epoch_row(epoch, lrs[k], trained[k], tested[k], validated[k],
+                                          train_s / len(runs), eval_s / len(runs), grad_norms))
+                write_csv(run.stem + ".csv", run.rows, list(dict.fromkeys(
+                    key for row in run.rows for key in row)))
+                log[k](run.rows[-1])
+                net.update_run(k)
+                if is_diverged((trained[k][0], tested[k][0], validated[k][0]), finite[k]):
+                    run.status = "diverged"
+                    live.remove(run)
+                    net.stop(k)
+                    finish_run(run, net, splits, device)
+                else:
+                    records.save_checkpoint(run.stem + ".ckpt.pt", run.model, run.optimizer,
+                                            run.rows, run.cfg)
+            if not live:
+                break
+            loss, acc = trained[runs.index(live[0])]
+            test_loss = tested[runs.index(live[0])][0]
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}",
+                            test_loss=test_loss if test_loss == "" else f"{test_loss:.3f}")
+    bar.close()
+    for run in live:
+        finish_run(run, net, splits, device)
+
+
+def train_epoch(net, batches, cfg, device) -> list:
+    """One pass over the data; [(mean loss, accuracy)] per run of the network. Sums stay on the
+    device so that no step waits for the host."""
+    net.module.train()
+    loss_sum = correct = 0  # on the device after the first batch: [] or, fused, [K]
+    seen = 0
+    for x, y in batches:
+        x, y = speed.on_device(x, y, cfg, device)
+        with speed.training_step(cfg, device):
+            logits = net.module(x)
+            loss = net.loss(logits, y)
+        net.optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()  # a fused network's runs share no weight: each gets its own gradient
+        net.grad_norms.update()
+        net.optimizer.step()
+        loss_sum += loss.detach() * len(y)
+        correct += (logits.argmax(-1) == y).sum(0)
+        seen += len(y)
+    return per_run(loss_sum, correct, seen)
+
+
+@torch.no_grad()
+def evaluate(net, batches, cfg, device) -> list:
+    """[(mean loss, accuracy)] per run of the network on an evaluation set."""
+    net.module.eval()
+    loss_sum = correct = 0
+    seen = 0
+    for x, y in batches:
+        x, y = speed.on_device(x, y, cfg, device)
+        with speed.autocast(cfg, device):
+            logits = net.module(x)
+        loss_sum += net.loss(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(-1) == y).sum(0)
+        seen += len(y)
+    return per_run(loss_sum, correct, seen)
+
+
+def evaluations(net, epoch, cfg, device, splits) -> tuple:
+    """(test, validation): per run, (loss, accuracy) after `epoch`; NOT_EVALUATED where the epoch
+    or the run has none."""
+    none = [NOT_EVALUATED] * len(net.runs)
+    if not is_eval_epoch(epoch, cfg):
+        return none, none
+    on = lambda split: evaluate(net, net.eval_batches(*split), cfg, device)
+    return on(splits.test), on(splits.val) if len(splits.val[1]) else none
+
+
+def per_run(loss_sum, correct, seen) -> list:
+    """Means as Python floats, divided on the host: one (loss, accuracy) per run."""
+    return [(loss / seen, right / seen)
+            for loss, right in zip(loss_sum.reshape(-1).tolist(), correct.reshape(-1).tolist())]
+
+
 # ---------------------------------------------------------------------------------------------
-# Records of a run
+# What the loop trains
+
+
+class Run:
+    """One configuration in training: its settings and files, its network and optimizer as
+    torch's (what its checkpoint and saved model hold), its rows so far and its status. A killed
+    run continues from its checkpoint (continued)."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        self.cfg, self.name, self.stem = cfg, run_name(cfg), run_stem(cfg)
+        torch.manual_seed(cfg.seed)  # the initialisation is a function of the seed alone
+        self.model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn).to(device)
+        self.N, self.flops_per_image = count_params(self.model), forward_flops_per_image(self.model)
+        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.status, self.summary = "finished", None
+        self.rows = continued(cfg, self.name, self.stem + ".ckpt.pt", self.model, self.optimizer)
+
+
+def continued(cfg, name, ckpt_path, model, optimizer) -> list:
+    """The rows of the epochs a killed run finished, its model and optimiser loaded from its
+    checkpoint; [] for a new run. A checkpoint is always continued (a rerun that forgot --resume
+    must not throw hours away), and says so unless --resume asked for it; --force without
+    --resume starts over (a sweep passes both: its forced runs continue when it is rerun)."""
+    if not os.path.exists(ckpt_path):
+        return []
+    if cfg.force and not cfg.resume:
+        os.remove(ckpt_path)
+        return []
+    rows = records.load_checkpoint(ckpt_path, model, optimizer,
+                                   lambda saved: saved_by_another_run(saved, cfg))
+    if not cfg.resume and not cfg.quiet:
+        print(f"{name}: continuing from its checkpoint after epoch {len(rows)} of "
+              f"{cfg.num_epochs} (a killed run is continued; --force starts it over)",
+              file=sys.stderr)
+    return rows
+
+
+class Net:
+    """What the epoch loop trains: one run's model, its torch optimizer and cross-entropy.
+    worker.Bundle trains K runs fused into one network through the same members; what they
+    return holds one entry per run, in order."""
+    loss = staticmethod(F.cross_entropy)  # (logits, labels, reduction="mean") -> one per run
+    summary_extra = {}  # columns a run's summary adds
+
+    def __init__(self, run: Run):
+        self.runs, self.optimizer = [run], run.optimizer
+        self.grad_norms = GradNorms(run.model, run.cfg.log_grad_norms)
+        self.module = speed.prepared(run.model, run.cfg)
+
+    def train_batches(self, splits, epoch: int):
+        return train_batches(self.runs[0].cfg, *splits.train, splits.indices, epoch)
+
+    def eval_batches(self, images, labels):
+        return test_batches(self.runs[0].cfg, images, labels)
+
+    def params_finite(self) -> list:
+        return [params_finite(self.runs[0].model)]
+
+    def update_run(self, k: int) -> None:
+        """Bring run k's model and optimizer up to date: here they are the ones trained."""
+
+    def stop(self, k: int) -> None:
+        """Stop training run k (diverged): the loop ends with its only run."""
+
+
+def run_stem(cfg: Config) -> str:
+    """results/runs/<run_name>: the path of a run's files without their endings."""
+    return os.path.join(cfg.results_dir, "runs", run_name(cfg))
+
+
+def make_optimizer(model, cfg: Config, device: torch.device):
+    # fused: one kernel updates every parameter instead of one launch per tensor (CUDA only).
+    fused = device.type == "cuda" or None
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                 weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, fused=fused)
 
 
 def epoch_lr(epoch: int, cfg: Config) -> float:
@@ -63,194 +277,15 @@ def is_eval_epoch(epoch: int, cfg: Config) -> bool:
     return epoch % cfg.test_freq == 0 or epoch > cfg.num_epochs - LAST_K
 
 
-def last5_and_best(rows: list, split: str) -> dict:
-    """final_<split>_{loss,acc}_avg_last5 (mean of the last 5 evaluations), final_<split>_*
-    (the last evaluation, after the epoch at the smallest lr: the metric of short schedules,
-    where the last 5 epochs still descend) and best_<split>_*; NaN where never evaluated."""
-    evals = [r for r in rows if r[f"{split}_loss"] != ""]
-    last, nan = evals[-LAST_K:], float("nan")
-    out = {}
-    for metric, best in (("loss", min), ("acc", max)):
-        key = f"{split}_{metric}"
-        out[f"final_{key}_avg_last5"] = sum(r[key] for r in last) / len(last) if last else nan
-        out[f"final_{key}"] = last[-1][key] if last else nan
-        out[f"best_{key}"] = best((r[key] for r in evals), default=nan)
-    return out
-
-
-def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int,
-              fingerprints: dict, device: torch.device, num_val: int = 0) -> dict:
-    epochs, D = len(rows), cfg.dataset_size
-    row = dict(
-        run_name=run_name(cfg), config_id=config_id(cfg), status=status, model=cfg.model,
-        width=cfg.width, depth=cfg.depth, seed=cfg.seed, N=N, D=D, epochs=epochs,
-        C=N * D * epochs,  # the scaling study's compute proxy
-        steps=epochs * math.ceil(D / cfg.batch_size),  # optimiser steps (last batch partial)
-        flops_per_image=flops_per_image,
-        total_flops=training_flops(flops_per_image, D, epochs),
-        **last5_and_best(rows, "test"),
-        final_train_loss=rows[-1]["train_loss"] if rows else float("nan"),
-        final_train_acc=rows[-1]["train_acc"] if rows else float("nan"),
-        val_images=num_val, **last5_and_best(rows, "val"))
-    row.update({f.name: " ".join(map(str, v)) if isinstance(v, tuple) else v
-                for f in fields(Config) if f.metadata["result"] for v in [getattr(cfg, f.name)]})
-    for flag, (key, needed) in ONLY_WITH.items():  # e.g. no momentum recorded for AdamW
-        if flag in row and getattr(cfg, key) != needed:
-            row[flag] = ""
-    row.update(
-        test_freq=cfg.test_freq, budget=cfg.budget or "", plan=cfg.plan, preset=cfg.preset,
-        experiment_name=cfg.experiment_name,
-        train_time_s=sum(r["epoch_time_s"] for r in rows),
-        wall_time_s=sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows),
-        num_workers=cfg.num_workers if cfg.loader == "torchvision" else "",
-        device=str(device), device_name=device_name(device), torch_version=torch.__version__,
-        num_threads=torch.get_num_threads(),  # CPU results differ in the last bits across it
-        code_version=git_version(), **fingerprints,
-        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    return row
-
-
-def training_flops(flops_per_image: int, images: float, epochs: float) -> float:
-    """FLOPs of training on `images` images for `epochs` epochs: forward + backward ~ 3x forward."""
-    return 3 * flops_per_image * images * epochs
-
-
 def is_diverged(losses, params_finite: bool) -> bool:
-    """The divergence rule (train.py and worker.py): the epoch's training loss, an evaluation
-    loss ("" when not evaluated) or a parameter is non-finite."""
+    """The divergence rule: the epoch's training loss, an evaluation loss ("" when not evaluated)
+    or a parameter is non-finite."""
     return not (params_finite and all(math.isfinite(v) for v in losses if v != ""))
 
 
 def params_finite(model) -> bool:
     """One isfinite over the flattened parameters, on the device: one host sync per epoch."""
     return bool(torch.isfinite(torch.cat([p.detach().flatten() for p in model.parameters()])).all())
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
-# ---------------------------------------------------------------------------------------------
-# Speed levers, each a small named function
-
-
-# glibc's mallopt options (malloc.h) and the values keep_freed_memory gives them
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-KEPT_MEMORY = {M_MMAP_THRESHOLD: 32 * 2 ** 20, M_TRIM_THRESHOLD: 2 ** 30, M_TOP_PAD: 256 * 2 ** 20}
-
-
-def keep_freed_memory() -> None:
-    """glibc hands a freed block above its mmap threshold (a few MiB: one evaluation batch's
-    activations) back to the system and faults it in again at the next batch: 4.3 million page
-    faults in a 45 s CPU benchmark. Blocks up to 32 MiB stay on the heap and the heap keeps up
-    to 1 GiB free instead; no arithmetic changes, so neither does any result. A no-op where the C
-    library is not glibc. Called by the command-line entry points, once per process."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    for option, value in KEPT_MEMORY.items():
-        libc.mallopt(option, value)
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work so wall-clock timers measure it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(device: torch.device, fn, *args):
-    """(fn's result, GPU-synchronised seconds it took)."""
-    sync(device)
-    start = time.perf_counter()
-    out = fn(*args)
-    sync(device)
-    return out, time.perf_counter() - start
-
-
-@functools.cache
-def cpu_bf16_slowdown() -> float:
-    """How many times longer this CPU takes to multiply in bf16 than in fp32 (256x256 products,
-    ~0.1 s at worst): below 1 with AVX-512 BF16 or AMX, ~50-90 on an AVX2-only EPYC, where torch
-    emulates bf16 (1.3 GFLOP/s against 180 in fp32)."""
-    return best_matmul_s(256, torch.bfloat16) / best_matmul_s(256, torch.float32)
-
-
-def best_matmul_s(size: int, dtype: torch.dtype, repeats: int = 3) -> float:
-    """The fastest of `repeats` CPU products of two random size x size matrices, after one
-    untimed."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    return min(timed(torch.device("cpu"), torch.matmul, a, b)[1] for _ in range(repeats))
-
-
-def warn_if_slow_bf16(precision: str, device: torch.device) -> None:
-    """bf16 autocast on a CPU without native bf16 is slower than fp32, not faster: say so."""
-    if precision == "bf16" and device.type == "cpu" and cpu_bf16_slowdown() > 4:
-        print(f"warning: this CPU multiplies bf16 {cpu_bf16_slowdown():.0f}x slower than fp32 "
-              f"(no AVX-512 BF16 or AMX, so torch emulates it): --precision fp32 is faster here",
-              file=sys.stderr)
-
-
-def autocast(cfg: Config, device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-
-
-def memory_format(cfg: Config):
-    return torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-
-def make_optimizer(model, cfg: Config, device: torch.device):
-    # fused: one kernel updates every parameter instead of one launch per tensor (CUDA only).
-    fused = device.type == "cuda" or None
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                 weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, fused=fused)
-
-
-def compiled(model, cfg: Config):
-    if cfg.compile == "off":
-        return model
-    allow_recompiles()
-    return torch.compile(model, mode=cfg.compile)
-
-
-def allow_recompiles() -> None:
-    """Every model a process compiles (bench.py's pipelines, the worker's shapes) recompiles the one
-    model.forward: past dynamo's per-function limit (8) later models would silently run eagerly,
-    as a bench.py run on an H200 did (its "fast" row timed eager code)."""
-    import torch._dynamo
-    limits = torch._dynamo.config
-    for name in ("cache_size_limit", "recompile_limit"):
-        if hasattr(limits, name):
-            setattr(limits, name, max(getattr(limits, name), 256))
-
-
-def mark_step(cfg: Config) -> None:
-    """Tell CUDA-graph trees a new training step begins, so the previous step's graph outputs may
-    be overwritten (torch.compile mode reduce-overhead)."""
-    if cfg.compile == "reduce-overhead":
-        torch.compiler.cudagraph_mark_step_begin()
-
-
-def train_batches(cfg, images, labels, indices, epoch, device):
-    if cfg.loader == "torchvision":
-        return data.torchvision_batches(images, labels, indices, cfg.batch_size, cfg.seed, epoch,
-                                        train=True, num_workers=cfg.num_workers,
-                                        augment=cfg.augment, normalize=cfg.normalize)
-    return data.tensor_batches(images, labels, cfg.batch_size, cfg.seed, epoch,
-                               augment=cfg.augment, normalize=cfg.normalize)
-
-
-def test_batches(cfg, images, labels):
-    """Unaugmented batches of an evaluation set (test or validation)."""
-    if cfg.loader == "torchvision":
-        return data.torchvision_batches(images, labels, None, cfg.eval_batch_size, cfg.seed, 0,
-                                        train=False, num_workers=cfg.num_workers,
-                                        normalize=cfg.normalize)
-    return data.eval_batches(images, labels, cfg.eval_batch_size, cfg.normalize)
 
 
 class GradNorms:
@@ -288,11 +323,96 @@ class GradNorms:
         return {f"grad_norm_{layer}": v for layer, v in zip(self.layers, means)}
 
 
+# ---------------------------------------------------------------------------------------------
+# Data of a run
+
+
+class Splits(NamedTuple):
+    """A run's data: (images, labels) to train on (the tensor loader's already the D images, on
+    the device; the torchvision loader's the whole set, indexed by `indices`), the training
+    indices, the validation and test (images, labels), the data fingerprints
+    (data.fingerprints) and the validation indices."""
+    train: tuple
+    indices: object
+    val: tuple
+    test: tuple
+    fingerprints: dict
+    val_indices: object
+
+
+def load_splits(cfg: Config, device: torch.device, cifar=None) -> Splits:
+    """A run's Splits. `cifar`: the data set when already loaded (train() loads it before taking
+    the run's lock; worker.py once for many runs)."""
+    cifar = data.load_cifar10(cfg.data_dir) if cifar is None else cifar
+    available = len(cifar.train_labels)
+    num_val = data.val_count(cfg.val_size, available)
+    try:
+        indices, val_indices = data.split_indices(available, cfg.dataset_size, num_val, cfg.subset_seed)
+    except ValueError as e:  # fewer images in data_dir than validate() could assume
+        raise ConfigError(f"--{e} in {cfg.data_dir}") from None
+    train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
+    fingerprints = data.fingerprints(cifar, train_x, train_y)
+    val_x, val_y = cifar.train_images[val_indices], cifar.train_labels[val_indices]
+    test_x, test_y = cifar.test_images, cifar.test_labels
+    if cfg.loader == "torchvision":  # the reference pipeline indexes the full set with a Subset
+        train_x, train_y = cifar.train_images, cifar.train_labels
+    else:  # the whole data set lives on the device as uint8
+        train_x, train_y, val_x, val_y, test_x, test_y = (
+            t.to(device) for t in (train_x, train_y, val_x, val_y, test_x, test_y))
+    return Splits((train_x, train_y), indices, (val_x, val_y), (test_x, test_y), fingerprints,
+                  val_indices)
+
+
+def save_split(stem: str, cfg: Config, splits: Splits) -> None:
+    """A run's validation split, in runs/<run_name>/ (not runs/*.json, which sweep.py reads as
+    summaries)."""
+    if len(splits.val_indices):
+        atomic_write(os.path.join(stem, "split.json"), json.dumps(dict(
+            subset_seed=cfg.subset_seed, train_indices=splits.indices.tolist(),
+            val_indices=splits.val_indices.tolist())) + "\n")
+
+
+def train_batches(cfg, images, labels, indices, epoch):
+    if cfg.loader == "torchvision":
+        return data.torchvision_batches(images, labels, indices, cfg.batch_size, cfg.seed, epoch,
+                                        train=True, num_workers=cfg.num_workers,
+                                        augment=cfg.augment, normalize=cfg.normalize)
+    return data.tensor_batches(images, labels, cfg.batch_size, cfg.seed, epoch,
+                               augment=cfg.augment, normalize=cfg.normalize)
+
+
+def test_batches(cfg, images, labels):
+    """Unaugmented batches of an evaluation set (test or validation)."""
+    if cfg.loader == "torchvision":
+        return data.torchvision_batches(images, labels, None, cfg.eval_batch_size, cfg.seed, 0,
+                                        train=False, num_workers=cfg.num_workers,
+                                        normalize=cfg.normalize)
+    return data.eval_batches(images, labels, cfg.eval_batch_size, cfg.normalize)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records of a run
+
+
+def epoch_row(epoch, lr, train, test, val, epoch_time_s, eval_time_s, extra=None) -> dict:
+    """One line of runs/<run_name>.csv; train, test and val are (loss, accuracy) pairs."""
+    return dict(epoch=epoch, train_loss=train[0], train_acc=train[1], test_loss=test[0],
+                test_acc=test[1], lr=lr, epoch_time_s=epoch_time_s, eval_time_s=eval_time_s,
+                val_loss=val[0], val_acc=val[1], **(extra or {}))
+
+
+@contextlib.contextmanager
+def trackers(runs: list):
+    """Per run, log(row) to trackio when its --trackio is set (a no-op otherwise); finish()
+    always runs, also when training fails, so trackio's background thread flushes what was
+    logged. A resumed run continues its trackio run."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(tracker(run.cfg, run.name, resuming=bool(run.rows)))
+               for run in runs]
+
+
 @contextlib.contextmanager
 def tracker(cfg: Config, name: str, resuming: bool):
-    """log(row) to trackio when --trackio is set (a no-op otherwise); finish() always runs, also
-    when training fails, so trackio's background thread flushes what was logged. A resumed run
-    continues its trackio run."""
     if not cfg.trackio:
         yield lambda row: None
         return
@@ -305,103 +425,78 @@ def tracker(cfg: Config, name: str, resuming: bool):
         trackio.finish()
 
 
-# ---------------------------------------------------------------------------------------------
-# The loop
+def finish_run(run: Run, net, splits: Splits, device: torch.device) -> dict:
+    """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up."""
+    cfg = run.cfg
+    summary = {**summarize(cfg, run.rows, run.status, run.N, run.flops_per_image,
+                           splits.fingerprints, device, len(splits.val[1])), **net.summary_extra}
+    atomic_write(run.stem + ".json", json.dumps(summary, indent=1) + "\n")
+    atomic_write(run.stem + ".yaml", config_text(cfg))  # `--config` of this file repeats the run
+    if cfg.save_model:
+        named = os.path.join(os.path.dirname(run.stem), cfg.experiment_name)
+        records.save_model(named if cfg.experiment_name else run.stem, run.model, summary, cfg)
+    append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary, key="run_name")
+    records.clean_up(cfg, run.stem)
+    if not cfg.quiet:  # above the progress bar of the runs still training
+        tqdm.write(f"{run.name}: {run.status}, final_test_loss_avg_last5="
+                   f"{summary['final_test_loss_avg_last5']:.4f} final_test_acc_avg_last5="
+                   f"{summary['final_test_acc_avg_last5']:.4f} N={run.N:,} D={summary['D']:,} "
+                   f"epochs={summary['epochs']} wall_time_s={summary['wall_time_s']:.1f}")
+    run.summary = summary
+    return summary
 
 
-def on_device(x, y, cfg, device, copies=None):
-    """A batch on the device in the run's memory layout. copies=K: the same images for each copy
-    of a fused network (worker.py), x [B, 3K, 32, 32] and y [B, K]."""
-    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-    if copies:
-        x, y = x.repeat(1, copies, 1, 1), y[:, None].expand(-1, copies)
-    return x.contiguous(memory_format=memory_format(cfg)), y
+def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int,
+              fingerprints: dict, device: torch.device, num_val: int = 0) -> dict:
+    epochs, D = len(rows), cfg.dataset_size
+    row = dict(
+        run_name=run_name(cfg), config_id=config_id(cfg), status=status, model=cfg.model,
+        width=cfg.width, depth=cfg.depth, seed=cfg.seed, N=N, D=D, epochs=epochs,
+        C=N * D * epochs,  # the scaling study's compute proxy
+        steps=epochs * math.ceil(D / cfg.batch_size),  # optimiser steps (last batch partial)
+        flops_per_image=flops_per_image,
+        total_flops=training_flops(flops_per_image, D, epochs),
+        **last5_and_best(rows, "test"),
+        final_train_loss=rows[-1]["train_loss"] if rows else float("nan"),
+        final_train_acc=rows[-1]["train_acc"] if rows else float("nan"),
+        val_images=num_val, **last5_and_best(rows, "val"))
+    row.update({f.name: " ".join(map(str, v)) if isinstance(v, tuple) else v
+                for f in fields(Config) if f.metadata["result"] for v in [getattr(cfg, f.name)]})
+    for flag, (key, needed) in ONLY_WITH.items():  # e.g. no momentum recorded for AdamW
+        if flag in row and getattr(cfg, key) != needed:
+            row[flag] = ""
+    row.update(
+        test_freq=cfg.test_freq, budget=cfg.budget or "", plan=cfg.plan, preset=cfg.preset,
+        experiment_name=cfg.experiment_name,
+        train_time_s=sum(r["epoch_time_s"] for r in rows),
+        wall_time_s=sum(r["epoch_time_s"] + r["eval_time_s"] for r in rows),
+        num_workers=cfg.num_workers if cfg.loader == "torchvision" else "",
+        device=str(device), device_name=speed.device_name(device),
+        torch_version=torch.__version__,
+        num_threads=torch.get_num_threads(),  # CPU results differ in the last bits across it
+        code_version=git_version(), **fingerprints,
+        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return row
 
 
-def train_epoch(model, optimizer, batches, cfg, device, grad_norms, loss_fn=F.cross_entropy,
-                objective=lambda loss: loss):
-    """One pass over the data; loss and accuracy are summed on the device so that no step waits
-    for the host. For a fused network (worker.py) loss_fn gives one loss per copy ([K]) and the
-    objective sums the live copies'; the means come back as lists of K."""
-    model.train()
-    loss_sum = correct = 0  # on the device after the first batch: [] or [K]
-    seen = 0
-    for x, y in batches:
-        x, y = on_device(x, y, cfg, device)
-        mark_step(cfg)
-        with autocast(cfg, device):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        objective(loss).backward()
-        grad_norms.update()
-        optimizer.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(-1) == y).sum(0)
-        seen += len(y)
-    return per_image(loss_sum, correct, seen)
+def last5_and_best(rows: list, split: str) -> dict:
+    """final_<split>_{loss,acc}_avg_last5 (mean of the last 5 evaluations), final_<split>_*
+    (the last evaluation, after the epoch at the smallest lr: the metric of short schedules,
+    where the last 5 epochs still descend) and best_<split>_*; NaN where never evaluated."""
+    evals = [r for r in rows if r[f"{split}_loss"] != ""]
+    last, nan = evals[-LAST_K:], float("nan")
+    out = {}
+    for metric, best in (("loss", min), ("acc", max)):
+        key = f"{split}_{metric}"
+        out[f"final_{key}_avg_last5"] = sum(r[key] for r in last) / len(last) if last else nan
+        out[f"final_{key}"] = last[-1][key] if last else nan
+        out[f"best_{key}"] = best((r[key] for r in evals), default=nan)
+    return out
 
 
-@torch.no_grad()
-def evaluate(model, batches, cfg, device, copies=None, loss_fn=F.cross_entropy):
-    """Loss and accuracy on an evaluation set; copies=K (with fused.per_copy_loss): every copy of a
-    fused network on the same images, lists of K."""
-    model.eval()
-    loss_sum = correct = 0
-    seen = 0
-    for x, y in batches:
-        x, y = on_device(x, y, cfg, device, copies)
-        with autocast(cfg, device):
-            logits = model(x)
-        loss_sum += loss_fn(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(-1) == y).sum(0)
-        seen += len(y)
-    return per_image(loss_sum, correct, seen)
-
-
-def per_image(loss_sum, correct, seen):
-    """Means as Python floats (lists of K for a fused network), divided on the host."""
-    if loss_sum.dim():
-        return [v / seen for v in loss_sum.tolist()], [v / seen for v in correct.tolist()]
-    return loss_sum.item() / seen, correct.item() / seen
-
-
-NOT_EVALUATED = ("", "")
-
-
-def evaluations(model, epoch, cfg, device, test_set, val_set, copies=None, loss_fn=F.cross_entropy):
-    """(test, validation) (loss, accuracy) of an epoch; NOT_EVALUATED where the epoch or the run
-    has none."""
-    if not is_eval_epoch(epoch, cfg):
-        return NOT_EVALUATED, NOT_EVALUATED
-    on = lambda split: evaluate(model, test_batches(cfg, *split), cfg, device, copies, loss_fn)
-    return on(test_set), on(val_set) if len(val_set[1]) else NOT_EVALUATED
-
-
-def epoch_row(epoch, lr, train, test, val, epoch_time_s, eval_time_s, extra=None) -> dict:
-    """One line of runs/<run_name>.csv; train, test and val are (loss, accuracy) pairs."""
-    return dict(epoch=epoch, train_loss=train[0], train_acc=train[1], test_loss=test[0],
-                test_acc=test[1], lr=lr, epoch_time_s=epoch_time_s, eval_time_s=eval_time_s,
-                val_loss=val[0], val_acc=val[1], **(extra or {}))
-
-
-def train(cfg: Config) -> dict:
-    """Train one configuration end to end; returns the summary row. A configuration that already
-    has a summary is not trained again (unless cfg.force): its summary is returned."""
-    validate(cfg)
-    name, device = run_name(cfg), resolve_device(cfg.device)
-    stem = os.path.join(cfg.results_dir, "runs", name)
-    # --force's clean-up waits for the lock
-    done = not cfg.force and records.finished_summary(cfg, stem)
-    if done:
-        return done
-    warn_if_slow_bf16(cfg.precision, device)
-    cifar = data.load_cifar10(cfg.data_dir)  # first: a failed download leaves no file behind
-    os.makedirs(os.path.dirname(stem), exist_ok=True)
-    claim_experiment(cfg, os.path.dirname(stem), name)
-    # another process may have finished it while this one waited for the lock
-    with records.run_lock(stem, name), explained_errors(cfg, device):
-        return records.finished_summary(cfg, stem) or fit(cfg, name, device, stem, cifar)
+def training_flops(flops_per_image: int, images: float, epochs: float) -> float:
+    """FLOPs of training on `images` images for `epochs` epochs: forward + backward ~ 3x forward."""
+    return 3 * flops_per_image * images * epochs
 
 
 @contextlib.contextmanager
@@ -425,141 +520,25 @@ def explained_errors(cfg, device):
         raise
 
 
-def load_splits(cfg: Config, device: torch.device, cifar=None):
-    """Train, validation and test tensors (on the device for the tensor loader), the training
-    indices, the data fingerprints (data.fingerprints) and the validation indices (save_split
-    records them). `cifar`: the data set when already loaded (train() loads it before taking the
-    run's lock; worker.py once for many runs)."""
-    cifar = data.load_cifar10(cfg.data_dir) if cifar is None else cifar
-    available = len(cifar.train_labels)
-    num_val = data.val_count(cfg.val_size, available)
-    try:
-        indices, val_indices = data.split_indices(available, cfg.dataset_size, num_val, cfg.subset_seed)
-    except ValueError as e:  # fewer images in data_dir than validate() could assume
-        raise ConfigError(f"--{e} in {cfg.data_dir}") from None
-    train_x, train_y = cifar.train_images[indices], cifar.train_labels[indices]
-    fingerprints = data.fingerprints(cifar, train_x, train_y)
-    val_x, val_y = cifar.train_images[val_indices], cifar.train_labels[val_indices]
-    test_x, test_y = cifar.test_images, cifar.test_labels
-    if cfg.loader == "torchvision":  # the reference pipeline indexes the full set with a Subset
-        train_x, train_y = cifar.train_images, cifar.train_labels
-    else:  # the whole data set lives on the device as uint8
-        train_x, train_y, val_x, val_y, test_x, test_y = (
-            t.to(device) for t in (train_x, train_y, val_x, val_y, test_x, test_y))
-    return (train_x, train_y), (val_x, val_y), (test_x, test_y), indices, fingerprints, val_indices
-
-
-def save_split(stem: str, cfg: Config, indices, val_indices) -> None:
-    """A run's validation split, in runs/<run_name>/ (not runs/*.json, which sweep.py reads as
-    summaries)."""
-    if len(val_indices):
-        atomic_write(os.path.join(stem, "split.json"), json.dumps(dict(
-            subset_seed=cfg.subset_seed, train_indices=indices.tolist(),
-            val_indices=val_indices.tolist())) + "\n")
-
-
-def fit(cfg, name, device, stem, cifar=None) -> dict:
-    """Train the configuration (its lock held) and write its summary."""
-    set_seed(cfg.seed, cfg.deterministic)
-    (train_x, train_y), val_set, test_set, indices, fingerprints, val_indices = load_splits(
-        cfg, device, cifar)
-    save_split(stem, cfg, indices, val_indices)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn)
-    model = model.to(device, memory_format=memory_format(cfg))
-    N, flops_per_image = count_params(model), forward_flops_per_image(model)
-    optimizer, grad_norms = make_optimizer(model, cfg, device), GradNorms(model, cfg.log_grad_norms)
-    rows = continued(cfg, name, stem + ".ckpt.pt", model, optimizer)
-    ckpt_path = stem + ".ckpt.pt"
-    step_model = compiled(model, cfg)
-
-    status = "finished"
-    bar = tqdm(range(len(rows) + 1, cfg.num_epochs + 1), desc=name, initial=len(rows),
-               total=cfg.num_epochs, disable=cfg.quiet or not sys.stderr.isatty(), leave=False)
-    with tracker(cfg, name, resuming=bool(rows)) as log:
-        for epoch in bar:
-            lr = epoch_lr(epoch - 1, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            batches = train_batches(cfg, train_x, train_y, indices, epoch, device)
-            train_loss, train_acc = train_epoch(step_model, optimizer, batches, cfg, device, grad_norms)
-            sync(device)
-            t1 = time.perf_counter()
-            test, val = evaluations(step_model, epoch, cfg, device, test_set, val_set)
-            sync(device)
-            rows.append(epoch_row(epoch, lr, (train_loss, train_acc), test, val, t1 - t0,
-                                  time.perf_counter() - t1, grad_norms.epoch_means()))
-            write_csv(stem + ".csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
-            log(rows[-1])
-            if is_diverged((train_loss, test[0], val[0]), params_finite(model)):
-                status = "diverged"
-                break
-            records.save_checkpoint(ckpt_path, model, optimizer, rows, cfg)
-            bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_acc:.3f}",
-                            test_loss=test[0] if test[0] == "" else f"{test[0]:.3f}")
-    bar.close()
-    return finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints,
-                      device, len(val_set[1]))
-
-
-def continued(cfg, name, ckpt_path, model, optimizer) -> list:
-    """The rows of the epochs a killed run finished, its model and optimiser loaded from its
-    checkpoint; [] for a new run. A checkpoint is always continued (a rerun that forgot --resume
-    must not throw hours away), and says so unless --resume asked for it; --force starts over."""
-    if not os.path.exists(ckpt_path):
-        return []
-    if cfg.force:
-        os.remove(ckpt_path)
-        return []
-    rows = records.load_checkpoint(ckpt_path, model, optimizer,
-                                   lambda saved: saved_by_another_run(saved, cfg))
-    if not cfg.resume and not cfg.quiet:
-        print(f"{name}: continuing from its checkpoint after epoch {len(rows)} of "
-              f"{cfg.num_epochs} (a killed run is continued; --force starts it over)",
-              file=sys.stderr)
-    return rows
-
-
-def finish_run(cfg, name, stem, model, rows, status, N, flops_per_image, fingerprints, device,
-               num_val, extra=None) -> dict:
-    """Write the summary (runs/<name>.json, final_data.csv, the saved model) and clean up.
-    `extra`: more summary columns (worker.py's bundle_size)."""
-    summary = {**summarize(cfg, rows, status, N, flops_per_image, fingerprints, device, num_val),
-               **(extra or {})}
-    atomic_write(stem + ".json", json.dumps(summary, indent=1) + "\n")
-    atomic_write(stem + ".yaml", config_text(cfg))  # `--config` of this file repeats the run
-    if cfg.save_model:
-        named = os.path.join(os.path.dirname(stem), cfg.experiment_name)
-        records.save_model(named if cfg.experiment_name else stem, model, summary, cfg)
-    append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary, key="run_name")
-    records.clean_up(cfg, stem)
-    if not cfg.quiet:
-        print(f"{name}: {status}, final_test_loss_avg_last5={summary['final_test_loss_avg_last5']:.4f} "
-              f"final_test_acc_avg_last5={summary['final_test_acc_avg_last5']:.4f} N={N:,} "
-              f"D={summary['D']:,} epochs={summary['epochs']} wall_time_s={summary['wall_time_s']:.1f}")
-    return summary
-
-
 # ---------------------------------------------------------------------------------------------
 # Entry points
 
 
 def run_experiment(seed, batch_size, num_epochs, test_freq, width, depth, dataset_size, **options):
-    """The brief's signature; `options` are any other Config fields (preset="..." included).
-    Returns the summary row."""
+    """Train one configuration from Python: the scaling knobs by position, `options` any other
+    Config fields (preset="..." included). Returns the summary row."""
     return train(make_config(dict(options, seed=seed, batch_size=batch_size, num_epochs=num_epochs,
                                   test_freq=test_freq, width=width, depth=depth,
                                   dataset_size=dataset_size)))
 
 
 def has_checkpoint(cfg) -> bool:
-    return os.path.exists(os.path.join(cfg.results_dir, "runs", run_name(cfg) + ".ckpt.pt"))
+    return os.path.exists(run_stem(cfg) + ".ckpt.pt")
 
 
 def main(argv=None):
     cfg = parse_config(argv)
-    keep_freed_memory()
+    speed.keep_freed_memory()
     exit_with_parent()
     signal.signal(signal.SIGTERM, raise_stopped)
     try:

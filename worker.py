@@ -10,9 +10,10 @@ Per process the data set is loaded and fingerprinted once per split, and a fused
 shape is built (and compiled) once and reused: the next bundle of that shape loads its weights
 into it. Runs that may share a network (`bundle_key`: every setting equal except the seed and the
 cheap per-copy hyperparameters PER_COPY) train as one bundle of up to --max_bundle copies
-(fused.py). Every copy writes exactly what `train.py` writes (run_name, per-epoch CSV, checkpoint
-after each epoch, summary JSON, final_data.csv row) through train.py's and records.py's own
-functions, so a run can be resumed by either and analysis cannot tell them apart. A bundle of
+(fused.py). A bundle trains through train.py's own epoch loop (train.train_epochs, with `Bundle`
+adapting the fused network to it), so every copy writes exactly what `train.py` writes (run_name,
+per-epoch CSV, checkpoint after each epoch, summary JSON, final_data.csv row): a run can be
+resumed by either and analysis cannot tell them apart. A bundle of
 one, and runs that cannot be fused (--loader torchvision, --log_grad_norms, --trackio), run
 through train.train in this process. A bundle that fails is retried run by run; a run that
 still fails has its traceback in results/logs/<run_name>.log and the others carry on.
@@ -39,9 +40,10 @@ import config
 import data
 import fused
 import records
+import speed
 import train
-from model import build_model, count_params, forward_flops_per_image, num_params
-from records import ResultsFileError, atomic_write, write_csv
+from model import num_params
+from records import ResultsFileError, atomic_write
 from utils import (ArgumentParser, Stopped, exit_with_parent, raise_stopped, set_seed,
                    stopped_exit_code)
 
@@ -85,7 +87,7 @@ def make_bundles(cfgs: list, max_bundle: int = None) -> list:
 def network_key(cfg: train.Config, copies: int) -> tuple:
     """Bundles with equal keys can train on one (compiled) fused module, whatever their D."""
     return (cfg.model, cfg.width, cfg.depth, cfg.bn, copies, cfg.channels_last, cfg.compile,
-            str(train.resolve_device(cfg.device)))
+            str(speed.resolve_device(cfg.device)))
 
 
 def bundle_cost(bundle: list) -> float:
@@ -98,45 +100,53 @@ def bundle_cost(bundle: list) -> float:
 # One bundle
 
 
-def stacked_batches(cfgs, images, labels, indices, epoch, device):
-    """Each copy's own order and augmentation (train.py's, from its seed), side by side:
-    x [B, 3K, 32, 32] (copy k in channels 3k:3k+3), y [B, K]."""
-    streams = [train.train_batches(cfg, images, labels, indices, epoch, device) for cfg in cfgs]
-    for pairs in zip(*streams):
-        yield torch.cat([x for x, _ in pairs], dim=1), torch.stack([y for _, y in pairs], dim=1)
+class Bundle(train.Net):
+    """K runs of one shape trained as one fused network (fused.py) through train.py's epoch loop:
+    the members of train.Net, each answering for every run, in order. Copy k's images sit in
+    channels 3k:3k+3 of a batch and its labels in column k; each keeps its own order and
+    augmentation (train.py's, from its seed). Its runs' models and optimizers (train.Run's) hold
+    its weights and state in torch's format, for their checkpoints and saved models."""
 
+    def __init__(self, runs: list, net, module):
+        self.runs, self.net, self.module = runs, net, module
+        net.load_state_dict(fused.fused_state(net, [run.model.state_dict() for run in runs]))
+        self.optimizer = fused.make_optimizer(net, [run.cfg for run in runs])
+        for k, run in enumerate(runs):
+            self.optimizer.load_state(k, [dict(run.optimizer.state.get(p, {}))
+                                          for p in run.model.parameters()])
+        self.grad_norms = train.GradNorms(net, enabled=False)
+        self.summary_extra = dict(bundle_size=len(runs))
 
-def copy_of(pair, k):
-    """Copy k's (loss, accuracy) from a fused evaluation's lists; train.NOT_EVALUATED as it is."""
-    return pair if pair == train.NOT_EVALUATED else (pair[0][k], pair[1][k])
+    def loss(self, logits, labels, reduction="mean"):
+        """[K]: each copy's cross-entropy; 0 for a stopped copy, whose NaN must not reach the sum
+        a step minimises (NaN * 0 is NaN, so it is selected away, not multiplied)."""
+        return torch.where(self.optimizer.alive, fused.per_copy_loss(logits, labels, reduction), 0.0)
 
+    def train_batches(self, splits, epoch: int):
+        streams = [train.train_batches(run.cfg, *splits.train, splits.indices, epoch)
+                   for run in self.runs]
+        for pairs in zip(*streams):
+            yield torch.cat([x for x, _ in pairs], dim=1), torch.stack([y for _, y in pairs], dim=1)
 
-class Copy:
-    """One run of a bundle: its configuration, files, ordinary model + optimizer (for init,
-    checkpoints and saving, in train.py's format) and its rows."""
+    def eval_batches(self, images, labels):
+        """The same images for every copy: x [B, 3K, 32, 32], y [B, K]."""
+        K = len(self.runs)
+        for x, y in train.test_batches(self.runs[0].cfg, images, labels):
+            yield x.repeat(1, K, 1, 1), y[:, None].expand(-1, K)
 
-    def __init__(self, cfg, device):
-        self.cfg, self.name = cfg, train.run_name(cfg)
-        self.stem = stem_of(cfg)
-        torch.manual_seed(cfg.seed)  # train.py's initialisation of this seed
-        self.model = build_model(cfg.model, cfg.width, cfg.depth, cfg.bn).to(device)
-        self.optimizer = train.make_optimizer(self.model, cfg, device)
-        self.rows, self.status = [], "finished"
-        if cfg.resume and os.path.exists(self.stem + ".ckpt.pt"):
-            self.rows = records.load_checkpoint(
-                self.stem + ".ckpt.pt", self.model, self.optimizer,
-                lambda saved: config.saved_by_another_run(saved, cfg))
+    def params_finite(self) -> list:
+        return fused.params_finite(self.net).tolist()
 
-    def optimizer_states(self):
-        """Per parameter, the torch optimiser's state ({} before its first step)."""
-        return [dict(self.optimizer.state.get(p, {})) for p in self.model.parameters()]
+    def update_run(self, k: int) -> None:
+        """Copy k's weights and optimiser state out of the fused network into its run's."""
+        run = self.runs[k]
+        run.model.load_state_dict(fused.copy_state(self.net, run.model, k))
+        for p, state in zip(run.model.parameters(), self.optimizer.copy_state(k)):
+            run.optimizer.state[p].update({name: v.reshape(p.shape) if v.dim() else v
+                                           for name, v in state.items()})
 
-    def pull(self, net, optimizer, k):
-        """Copy k's weights and optimiser state out of the fused network into the ordinary pair."""
-        self.model.load_state_dict(fused.copy_state(net, self.model, k))
-        for p, state in zip(self.model.parameters(), optimizer.copy_state(k)):
-            self.optimizer.state[p].update({name: v.reshape(p.shape) if v.dim() else v
-                                            for name, v in state.items()})
+    def stop(self, k: int) -> None:
+        self.optimizer.freeze(k)
 
 
 class Worker:
@@ -145,9 +155,8 @@ class Worker:
     def __init__(self):
         self.cifar, self.splits, self.nets = {}, {}, {}
 
-    def data(self, cfg, device):
-        """train.load_splits' tensors and indices, loaded and fingerprinted once per split and
-        device."""
+    def data(self, cfg, device) -> train.Splits:
+        """train.load_splits, loaded and fingerprinted once per split and device."""
         key = (cfg.data_dir, cfg.dataset_size, cfg.val_size, cfg.subset_seed, str(device))
         if key not in self.splits:
             if cfg.data_dir not in self.cifar:
@@ -155,84 +164,36 @@ class Worker:
             self.splits[key] = train.load_splits(cfg, device, self.cifar[cfg.data_dir])
         return self.splits[key]
 
-    def network(self, copies, device):
-        """The fused network of these copies' initial (or resumed) weights. One module per shape
+    def network(self, runs: list, device):
+        """(fused network, the module that steps it) for these runs' shape. One module per shape
         and process: loading new weights into it keeps its parameters (and so torch.compile's
         graphs and CUDA-graph addresses) valid for the next bundle."""
-        cfg, K = copies[0].cfg, len(copies)
+        cfg, K = runs[0].cfg, len(runs)
         key = network_key(cfg, K)
         if key not in self.nets:
             while len(self.nets) >= MAX_CACHED_NETS:  # CUDA-graph pools hold activations: evict
                 self.nets.pop(next(iter(self.nets)))
-            net = fused.fuse([c.model for c in copies]).to(memory_format=train.memory_format(cfg))
-            self.nets[key] = (net, train.compiled(net, cfg))
-        net, step_net = self.nets[key]
-        net.load_state_dict(fused.fused_state(net, [c.model.state_dict() for c in copies]))
-        return net, step_net
+            net = fused.fuse([run.model for run in runs])
+            self.nets[key] = (net, speed.prepared(net, cfg))
+        return self.nets[key]
 
     def train_bundle(self, cfgs: list) -> dict:
-        """Train one fusible bundle to the end (its runs claimed); {run_name: status}. Copies
+        """Train one fusible bundle to the end (its runs claimed); {run_name: status}. Runs
         resumed at different epochs (a kill between their checkpoints) train as separate bundles."""
-        device = train.resolve_device(cfgs[0].device)
+        device = speed.resolve_device(cfgs[0].device)
         for cfg in cfgs:  # train.py's rule: one --experiment_name, one configuration
-            config.claim_experiment(cfg, os.path.dirname(stem_of(cfg)), train.run_name(cfg))
+            config.claim_experiment(cfg, os.path.dirname(train.run_stem(cfg)), train.run_name(cfg))
         set_seed(cfgs[0].seed, cfgs[0].deterministic)
-        copies = [Copy(cfg, device) for cfg in cfgs]
+        runs = [train.Run(cfg, device) for cfg in cfgs]
         by_epoch = {}
-        for c in copies:
-            by_epoch.setdefault(len(c.rows), []).append(c)
-        return {name: status for group in by_epoch.values()
-                for name, status in self._train(group, device).items()}
-
-    def _train(self, copies, device) -> dict:
-        cfg, K = copies[0].cfg, len(copies)
-        (train_x, train_y), val_set, test_set, indices, fingerprints, val_indices = self.data(
-            cfg, device)
-        for c in copies:
-            train.save_split(c.stem, c.cfg, indices, val_indices)
-        N, flops_per_image = count_params(copies[0].model), forward_flops_per_image(copies[0].model)
-        net, step_net = self.network(copies, device)
-        optimizer = fused.make_optimizer(net, [c.cfg for c in copies])
-        for k, c in enumerate(copies):
-            optimizer.load_state(k, c.optimizer_states())
-        no_grad_norms = train.GradNorms(net, enabled=False)
-        for epoch in range(len(copies[0].rows) + 1, cfg.num_epochs + 1):
-            lrs = [train.epoch_lr(epoch - 1, c.cfg) for c in copies]
-            optimizer.set_lr(lrs)
-            t0 = time.perf_counter()
-            batches = stacked_batches([c.cfg for c in copies], train_x, train_y, indices, epoch, device)
-            train_loss, train_acc = train.train_epoch(step_net, optimizer, batches, cfg, device,
-                                                      no_grad_norms, fused.per_copy_loss,
-                                                      optimizer.objective)
-            train.sync(device)
-            t1 = time.perf_counter()
-            test, val = train.evaluations(step_net, epoch, cfg, device, test_set, val_set, K,
-                                          fused.per_copy_loss)
-            finite = fused.params_finite(net).tolist()
-            eval_s = time.perf_counter() - t1
-            for k in list(optimizer.live):
-                c, test_k, val_k = copies[k], copy_of(test, k), copy_of(val, k)
-                # the bundle's time shared by its K copies: sums over a sweep stay the device time
-                c.rows.append(train.epoch_row(epoch, lrs[k], (train_loss[k], train_acc[k]), test_k,
-                                              val_k, (t1 - t0) / K, eval_s / K))
-                write_csv(c.stem + ".csv", c.rows, list(c.rows[0]))
-                c.pull(net, optimizer, k)
-                if train.is_diverged((train_loss[k], test_k[0], val_k[0]), finite[k]):
-                    c.status = "diverged"
-                    optimizer.freeze(k)
-                    self._finish(c, N, flops_per_image, fingerprints, device, len(val_set[1]), K)
-                else:
-                    records.save_checkpoint(c.stem + ".ckpt.pt", c.model, c.optimizer, c.rows, c.cfg)
-            if not optimizer.live:
-                break
-        for k in optimizer.live:
-            self._finish(copies[k], N, flops_per_image, fingerprints, device, len(val_set[1]), K)
-        return {c.name: c.status for c in copies}
-
-    @staticmethod
-    def _finish(c, N, flops_per_image, fingerprints, device, num_val, K):
-        train.finish_run(c.cfg, c.name, c.stem, c.model, c.rows, c.status, N, flops_per_image,
-                         fingerprints, device, num_val, extra=dict(bundle_size=K))
+        for run in runs:
+            by_epoch.setdefault(len(run.rows), []).append(run)
+        for group in by_epoch.values():
+            splits = self.data(group[0].cfg, device)
+            for run in group:
+                train.save_split(run.stem, run.cfg, splits)
+            train.train_epochs(Bundle(group, *self.network(group, device)), splits, device)
+        return {run.name: run.status for run in runs}
 
     def run(self, bundles: list, force: bool = False, log=print) -> dict:
         """Train the bundles in order; {run_name: 0 (finished or diverged) or 1 (failed)}. Runs
@@ -246,7 +207,7 @@ class Worker:
             todo = []
             for c in bundle:
                 try:
-                    if c.force or not records.finished_summary(c, stem_of(c)):
+                    if c.force or not records.finished_summary(c, train.run_stem(c)):
                         todo.append(c)
                 except ResultsFileError as error:  # fails this run, as train.py would
                     codes.update(self._failed(c, train.run_name(c), error, log))
@@ -260,13 +221,13 @@ class Worker:
         try:
             if len(cfgs) > 1:
                 with claimed(cfgs):  # as train.train: looked at again under the locks
-                    todo = [c for c in cfgs if not records.finished_summary(c, stem_of(c))]
+                    todo = [c for c in cfgs if not records.finished_summary(c, train.run_stem(c))]
                     statuses = self.train_bundle(todo) if todo else {}
             else:  # a bundle of one is train.py's run, bit for bit (train.train claims it)
                 statuses = {names[0]: train.train(cfgs[0])["status"]}
             log(f"bundle of {len(cfgs)}: " + ", ".join(f"{n} {s}" for n, s in statuses.items()))
             return {name: 0 for name in names}
-        except records.RunHeld as error:   # another sweep trains it: its to finish, not a failure
+        except records.RunHeld as error:   # another sweep trains it: that one finishes it; no failure
             if len(cfgs) > 1:
                 return {n: code for c in cfgs for n, code in self._run_isolated([c], log).items()}
             log(f"{HELD_LINE}{names[0]} ({error})")
@@ -287,17 +248,13 @@ class Worker:
         return {name: 1}
 
 
-def stem_of(cfg) -> str:
-    return os.path.join(cfg.results_dir, "runs", train.run_name(cfg))
-
-
 @contextlib.contextmanager
 def claimed(cfgs):
     """train.py's per-run locks for every run of a bundle: two processes never train one run."""
     with contextlib.ExitStack() as stack:
         for cfg in cfgs:
             os.makedirs(os.path.join(cfg.results_dir, "runs"), exist_ok=True)
-            stack.enter_context(records.run_lock(stem_of(cfg), train.run_name(cfg)))
+            stack.enter_context(records.run_lock(train.run_stem(cfg), train.run_name(cfg)))
         yield
 
 
@@ -404,7 +361,7 @@ def main(argv=None):
         bundles = sorted(make_bundles(cfgs, args.max_bundle), key=bundle_cost,
                          reverse=True)[i::n]  # largest first, dealt round-robin: slices balance
         bundles.sort(key=lambda b: str(network_key(b[0], len(b))))  # one shape's bundles in a row
-    train.keep_freed_memory()
+    speed.keep_freed_memory()
     exit_with_parent()
     signal.signal(signal.SIGTERM, raise_stopped)
     try:

@@ -58,7 +58,7 @@ smoke)  # every CUDA-only path on a tiny problem (compile + CUDA graphs, bf16, -
 speed)  # every pipeline's s/epoch and MFU; --deterministic on CUDA
   rm -rf results/det_a results/det_b  # a warm machine keeps them: a rerun would skip, not train
   step 400 bench_timed python bench.py --sizes 32x2,8x1,128x4 \
-    --pipelines brief,default,nondeterministic,bf16,fast --warmup 1 --epochs 2 \
+    --pipelines torchvision,default,nondeterministic,bf16,fast --warmup 1 --epochs 2 \
     --notes "$OUT/bench_timed.md"
   for run in a b; do
     step 60 "deterministic_$run" python train.py --width 32 --depth 2 --dataset_size 10000 \

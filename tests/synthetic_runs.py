@@ -163,3 +163,33 @@ def assert_joint_recovers(fit: dict, abs_tol: dict, law=LAW):
     for name in laws.JOINT_PARAMS:
         lo, hi = fit[f"{name}_ci95"]
         assert lo < fit[name] < hi, name
+
+
+# ---------------------------------------------------------------------------------------------
+# The joint forms L(N, D, T): a design like the CPU study's and each form's true parameters
+
+CROSS_ENTROPY_L0 = math.log(10)
+# A design like the CPU study's: N over 1.5 decades, D from 1,562 to 50,000, T = D x epochs from
+# 3,000 to 10^6 (short-T and steps-matched points), so D and T vary independently.
+FORM_N_AXIS = np.array([1344, 2848, 4910, 10708, 18738, 41494, 73178], float)
+FORM_DESIGN = np.array([(n, d, d * e) for n in FORM_N_AXIS for d in (1562, 6250, 25000, 50000)
+                        for e in (2, 10, 80) if d * e <= 1_000_000], float)
+FORM_TRUTH = dict(   # each form's parameters in theta's order (log_X: natural log of X)
+    additive=[0.6, math.log(8), 0.3, math.log(12), 0.25],
+    kaplan=[math.log(200), 0.2, math.log(3000), 0.25],
+    rosenfeld=[0.2, math.log(40), 0.35, math.log(12), 0.3],
+    m4=[0.5, math.log(30), 0.35, math.log(60), 0.35, 0.5],
+    bryant_liu=[0.8, math.log(40), 0.5, math.log(300), 0.5, math.log(0.5), 0.5, 0.5],
+)
+
+
+def drawn_from_form(form, noise=0.0, seeds=2, rng=None, depth=None, kappa=0.0):
+    """Seed means and laws.Noise of `seeds` runs per design point drawn from the form."""
+    N, D, T = FORM_DESIGN.T
+    if depth is not None:
+        N = N * (depth / 2.0) ** kappa   # the law sees N·(depth/2)^kappa
+    x = laws.Points(np.log(N), np.log(D), np.log(T))
+    log_L = laws.JOINT_FORMS[form].log_L(np.array(FORM_TRUTH[form]), x, CROSS_ENTROPY_L0)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    runs = np.exp(log_L[:, None] + noise * rng.standard_normal((len(log_L), seeds)))
+    return runs.mean(1), laws.noise_from_seeds(runs)

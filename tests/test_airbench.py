@@ -1,19 +1,26 @@
 """airbench.py on CPU: the paper's values, whitening init, schedules, decoupled weight decay, TTA,
 augmentation, freezing, timing and tiny end-to-end runs on the synthetic data set."""
 import csv
+import dataclasses
 import math
 import os
+import signal
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import airbench as ab
+import data
+import train
 from model import count_params
 from train import ConfigError
 
+
 # The reference's derived quantities at its defaults (50,000 images, batch 1024, momentum 0.85).
 KILOSTEP_SCALE = 1024 * (1 + 1 / (1 - 0.85))
+
+
 WD_PER_STEP = 0.0153 * 1024 / KILOSTEP_SCALE
 
 
@@ -203,7 +210,7 @@ def test_weight_shrink_per_step_is_the_recipes_whatever_the_lr(lr):
 
 
 def test_whitening_weights_train_from_the_given_epoch():
-    """Issue 11's convention: trainable "from epoch k", epochs counted from 1."""
+    """The variants study's convention: trainable "from epoch k", epochs counted from 1."""
     k5 = ab.AirbenchConfig(whiten_unfreeze_epoch=5)
     assert [ab.whiten_trainable(e, k5) for e in range(1, 11)] == [False] * 4 + [True] * 6
     paper = ab.AirbenchConfig()
@@ -484,6 +491,7 @@ def test_a_full_disk_is_one_line_and_exit_28(monkeypatch, tmp_path, capsys):
         "1 of 2 run(s) recorded, each whole; free some space and run again" in err
 
 
+@pytest.mark.slow
 def test_tiny_run_of_the_variants(tmp_path, data_dir):
     notes = tmp_path / "notes.md"
     row, epochs = tiny_run(tmp_path, data_dir, "--num_epochs", "1.5", "--tta_level", "0",
@@ -564,6 +572,58 @@ def test_ctrl_c_is_one_line_not_a_traceback(monkeypatch, tmp_path, capsys):
     assert exit_.value.code == 130  # 128 + SIGINT, as train.py and sweep.py exit
     assert f"airbench.py: stopped by SIGINT; 1 of 3 run(s) finished (kept in {tmp_path}); the " \
         "one in progress is lost" in capsys.readouterr().err
+
+
+def test_airbench_stopped_by_sigterm_says_so_in_one_line(monkeypatch, tmp_path, capsys):
+    import airbench
+
+    def stopped(cfg, finished):
+        raise train.Stopped(signal.SIGTERM)
+    monkeypatch.setattr(airbench, "bench", stopped)
+    with pytest.raises(SystemExit) as exit_:
+        airbench.main(["--device", "cpu", "--results_dir", str(tmp_path)])
+    assert exit_.value.code == 128 + signal.SIGTERM  # was: killed without a word
+    # and no folder named as holding runs when none finished
+    assert "airbench.py: stopped by SIGTERM; 0 of 1 run(s) finished; the one in progress is lost" \
+        in capsys.readouterr().err
+
+
+def test_airbench_reads_the_same_kind_of_config_file(tmp_path, capsys):
+    import airbench
+    path = tmp_path / "a.yaml"
+    path.write_text("width: 1\nnum_epochs: 2\ntranslate_schedule: cyclic\n")
+    cfg = airbench.parse_config(["--config", str(path), "--num_epochs", "3", "--device", "cpu"])
+    assert (cfg.width, cfg.num_epochs, cfg.translate_schedule) == (1.0, 3.0, "cyclic")
+    assert airbench.run_name(cfg) == airbench.run_name(airbench.parse_config(
+        ["--width", "1", "--num_epochs", "3", "--translate_schedule", "cyclic", "--device", "cpu"]))
+    with pytest.raises(SystemExit) as exit_:
+        airbench.parse_config(["--config", str(path), "--print_config"])
+    assert exit_.value.code == 0
+    path.write_text(capsys.readouterr().out)
+    assert airbench.parse_config(["--config", str(path)]) == airbench.parse_config(
+        ["--width", "1", "--num_epochs", "2", "--translate_schedule", "cyclic"])
+    path.write_text("widht: 1\n")
+    with pytest.raises(SystemExit):
+        airbench.parse_config(["--config", str(path)])
+    assert f"config file {path}: unknown key(s) ['widht']" in capsys.readouterr().err
+
+
+def test_airbench_saves_the_config_of_each_recorded_run(data_dir, tmp_path):
+    import airbench
+    import data
+    cfg = airbench.parse_config(["--dataset_size", "256", "--batch_size", "32", "--width", "0.0625",
+                                 "--num_epochs", "1", "--tta_level", "0", "--runs", "2", "--seed", "3",
+                                 "--device", "cpu", "--results_dir", str(tmp_path), "--quiet"])
+    # The data loaded by hand: airbench.load_data assumes all 50,000 training images.
+    cifar = data.load_cifar10(data_dir)
+    idx = data.subset_indices(len(cifar.train_labels), cfg.dataset_size, cfg.subset_seed)
+    x, y = cifar.train_images[idx], cifar.train_labels[idx]
+    summary = airbench.train(cfg, ((x, y, cifar.test_images, cifar.test_labels),
+                                   data.fingerprints(cifar, x, y)))
+    saved = tmp_path / "runs" / (summary["run_name"] + ".yaml")
+    again = airbench.parse_config(["--config", str(saved)])
+    assert again == dataclasses.replace(cfg, runs=1)  # this seed alone, not the --runs batch
+    assert airbench.run_name(again) == summary["run_name"]
 
 
 @pytest.mark.parametrize("epochs", ["1e30", "1e6", "inf"])

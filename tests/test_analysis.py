@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthetic_runs import (DATA_PLAN, EPOCHS, LAW, REPO, SMALL_GRID, WIDTH_GROUP, WIDTH_PLAN,
+from synthetic_runs import (CROSS_ENTROPY_L0, FORM_DESIGN, FORM_TRUTH, drawn_from_form,
+                            DATA_PLAN, EPOCHS, LAW, REPO, SMALL_GRID, WIDTH_GROUP, WIDTH_PLAN,
                             WIDTHS, assert_joint_recovers, cnn_flops, cnn_params, isoflop_points,
                             loaded, make_runs, optimum, single, sweep_points, true_loss, width_for,
                             write, write_sweep)
@@ -1026,3 +1027,96 @@ def test_scattered_sizes_fit_only_the_widest_slices_and_say_so(tmp_path):
     assert warnings == [f"N: 41 N slices (runs sharing D, epochs) have >= 3 distinct N; fitted "
                         f"and drawn are the {analysis.MAX_GROUPS} with the most distinct N (then "
                         f"the widest range): scattered sizes rather than a grid"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The joint law in the report, and --predict
+
+def write_runs(path, L, noise_runs=None):
+    """A final_data.csv of the design: two seeds per configuration, depth 2."""
+    N, D, T = FORM_DESIGN.T
+    rows = []
+    for i, (n, d, t) in enumerate(FORM_DESIGN):
+        for seed, value in enumerate(noise_runs[i] if noise_runs is not None else [L[i]]):
+            rows.append(dict(run_name=f"r{i}_s{seed}", config_id=f"c{i}", status="finished",
+                             N=n, D=d, epochs=t / d, depth=2, width=i, seed=seed, loss=value))
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+@pytest.fixture(scope="module")
+def fitted_study(tmp_path_factory):
+    """analysis.py on runs drawn_from_form from Bryant & Liu's form, 2 seeds each: its output folder."""
+    folder = tmp_path_factory.mktemp("joint")
+    rng = np.random.default_rng(6)
+    L, _ = drawn_from_form("bryant_liu")
+    runs = np.exp(np.log(L)[:, None] + 0.014 * rng.standard_normal((len(L), 2)))
+    write_runs(folder / "runs.csv", L, runs)
+    result = analysis.analyse(analysis.load([str(folder / "runs.csv")]), n_boot=40,
+                              forms=["additive", "bryant_liu"])
+    analysis.write_outputs(result, str(folder / "out"))
+    return folder
+
+
+def test_analysis_reports_the_forms_and_the_selected_law(fitted_study):
+    data = json.loads((fitted_study / "out" / "fits.json").read_text())
+    law = data["joint_law"]
+    assert law["selected"] == "bryant_liu" and law["selected_fit"]["samples"]
+    assert [f["label"] for f in law["forms"]] == ["additive", "bryant_liu"]
+    assert "samples" not in law["forms"][0]["fit"]   # only the law used downstream keeps them
+    assert law["recipe"]["N_opt"] and len(law["recipe"]["C"]) == analysis.RECIPE_BUDGETS
+    text = (fitted_study / "out" / "fits.md").read_text()
+    assert "**Selected: bryant_liu**" in text and "Compute-optimal recipe" in text
+
+
+def test_predict_gives_every_configuration_its_law_value_and_interval(fitted_study, capsys):
+    """Configurations never trained, inside and far outside the fitted ranges: the prediction is
+    the law's, its interval holds it, and the extrapolated ones are flagged."""
+    configs = fitted_study / "configs.csv"
+    pd.DataFrame(dict(N=[4910, 289194], D=[6250, 50000], epochs=[20, 10], width=[4, 32],
+                      seed=[0, 1])).to_csv(configs, index=False)
+    assert analysis.main(["--fits", str(fitted_study / "out" / "fits.json"),
+                          "--predict", str(configs)]) == 0
+    out = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert list(out.columns) == ["N", "D", "epochs", "width", "seed", "predicted_loss",
+                                 "predicted_low", "predicted_high", "extrapolated"]
+    x = laws.Points(np.log(out.N), np.log(out.D), np.log(out.D * out.epochs))
+    truth = np.exp(laws.JOINT_FORMS["bryant_liu"].log_L(np.array(FORM_TRUTH["bryant_liu"]), x, CROSS_ENTROPY_L0))
+    np.testing.assert_allclose(out.predicted_loss, truth, rtol=0.05)
+    assert (out.predicted_low < out.predicted_loss).all() and \
+        (out.predicted_loss < out.predicted_high).all()
+    assert out.extrapolated.tolist() == [False, True]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("N,D\n100,100\n", "missing column(s) epochs; it needs N, D, epochs"),
+    ("N,D,epochs\n100,-5,1\n", "column D must hold positive finite numbers; row 2 has -5"),
+    ("N,D,epochs\n100,abc,1\n", "column D must hold positive finite numbers"),
+])
+def test_predict_refuses_bad_configurations_naming_the_column(fitted_study, tmp_path, capsys,
+                                                               content, message):
+    configs = tmp_path / "configs.csv"
+    configs.write_text(content)
+    assert analysis.main(["--fits", str(fitted_study / "out" / "fits.json"),
+                          "--predict", str(configs)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_predict_refuses_fits_without_a_selected_law(tmp_path, capsys):
+    fits = tmp_path / "fits.json"
+    fits.write_text(json.dumps(dict(joint_law=dict(selected_fit=None))))
+    configs = tmp_path / "c.csv"
+    configs.write_text("N,D,epochs\n1,1,1\n")
+    assert analysis.main(["--fits", str(fits), "--predict", str(configs)]) == 2
+    assert "no joint form passed its held-out checks" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        analysis.main(["--predict", str(configs)])
+    assert "go together" in capsys.readouterr().err
+
+
+def test_a_fitted_law_survives_its_json():
+    L, noise = drawn_from_form("m4", noise=0.01, rng=np.random.default_rng(8))
+    N, D, T = FORM_DESIGN.T
+    fit = laws.fit_form("m4", N, D, T, L, noise=noise, n_boot=10)
+    again = laws.FormFit.from_json(json.loads(json.dumps(fit.to_json(samples=True))))
+    np.testing.assert_allclose(again.predict(N, D, T), fit.predict(N, D, T))
+    np.testing.assert_allclose(again.interval(N, D, T)[0], fit.interval(N, D, T)[0])

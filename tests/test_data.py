@@ -1,4 +1,7 @@
+"""data.py: nested subsets, the validation split, augmentation equal to torchvision's, loading and
+its errors, fingerprints."""
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -156,6 +159,46 @@ def test_offsets_match_torchvision_random_crop_distribution():
     b = torch.bincount(dy * 9 + dx, minlength=81).double()
     chi2 = (((a - b) ** 2) / (a + b)).sum().item()  # ~chi2(80) if both are the same distribution
     assert a.min() > 0 and b.min() > 0 and chi2 < 140
+
+
+def test_labels_outside_0_to_9_are_a_data_error(tmp_path):
+    root = write_synthetic_cifar10(str(tmp_path))
+    path = os.path.join(root, "cifar-10-batches-py", "data_batch_2")
+    with open(path, "rb") as f:
+        batch = pickle.load(f)
+    batch["labels"][7] = 10
+    with open(path, "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(data.DataError, match=r"data_batch_2 is corrupted: label 10 of image 7"):
+        data.load_cifar10(root)
+
+
+def test_validation_split_is_disjoint_deterministic_and_keeps_the_nested_subsets():
+    tr, val = data.split_indices(50_000, 20_000, 5_000, subset_seed=0)
+    assert len(val) == 5_000 and not set(tr) & set(val)
+    assert np.array_equal(tr, data.subset_indices(50_000, 20_000, 0))  # same D images as without
+    tr2, val2 = data.split_indices(50_000, 45_000, 5_000, subset_seed=0)
+    assert np.array_equal(val, val2) and np.array_equal(tr2[:20_000], tr)  # val fixed across D
+    assert data.val_count(0.1, 50_000) == 5_000 and data.val_count(300, 50_000) == 300
+    with pytest.raises(ValueError, match="must fit"):
+        data.split_indices(50_000, 45_001, 5_000)
+
+
+def test_normalize_matches_torchvision():
+    from torchvision import transforms
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    ours = data.to_float(images.clone(), normalize=True)
+    ref = torch.stack([transforms.Normalize(data.MEAN, data.STD)(img.float() / 255) for img in images])
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_no_augment_serves_the_images_unchanged():
+    images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(50)
+    batches = list(data.tensor_batches(images, labels, 16, seed=0, epoch=1, augment=False))
+    order = torch.cat([y for _, y in batches])
+    assert sorted(order.tolist()) == list(range(50))
+    assert torch.equal(torch.cat([x for x, _ in batches]), data.to_float(images[order]))
 
 
 def test_an_empty_data_dir_is_refused_naming_the_flag(tmp_path):

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from synthetic_runs import (LAW, SMALL_GRID, WIDTHS, assert_joint_recovers, cnn_params, optimum,
+from synthetic_runs import (CROSS_ENTROPY_L0, FORM_DESIGN, FORM_TRUTH, drawn_from_form,
+                            LAW, SMALL_GRID, WIDTHS, assert_joint_recovers, cnn_params, optimum,
                             true_loss)
 import laws
 from laws import FitError
@@ -481,3 +482,105 @@ def test_fits_json_lists_at_most_1000_held_out_points_and_counts_them_all():
     assert (row["n_with_interval"], row["n_within_interval"]) == (2500, 1250)
     small = laws.Extrapolation("C", "joint", "joint", 10, held[:5], 0.01).to_json()
     assert small["held_out"] == held[:5] and small["n_held_out"] == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# The joint forms L(N, D, T) and their choice on held-out runs
+
+@pytest.mark.parametrize("form", list(laws.JOINT_FORMS))
+def test_each_joint_form_recovers_the_parameters_it_was_drawn_with(form):
+    """Exact losses: the fit is the law (exponents to 1e-3). Every form's T and, for Bryant &
+    Liu's, D enter with their own exponent."""
+    L, _ = drawn_from_form(form)
+    N, D, T = FORM_DESIGN.T
+    fit = laws.fit_form(form, N, D, T, L, n_boot=0, rng=np.random.default_rng(1))
+    assert fit.log_rmse < 1e-6
+    truth = dict(zip(laws.JOINT_FORMS[form].params, FORM_TRUTH[form]))
+    for name in laws.JOINT_FORMS[form].exponents:
+        assert fit.params()[name] == pytest.approx(truth[name], abs=1e-3), name
+    np.testing.assert_allclose(fit.predict(N, D, T), L, rtol=1e-6)
+
+
+def test_bootstrap_intervals_cover_the_true_exponents_under_seed_noise():
+    """1% noise per run, 2 seeds: the parametric intervals of the Bryant & Liu exponents hold the
+    truth (a 95% interval misses each one in 20 draws: seeds chosen once, not tuned)."""
+    L, noise = drawn_from_form("bryant_liu", noise=0.014, rng=np.random.default_rng(3))
+    N, D, T = FORM_DESIGN.T
+    fit = laws.fit_form("bryant_liu", N, D, T, L, noise=noise, n_boot=60,
+                        rng=np.random.default_rng(4))
+    assert fit.bootstrap == "parametric" and len(fit.samples) >= 55
+    ci, truth = fit.intervals(), dict(zip(laws.JOINT_FORMS["bryant_liu"].params, FORM_TRUTH["bryant_liu"]))
+    for name in ("alpha", "beta", "delta"):
+        assert ci[name][0] <= truth[name] <= ci[name][1], (name, ci[name])
+
+
+def test_a_depth_term_recovers_kappa_and_needs_two_depths():
+    depth = np.where(np.arange(len(FORM_DESIGN)) % 3 == 0, 1.0, np.where(np.arange(len(FORM_DESIGN)) % 3 == 1,
+                                                                   2.0, 3.0))
+    L, _ = drawn_from_form("additive", depth=depth, kappa=0.4)
+    N, D, T = FORM_DESIGN.T
+    fit = laws.fit_form("additive", N, D, T, L, depth=depth, depth_term=True, n_boot=0)
+    assert fit.depth_ref == 2.0 and fit.params()["kappa"] == pytest.approx(0.4, abs=1e-3)
+    assert fit.params()["alpha"] == pytest.approx(0.3, abs=1e-3)
+    with pytest.raises(laws.FitError, match="give each configuration's depth"):
+        fit.predict(N, D, T)
+    with pytest.raises(laws.FitError, match="at least two depths"):
+        laws.fit_form("additive", N, D, T, L, depth=np.full(len(L), 2.0), depth_term=True)
+
+
+def test_holdout_schemes_hold_out_whole_groups_of_the_largest_values():
+    values = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10], float)
+    held = laws.held_at_largest(values)   # the three 10s are a quarter, over a fifth: still held
+    assert held.tolist() == [False] * 9 + [True] * 3
+    assert laws.held_at_largest(np.arange(1, 11.0)).tolist() == [False] * 8 + [True] * 2
+    N, D, T = FORM_DESIGN.T
+    schemes = laws.holdout_schemes(N, D, T)
+    assert list(schemes) == ["largest C", "largest N", "largest D", "largest T"]
+    assert set(N[schemes["largest N"]]) == {73178.0}
+    assert set(D[schemes["largest D"]]) == {50000.0}
+    assert not (T[schemes["largest T"]] < T[~schemes["largest T"]].max()).any()
+    # at fixed epochs T is D times a constant: no scheme of its own
+    assert "largest T" not in laws.holdout_schemes(N, D, 10 * D)
+
+
+def test_the_selection_picks_the_law_the_runs_were_drawn_from():
+    """Runs drawn_from_form from Bryant & Liu's form (D and T apart): it passes every scheme; the additive
+    law in N and T, blind to D at fixed T, fails and says where."""
+    L, noise = drawn_from_form("bryant_liu", noise=0.014, rng=np.random.default_rng(6))
+    N, D, T = FORM_DESIGN.T
+    verdicts = laws.compare_forms(N, D, T, L, noise=noise, n_boot=40, forms=["additive", "bryant_liu"])
+    by = {v.label: v for v in verdicts}
+    assert by["bryant_liu"].passed, by["bryant_liu"].failures()
+    assert not by["additive"].passed and by["additive"].failures()
+    assert {c.scheme for c in by["bryant_liu"].checks} == {"largest C", "largest N", "largest D",
+                                                         "largest T", "leave one out"}
+    assert laws.select_form(verdicts).label == "bryant_liu"
+    # no passing form: nothing is selected
+    assert laws.select_form([by["additive"]]) is None
+
+
+def test_a_check_without_seed_noise_cannot_pass():
+    """No repeated seeds: no noise floor to judge the held-out error by, and no parametric
+    intervals; the criterion is unknown, never a pass."""
+    L, _ = drawn_from_form("additive", noise=0.01, seeds=1, rng=np.random.default_rng(6))
+    N, D, T = FORM_DESIGN.T
+    verdict, = laws.compare_forms(N, D, T, L, noise=None, n_boot=0, forms=["additive"])
+    assert not verdict.passed
+    assert all(c.criteria["rmse"] is None and c.criteria["coverage"] is None for c in verdict.checks)
+
+
+def test_optimal_allocation_of_the_additive_law_is_hoffmanns_closed_form():
+    """With data never running out, E + A/N^alpha + B/T^beta at C = N·T has N_opt ∝ C^(beta/
+    (alpha+beta)) (Hoffmann et al. 2022, eq. 4), found here on a grid of log N (0.2% steps)."""
+    L, _ = drawn_from_form("additive")
+    N, D, T = FORM_DESIGN.T
+    fit = laws.fit_form("additive", N, D, T, L, n_boot=0)
+    C = np.geomspace(1e9, 1e11, 5)
+    out = laws.optimal_allocation(fit, C, D_max=1e12)
+    p = fit.params()
+    G = (p["alpha"] * math.exp(p["log_A"]) / (p["beta"] * math.exp(p["log_B"]))) ** (
+        1 / (p["alpha"] + p["beta"]))
+    np.testing.assert_allclose(out["N_opt"], G * C ** (p["beta"] / (p["alpha"] + p["beta"])),
+                               rtol=0.01)
+    assert out["a"] == pytest.approx(p["beta"] / (p["alpha"] + p["beta"]), abs=0.002)
+    assert out["epochs_opt"] == pytest.approx([1.0] * 5)   # every image seen once

@@ -1,9 +1,12 @@
+"""model.py: shapes, N counted and in closed form, FLOPs, each network's structure, the pooling
+kernels."""
 import pytest
 import torch
 from torch import nn
 
 from model import (MODELS, NUM_CLASSES, ResNet, ScalingCNN, SimpleCNN, build_model,
                    cnn_num_params, count_params, forward_flops_per_image, num_params)
+
 
 SIZES = [(1, 1), (4, 1), (4, 3), (8, 2), (32, 2), (48, 4)]
 
@@ -21,7 +24,7 @@ def test_closed_form_N_equals_counted(width, depth):
     assert cnn_num_params(width, depth) == count_params(ScalingCNN(width, depth))
 
 
-def test_structure_follows_the_brief():
+def test_structure_follows_the_scaling_recipe():
     model = ScalingCNN(width=8, depth=3)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8] * 3 + [16] * 3 + [32] * 3
@@ -55,8 +58,6 @@ def test_unknown_model_is_refused():
         build_model("vgg", 4, 1)
     assert "cnn" in MODELS
 
-
-# --- the networks of the other studies (the CPU speedrun, the ResNet-8 study)
 
 ALL_MODELS = [(name, w, d, bn) for name in MODELS for w, d in [(4, 1), (8, 2), (16, 1)]
               for bn in ([False, True] if name == "simplecnn" else [False])]

@@ -1,4 +1,5 @@
-"""The sweep engine: fused bundles train each copy as train.py trains that run alone."""
+"""worker.py: fused bundles train each copy as train.py trains that run alone; plans, resumes,
+failures isolated."""
 import dataclasses
 import json
 import os
@@ -7,24 +8,27 @@ import sys
 
 import pandas as pd
 import pytest
-import torch
 
-import fused
-import sweep
 import records
 import train
 import worker
 from conftest import REPO
-from model import build_model
-from records import file_lock
+from tiny import TINY, damage_summary
 
-TINY = dict(width=4, depth=1, dataset_size=192, num_epochs=2, test_freq=1, batch_size=64,
+
+BUNDLE_TINY = dict(width=4, depth=1, dataset_size=192, num_epochs=2, test_freq=1, batch_size=64,
             lr=0.05, quiet=True, device="cpu")
+
+
 METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "lr", "val_loss", "val_acc"]
+
+
 # fp32 on CPU: a grouped convolution sums in another order than K separate ones, so copies match
 # separate runs to rounding, which training amplifies (x10 per step for resnet8 at lr 0.1 here;
 # in fp64 they agree to 1e-12, test_fused_sgd_steps_equal_torch_sgd_in_fp64). Hence lr 0.05.
 LOSS_TOL = 2e-4
+
+
 # resnet8 on the real JPEG copy (CI's data): seed 0's second-epoch training loss differs by 1.5e-3
 # (lr 0.05) while one fp32 step agrees to 1e-5 and fp64 steps to 1e-15: rounding, amplified. A
 # wiring error (another order, crop or init) moves these losses by 1e-2 or more. Its training
@@ -33,7 +37,7 @@ RESNET8_TOL, RESNET8_ACC_TOL = 3e-3, 4 / 192
 
 
 def configs(data_dir, results_dir, copies, **shared):
-    return [train.make_config({**TINY, **shared, **copy, "data_dir": data_dir,
+    return [train.make_config({**BUNDLE_TINY, **shared, **copy, "data_dir": data_dir,
                                "results_dir": str(results_dir)}) for copy in copies]
 
 
@@ -66,104 +70,7 @@ def separate_and_fused(data_dir, tmp_path, copies, **shared):
     return alone, bundle
 
 
-@pytest.mark.parametrize("name", ["cnn", "resnet8", "simplecnn"])
-def test_fused_forward_equals_each_model(name):
-    """Stacked weights, grouped convs, per-copy BN, shortcut padding and heads: copy k of the fused
-    output is model k's output, in train mode (batch statistics) and eval mode."""
-    models = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        models.append(build_model(name, 4, 2, bn=name == "simplecnn"))
-    net = fused.fuse(models)
-    assert sum(p.numel() for p in net.parameters()) == 3 * sum(p.numel() for p in models[0].parameters())
-    x = torch.randn(6, 3, 3, 32, 32)
-    for mode in (True, False):
-        out = net.train(mode)(x.reshape(6, 9, 32, 32))
-        for k, m in enumerate(models):
-            torch.testing.assert_close(out[:, k], m.train(mode)(x[:, k]), rtol=1e-5, atol=1e-6)
-    for k, m in enumerate(models):  # running statistics too, and the way back
-        state = fused.copy_state(net, m, k)
-        for key, value in m.state_dict().items():
-            torch.testing.assert_close(state[key], value)
-
-
-def test_a_layer_without_a_fused_form_is_refused():
-    models = [torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()) for _ in range(2)]
-    with pytest.raises(TypeError, match="cannot fuse Dropout"):
-        fused.fuse(models)
-
-
-@pytest.mark.parametrize("name", ["cnn", "resnet8", "simplecnn"])
-def test_fused_sgd_steps_equal_torch_sgd_in_fp64(name):
-    """Eight steps of the fused network + FusedSGD (each copy its own lr, momentum, weight decay)
-    against each model with torch.optim.SGD; a copy marked dead is frozen bit for bit even when
-    its gradient is NaN."""
-    hps = [(0.1, 0.9, 5e-4), (0.03, 0.0, 0.0), (0.2, 0.5, 1e-2)]
-    models = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        models.append(build_model(name, 4, 1, bn=name == "simplecnn").double())
-    net, head = fused.fuse(models), "fc.weight" if name == "resnet8" else "head.weight"
-    opt = fused.FusedSGD(net, *zip(*hps))
-    refs = [torch.optim.SGD(m.parameters(), lr=lr, momentum=mom, weight_decay=wd)
-            for m, (lr, mom, wd) in zip(models, hps)]
-    generator = torch.Generator().manual_seed(0)
-    for step in range(8):
-        x = torch.rand(32, 3, 3, 32, 32, dtype=torch.float64, generator=generator)
-        y = torch.randint(0, 10, (32, 3), generator=generator)
-        losses = fused.per_copy_loss(net(x.reshape(32, 9, 32, 32)), y)
-        opt.zero_grad()
-        torch.where(opt.alive, losses, 0.0).sum().backward()
-        if step == 4:  # copy 2 "diverges": its gradient is NaN, and it is frozen from now on
-            opt.freeze(2)
-            frozen = fused.split_copies(net.state_dict()[head], 3)[2].clone()
-            for p in opt.params:
-                fused.split_copies(p.grad, 3)[2] = float("nan")
-        opt.step()
-        for k, (m, ref) in enumerate(zip(models, refs)):
-            if k == 2 and step >= 4:
-                continue
-            ref.zero_grad()
-            loss = torch.nn.functional.cross_entropy(m(x[:, k]), y[:, k])
-            loss.backward()
-            ref.step()
-            assert losses[k].item() == pytest.approx(loss.item(), abs=1e-12)
-    for k in (0, 1):
-        for key, value in fused.copy_state(net, models[k], k).items():
-            torch.testing.assert_close(value, models[k].state_dict()[key], rtol=1e-10, atol=1e-12)
-    assert torch.equal(fused.split_copies(net.state_dict()[head], 3)[2], frozen)
-
-
-def test_fused_adamw_steps_equal_torch_adamw_in_fp64():
-    hps = [(1e-3, 5e-4), (3e-3, 0.0), (1e-2, 1e-1)]  # (lr, weight decay) per copy
-    models = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        models.append(build_model("resnet8", 4, 1).double())
-    net = fused.fuse(models)
-    opt = fused.FusedAdamW(net, [lr for lr, _ in hps], [wd for _, wd in hps], (0.9, 0.99))
-    refs = [torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=wd, betas=(0.9, 0.99))
-            for m, (lr, wd) in zip(models, hps)]
-    generator = torch.Generator().manual_seed(0)
-    for step in range(6):
-        x = torch.rand(16, 3, 3, 32, 32, dtype=torch.float64, generator=generator)
-        y = torch.randint(0, 10, (16, 3), generator=generator)
-        opt.zero_grad()
-        fused.per_copy_loss(net(x.reshape(16, 9, 32, 32)), y).sum().backward()
-        opt.step()
-        for k, (m, ref) in enumerate(zip(models, refs)):
-            ref.zero_grad()
-            torch.nn.functional.cross_entropy(m(x[:, k]), y[:, k]).backward()
-            ref.step()
-    for k, (m, ref) in enumerate(zip(models, refs)):
-        for key, value in fused.copy_state(net, m, k).items():
-            torch.testing.assert_close(value, m.state_dict()[key], rtol=1e-9, atol=1e-11)
-        for p, state in zip(m.parameters(), opt.copy_state(k)):  # checkpoints in torch's format
-            torch.testing.assert_close(state["exp_avg_sq"].reshape(p.shape), ref.state[p]["exp_avg_sq"])
-            assert float(state["step"]) == float(ref.state[p]["step"]) == 6
-
-
-@pytest.mark.parametrize("name", ["cnn", "resnet8", "simplecnn"])
+@pytest.mark.parametrize("name", ["cnn", pytest.param("resnet8", marks=pytest.mark.slow), "simplecnn"])
 def test_bundle_of_seeds_equals_separate_train_py_runs(data_dir, tmp_path, name):
     alone, bundle = separate_and_fused(data_dir, tmp_path, [dict(seed=s) for s in (0, 1, 2)],
                                        model=name, bn=name == "simplecnn")
@@ -180,6 +87,7 @@ def test_bundle_of_seeds_equals_separate_train_py_runs(data_dir, tmp_path, name)
     assert sorted(final.run_name) == sorted(train.run_name(c) for c in bundle)
 
 
+@pytest.mark.slow
 def test_adamw_bundle_equals_separate_train_py_runs(data_dir, tmp_path):
     copies = [dict(seed=0, lr=1e-3, weight_decay=5e-4), dict(seed=1, lr=3e-3, weight_decay=0.0)]
     alone, bundle = separate_and_fused(data_dir, tmp_path, copies, model="resnet8",
@@ -294,7 +202,7 @@ def test_a_killed_force_retrain_of_a_bundle_is_continued_by_a_plain_rerun(data_d
     for cfg, before in zip(cfgs, first):
         pd.testing.assert_frame_equal(rows(cfg).drop(columns=["epoch_time_s", "eval_time_s"]),
                                       before.drop(columns=["epoch_time_s", "eval_time_s"]))
-        stem = worker.stem_of(cfg)
+        stem = train.run_stem(cfg)
         assert not os.path.exists(stem + records.REPLACED) and os.path.exists(stem + ".json")
     assert len(pd.read_csv(os.path.join(str(tmp_path), "final_data.csv"))) == 2
 
@@ -326,7 +234,7 @@ def test_a_failing_run_is_isolated_and_reported(data_dir, tmp_path, monkeypatch)
 
 
 def test_bundling_groups_exactly_the_runs_that_may_share_a_network():
-    base = dict(TINY, data_dir="d", results_dir=".")
+    base = dict(BUNDLE_TINY, data_dir="d", results_dir=".")
     make = lambda **kw: train.make_config({**base, **kw})
     shareable = [make(seed=s, lr=lr, momentum=m, weight_decay=wd)
                  for s, lr, m, wd in [(0, 0.1, 0.9, 5e-4), (1, 0.1, 0.9, 5e-4), (0, 0.05, 0.5, 0.0)]]
@@ -343,42 +251,7 @@ def test_bundling_groups_exactly_the_runs_that_may_share_a_network():
     assert [len(b) for b in worker.make_bundles([make(seed=s) for s in range(5)], 2)] == [2, 2, 1]
 
 
-def test_sweep_runs_bundles_through_workers(data_dir, tmp_path, capsys):
-    tiny = ["--dataset_size=128", "--batch_size=64", "--test_freq=1", "--device=cpu",
-            f"--data_dir={data_dir}"]
-    sweep.main(["width", "--widths", "4,8", "--seeds", "0,1", "--num_epochs", "1", "--max_bundle", "2",
-                "--results_dir", str(tmp_path), "--", *tiny])
-    final = pd.read_csv(os.path.join(str(tmp_path), "final_data.csv"))
-    assert sorted(zip(final.width, final.seed)) == [(4, 0), (4, 1), (8, 0), (8, 1)]
-    assert set(final.bundle_size) == {2}
-    assert "done: 4 finished" in capsys.readouterr().err
-
-
-def test_bench_sweep_measures_engines_and_fusion(data_dir, tmp_path):
-    out = tmp_path / "bench"
-    plan = "--widths 4 --seeds 0,1 --num_epochs 1 -- --dataset_size 128 --device cpu --test_freq 1"
-    proc = subprocess.run([sys.executable, "bench.py", "--sweep", "width", "--device", "cpu",
-                           "--fused_size", "4x1", "--fused_copies", "1,2", "--dataset_size", "128",
-                           "--warmup", "1", "--epochs", "1", "--fused_pipeline", "default",
-                           "--engines", "worker,process", "--data_dir", data_dir, "--notes", "",
-                           "--out", str(out), "--sweep_args", plan],
-                          cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    engines = pd.read_csv(out / "sweep_engines.csv")
-    assert list(engines.engine) == ["worker", "process"] and set(engines.runs) == {2}
-    fusion = pd.read_csv(out / "fused_throughput.csv")
-    assert list(fusion.copies) == [1, 2] and fusion.per_copy_vs_single.iloc[0] == 1
-    assert (fusion.images_per_s_per_copy > 0).all()
-    report = (out / "report.md").read_text()
-    assert report.startswith("## ") and "· cpu ·" in report and "bench.py --sweep width" in report
-
-
-def test_bench_refuses_a_bad_fused_size():
-    proc = subprocess.run([sys.executable, "bench.py", "--sweep", "width", "--fused_size", "32"],
-                          cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 2 and "--fused_size must be WIDTHxDEPTH" in proc.stderr
-
-
+@pytest.mark.slow
 def test_worker_refuses_a_bad_plan_before_training(tmp_path):
     garbage, bad_flag = tmp_path / "garbage.json", tmp_path / "bad.json"
     garbage.write_text("not json")
@@ -388,64 +261,6 @@ def test_worker_refuses_a_bad_plan_before_training(tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr
     assert not (tmp_path / "r").exists()
-
-
-def test_sweep_reports_a_run_another_process_holds_inside_a_worker(data_dir, tmp_path, capsys):
-    """A run held by another process (its lock taken here, as a second sweep on the same folder
-    finds it) is left to that process inside the worker; its bundle mate still finishes, and the
-    sweep names the held run and exits 3: it did not train everything it was asked to."""
-    argv = ["width", "--widths", "4", "--seeds", "0,1", "--num_epochs", "1", "--max_bundle", "2",
-            "--results_dir", str(tmp_path), "--", "--dataset_size=128", "--batch_size=64",
-            "--device=cpu", f"--data_dir={data_dir}"]
-    held, free = sweep.plan(sweep.parse_args(argv))[0]
-    os.makedirs(tmp_path / "runs", exist_ok=True)
-    with file_lock(str(tmp_path / "runs" / held.name)):
-        with pytest.raises(SystemExit) as exit_:
-            sweep.main(argv)
-    assert exit_.value.code == 3   # left to the process that holds it, and said so
-    err = capsys.readouterr().err
-    assert "done: 1 finished (0 diverged), 0 failed, 1 held by another process" in err
-    assert held.name in err and "another sweep" in err
-    assert summary(free.cfg)["status"] == "finished"
-
-
-def bench_args(data_dir, out, *flags):
-    import bench
-    args = bench.build_parser().parse_args([
-        "--sweep", "width", "--device", "cpu", "--fused_size", "4x1", "--dataset_size", "64",
-        "--warmup", "1", "--epochs", "1", "--engines", "", "--data_dir", data_dir, "--notes", "",
-        "--out", str(out), *flags])
-    args.failures = []
-    return args
-
-
-def test_bench_sweep_split_over_calls_keeps_each_calls_table(data_dir, tmp_path):
-    """gpu_session.sh measures fusion and the engines in separate calls into one --out: a call
-    that skips a part ('') must not overwrite the table an earlier call measured."""
-    import bench
-    out = tmp_path / "bench"
-    bench.engine_report(bench_args(data_dir, out, "--fused_copies", "1"), "cpu", "cpu")
-    bench.engine_report(bench_args(data_dir, out, "--fused_copies", ""), "cpu", "cpu")
-    assert list(pd.read_csv(out / "fused_throughput.csv").copies) == [1]
-    assert not (out / "sweep_engines.csv").exists()
-    report = (out / "report.md").read_text()
-    assert report.count("## ") == 2 and report.count("Fused bundle vs single run") == 1
-
-
-def test_bench_refuses_to_time_a_bundle_that_fell_back_to_single_runs(data_dir, tmp_path, monkeypatch):
-    """A bundle that fails is retried run by run: those times are not fusion's. The sizes
-    measured before are kept and the failure is named."""
-    import bench
-
-    def out_of_memory(self, cfgs):
-        raise RuntimeError("CUDA out of memory (pretend)")
-
-    monkeypatch.setattr(worker.Worker, "train_bundle", out_of_memory)
-    args = bench_args(data_dir, tmp_path / "bench", "--fused_copies", "1,2")
-    table = bench.fused_table(args, "cpu")
-    assert list(table.copies) == [1]
-    assert len(args.failures) == 1 and "bundle of 2 copies of 4x1 did not train as one network" \
-        in args.failures[0] and "out of memory" in args.failures[0]
 
 
 def test_a_bundle_claims_its_experiment_names_as_train_py_does(data_dir, tmp_path):
@@ -462,6 +277,7 @@ def test_a_bundle_claims_its_experiment_names_as_train_py_does(data_dir, tmp_pat
         assert json.load(f)["summary"]["run_name"] == names[0]
 
 
+@pytest.mark.slow
 def test_a_bundle_resumes_train_py_adamw_checkpoints_to_the_same_rows(data_dir, tmp_path, monkeypatch):
     """The other way round: two AdamW runs killed by train.py after epoch 1 continue as one fused
     bundle (moments and step count from torch's state) to the rows of uninterrupted runs."""
@@ -486,3 +302,54 @@ def test_a_bundle_resumes_train_py_adamw_checkpoints_to_the_same_rows(data_dir, 
     for a, b in zip(whole, killed):
         assert summary(b)["bundle_size"] == 2 and len(rows(b)) == 2
         assert_same_rows(a, b)
+
+
+def test_a_damaged_summary_fails_only_its_run_in_a_worker(data_dir, tmp_path):
+    cfgs = [train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path), "seed": s})
+            for s in (0, 1)]
+    damage_summary(tmp_path, cfgs[0])
+    lines = []
+    codes = worker.Worker().run(worker.make_bundles(cfgs, 2), log=lines.append)
+    assert codes == {train.run_name(cfgs[0]): 1, train.run_name(cfgs[1]): 0}
+    assert any("not a readable run summary" in line for line in lines)
+    with open(worker.log_path(str(tmp_path), train.run_name(cfgs[0]))) as f:  # sweep.py points here
+        assert "not a readable run summary" in f.read()
+
+
+def test_a_plan_that_repeats_a_run_is_refused(tmp_path):
+    run = ["--width=2", "--depth=1", "--num_epochs=1"]
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"runs": [run, ["--width=3"] + run[1:], run]}))
+    with pytest.raises(train.ConfigError, match="run 2 repeats run 0 "):  # was: "already being
+        worker.read_plan(str(path))                                       # trained by another"
+
+
+def test_a_plan_that_is_not_a_regular_file_is_refused_at_once():
+    with pytest.raises(train.ConfigError, match="/dev/urandom is not a plan file .*not a regular"):
+        worker.read_plan("/dev/urandom")  # was: read without end
+
+
+@pytest.mark.parametrize("runs", [[[1, 2]], "abc"])
+def test_a_malformed_plan_is_named(tmp_path, runs):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"runs": runs}))
+    with pytest.raises(train.ConfigError, match="is not a plan file"):  # was: a TypeError
+        worker.read_plan(str(path))
+
+
+@pytest.mark.parametrize("plan", [[1, 2], "runs", {"run": []}])
+def test_a_plan_of_another_shape_is_named_in_words(tmp_path, plan):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    with pytest.raises(train.ConfigError, match='is not a plan file .*: no "runs" key at its top$'):
+        worker.read_plan(str(path))  # was: TypeError('list indices must be integers ...')
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["plan.json", "--slice", "-1/2"], "--slice needs I/N with 0 <= I < N, got -1/2"),
+    (["plan.json", "--max_bundle", "-1e3"], "--max_bundle: invalid int value: '-1e3'"),
+])
+def test_a_value_starting_with_minus_reaches_its_flags_check(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        worker.main(argv)  # was: "expected one argument", as if the value were a flag
+    assert message in capsys.readouterr().err

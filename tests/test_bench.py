@@ -1,4 +1,5 @@
-"""Every speed mode trains end to end and writes the same records; the benchmark runs."""
+"""bench.py: the pipelines' timing table, step parts, the sweep engine's measurements, and the
+refusals before anything is measured."""
 import io
 import os
 import signal
@@ -7,46 +8,27 @@ import sys
 
 import pandas as pd
 import pytest
-import torch._dynamo
 
 import bench
-import model
+import speed
 import train
+import worker
 from conftest import REPO
-from test_train import TINY
-
-TINY_NO_DEVICE = {k: v for k, v in TINY.items() if k != "device"}
+from tiny import says
 
 
-# "compiled" differs from "fast" only in a CUDA-only compile mode, "compile_fp32" from "default"
-# and "compile_channels_last" from "channels_last" only in compiling: on CPU "fast" covers the
-# compiled path.
-@pytest.mark.parametrize("pipeline", [p for p in bench.PIPELINES if p not in (
-    "compiled", "compile_fp32", "compile_channels_last")])
-def test_every_pipeline_writes_the_same_schema(pipeline, data_dir, tmp_path):
-    reference = train.train(bench.pipeline_config("default", "cpu", **TINY_NO_DEVICE, data_dir=data_dir,
-                                                  results_dir=str(tmp_path / "default")))
-    cfg = bench.pipeline_config(pipeline, "cpu", **TINY_NO_DEVICE, data_dir=data_dir,
-                                results_dir=str(tmp_path / pipeline))
-    summary = train.train(cfg)
-    assert summary.keys() == reference.keys()
-    for field in ("loader", "precision", "channels_last", "compile", "deterministic"):
-        assert summary[field] == getattr(cfg, field)  # the record says which levers were used
-    rows = lambda d, s: pd.read_csv(tmp_path / d / "runs" / (s["run_name"] + ".csv"))
-    assert list(rows(pipeline, summary).columns) == list(rows("default", reference).columns)
-    assert summary["status"] == "finished" and summary["final_test_loss_avg_last5"] > 0
-
-
+@pytest.mark.slow
 def test_bench_prints_and_records_a_table(data_dir, tmp_path):
     notes = tmp_path / "benchmarks.md"
     proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes", "4x1",
                            "--dataset_size", "200", "--warmup", "1", "--epochs", "1",
-                           "--pipelines", "brief,default", "--data_dir", data_dir,
+                           "--pipelines", "torchvision,default", "--data_dir", data_dir,
                            "--threads", "1", "--notes", str(notes)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     text = notes.read_text()
-    assert "| 4x1    | brief" in text and "| 4x1    | default" in text and "speedup_vs_brief" in text
+    assert "| 4x1    | torchvision" in text and "| 4x1    | default" in text
+    assert "speedup_vs_torchvision" in text
     assert text.strip() in proc.stdout
     table = pd.read_csv(io.StringIO("\n".join(line for line in text.splitlines()
                                               if line.startswith("|") and "---" not in line)),
@@ -57,6 +39,7 @@ def test_bench_prints_and_records_a_table(data_dir, tmp_path):
     assert (table.eval_images_per_s > 0).all() and (table.eval_vs_train > 0).all()
 
 
+@pytest.mark.slow
 def test_step_parts_time_each_sgd_and_find_foreach_identical_to_the_for_loop(tmp_path):
     notes = tmp_path / "benchmarks.md"
     proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes", "2x1",
@@ -73,6 +56,7 @@ def test_step_parts_time_each_sgd_and_find_foreach_identical_to_the_for_loop(tmp
     assert "convolution" in cells["training_top_ops"] and "%" in cells["eval_top_ops"]
 
 
+@pytest.mark.slow
 def test_bench_sweep_refuses_an_out_that_is_a_file_before_measuring(tmp_path):
     (tmp_path / "afile").write_text("")
     proc = subprocess.run([sys.executable, "bench.py", "--sweep", "width", "--device", "cpu",
@@ -82,6 +66,7 @@ def test_bench_sweep_refuses_an_out_that_is_a_file_before_measuring(tmp_path):
     assert "s per bundle epoch" not in proc.stderr + proc.stdout          # traceback after it
 
 
+@pytest.mark.slow
 def test_bench_refuses_a_size_beyond_memory_before_measuring_the_others():
     proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes",
                            "2x1,100000000x1", "--step_parts", "--notes", ""], cwd=REPO,
@@ -90,6 +75,7 @@ def test_bench_refuses_a_size_beyond_memory_before_measuring_the_others():
     assert "step parts measured" not in proc.stderr  # checked before any size is measured
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_bench_stopped_while_measuring_says_so_in_one_line(tmp_path, signum):
     notes = tmp_path / "benchmarks.md"
@@ -114,11 +100,12 @@ def test_the_cpu_peak_grows_its_product_until_one_takes_long_enough(monkeypatch,
     def matmul_s(size, dtype, repeats):
         tried.append(size)
         return 2 * size ** 3 / (gflops * 1e9)
-    monkeypatch.setattr(bench.train, "best_matmul_s", matmul_s)
+    monkeypatch.setattr(speed, "best_matmul_s", matmul_s)
     assert bench.measured_peak_tflops("bf16") == pytest.approx(gflops / 1000)
     assert tried == sizes
 
 
+@pytest.mark.slow
 def test_bench_stopped_after_some_rows_keeps_them_and_says_what_is_missing(tmp_path):
     """A device call's time limit stops bench.py mid-table: the rows already measured are the
     call's only result, so they are written, marked as partial."""
@@ -139,6 +126,7 @@ def test_bench_stopped_after_some_rows_keeps_them_and_says_what_is_missing(tmp_p
     assert err == f"bench.py: stopped by SIGTERM; the rows measured before it are above and in {notes}\n"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", ["0", "99999"])  # 99999: was a segfault in OpenMP
 def test_bench_refuses_a_thread_count_out_of_range(threads):
     proc = subprocess.run([sys.executable, "bench.py", "--threads", threads], cwd=REPO,
@@ -147,23 +135,26 @@ def test_bench_refuses_a_thread_count_out_of_range(threads):
         f"here), got {threads}" in proc.stderr
 
 
+@pytest.mark.slow
 def test_bench_refuses_notes_that_are_a_folder_before_measuring(tmp_path):
     proc = subprocess.run([sys.executable, "bench.py", "--notes", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "is a folder, not a file" in proc.stderr  # was: a traceback
 
 
-def test_projection_counts_the_briefs_evaluations():
+def test_projection_counts_the_recipes_evaluations():
     # 100 epochs, test every 5 plus the last 5: 20 + 4 evaluations.
     assert bench.projected_run_s(epoch_s=1.0, eval_s=0.5) == 100 + 24 * 0.5
 
 
+@pytest.mark.slow
 def test_unknown_pipeline_is_refused():
-    proc = subprocess.run([sys.executable, "bench.py", "--pipelines", "brief,turbo"], cwd=REPO,
+    proc = subprocess.run([sys.executable, "bench.py", "--pipelines", "torchvision,turbo"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown pipelines ['turbo']" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sweep_benchmark_times_the_width_plan_per_jobs(data_dir, tmp_path):
     notes = tmp_path / "benchmarks.md"
     proc = subprocess.run([sys.executable, "bench.py", "--sweep_jobs", "1,2", "--sweep_args",
@@ -183,6 +174,7 @@ def test_sweep_benchmark_defaults_to_the_fast_pipeline():
         train.Config(**bench.PIPELINES["fast"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, message", [
     (["--sizes", "32x2,32"], "--sizes takes WIDTHxDEPTH"),
     (["--dataset_size", "0"], "--dataset_size must be in 1..50000, got 0"),
@@ -198,54 +190,76 @@ def test_bad_benchmark_flags_are_refused_before_anything_runs(flags, message, tm
     assert not notes.exists()
 
 
-def test_keep_freed_memory_stops_the_page_faults_of_repeated_large_buffers():
-    """Buffers of a few MiB freed and allocated again (a batch's activations) are faulted in page by
-    page again and again under glibc's defaults; kept on the heap, once."""
-    script = """
-import resource, sys, torch, train
-def faults():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        for mib in (4, 16, 8, 24):
-            torch.ones(mib * 2 ** 18).sum()  # freed at once
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-default = faults()
-train.keep_freed_memory()
-faults()  # the heap grows once
-print(default, faults())
-"""
-    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    default, kept = map(int, out.stdout.split())
-    assert default > 5000 and kept < default / 10, (default, kept)  # 19,533 and 0 when written
+@pytest.mark.slow
+def test_bench_sweep_measures_engines_and_fusion(data_dir, tmp_path):
+    out = tmp_path / "bench"
+    plan = "--widths 4 --seeds 0,1 --num_epochs 1 -- --dataset_size 128 --device cpu --test_freq 1"
+    proc = subprocess.run([sys.executable, "bench.py", "--sweep", "width", "--device", "cpu",
+                           "--fused_size", "4x1", "--fused_copies", "1,2", "--dataset_size", "128",
+                           "--warmup", "1", "--epochs", "1", "--fused_pipeline", "default",
+                           "--engines", "worker,process", "--data_dir", data_dir, "--notes", "",
+                           "--out", str(out), "--sweep_args", plan],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    engines = pd.read_csv(out / "sweep_engines.csv")
+    assert list(engines.engine) == ["worker", "process"] and set(engines.runs) == {2}
+    fusion = pd.read_csv(out / "fused_throughput.csv")
+    assert list(fusion.copies) == [1, 2] and fusion.per_copy_vs_single.iloc[0] == 1
+    assert (fusion.images_per_s_per_copy > 0).all()
+    report = (out / "report.md").read_text()
+    assert report.startswith("## ") and "· cpu ·" in report and "bench.py --sweep width" in report
 
 
-def test_a_process_compiles_every_model_past_dynamos_recompile_limit(monkeypatch):
-    """bench.py's pipelines and the worker's shapes each compile model.forward again, once for
-    training and once for evaluation: past dynamo's limit of 8 the later ones ran eagerly (an
-    H200's bench.py "fast" row timed eager code). A counting backend stands in for inductor."""
-    graph_calls = []
+@pytest.mark.slow
+def test_bench_refuses_a_bad_fused_size():
+    proc = subprocess.run([sys.executable, "bench.py", "--sweep", "width", "--fused_size", "32"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and "--fused_size must be WIDTHxDEPTH" in proc.stderr
 
-    def counting_backend(graph, example_inputs):
-        def run(*args):
-            graph_calls.append(1)
-            return graph.forward(*args)
-        return run
-    for name in ("cache_size_limit", "recompile_limit"):  # restored after the test
-        if hasattr(torch._dynamo.config, name):
-            monkeypatch.setattr(torch._dynamo.config, name, getattr(torch._dynamo.config, name))
-    inductor_compile = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda module, mode=None: inductor_compile(
-        module, backend=counting_backend))
-    torch._dynamo.reset()
-    images = torch.randn(2, 3, 32, 32)
-    for width in range(1, 6):  # 10 graphs of one forward
-        step = train.compiled(model.build_model(width=width, depth=1),
-                              train.Config(compile="default", device="cpu"))
-        before = len(graph_calls)
-        step(images).sum().backward()
-        with torch.no_grad():
-            step(images)
-        assert len(graph_calls) == before + 2, f"width {width} ran eagerly"
-    torch._dynamo.reset()
+
+def bench_args(data_dir, out, *flags):
+    args = bench.build_parser().parse_args([
+        "--sweep", "width", "--device", "cpu", "--fused_size", "4x1", "--dataset_size", "64",
+        "--warmup", "1", "--epochs", "1", "--engines", "", "--data_dir", data_dir, "--notes", "",
+        "--out", str(out), *flags])
+    args.failures = []
+    return args
+
+
+def test_bench_sweep_split_over_calls_keeps_each_calls_table(data_dir, tmp_path):
+    """gpu_session.sh measures fusion and the engines in separate calls into one --out: a call
+    that skips a part ('') must not overwrite the table an earlier call measured."""
+    out = tmp_path / "bench"
+    bench.engine_report(bench_args(data_dir, out, "--fused_copies", "1"), "cpu", "cpu")
+    bench.engine_report(bench_args(data_dir, out, "--fused_copies", ""), "cpu", "cpu")
+    assert list(pd.read_csv(out / "fused_throughput.csv").copies) == [1]
+    assert not (out / "sweep_engines.csv").exists()
+    report = (out / "report.md").read_text()
+    assert report.count("## ") == 2 and report.count("Fused bundle vs single run") == 1
+
+
+def test_bench_refuses_to_time_a_bundle_that_fell_back_to_single_runs(data_dir, tmp_path, monkeypatch):
+    """A bundle that fails is retried run by run: those times are not fusion's. The sizes
+    measured before are kept and the failure is named."""
+
+    def out_of_memory(self, cfgs):
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    monkeypatch.setattr(worker.Worker, "train_bundle", out_of_memory)
+    args = bench_args(data_dir, tmp_path / "bench", "--fused_copies", "1,2")
+    table = bench.fused_table(args, "cpu")
+    assert list(table.copies) == [1]
+    assert len(args.failures) == 1 and "bundle of 2 copies of 4x1 did not train as one network" \
+        in args.failures[0] and "out of memory" in args.failures[0]
+
+
+def test_bench_tables_go_under_results_by_default():
+    assert bench.build_parser().parse_args([]).notes == os.path.join("results", "benchmarks.md")
+
+
+def test_the_old_name_of_the_torchvision_pipeline_is_refused_naming_the_new_one(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--pipelines", "brief,default", "--notes", ""])
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2
+    says(capsys.readouterr().err, "--pipelines", "brief", "torchvision")
