@@ -9,10 +9,12 @@ transforms and DataLoader), on the current device.
 
 Each measurement is a real train.train() call (same code path as train.py) in a temporary results
 folder: `--warmup` epochs (compilation, cuDNN autotuning, allocator growth) then `--epochs` timed
-epochs, whose GPU-synchronised training times come from the per-epoch CSV. Prints a table and
-appends it, with device, torch version, date and command, to results/benchmarks.md (--notes):
-copy the tables worth keeping into Notes/benchmarks.md by hand, so that benchmarking does not
-dirty the tracked tree and mark every later run's code_version '+dirty'.
+epochs, whose GPU-synchronised training times come from the per-epoch CSV. Appends the rows,
+each with device, torch version, date, code version and command, to results/benchmarks.csv
+(--csv), and prints them as a markdown table that it also appends to results/benchmarks.md
+(--notes). Rows worth keeping go into Notes/benchmarks.csv by hand (sweep.py --dry_run projects
+from its latest measurement), their table and what it shows into Notes/benchmarks.md, so that
+benchmarking does not dirty the tracked tree and mark every later run's code_version '+dirty'.
 
 `--sweep_jobs` instead times whole `sweep.py width` runs (3 seeds, the fast pipeline's flags by
 default; `--sweep_args` replaces the plan's arguments) once per K = trainings at once per GPU,
@@ -478,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="torch threads of this process (the pocket study trains on 1 per core)")
     parser.add_argument("--notes", default=os.path.join("results", "benchmarks.md"),
                         help="markdown file the table is appended to; '' to not append")
+    parser.add_argument("--csv", default=os.path.join("results", "benchmarks.csv"),
+                        help="CSV the timed rows are appended to, one per size and pipeline, "
+                             "with device, date, code version and command; '' to not append")
     parser.add_argument("--sweep_jobs", type=whole_numbers,
                         default=None, help="time sweep.py's width plan at these --jobs instead")
     parser.add_argument("--sweep_args", default=sweep_args_default(),
@@ -541,9 +546,10 @@ def main():
             parser.error(f"--{flag} must be >= {least}, got {value}")
     if args.sweep_jobs is not None and any(k < 1 for k in args.sweep_jobs):
         parser.error(f"--sweep_jobs must be >= 1 each, got {args.sweep_jobs}")
-    notes_error = args.notes and records.writable_file_error(args.notes, "--notes")
-    if notes_error:
-        parser.error(notes_error)
+    for flag in ("notes", "csv"):
+        path_error = getattr(args, flag) and records.writable_file_error(getattr(args, flag), f"--{flag}")
+        if path_error:
+            parser.error(path_error)
     if args.threads is not None:
         most = 4 * (os.cpu_count() or 1)  # OpenMP crashes (a segfault) at tens of thousands
         if not 1 <= args.threads <= most:
@@ -578,28 +584,54 @@ def main():
             sys.exit(stopped_exit_code(e, "bench.py", f"nothing was added to "
                                        f"{args.notes or 'a notes file'}"))
         print(text)
-        written = append_notes(args, text)
+        written = [path for path in (append_rows(args, device, device_name),
+                                     append_notes(args, text)) if path]
         sys.exit(stopped_exit_code(e, "bench.py", "the rows measured before it are above" +
-                                   (f" and in {args.notes}" if written else "")))
+                                   "".join(f" and in {path}" for path in written)))
     print(text)
+    append_rows(args, device, device_name)
     append_notes(args, text)
     if args.failures:
         sys.exit("error: " + "\nerror: ".join(args.failures))
 
 
-def append_notes(args, text) -> bool:
-    """Append text to --notes, if one was given; True once it is there."""
-    if args.notes:
-        try:
-            records.append_text(args.notes, text + "\n")
-        except OSError as e:
-            if not records.is_disk_full(e):
-                raise
-            sys.exit(records.disk_full_exit_code(
-                e, os.path.dirname(os.path.abspath(args.notes)),
-                f"the table above was not added to {args.notes}, which is as it was"))
-        return True
-    return False
+def measurement(device, device_name) -> dict:
+    """What the CSV's rows of one measurement share: when, where, which code and how, so that a
+    reader (sweep.py's projections) can take the latest measurement of a device."""
+    return dict(date=time.strftime("%Y-%m-%d %H:%M"), device=torch.device(device).type,
+                device_name=device_name, torch=torch.__version__, code_version=git_version(),
+                command=f"python {shlex.join(sys.argv)}")
+
+
+def append_rows(args, device, device_name):
+    """Append the timed table's rows to --csv, if one was given and there are rows; the path once
+    they are there. The other measurements (--sweep, --step_parts, --sweep_jobs) are markdown."""
+    if not (args.csv and args.timed_rows):
+        return None
+    shared = {**measurement(device, device_name), "dataset_size": args.dataset_size,
+              "warmup_epochs": args.warmup, "timed_epochs": args.epochs}
+    rows = [{**shared, **row} for row in timed_frame(args.timed_rows).to_dict("records")]
+    return append_or_exit(args.csv, lambda: records.append_rows(args.csv, rows),
+                          f"the rows above were not added to {args.csv}, which is as it was")
+
+
+def append_notes(args, text):
+    """Append text to --notes, if one was given; the path once it is there."""
+    if not args.notes:
+        return None
+    return append_or_exit(args.notes, lambda: records.append_text(args.notes, text + "\n"),
+                          f"the table above was not added to {args.notes}, which is as it was")
+
+
+def append_or_exit(path, append, left):
+    """Run append() on path; a full disk exits with one line, `left` saying what is as it was."""
+    try:
+        append()
+    except OSError as e:
+        if not records.is_disk_full(e):
+            raise
+        sys.exit(records.disk_full_exit_code(e, os.path.dirname(os.path.abspath(path)), left))
+    return path
 
 
 if __name__ == "__main__":

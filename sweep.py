@@ -65,8 +65,9 @@ from worker import log_path
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_PY = os.path.join(HERE, "train.py")
 WORKER_PY = os.path.join(HERE, "worker.py")
-# Curated bench.py tables: bench.py writes to results/benchmarks.md, GPU tables are copied here.
-BENCH_NOTES = os.path.join(HERE, "Notes", "benchmarks.md")
+# Curated bench.py rows: bench.py appends to results/benchmarks.csv, rows worth keeping are copied
+# here (Notes/benchmarks.md says what they show).
+BENCH_CSV = os.path.join(HERE, "Notes", "benchmarks.csv")
 PLANS = ["width", "depth", "data", "compute", "grid", "study", "pocket", "cpu"]
 DEFAULT_WIDTHS = [4, 8, 16, 32, 64, 128]   # doubling
 DEFAULT_DEPTHS = [1, 2, 3, 4, 5, 6]
@@ -371,33 +372,31 @@ def training_flops(cfg: train.Config) -> int:
 
 
 def bench_figures(path: str, on_cpu: bool):
-    """(heading, {(size, pipeline): {column: value}}) of the latest bench.py timed table in `path`
-    measured on the CPU (on_cpu) or on a GPU (a heading `## date · device · torch ...` whose
-    device is not cpu or mps), or None when there is none."""
+    """(description, {(size, pipeline): {column: value}}) of the latest bench.py measurement in the
+    CSV `path` (bench.py --csv) made on the CPU (on_cpu) or on a GPU, or None when there is none.
+    One measurement is the rows of one bench.py call: one date and command."""
     if not os.path.exists(path):
         return None
-    latest = None
-    with open(path) as f:
-        sections = re.split(r"^## ", f.read(), flags=re.M)[1:]
-    for section in sections:
-        heading, *lines = section.splitlines()
-        parts = [p.strip() for p in heading.split("·")]
-        if len(parts) < 3 or (parts[1] == "cpu") != on_cpu or parts[1] == "mps":
-            continue
-        table = [[c.strip() for c in l.strip().strip("|").split("|")] for l in lines if l.startswith("|")]
-        if not table or not {"size", "pipeline", "tflops"} <= set(table[0]):
-            continue
+    measurements = {}
+    for row in read_csv(path):
+        if (row.get("device") == "cpu") == on_cpu and row.get("device") != "mps":
+            measurements.setdefault((row.get("date", ""), row.get("command", "")), []).append(row)
+    for date, command in sorted(measurements, reverse=True):
         figures = {}
-        for row in table[2:]:  # after the header and the |---| line
-            try:
-                values = {name: float(v) for name, v in zip(table[0], row)
-                          if name not in ("size", "pipeline")}
-                figures[(row[table[0].index("size")], row[table[0].index("pipeline")])] = values
-            except (ValueError, IndexError):
-                continue
+        for row in measurements[date, command]:
+            values = {}
+            for name, text in row.items():
+                try:
+                    values[name] = float(text)
+                except (TypeError, ValueError):
+                    pass  # the size, the pipeline, the description's columns, an empty cell
+            if "tflops" in values:
+                figures[row.get("size"), row.get("pipeline")] = values
         if figures:
-            latest = (heading.strip(), figures)
-    return latest
+            first = measurements[date, command][0]
+            return (f"{date} · {first.get('device_name', first['device'])} · torch "
+                    f"{first.get('torch', '?')} · code {first.get('code_version', '?')}", figures)
+    return None
 
 
 def bench_pipeline(cfg: train.Config) -> str:
@@ -533,7 +532,7 @@ def projected_from_runs(runs, speeds: dict, jobs: int, threads: int) -> float:
     return total / max(1, min(jobs, cores // threads))
 
 
-def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> list:
+def size_report(plan_name: str, runs: list, bench_csv: str, jobs: int = 1) -> list:
     """Lines saying how big a plan is and, from bench.py's figures when there are any, how long
     on a GPU and, for runs on the CPU, on this CPU."""
     lines = [f"{plan_name} plan: {len(runs)} runs"]
@@ -554,17 +553,17 @@ def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> 
     lines.append(f"{sum(r.cfg.dataset_size * r.cfg.num_epochs for r in runs):,} image-epochs, "
                  f"{flops:.3g} training FLOPs (3 x forward_flops_per_image x D x epochs)")
     pipeline = bench_pipeline(runs[0].cfg)
-    figures = bench_figures(bench_notes, on_cpu=False)
+    figures = bench_figures(bench_csv, on_cpu=False)
     seconds = projected_gpu_s(runs, figures[1], pipeline) if figures else None
     if seconds is None:
         where = f"for the {pipeline} pipeline " if figures else ""
-        lines.append(f"projected GPU time: unknown, no GPU figures {where}in {bench_notes} yet "
-                     f"(python bench.py on a GPU measures them into results/benchmarks.md: copy "
-                     f"its table there or pass --bench_notes); plan with the FLOP total above")
+        lines.append(f"projected GPU time: unknown, no GPU figures {where}in {bench_csv} yet "
+                     f"(python bench.py on a GPU measures them into results/benchmarks.csv: copy "
+                     f"its rows there or pass --bench_csv); plan with the FLOP total above")
     else:
         lines.append(f"projected GPU time: {duration(seconds)} of training, one run at a time "
                      f"(evaluation and start-up not included), from the {pipeline} pipeline's "
-                     f"TFLOP/s in {bench_notes}: {figures[0]}")
+                     f"TFLOP/s in {bench_csv}: {figures[0]}")
     device = runs[0].cfg.device
     if device == "cpu" or device == "auto" and not visible_gpus():
         cores = os.cpu_count() or 1
@@ -580,18 +579,18 @@ def size_report(plan_name: str, runs: list, bench_notes: str, jobs: int = 1) -> 
                          f"the measured wall times of finished {threads}-thread CPU runs of "
                          f"{len(speeds)} sizes in {', '.join(os.path.relpath(p) for p in sources)}"
                          f" (between sizes, interpolated by FLOPs per image)")
-        figures = bench_figures(bench_notes, on_cpu=True)
+        figures = bench_figures(bench_csv, on_cpu=True)
         seconds = projected_cpu_s(runs, figures[1], pipeline, jobs) if figures else None
         if seconds is None:
             lines.append(f"projected CPU time: unknown, no CPU figures with images_per_s and "
-                         f"eval_s for the {pipeline} pipeline in {bench_notes} (python bench.py "
+                         f"eval_s for the {pipeline} pipeline in {bench_csv} (python bench.py "
                          f"--device cpu measures them)")
         else:
             lines.append(f"{'bench.py alone projects' if speeds else 'projected CPU time'}: "
                          f"{duration(seconds)} wall with --jobs {jobs} "
                          f"on {os.cpu_count()} cores (training and evaluation; start-up not "
                          f"included), from the {pipeline} pipeline's images_per_s and eval_s in "
-                         f"{bench_notes}: {figures[0]}")
+                         f"{bench_csv}: {figures[0]}")
     return lines
 
 
@@ -1014,8 +1013,9 @@ def build_parser():
     p.add_argument("--cpus_per_task", type=int, default=4)
     p.add_argument("--max_concurrent", type=int, default=32, help="slurm array tasks at once")
     p.add_argument("--wait", action="store_true", help="slurm: wait for the array and report")
-    p.add_argument("--bench_notes", default=BENCH_NOTES,
-                   help="--dry_run: bench.py's tables, for the projected GPU time")
+    p.add_argument("--bench_csv", default=BENCH_CSV,
+                   help="--dry_run: bench.py's rows (its --csv), for the projected GPU and CPU time")
+    p.add_argument("--bench_notes", default=None, help=argparse.SUPPRESS)  # refused, names --bench_csv
     grid = p.add_argument_group("lists of train.py settings (grid plan; --num_epochs also takes "
                                 "one value for every plan)")
     for f in GRID_FIELDS:
@@ -1121,8 +1121,11 @@ def parse_args(argv=None):
         refuse_plan_flags(parser, args)
         return args
     refuse_unused_lists(parser, args)
-    if args.bench_notes != BENCH_NOTES and not os.path.isfile(args.bench_notes):
-        parser.error(f"--bench_notes {args.bench_notes!r} is not a file (bench.py's tables)")
+    if args.bench_notes is not None:
+        parser.error(f"--bench_notes is gone: projections read bench.py's CSV, --bench_csv FILE "
+                     f"(bench.py --csv writes it; default {os.path.relpath(BENCH_CSV)})")
+    if args.bench_csv != BENCH_CSV and not os.path.isfile(args.bench_csv):
+        parser.error(f"--bench_csv {args.bench_csv!r} is not a file (bench.py's rows, its --csv)")
     if args.gpus is not None and args.launcher == "local":
         gpu_errors(parser, args.gpus)
     launcher_errors(parser, args)
@@ -1248,7 +1251,7 @@ def main(argv=None):
             N = num_params(c.model, c.width, c.depth, c.bn)
             print(f"{printable(run)}  # N={N} D={c.dataset_size} epochs={c.num_epochs} "
                   f"C={N * c.dataset_size * c.num_epochs:.4g}")
-        for line in size_report(args.plan, runs, args.bench_notes, args.jobs):  # stdout stays runnable
+        for line in size_report(args.plan, runs, args.bench_csv, args.jobs):  # stdout stays runnable
             print(f"# {line}", file=sys.stderr)
         return
     try:

@@ -19,13 +19,23 @@ from tiny import says
 
 @pytest.mark.slow
 def test_bench_prints_and_records_a_table(data_dir, tmp_path):
-    notes = tmp_path / "benchmarks.md"
+    notes, rows = tmp_path / "benchmarks.md", tmp_path / "benchmarks.csv"
+    rows.write_text("date,device,size,pipeline,epoch_s\n2026-01-01 00:00,cpu,2x1,default,9\n")
     proc = subprocess.run([sys.executable, "bench.py", "--device", "cpu", "--sizes", "4x1",
                            "--dataset_size", "200", "--warmup", "1", "--epochs", "1",
                            "--pipelines", "torchvision,default", "--data_dir", data_dir,
-                           "--threads", "1", "--notes", str(notes)],
+                           "--threads", "1", "--notes", str(notes), "--csv", str(rows)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    # The CSV keeps the earlier measurement and gains one row per size and pipeline, each saying
+    # where, when and how it was measured: the data that sweep.py's projections read.
+    csv = pd.read_csv(rows)
+    assert list(csv.pipeline) == ["default", "torchvision", "default"] and csv.epoch_s[0] == 9
+    new = csv.iloc[1:]
+    assert (new.device == "cpu").all() and (new["size"] == "4x1").all()
+    assert (new.dataset_size == 200).all() and (new.timed_epochs == 1).all()
+    assert new.command.str.contains("--sizes 4x1").all() and new.code_version.notna().all()
+    assert (new.epoch_s > 0).all() and (new.threads == 1).all()
     text = notes.read_text()
     assert "| 4x1    | torchvision" in text and "| 4x1    | default" in text
     assert "speedup_vs_torchvision" in text
@@ -81,14 +91,15 @@ def test_bench_stopped_while_measuring_says_so_in_one_line(tmp_path, signum):
     notes = tmp_path / "benchmarks.md"
     proc = subprocess.Popen([sys.executable, "bench.py", "--device", "cpu", "--sizes", "16x2",
                              "--pipelines", "default", "--dataset_size", "5000", "--epochs", "50",
-                             "--notes", str(notes)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             "--notes", str(notes), "--csv", str(tmp_path / "b.csv")],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
     lines = [proc.stderr.readline()]  # the peak is measured first: the measurements have begun
     proc.send_signal(signum)
     err = "".join(lines) + proc.communicate(timeout=60)[1]
     assert proc.returncode == 128 + signum, err  # was: a traceback; SIGTERM: no word
     assert lines[0].startswith("  measured peak") and err.count("\n") == 2, err
     assert err.endswith(f"bench.py: stopped by {signum.name}; nothing was added to {notes}\n")
-    assert not notes.exists()
+    assert not notes.exists() and not (tmp_path / "b.csv").exists()
 
 
 @pytest.mark.parametrize("gflops, sizes", [(1, [256, 512]), (1000, [256, 512, 1024, 2048])])
@@ -109,10 +120,10 @@ def test_the_cpu_peak_grows_its_product_until_one_takes_long_enough(monkeypatch,
 def test_bench_stopped_after_some_rows_keeps_them_and_says_what_is_missing(tmp_path):
     """A device call's time limit stops bench.py mid-table: the rows already measured are the
     call's only result, so they are written, marked as partial."""
-    notes = tmp_path / "benchmarks.md"
+    notes, rows = tmp_path / "benchmarks.md", tmp_path / "benchmarks.csv"
     proc = subprocess.Popen([sys.executable, "bench.py", "--device", "cpu", "--sizes", "2x1,64x3",
                              "--pipelines", "default", "--dataset_size", "500", "--warmup", "1",
-                             "--epochs", "8", "--notes", str(notes)], cwd=REPO,
+                             "--epochs", "8", "--notes", str(notes), "--csv", str(rows)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = [proc.stderr.readline()]
     while lines[-1] and not lines[-1].startswith("  2x1 default"):
@@ -123,7 +134,9 @@ def test_bench_stopped_after_some_rows_keeps_them_and_says_what_is_missing(tmp_p
     table = notes.read_text()
     assert "| 2x1 " in table and "| 64x3 " not in table and table.strip() in out
     assert "Stopped by SIGTERM after 1 of 2 rows.\n" in table
-    assert err == f"bench.py: stopped by SIGTERM; the rows measured before it are above and in {notes}\n"
+    assert list(pd.read_csv(rows)["size"]) == ["2x1"]
+    assert err == (f"bench.py: stopped by SIGTERM; the rows measured before it are above and in "
+                   f"{rows} and in {notes}\n")
 
 
 @pytest.mark.slow
@@ -136,10 +149,12 @@ def test_bench_refuses_a_thread_count_out_of_range(threads):
 
 
 @pytest.mark.slow
-def test_bench_refuses_notes_that_are_a_folder_before_measuring(tmp_path):
-    proc = subprocess.run([sys.executable, "bench.py", "--notes", str(tmp_path)], cwd=REPO,
+@pytest.mark.parametrize("flag", ["--notes", "--csv"])
+def test_bench_refuses_notes_that_are_a_folder_before_measuring(tmp_path, flag):
+    proc = subprocess.run([sys.executable, "bench.py", flag, str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "is a folder, not a file" in proc.stderr  # was: a traceback
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr  # was: a traceback
+    says(proc.stderr, flag, str(tmp_path), "folder")
 
 
 def test_projection_counts_the_recipes_evaluations():
@@ -254,7 +269,9 @@ def test_bench_refuses_to_time_a_bundle_that_fell_back_to_single_runs(data_dir, 
 
 
 def test_bench_tables_go_under_results_by_default():
-    assert bench.build_parser().parse_args([]).notes == os.path.join("results", "benchmarks.md")
+    args = bench.build_parser().parse_args([])
+    assert args.notes == os.path.join("results", "benchmarks.md")
+    assert args.csv == os.path.join("results", "benchmarks.csv")
 
 
 def test_the_old_name_of_the_torchvision_pipeline_is_refused_naming_the_new_one(monkeypatch, capsys):

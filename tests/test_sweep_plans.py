@@ -134,15 +134,15 @@ def test_meta_device_flops_equal_the_built_models():
 
 
 def dry_run(argv, tmp_path, capsys, notes, extra=()):
-    sweep.main(argv + ["--dry_run", "--results_dir", str(tmp_path / "r"), "--bench_notes",
+    sweep.main(argv + ["--dry_run", "--results_dir", str(tmp_path / "r"), "--bench_csv",
                        str(notes), *extra])
     return capsys.readouterr()
 
 
 def test_study_dry_run_prints_its_size_and_no_made_up_time(tmp_path, capsys):
-    notes = tmp_path / "benchmarks.md"
-    notes.write_text("## 2026-11-24 02:49 · cpu · torch 2 · code x\n\n| size | pipeline | tflops |\n"
-                     "|:--|:--|--:|\n| 32x2 | default | 0.1 |\n")  # a CPU figure is no GPU figure
+    notes = tmp_path / "benchmarks.csv"
+    notes.write_text("date,device,command,size,pipeline,tflops\n"
+                     "2026-11-24 02:49,cpu,python bench.py,32x2,default,0.1\n")  # no GPU figure
     out = dry_run(["study"], tmp_path, capsys, notes)
     runs, _ = study_runs(tmp_path)
     commands = out.out.strip().splitlines()
@@ -157,11 +157,15 @@ def test_study_dry_run_prints_its_size_and_no_made_up_time(tmp_path, capsys):
 
 
 def test_dry_run_projects_gpu_time_from_measured_figures(tmp_path, capsys):
-    notes = tmp_path / "benchmarks.md"
-    notes.write_text("# Benchmarks\n\n## 2026-11-26 10:00 · NVIDIA H100 80GB HBM3 · torch 2 · code y\n\n"
-                     "`python bench.py`\n\n| size | pipeline | epoch_s | tflops |\n|:--|:--|--:|--:|\n"
-                     "| 32x2 | default | 1.0 | 20.0 |\n| 128x4 | default | 2.0 | 80.0 |\n"
-                     "| 32x2 | fast | 0.2 | 100.0 |\n")
+    notes = tmp_path / "benchmarks.csv"
+    h100 = "cuda,NVIDIA H100 80GB HBM3,2,y,python bench.py"
+    # The latest measurement of a GPU is the one read: not the older one, not the CPU's later one.
+    notes.write_text("date,device,device_name,torch,code_version,command,size,pipeline,epoch_s,tflops\n"
+                     f"2026-11-25 10:00,{h100} --old,32x2,default,9.0,1.0\n"
+                     f"2026-11-26 10:00,{h100},32x2,default,1.0,20.0\n"
+                     f"2026-11-26 10:00,{h100},128x4,default,2.0,80.0\n"
+                     f"2026-11-26 10:00,{h100},32x2,fast,0.2,100.0\n"
+                     "2026-11-27 10:00,cpu,cpu,2,y,python bench.py,32x2,default,50.0,0.1\n")
     out = dry_run(["grid", "--widths", "32", "--dataset_sizes", "1000", "--num_epochs", "3"],
                   tmp_path, capsys, notes)
     seconds = 3 * sweep.flops_per_image("cnn", 32, 2, False) * 1000 * 3 / 20e12
@@ -260,14 +264,9 @@ def test_pocket_plan_is_fixed(flag, tmp_path, capsys):
     assert "the pocket's plan is fixed" in capsys.readouterr().err
 
 
-BENCH = """# Benchmarks
-
-## 2026-12-02 17:38 · cpu · torch 2 · code z
-
-| size | pipeline | epoch_s | eval_s | images_per_s | tflops | threads |
-|:--|:--|--:|--:|--:|--:|--:|
-| 2x1 | default | 1.0 | 0.5 | 5000 | 0.003 | 1 |
-| 24x1 | default | 7.5 | 7.5 | 500 | 0.02 | 1 |
+BENCH = """date,device,device_name,torch,code_version,command,size,pipeline,epoch_s,eval_s,images_per_s,tflops,threads
+2026-12-02 17:38,cpu,cpu,2,z,python bench.py,2x1,default,1.0,0.5,5000,0.003,1
+2026-12-02 17:38,cpu,cpu,2,z,python bench.py,24x1,default,7.5,7.5,500,0.02,1
 """
 
 
@@ -275,10 +274,10 @@ def test_pocket_dry_run_projects_cpu_time_from_bench_figures(tmp_path, capsys, m
     monkeypatch.setattr(sweep, "visible_gpus", lambda: None)
     monkeypatch.setattr(sweep.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(sweep, "MEASURED_RUNS", str(tmp_path / "none" / "*.csv"))  # no runs yet
-    notes = tmp_path / "benchmarks.md"
+    notes = tmp_path / "benchmarks.csv"
     notes.write_text(BENCH)
     sweep.main(["pocket", "--dry_run", "--results_dir", str(tmp_path / "r"),
-                "--bench_notes", str(notes)])
+                "--bench_csv", str(notes)])
     err = capsys.readouterr().err
     runs, _ = pocket(tmp_path / "r")
     # Each run at the measured size nearest in FLOPs (2x1 up to width 8, 24x1 above), 5
@@ -294,9 +293,9 @@ def test_pocket_dry_run_projects_cpu_time_from_bench_figures(tmp_path, capsys, m
     assert "compute budgets: C=1.3e+08 5 model sizes, C=2.7e+08 6 model sizes, C=5.5e+08 5" in err
     assert not (tmp_path / "r").exists()
     # A table measured with both threads in one training runs one training at a time.
-    notes.write_text(BENCH.replace("| 1 |\n", "| 2 |\n"))
+    notes.write_text(BENCH.replace(",1\n", ",2\n"))
     sweep.main(["pocket", "--dry_run", "--jobs", "2", "--results_dir", str(tmp_path / "r"),
-                "--bench_notes", str(notes)])
+                "--bench_csv", str(notes)])
     assert f"projected CPU time: {sweep.duration(total_s)} wall" in capsys.readouterr().err
 
 
