@@ -251,6 +251,7 @@ def test_joint_influence_finds_the_outlier():
 # ---------------------------------------------------------------------------------------------
 # Coverage over many synthetic sweeps (target: 93-97%; asserted 90-99%)
 
+@pytest.mark.slow
 def test_joint_and_isoflop_intervals_have_nominal_coverage():
     """60 sweeps, 3 seeds per configuration, default (parametric) bootstrap of 100 refits. Measured
     over 100 sweeps (seed 10): alpha 0.95, beta 0.97, E 0.96; IsoFLOP a 0.90 (over 400 sweeps with

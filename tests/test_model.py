@@ -6,6 +6,7 @@ from torch import nn
 
 from model import (MODELS, NUM_CLASSES, ResNet, ScalingCNN, SimpleCNN, build_model,
                    cnn_num_params, count_params, forward_flops_per_image, num_params)
+from tiny import says
 
 
 SIZES = [(1, 1), (4, 1), (4, 3), (8, 2), (32, 2), (48, 4)]
@@ -120,11 +121,13 @@ def test_cli_refuses_a_zero_width_and_counts_huge_ones_without_memory(monkeypatc
     monkeypatch.setattr("sys.argv", ["model.py", "--width", "0"])
     with pytest.raises(SystemExit) as exit_:  # was: the default model's N, exit 0
         model.main()
-    assert exit_.value.code == 2 and "--width must be >= 1, got 0" in capsys.readouterr().err
+    assert exit_.value.code == 2
+    says(capsys.readouterr().err, "--width", ">= 1", "0")
     monkeypatch.setattr("sys.argv", ["model.py", "--model", "cnn", "--bn"])
     with pytest.raises(SystemExit) as exit_:  # was: build_model's ValueError traceback
         model.main()
-    assert exit_.value.code == 2 and "--bn is a switch of --model simplecnn" in capsys.readouterr().err
+    assert exit_.value.code == 2
+    says(capsys.readouterr().err, "--bn", "--model simplecnn")
     monkeypatch.setattr("sys.argv", ["model.py", "--width", "100000", "--depth", "2"])
     model.main()  # 2.8e12 parameters: counted on the meta device, nothing allocated
     assert "N=2,790,010,900,010" in capsys.readouterr().out
@@ -140,7 +143,7 @@ def test_closed_form_N_of_any_depth_is_immediate_and_sizes_are_checked_before_bu
     assert model.size_error("cnn", 32, 2) == ""
     for width, depth in ((2 ** 63 - 1, 2), (32, 10 ** 8), (100_000, 2)):
         message = model.size_error("cnn", width, depth)
-        assert f"width {width:,} depth {depth:,} has N=" in message and "use a smaller" in message
+        says(message, f"{width:,}", f"{depth:,}", "N=", "smaller")
 
 
 def window_cases():

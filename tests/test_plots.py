@@ -39,6 +39,7 @@ def _outside(fig) -> list:
             or box.x1 > frame.x1 + 1 or box.y1 > frame.y1 + 1]
 
 
+@pytest.mark.slow
 def test_every_figure_keeps_its_axes_and_its_text_inside(tmp_path):
     runs = several_groups(tmp_path)
     result = analysis.analyse(runs, n_boot=20)
