@@ -550,6 +550,10 @@ def main():
         path_error = getattr(args, flag) and records.writable_file_error(getattr(args, flag), f"--{flag}")
         if path_error:
             parser.error(path_error)
+    rows_error = args.csv and records.csv_append_error(
+        args.csv, fix="give another --csv, or move the file aside, then run again")
+    if rows_error:  # found out now, not after the measurement
+        parser.error(f"--csv: {rows_error}")
     if args.threads is not None:
         most = 4 * (os.cpu_count() or 1)  # OpenMP crashes (a segfault) at tens of thousands
         if not 1 <= args.threads <= most:

@@ -111,16 +111,17 @@ class ResultsFileError(RuntimeError):
     """A results CSV that cannot be appended to safely; the message names the file and line."""
 
 
-def csv_append_error(path: str, key: str = None):
+def csv_append_error(path: str, key: str = None, fix: str = None):
     """Why appending a row to the CSV at `path` would corrupt it, or None: a last line without
     its newline (a hand edit, a crash mid-write) would have the next row glued onto it; a row
     longer than the header (an edited header, another file's) could not be read back under it;
-    a file without the `key` column (run_name) is not one the writers made."""
+    a file without the `key` column (run_name) is not one the writers made. `fix` says what to do
+    (by default: results files are rebuilt by sweep.py collect)."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return None
     if os.path.isdir(path) or not os.access(path, os.R_OK | os.W_OK):
         return f"{path} is not a writable file"
-    rebuild = "move it aside (python sweep.py collect rebuilds it from runs/*.json), then run again"
+    rebuild = fix or "move it aside (python sweep.py collect rebuilds it from runs/*.json), then run again"
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)  # every line: a stray binary byte anywhere fails every reader
@@ -136,8 +137,8 @@ def csv_append_error(path: str, key: str = None):
     if key and key not in header:
         return f"{path} has no {key} column in its header line: not a results file; {rebuild}"
     if torn:
-        return (f"{torn}. Delete that line (python sweep.py collect rebuilds the file from "
-                f"runs/*.json), then run again")
+        return f"{torn}. " + (fix or "Delete that line (python sweep.py collect rebuilds the file "
+                              "from runs/*.json), then run again")
     return None
 
 

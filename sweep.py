@@ -1126,6 +1126,12 @@ def parse_args(argv=None):
                      f"(bench.py --csv writes it; default {os.path.relpath(BENCH_CSV)})")
     if args.bench_csv != BENCH_CSV and not os.path.isfile(args.bench_csv):
         parser.error(f"--bench_csv {args.bench_csv!r} is not a file (bench.py's rows, its --csv)")
+    if args.dry_run and os.path.isfile(args.bench_csv):
+        try:
+            read_csv(args.bench_csv)
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
+            parser.error(f"--bench_csv {args.bench_csv!r} cannot be read as a CSV (bench.py's "
+                         f"rows, its --csv): {e}")
     if args.gpus is not None and args.launcher == "local":
         gpu_errors(parser, args.gpus)
     launcher_errors(parser, args)

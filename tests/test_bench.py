@@ -149,6 +149,18 @@ def test_bench_refuses_a_thread_count_out_of_range(threads):
         f"here), got {threads}" in proc.stderr
 
 
+def test_bench_refuses_a_csv_it_could_not_append_to_before_measuring(tmp_path, monkeypatch, capsys):
+    garbage = tmp_path / "bench.csv"
+    garbage.write_bytes(bytes(range(128, 256)) * 8)
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--csv", str(garbage), "--notes", ""])
+    monkeypatch.setattr(bench, "measured", lambda *a: pytest.fail("measured before refusing"))
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2
+    says(capsys.readouterr().err, "--csv", str(garbage), "not a CSV", "another --csv")
+    assert garbage.read_bytes() == bytes(range(128, 256)) * 8
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--notes", "--csv"])
 def test_bench_refuses_notes_that_are_a_folder_before_measuring(tmp_path, flag):

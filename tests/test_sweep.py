@@ -441,6 +441,15 @@ def test_sweep_refuses_what_it_would_silently_ignore(argv, message, capsys):
     assert exit_.value.code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
+def test_a_bench_csv_that_is_not_text_is_refused_naming_it(tmp_path, capsys):
+    garbage = tmp_path / "bench.csv"
+    garbage.write_bytes(bytes(range(128, 256)) * 8)   # was: a UnicodeDecodeError traceback
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["width", "--dry_run", "--bench_csv", str(garbage)])
+    assert exit_.value.code == 2
+    says(capsys.readouterr().err, "--bench_csv", str(garbage), "CSV")
+
+
 @pytest.mark.parametrize("edit", ['"N": "abc"', '"D": -5', '"status": "done"', '"epochs": 7',
                                   '"final_test_acc": 0.5', '"final_test_loss_avg_last5": "low"'])
 def test_collect_refuses_a_hand_edited_summary_and_leaves_final_data(tmp_path, edit):
