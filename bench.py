@@ -54,7 +54,7 @@ import torch
 
 import config
 import data
-from model import IMAGE_SHAPE, NUM_CLASSES, build_model, size_error
+from model import IMAGE_SHAPE, MODELS, NUM_CLASSES, build_model, size_error
 import records
 import speed
 import train
@@ -146,7 +146,7 @@ def timed_table(args, device, device_name):
     for size in args.sizes:
         width, depth = map(int, size.split("x"))
         for pipeline in args.pipelines:
-            cfg = pipeline_config(pipeline, device, width=width, depth=depth,
+            cfg = pipeline_config(pipeline, device, model=args.model, width=width, depth=depth,
                                   dataset_size=args.dataset_size, data_dir=args.data_dir)
             summary, epoch_s, eval_s = time_epochs(cfg, args.warmup, args.epochs)
             tflops = train.training_flops(summary["flops_per_image"], args.dataset_size, 1) / epoch_s / 1e12
@@ -255,7 +255,7 @@ def step_parts_table(args, device) -> pd.DataFrame:
     for size in args.sizes:
         width, depth = map(int, size.split("x"))
         torch.manual_seed(0)
-        base = build_model("cnn", width, depth).to(device)
+        base = build_model(args.model, width, depth).to(device)
         x = torch.randn(cfg.batch_size, *IMAGE_SHAPE, device=device)
         y = torch.randint(0, NUM_CLASSES, (cfg.batch_size,), device=device)
         row, weights = dict(size=size), {}
@@ -441,7 +441,8 @@ def heading(device_name) -> str:
 
 
 def report(args, device_name, timed, full) -> str:
-    lines = [heading(device_name) + f" (D={args.dataset_size}, batch 256, "
+    model = "" if args.model == "cnn" else f"{args.model}, "
+    lines = [heading(device_name) + f" ({model}D={args.dataset_size}, batch 256, "
              f"{args.warmup} warm-up + {args.epochs} timed epochs)", "",
              timed.to_markdown(index=False, floatfmt=".4g"), ""]
     if full is not None and len(full):
@@ -468,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", type=lambda s: s.split(","), default=["32x2", "128x4", "8x1"],
                         help="widthxdepth, comma-separated")
+    parser.add_argument("--model", choices=sorted(MODELS), default="cnn",
+                        help="network of the timed table and --step_parts (resnet8: 16x1 is the "
+                             "ResNet-8 study's)")
     parser.add_argument("--pipelines", type=lambda s: s.split(","), default=list(PIPELINES),
                         help=f"comma-separated subset of {list(PIPELINES)}")
     parser.add_argument("--dataset_size", type=int, default=50_000)
@@ -535,7 +539,7 @@ def main():
     bad_sizes = [s for s in args.sizes if not SIZE.fullmatch(s)]
     if bad_sizes:
         parser.error(f"--sizes takes WIDTHxDEPTH,... e.g. 32x2,8x1, got {bad_sizes}")
-    too_large = [e for e in (size_error("cnn", *map(int, s.split("x"))) for s in args.sizes) if e]
+    too_large = [e for e in (size_error(args.model, *map(int, s.split("x"))) for s in args.sizes) if e]
     if too_large:  # before the first measurement, not after the earlier sizes
         parser.error(f"--sizes: {too_large[0]}")
     if not 1 <= args.dataset_size <= data.NUM_TRAIN:
@@ -612,8 +616,9 @@ def append_rows(args, device, device_name):
     they are there. The other measurements (--sweep, --step_parts, --sweep_jobs) are markdown."""
     if not (args.csv and args.timed_rows):
         return None
-    shared = {**measurement(device, device_name), "dataset_size": args.dataset_size,
-              "warmup_epochs": args.warmup, "timed_epochs": args.epochs}
+    shared = {**measurement(device, device_name), "model": args.model,
+              "dataset_size": args.dataset_size, "warmup_epochs": args.warmup,
+              "timed_epochs": args.epochs}
     rows = [{**shared, **row} for row in timed_frame(args.timed_rows).to_dict("records")]
     return append_or_exit(args.csv, lambda: records.append_rows(args.csv, rows),
                           f"the rows above were not added to {args.csv}, which is as it was")

@@ -372,7 +372,7 @@ def training_flops(cfg: train.Config) -> int:
 
 
 def bench_figures(path: str, on_cpu: bool):
-    """(description, {(size, pipeline): {column: value}}) of the latest bench.py measurement in the
+    """(description, {(model, size, pipeline): {column: value}}) of the latest bench.py measurement in the
     CSV `path` (bench.py --csv) made on the CPU (on_cpu) or on a GPU, or None when there is none.
     One measurement is the rows of one bench.py call: one date and command."""
     if not os.path.exists(path):
@@ -391,7 +391,7 @@ def bench_figures(path: str, on_cpu: bool):
                 except (TypeError, ValueError):
                     pass  # the size, the pipeline, the description's columns, an empty cell
             if "tflops" in values:
-                figures[row.get("size"), row.get("pipeline")] = values
+                figures[row.get("model") or "cnn", row.get("size"), row.get("pipeline")] = values
         if figures:
             first = measurements[date, command][0]
             return (f"{date} · {first.get('device_name', first['device'])} · torch "
@@ -408,14 +408,17 @@ def bench_pipeline(cfg: train.Config) -> str:
 
 def nearest_figures(cfg: train.Config, figures: dict, pipeline: str):
     """bench.py's row for this pipeline at the size nearest in FLOPs per image (small models are
-    launch-bound, so a single figure for all sizes would be wrong by several x); None if none."""
-    measured = {size: row for (size, name), row in figures.items()
+    launch-bound, so a single figure for all sizes would be wrong by several x), of the run's own
+    model where bench.py measured it, else of the scaling CNN; None if none."""
+    measured = {(model, size): row for (model, size, name), row in figures.items()
                 if name == pipeline and re.fullmatch(r"\d+x\d+", size) and row["tflops"] > 0}
+    own = {key: row for key, row in measured.items() if key[0] == cfg.model}
+    measured = own or {key: row for key, row in measured.items() if key[0] == "cnn"}
     if not measured:
         return None
     f = flops_per_image(cfg.model, cfg.width, cfg.depth, cfg.bn)
-    return measured[min(measured, key=lambda size: abs(math.log(
-        flops_per_image("cnn", *map(int, size.split("x")), False) / f)))]
+    return measured[min(measured, key=lambda key: abs(math.log(
+        flops_per_image(key[0], *map(int, key[1].split("x")), False) / f)))]
 
 
 def projected_gpu_s(runs, figures: dict, pipeline: str):

@@ -32,7 +32,7 @@ def test_bench_prints_and_records_a_table(data_dir, tmp_path):
     csv = pd.read_csv(rows)
     assert list(csv.pipeline) == ["default", "torchvision", "default"] and csv.epoch_s[0] == 9
     new = csv.iloc[1:]
-    assert (new.device == "cpu").all() and (new["size"] == "4x1").all()
+    assert (new.device == "cpu").all() and (new["size"] == "4x1").all() and (new.model == "cnn").all()
     assert (new.dataset_size == 200).all() and (new.timed_epochs == 1).all()
     assert new.command.str.contains("--sizes 4x1").all() and new.code_version.notna().all()
     assert (new.epoch_s > 0).all() and (new.threads == 1).all()

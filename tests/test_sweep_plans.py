@@ -177,6 +177,19 @@ def test_dry_run_projects_gpu_time_from_measured_figures(tmp_path, capsys):
     assert f"projected GPU time: {sweep.duration(seconds / 5)}" in out.err  # the fast pipeline's figure
 
 
+def test_projections_take_the_figures_of_the_runs_own_model_where_bench_measured_it():
+    figures = {("cnn", "16x1", "default"): dict(tflops=1.0), ("cnn", "32x2", "default"): dict(tflops=2.0),
+               ("resnet8", "16x1", "default"): dict(tflops=3.0)}
+    resnet = train.Config(model="resnet8", width=16, depth=1)
+    assert sweep.nearest_figures(resnet, figures, "default") == dict(tflops=3.0)
+    assert sweep.nearest_figures(train.Config(width=16, depth=1), figures, "default") == dict(tflops=1.0)
+    del figures["resnet8", "16x1", "default"]  # no ResNet measured: the CNN nearest in FLOPs
+    nearest = min(["16x1", "32x2"], key=lambda size: abs(math.log(
+        sweep.flops_per_image("cnn", *map(int, size.split("x")), False) /
+        sweep.flops_per_image("resnet8", 16, 1, False))))
+    assert sweep.nearest_figures(resnet, figures, "default") == figures["cnn", nearest, "default"]
+
+
 def test_study_resumes_skipping_finished_runs(tmp_path, capsys, monkeypatch):
     runs, _ = study_runs(tmp_path)
     os.makedirs(tmp_path / "runs")
