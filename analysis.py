@@ -470,9 +470,23 @@ def slices(frame, keys, varying=None) -> list:
     if not keys:
         return [frame]
     if varying is not None:
-        distinct = frame.groupby(list(keys), dropna=False, sort=False)[varying].transform("nunique")
-        frame = frame[distinct.to_numpy() >= MIN_DISTINCT]
+        frame = varied(frame, keys, varying)
     return [part for _, part in frame.groupby(list(keys), dropna=False, sort=True)]
+
+
+def varied(frame, keys, varying):
+    """The rows of the slices (sharing keys) in which varying takes MIN_DISTINCT values or more."""
+    distinct = frame.groupby(list(keys), dropna=False, sort=False)[varying].transform("nunique")
+    return frame[distinct.to_numpy() >= MIN_DISTINCT]
+
+
+def slice_codes(frame, keys, varying=None) -> tuple:
+    """(frame, codes, count): the rows slices() keeps (those of slices in which varying takes
+    MIN_DISTINCT values or more) and each row's slice number in slices()' order, so that a choice
+    among thousands of slices is made on arrays and only the chosen ones become tables."""
+    frame = frame if varying is None else varied(frame, keys, varying)
+    codes = frame.groupby(list(keys), dropna=False, sort=True).ngroup().to_numpy()
+    return frame, codes, int(codes.max()) + 1 if len(codes) else 0
 
 
 def plan_groups(configs, warnings=None) -> list:
@@ -526,8 +540,13 @@ def guessed_groups(configs, context, varying, warnings) -> list:
     """The curves of runs that name no plan: guessed from what they hold fixed (PLANS)."""
     groups = []
     for x, plan, held in plans_for(configs):
-        found = slices(configs, context + list(held), varying=x)  # MIN_DISTINCT x each
-        frames = widest(found, x)
+        keys = context + list(held)
+        if not keys:
+            frames = found = slices(configs, keys)
+        else:   # MIN_DISTINCT x each; only the chosen slices become tables
+            frame, codes, found = slice_codes(configs, keys, varying=x)
+            found = range(found)
+            frames = [frame[codes == code] for code in widest(frame[x], codes, len(found))]
         if len(frames) < len(found) and warnings is not None:
             warnings.append(f"{x}: {len(found):,} {plan} slices (runs sharing "
                             f"{', '.join(context + list(held))}) have >= {MIN_DISTINCT} distinct "
@@ -537,16 +556,17 @@ def guessed_groups(configs, context, varying, warnings) -> list:
     return groups
 
 
-def widest(frames, x, most=MAX_GROUPS) -> list:
-    """The `most` slices with the most distinct x, then the widest range of x, in the order
-    given (their keys' order)."""
-    if len(frames) <= most:
-        return frames
-
-    def breadth(frame):
-        return frame[x].nunique(), frame[x].max() / frame[x].min()
-    ranks = sorted(range(len(frames)), key=lambda i: breadth(frames[i]), reverse=True)
-    return [frames[i] for i in sorted(ranks[:most])]
+def widest(values, codes, count, most=MAX_GROUPS) -> list:
+    """The `most` slices with the most distinct x, then the widest range of x (max/min), ties in
+    slice order; all when there are no more. Slices given as each row's x (values) and slice
+    number (codes); the chosen numbers returned ascending (their keys' order)."""
+    if count <= most:
+        return list(range(count))
+    stats = pd.Series(np.asarray(values), index=codes).groupby(level=0).agg(
+        ["nunique", "max", "min"])
+    breadth = list(zip(stats["nunique"].tolist(), (stats["max"] / stats["min"]).tolist()))
+    ranks = sorted(range(count), key=lambda i: breadth[i], reverse=True)
+    return sorted(ranks[:most])
 
 
 def _group(x, plan, frame, columns) -> Group:
@@ -590,15 +610,49 @@ def find_budgets(frame, compute, tolerance=BUDGET_TOLERANCE) -> list:
     sorted compute values no wider than (1 + tol)/(1 - tol)."""
     if "budget" in frame.columns and frame.budget.notna().any():
         clusters = [g for _, g in frame[frame.budget.notna()].groupby("budget")]
-    else:
-        ordered = frame.sort_values(compute)
-        values = ordered[compute].to_numpy()
-        clusters, start = [], 0
-        for i in range(1, len(values) + 1):
-            if i == len(values) or values[i] > values[start] * (1 + tolerance) / (1 - tolerance):
-                clusters.append(ordered.iloc[start:i])
-                start = i
+        return [c for c in clusters if c.N.nunique() >= MIN_DISTINCT]
+    ordered = frame.sort_values(compute)
+    values = ordered[compute].to_numpy()
+    reach = values * (1 + tolerance) / (1 - tolerance)
+    clusters, start = [], 0
+    while start < len(values):   # a cluster ends at the first value beyond its first one's reach
+        end = max(int(np.searchsorted(values, reach[start], side="right")), start + 1)
+        if end - start >= MIN_DISTINCT:
+            clusters.append(ordered.iloc[start:end])
+        start = end
     return [c for c in clusters if c.N.nunique() >= MIN_DISTINCT]
+
+
+def budget_counts(frame, codes, count, compute, tolerance=BUDGET_TOLERANCE) -> np.ndarray:
+    """How many budgets find_budgets (without a budget column) finds in each slice, for every
+    slice at once: the IsoFLOP analysis at fixed D of scattered sizes has tens of thousands of
+    slices, and a table and a sort for each took a minute."""
+    values, N = frame[compute].to_numpy(float), frame.N.to_numpy(float)
+    order = np.lexsort((values, codes))     # by slice, then compute: each slice a sorted run
+    values, N, codes = values[order], N[order], codes[order]
+    reach = values * (1 + tolerance) / (1 - tolerance)
+    # ends[i]: where a cluster started at i ends (the first value of its slice beyond reach[i]),
+    # by one merged sort of the values and the reaches (a value equal to a reach comes first)
+    merged = np.lexsort((np.repeat([0, 1], len(values)), np.concatenate([values, reach]),
+                         np.concatenate([codes, codes])))
+    is_value = merged < len(values)
+    ends = np.empty(len(values), int)
+    ends[merged[~is_value] - len(values)] = np.cumsum(is_value)[~is_value]
+    bounds = np.searchsorted(codes, np.arange(count + 1)).tolist()
+    ends, starts = ends.tolist(), []
+    for code in range(count):   # the greedy walk: one step per cluster
+        start = bounds[code]
+        while start < bounds[code + 1]:
+            starts.append(start)
+            start = max(ends[start], start + 1)
+    cluster = np.zeros(len(values), int)
+    cluster[starts] = 1
+    cluster = np.cumsum(cluster) - 1
+    known = ~np.isnan(N)                     # nunique leaves missing N out
+    pairs = np.unique(np.stack([cluster[known], N[known]]), axis=1)
+    distinct = np.bincount(pairs[0].astype(int), minlength=len(starts))
+    planned = distinct >= MIN_DISTINCT
+    return np.bincount(codes[starts][planned], minlength=count)
 
 
 def hyperparameter_fields(configs, requested=None, run_columns=()) -> list:
@@ -1072,7 +1126,13 @@ def compute_optimal(configs, *, compute="C", partner="D", n_boot=200, seed=0, bo
     held = "epochs" if partner == "D" else "D"
     context, varying = context_columns(configs)
     best, best_label, best_held = [], None, None
-    for frame in slices(configs, context + [held], varying="N"):  # a budget needs MIN_DISTINCT N
+    if "budget" in configs.columns and configs.budget.notna().any():
+        candidates = slices(configs, context + [held], varying="N")  # a budget: MIN_DISTINCT N
+    else:   # the slice with the most budgets chosen on arrays; only it becomes a table
+        frame, codes, count = slice_codes(configs, context + [held], varying="N")
+        counts = budget_counts(frame, codes, count, compute) if count else np.zeros(0, int)
+        candidates = [frame[codes == int(np.argmax(counts))]] if counts.any() else []
+    for frame in candidates:
         budgets = find_budgets(frame, compute)
         if len(budgets) > len(best):
             best, best_label = budgets, _label(f"constant {compute}", frame, varying + [held])

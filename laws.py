@@ -45,7 +45,10 @@ TERM_PARAMS = {"alpha": ("a", "alpha"), "beta": ("b", "beta")}   # internal (A/N
 PRUNE_ITERATIONS, PRUNE_KEEP = 30, 64
 PRUNE_SAMPLE, FULL_KEEP = 500, 8  # more configurations: starts chosen on a sample of them
 BOOT_SUBSAMPLE = 5_000   # above this many configurations joint bootstraps are m-out-of-n
-CHUNK_ELEMENTS = 2 ** 22           # (problems x points) per objective evaluation: ~32 MB a temporary
+CHUNK_ELEMENTS = 2 ** 16   # (problems x points) per objective evaluation: 0.5 MB temporaries stay
+                           # in cache; 32 MB ones (2^22) made an evaluation of the 5,400 starts
+                           # on 500 configurations 4x slower
+DRAW_ELEMENTS = 2 ** 22    # (samples x points) of random draws per block of _prediction_interval
 JOINT_MIN_CONFIGS, JOINT_MIN_DISTINCT = 6, 2   # 5 parameters: a 6th point is the first test
 BOUND_TOL = 1e-6           # a parameter this close to a bound is on it
 NOT_IDENTIFIED = "not identified by these runs"
@@ -372,41 +375,82 @@ def _m4_ceiling_at_bound(L0: float, L_max: float) -> bool:
     return bool(min(abs(math.log(offset / u)) for u in M4_CEILING_SPAN) <= 1e-2)
 
 
+def _m4_design(log_x, L, ceiling):
+    """The columns of M4's linear form (below): they do not depend on E, only the target does."""
+    return np.stack([np.ones_like(log_x), -log_x, np.log(ceiling - L)], 1)
+
+
 def _m4_linear(log_x, L, E, ceiling):
     """For fixed E and L0 the M4 law is linear in (log B, c, alpha):
     log(L - E) = log B - c·log x + alpha·log(L0 - L). Least squares with c and alpha in
     [0, ALPHA_MAX] (their signs keep L decreasing in x); theta (E, log B, c, alpha) and its sum of
-    squares. The unconstrained solution is tried first (a 4-column lstsq), the bounded one only
-    when it leaves the box."""
-    design = np.stack([np.ones_like(log_x), -log_x, np.log(ceiling - L)], 1)
+    squares. _fit_m4_at solves many E at once with a _BoxSolver instead."""
+    design = _m4_design(log_x, L, ceiling)
     target = np.log(L - E)
     coef = _box_lstsq(design, target, ALPHA_MAX)
     residual = design @ coef - target
     return np.array([E, coef[0], coef[1], coef[2]]), float(residual @ residual)
 
 
+def _pinv(matrix):
+    """Pseudo-inverse with np.linalg.lstsq's default cut-off (singular values at or below
+    eps·max(rows, columns) of the largest count as zero), so that pinv @ b is lstsq's solution."""
+    u, s, vt = np.linalg.svd(matrix, full_matrices=False)
+    cutoff = np.finfo(float).eps * max(matrix.shape) * (s[0] if s.size else 0.0)
+    inverse = np.divide(1.0, s, out=np.zeros_like(s), where=s > cutoff)
+    return (vt.T * inverse) @ u.T
+
+
+class _BoxSolver:
+    """Least squares with the first coefficient free and the others in [0, high], exactly, for
+    one design and any number of targets (columns): the optimum of this convex problem is the
+    unconstrained optimum of some choice of bounds held (each bounded coefficient free, at 0 or at
+    high), so every choice is solved and the unconstrained solution kept when inside the box, else
+    the best feasible one. Each choice's pseudo-inverse is computed once for the design, so a
+    target costs a few matrix-vector products: M4's profile over E (the target log(L - E) is all
+    that changes) had spent the analysis's time in 9 tiny lstsq calls per E."""
+
+    def __init__(self, design, high):
+        k = design.shape[1]
+        choices = list(itertools.product((None, 0.0, high), repeat=k - 1))  # first: all free
+        fixed = np.array([[0.0, *[np.nan if h is None else h for h in held]]
+                          for held in choices])
+        free = np.isnan(fixed)
+        free[:, 0] = True
+        self.fixed = np.where(free, 0.0, fixed)          # (choices, k): the held values
+        inverses, offsets, rows, cols = [], [], [], []
+        for i, columns in enumerate(free):
+            inverse = _pinv(design[:, columns])
+            inverses.append(inverse)
+            offsets.append(inverse @ (design[:, ~columns] @ self.fixed[i, ~columns]))
+            rows += [i] * int(columns.sum())
+            cols += np.flatnonzero(columns).tolist()
+        n, S = design.shape[0], len(choices)
+        flat = np.array(rows) * k + np.array(cols)
+        # coefficients = gather @ target + held: one product for every choice
+        self.gather = np.zeros((S * k, n))
+        self.gather[flat] = np.vstack(inverses)
+        self.held = self.fixed.reshape(-1).copy()
+        self.held[flat] = -np.concatenate(offsets)
+        self.design, self.high, self.shape = design, high, (S, k)
+
+    def solve(self, targets):
+        """targets (n, K) -> coefficients (k, K) and sums of squares (K,)."""
+        K = targets.shape[1]
+        coef = (self.gather @ targets + self.held[:, None]).reshape(*self.shape, K)
+        residual = np.matmul(self.design, coef) - targets                # (choices, n, K)
+        sse = np.einsum("snk,snk->sk", residual, residual)
+        inside = ((coef[:, 1:] >= 0) & (coef[:, 1:] <= self.high)).all(1)   # (choices, K)
+        bounded = np.where(inside[1:] & ~np.isnan(sse[1:]), sse[1:], np.inf)
+        choice = np.where(inside[0], 0, 1 + np.argmin(bounded, 0))   # first of equal optima
+        columns = np.arange(K)
+        return coef[choice, :, columns].T, sse[choice, columns]
+
+
 def _box_lstsq(design, target, high):
-    """Least squares with the first coefficient free and the others in [0, high], exactly: the
-    optimum of this convex problem is the unconstrained optimum of some choice of bounds held
-    (each bounded coefficient free, at 0 or at high), so every choice is solved and the best
-    feasible one kept. 9 tiny solves for 2 bounded coefficients: ~100x faster than a general
-    solver, which profiles of a flat curve showed taking all the analysis's time."""
-    coef = np.linalg.lstsq(design, target, rcond=None)[0]
-    if np.all(coef[1:] >= 0) and np.all(coef[1:] <= high):
-        return coef
-    best, best_sse = None, np.inf
-    for held in list(itertools.product((None, 0.0, high), repeat=design.shape[1] - 1))[1:]:
-        coef = np.array([0.0, *[np.nan if h is None else h for h in held]])
-        free = np.isnan(coef)
-        free[0] = True
-        rest = target - design[:, ~free] @ coef[~free]
-        coef[free] = np.linalg.lstsq(design[:, free], rest, rcond=None)[0]
-        if np.all(coef[1:] >= 0) and np.all(coef[1:] <= high):
-            residual = design @ coef - target
-            sse = float(residual @ residual)
-            if sse < best_sse:
-                best, best_sse = coef, sse
-    return best
+    """_BoxSolver for one target: 9 tiny solves for 2 bounded coefficients, ~100x faster than a
+    general solver, which profiles of a flat curve showed taking all the analysis's time."""
+    return _BoxSolver(design, high).solve(np.asarray(target, float)[:, None])[0][:, 0]
 
 
 def _fit_m4_at(x, L, ceiling, start=None):
@@ -424,9 +468,14 @@ def _fit_m4_at(x, L, ceiling, start=None):
     below = _below_ceiling(L, ceiling, "m4")
     log_x = np.log(x)
     E_max = float(below.min()) * (1 - M4_MARGIN)
+    solver = _BoxSolver(_m4_design(log_x, below, ceiling), ALPHA_MAX)   # shared by every E
+
+    def linear(E):
+        coef, value = solver.solve(np.log(below - E)[:, None])
+        return np.array([E, *coef[:, 0]]), float(value[0])
 
     def sse(E):
-        return _m4_linear(log_x, below, E, ceiling)[1]
+        return linear(E)[1]
 
     def log_sse(theta):
         with np.errstate(all="ignore"):
@@ -438,7 +487,7 @@ def _fit_m4_at(x, L, ceiling, start=None):
     # (bird_5 at L0 = 0.995: held-out log RMSE 0.10 instead of 0.013); the authors avoid that
     # mode only by starting E at the smallest loss and descending locally.
     grid = np.linspace(0.0, E_max, 25)
-    values = np.array([sse(E) for E in grid])
+    values = solver.solve(np.log(below[:, None] - grid[None, :]))[1]   # every grid E at once
     candidates = []
     for i in range(grid.size):
         # a plateau (a flat curve fits every E alike) is refined once, from its first point
@@ -446,8 +495,7 @@ def _fit_m4_at(x, L, ceiling, start=None):
             lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
             E = minimize_scalar(sse, bounds=(lo, hi), method="bounded",
                                 options=dict(xatol=1e-9 * max(E_max, 1e-12))).x
-            theta, value = _m4_linear(log_x, below, E if sse(E) <= values[i] else grid[i],
-                                      ceiling)
+            theta, value = linear(E if sse(E) <= values[i] else grid[i])
             if np.isfinite(theta).all() and np.isfinite(value):
                 candidates.append((log_sse(theta), value, theta))
     if not candidates:
@@ -625,14 +673,20 @@ def influence(x, L, form, *, ceiling=None, theta=None) -> np.ndarray:
 
 def joint_objective(theta, log_N, log_D, log_L, weights, delta):
     """Objective and analytic gradient for K parameter vectors at once: theta (K, 5), weights
-    (K, n) (bootstrap counts), log_L (n,) or (K, n). Returns f (K,), grad (K, 5)."""
+    (K, n) (bootstrap counts), log_L (n,) or (K, n). Returns f (K,), grad (K, 5). In place where
+    it can be: the (K, n) temporaries are what an evaluation costs."""
     t1 = theta[:, 0:1] - theta[:, 3:4] * log_N
     t2 = theta[:, 1:2] - theta[:, 4:5] * log_D
-    t3 = np.broadcast_to(theta[:, 2:3], t1.shape)
-    top = np.maximum(np.maximum(t1, t2), t3)
-    e1, e2, e3 = np.exp(t1 - top), np.exp(t2 - top), np.exp(t3 - top)
-    total = e1 + e2 + e3
-    r = top + np.log(total) - log_L
+    top = np.maximum(t1, t2)
+    np.maximum(top, theta[:, 2:3], out=top)
+    e1 = np.exp(np.subtract(t1, top, out=t1), out=t1)
+    e2 = np.exp(np.subtract(t2, top, out=t2), out=t2)
+    e3 = np.exp(theta[:, 2:3] - top)
+    total = e1 + e2
+    total += e3
+    r = np.log(total)
+    r += top
+    r -= log_L
     with np.errstate(over="ignore", invalid="ignore"):   # wild line-search trials: f = inf
         if np.isinf(delta):
             loss, dloss = 0.5 * r * r, r
@@ -1243,9 +1297,9 @@ def extrapolate_joint(N, D, L, C, *, group, delta=HUBER_DELTA, grid=None,
 def _prediction_interval(fitted, N, D, sd, rng):
     """95% interval of each point's seed mean: every bootstrap law's prediction times the point's
     seed noise. A block of points at a time, so that the (samples, points) draws stay under
-    CHUNK_ELEMENTS (one block, the same draws, for all but the largest CSVs)."""
+    DRAW_ELEMENTS (one block, the same draws, for all but the largest CSVs)."""
     E, A, alpha, B, beta = (fitted.samples[:, [i]] for i in range(5))
-    size = max(1, CHUNK_ELEMENTS // len(fitted.samples))
+    size = max(1, DRAW_ELEMENTS // len(fitted.samples))
     lo, hi = [], []
     for at in (slice(i, i + size) for i in range(0, len(N), size)):
         log_p = np.log(E + A / N[at] ** alpha + B / D[at] ** beta)
