@@ -101,6 +101,15 @@ def test_divergence_is_recorded_not_raised(data_dir, tmp_path):
     assert read_csv(str(tmp_path / "final_data.csv"))[0]["status"] == "diverged"
 
 
+def test_a_diverged_run_is_skipped_on_a_rerun_and_collected(data_dir, tmp_path, monkeypatch):
+    first = tiny_run(data_dir, tmp_path, lr=1e30, num_epochs=4)
+    assert first["status"] == "diverged" and first["epochs"] < 4
+    forbid_training(monkeypatch)
+    again = tiny_run(data_dir, tmp_path, lr=1e30, num_epochs=4)  # not refused as damaged
+    assert again["timestamp"] == first["timestamp"]
+    assert sweep.collect(str(tmp_path))[0] == 1
+
+
 def test_a_configuration_runs_once_at_a_time(data_dir, tmp_path):
     cfg = train.Config(**{**TINY, "data_dir": data_dir, "results_dir": str(tmp_path)})
     os.makedirs(tmp_path / "runs")
