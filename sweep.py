@@ -607,11 +607,11 @@ def printable(run: Planned) -> str:
 
 
 def finished_names(results_dir: str) -> set:
-    """Configurations with a summary: a row in final_data.csv or a runs/<name>.json."""
+    """Configurations with a row in final_data.csv. A runs/<name>.json without its row (a kill or
+    a full disk between the two) is not finished here: launched again, train.py (or the worker)
+    appends the missing row from it without training, where skipping it would leave the row out."""
     path = os.path.join(results_dir, "final_data.csv")
-    names = {row["run_name"] for row in read_csv(path)} if os.path.exists(path) else set()
-    return names | {os.path.basename(p)[:-len(".json")]
-                    for p in glob.glob(os.path.join(results_dir, "runs", "*.json"))}
+    return {row["run_name"] for row in read_csv(path)} if os.path.exists(path) else set()
 
 
 # Trainings running now, and whether the sweep was told to stop (SIGINT/SIGTERM).
