@@ -92,6 +92,22 @@ def writable_file_error(path: str, flag: str):
     return f"{flag} {path!r}: {blocked} is not a writable folder" if blocked else None
 
 
+def text_file_error(path: str, flag: str):
+    """writable_file_error, and whether a file already there reads as text: append_text reads it
+    whole before adding its table, so bytes that are not UTF-8 are found before the work, not
+    after it."""
+    error = writable_file_error(path, flag)
+    if error or not os.path.isfile(path):
+        return error
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.read()
+    except UnicodeDecodeError as e:
+        return (f"{flag} {path!r} is not a UTF-8 text file (byte {e.start}); give another {flag}, "
+                f"or move the file aside, then run again")
+    return None
+
+
 def unwritable_folder(folder: str):
     """The nearest existing folder at or above `folder` (which makedirs would create below it)
     when it is not a writable folder, else None."""
@@ -238,7 +254,7 @@ def append_text(path: str, text: str) -> None:
     with file_lock(path):
         old = ""
         if os.path.exists(path):
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:  # as text_file_error checked it
                 old = f.read()
         atomic_write(path, old + "\n" + text)
 
