@@ -848,6 +848,11 @@ def collect(results_dir: str, dry_run: bool = False) -> tuple:
     if refused and os.path.exists(target) or os.path.isdir(target):
         raise PlanError(f"{refused}; final_data.csv must be a regular file (move what is there "
                         f"aside and rerun collect)")
+    blocked = not dry_run and records.unwritable_folder(results_dir)
+    if blocked:  # the backup, the lock and the new file are all written there
+        raise PlanError(f"--results_dir {results_dir!r} is not writable ({blocked} is not a "
+                        f"writable folder): collect writes final_data.csv and its backup there; "
+                        f"make it writable, or run with --dry_run to see what it would do")
     backup, orphans, kept = None, [], []
     with contextlib.nullcontext() if dry_run else file_lock(target):  # a lock file is a write
         if os.path.exists(target):
