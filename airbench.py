@@ -109,7 +109,7 @@ from flags import config_yaml, hp, parse_settings, parser_from_dataclass
 from speed import device_name, keep_freed_memory, resolve_device, sync, timed, warn_if_slow_bf16
 from train import last5_and_best, training_flops
 from records import (append_row, append_text, atomic_write, disk_full_exit_code, is_disk_full,
-                     writable_file_error, write_csv)
+                     text_file_error, write_csv)
 from utils import (Stopped, git_version, mean_pm_std, raise_stopped, set_seed,
                    stopped_exit_code)
 
@@ -213,7 +213,7 @@ def validate_airbench(cfg: AirbenchConfig) -> None:
             errors.append(f"--{name} must be > 0 (weight decay is decoupled as wd / lr), "
                           f"got {getattr(cfg, name)}")
     notes = cfg.notes or os.path.join(cfg.results_dir, BENCHMARKS_FILE)
-    errors += [e for e in [writable_file_error(notes, "--notes")] if e]
+    errors += [e for e in [text_file_error(notes, "--notes")] if e]
     if cfg.output_scale <= 0:  # zero logits: no gradient reaches the network
         errors.append(f"--output_scale must be > 0, got {cfg.output_scale}")
     if cfg.bn_eps <= 0:  # torch refuses it in training

@@ -551,7 +551,8 @@ def main():
     if args.sweep_jobs is not None and any(k < 1 for k in args.sweep_jobs):
         parser.error(f"--sweep_jobs must be >= 1 each, got {args.sweep_jobs}")
     for flag in ("notes", "csv"):
-        path_error = getattr(args, flag) and records.writable_file_error(getattr(args, flag), f"--{flag}")
+        check = records.text_file_error if flag == "notes" else records.writable_file_error
+        path_error = getattr(args, flag) and check(getattr(args, flag), f"--{flag}")
         if path_error:
             parser.error(path_error)
     rows_error = args.csv and records.csv_append_error(

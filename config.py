@@ -148,7 +148,8 @@ def _combination_errors(cfg: Config) -> list:
     errors = []
     if cfg.bn and cfg.model != "simplecnn":
         errors.append(f"--bn is a switch of --model simplecnn; {cfg.model} always has BatchNorm")
-    errors += [e for e in [size_error(cfg.model, cfg.width, cfg.depth, cfg.bn)] if e]
+    errors += [e for e in [size_error(cfg.model, cfg.width, cfg.depth, cfg.bn),
+                           data.data_dir_error(cfg.data_dir)] if e]
     if cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size):
         errors.append(f"--val_size must be a whole number of images or a fraction < 1, got {cfg.val_size}")
     num_val = data.val_count(cfg.val_size, data.NUM_TRAIN)

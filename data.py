@@ -89,18 +89,27 @@ def download_cifar10(data_dir: str) -> None:
         raise
 
 
+def data_dir_error(data_dir: str):
+    """Why data_dir cannot hold CIFAR-10 whatever is downloaded, or None: config.validate asks
+    with the other settings, before anything runs."""
+    if not data_dir.strip():   # os.path.join would read it as the current folder
+        return (f"--data_dir is empty: name the folder that holds (or will hold) {BATCHES_DIR}/, "
+                f"e.g. data")
+    for path in (data_dir, os.path.join(data_dir, BATCHES_DIR)):
+        if os.path.exists(path) and not os.path.isdir(path):  # a download could not help
+            return (f"{path} is a file, not a folder: --data_dir names the folder that holds "
+                    f"{BATCHES_DIR}/")
+    return None
+
+
 def load_cifar10(data_dir: str = "data", download: bool = True) -> CIFAR10:
     """All of CIFAR-10 from data_dir/cifar-10-batches-py (the official python layout), fetched
     first if absent."""
-    if not data_dir.strip():   # os.path.join would read it as the current folder
-        raise DataError("--data_dir is empty: name the folder that holds (or will hold) "
-                        f"{BATCHES_DIR}/, e.g. data")
+    error = data_dir_error(data_dir)
+    if error:
+        raise DataError(error)
     folder = os.path.join(data_dir, BATCHES_DIR)
     paths = [os.path.join(folder, name) for name in TRAIN_FILES + [TEST_FILE]]
-    for path in (data_dir, folder):
-        if os.path.exists(path) and not os.path.isdir(path):  # a download could not help
-            raise DataError(f"{path} is a file, not a folder: --data_dir names the folder that "
-                            f"holds {BATCHES_DIR}/")
     if not all(os.path.exists(p) for p in paths):
         if not download:
             raise DataError(f"CIFAR-10 not found: expected {folder}/ with {TRAIN_FILES + [TEST_FILE]}.")

@@ -92,6 +92,22 @@ def writable_file_error(path: str, flag: str):
     return f"{flag} {path!r}: {blocked} is not a writable folder" if blocked else None
 
 
+def text_file_error(path: str, flag: str):
+    """writable_file_error, and whether a file already there reads as text: append_text reads it
+    whole before adding its table, so bytes that are not UTF-8 are found before the work, not
+    after it."""
+    error = writable_file_error(path, flag)
+    if error or not os.path.isfile(path):
+        return error
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.read()
+    except UnicodeDecodeError as e:
+        return (f"{flag} {path!r} is not a UTF-8 text file (byte {e.start}); give another {flag}, "
+                f"or move the file aside, then run again")
+    return None
+
+
 def unwritable_folder(folder: str):
     """The nearest existing folder at or above `folder` (which makedirs would create below it)
     when it is not a writable folder, else None."""
@@ -197,6 +213,9 @@ def summary_value_error(summary: dict):
         return f"status is {summary['status']!r}, not finished or diverged"
     named = NAMED_SIZES.search(str(summary.get("run_name", "")))
     for key, value in zip(("D", "epochs", "seed"), named.groups() if named else ()):
+        if key == "epochs" and summary.get("status") == "diverged" and \
+                _at_most(summary.get(key), value):  # a diverged run stops before its last epoch
+            continue
         if key in summary and not _same_number(summary[key], value):  # train.py skips by name
             return f"{key} is {summary[key]!r}, but its run name says {value}"
     for pair in (("final_test_loss_avg_last5", "final_test_acc_avg_last5"),
@@ -215,6 +234,13 @@ def summary_value_error(summary: dict):
 NAMED_SIZES = re.compile(r"_D(\d+)_e(\d+)_s(\d+)")  # train.py's and airbench.py's run names
 
 
+def _at_most(value, text: str) -> bool:
+    try:
+        return not isinstance(value, bool) and 0 <= float(value) <= float(text)
+    except (TypeError, ValueError):
+        return False
+
+
 def _same_number(value, text: str) -> bool:
     try:
         return not isinstance(value, bool) and float(value) == float(text)
@@ -228,7 +254,7 @@ def append_text(path: str, text: str) -> None:
     with file_lock(path):
         old = ""
         if os.path.exists(path):
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:  # as text_file_error checked it
                 old = f.read()
         atomic_write(path, old + "\n" + text)
 

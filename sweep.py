@@ -610,11 +610,11 @@ def printable(run: Planned) -> str:
 
 
 def finished_names(results_dir: str) -> set:
-    """Configurations with a summary: a row in final_data.csv or a runs/<name>.json."""
+    """Configurations with a row in final_data.csv. A runs/<name>.json without its row (a kill or
+    a full disk between the two) is not finished here: launched again, train.py (or the worker)
+    appends the missing row from it without training, where skipping it would leave the row out."""
     path = os.path.join(results_dir, "final_data.csv")
-    names = {row["run_name"] for row in read_csv(path)} if os.path.exists(path) else set()
-    return names | {os.path.basename(p)[:-len(".json")]
-                    for p in glob.glob(os.path.join(results_dir, "runs", "*.json"))}
+    return {row["run_name"] for row in read_csv(path)} if os.path.exists(path) else set()
 
 
 # Trainings running now, and whether the sweep was told to stop (SIGINT/SIGTERM).
@@ -851,6 +851,11 @@ def collect(results_dir: str, dry_run: bool = False) -> tuple:
     if refused and os.path.exists(target) or os.path.isdir(target):
         raise PlanError(f"{refused}; final_data.csv must be a regular file (move what is there "
                         f"aside and rerun collect)")
+    blocked = not dry_run and records.unwritable_folder(results_dir)
+    if blocked:  # the backup, the lock and the new file are all written there
+        raise PlanError(f"--results_dir {results_dir!r} is not writable ({blocked} is not a "
+                        f"writable folder): collect writes final_data.csv and its backup there; "
+                        f"make it writable, or run with --dry_run to see what it would do")
     backup, orphans, kept = None, [], []
     with contextlib.nullcontext() if dry_run else file_lock(target):  # a lock file is a write
         if os.path.exists(target):

@@ -430,11 +430,13 @@ def finish_run(run: Run, net, splits: Splits, device: torch.device) -> dict:
     cfg = run.cfg
     summary = {**summarize(cfg, run.rows, run.status, run.N, run.flops_per_image,
                            splits.fingerprints, device, len(splits.val[1])), **net.summary_extra}
-    atomic_write(run.stem + ".json", json.dumps(summary, indent=1) + "\n")
     atomic_write(run.stem + ".yaml", config_text(cfg))  # `--config` of this file repeats the run
     if cfg.save_model:
         named = os.path.join(os.path.dirname(run.stem), cfg.experiment_name)
         records.save_model(named if cfg.experiment_name else run.stem, run.model, summary, cfg)
+    # The summary last: it marks the run finished (a rerun skips it and drops its checkpoint), so a
+    # full disk or a kill before it must leave the run to be resumed, not the files above missing.
+    atomic_write(run.stem + ".json", json.dumps(summary, indent=1) + "\n")
     append_row(os.path.join(cfg.results_dir, "final_data.csv"), summary, key="run_name")
     records.clean_up(cfg, run.stem)
     if not cfg.quiet:  # above the progress bar of the runs still training

@@ -636,3 +636,13 @@ def test_an_endless_number_of_epochs_is_refused_naming_the_flag(epochs, tmp_path
     message = str(stop.value.code) + capsys.readouterr().err
     assert "--num_epochs" in message and ("1000" in message or "finite" in message)
     assert not (tmp_path / "r").exists()
+
+
+def test_notes_that_are_not_text_are_refused_before_training(tmp_path):
+    # the table is added to the notes after every run: a file it cannot read was a traceback then
+    notes = tmp_path / "notes.md"
+    notes.write_bytes(b"\xff\xfe| old table |\n")
+    with pytest.raises(ConfigError) as refused:
+        ab.validate_airbench(ab.AirbenchConfig(notes=str(notes), results_dir=str(tmp_path)))
+    says(str(refused.value), "--notes", str(notes), "UTF-8", "another --notes")
+    assert notes.read_bytes() == b"\xff\xfe| old table |\n"

@@ -161,6 +161,18 @@ def test_bench_refuses_a_csv_it_could_not_append_to_before_measuring(tmp_path, m
     assert garbage.read_bytes() == bytes(range(128, 256)) * 8
 
 
+def test_bench_refuses_notes_that_are_not_text_before_measuring(tmp_path, monkeypatch, capsys):
+    notes = tmp_path / "bench.md"
+    notes.write_bytes(b"\xff\xfe| old table |\n")
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--notes", str(notes), "--csv", ""])
+    monkeypatch.setattr(bench, "measured", lambda *a: pytest.fail("measured before refusing"))
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2
+    says(capsys.readouterr().err, "--notes", str(notes), "UTF-8", "another --notes")
+    assert notes.read_bytes() == b"\xff\xfe| old table |\n"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--notes", "--csv"])
 def test_bench_refuses_notes_that_are_a_folder_before_measuring(tmp_path, flag):

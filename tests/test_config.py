@@ -306,3 +306,14 @@ def test_a_validation_fraction_and_its_count_are_one_configuration(tmp_path, cap
         sweep.main(["grid", "--val_size", "0.1,5000", "--dry_run", "--results_dir", str(tmp_path),
                     "--", "--dataset_size=1000"])
     assert stop.value.code == 2 and "repeats" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data_dir", ["", "file"])
+def test_a_data_dir_that_cannot_hold_cifar10_is_refused_with_the_other_flags(data_dir, tmp_path,
+                                                                            capsys):
+    # exit status 2 like any bad setting (was 1, found only when the data was loaded)
+    if data_dir:
+        data_dir = str(tmp_path / data_dir)
+        open(data_dir, "w").close()
+    err = parse_fails(["--data_dir", data_dir, "--results_dir", str(tmp_path)], capsys)
+    says(err, "--data_dir", data_dir)

@@ -163,3 +163,12 @@ def test_a_results_file_a_spreadsheet_saved_with_a_byte_order_mark_is_still_appe
     assert records.csv_append_error(str(path), "run_name") is None  # was: "no run_name column"
     append_row(str(path), {"run_name": "b", "N": "2"}, key="run_name")
     assert [(r["run_name"], r["N"]) for r in read_csv(str(path))] == [("a", "1"), ("b", "2")]
+
+
+def test_a_diverged_summary_may_stop_before_the_epochs_its_name_says():
+    # a diverged run stops at the epoch that turned non-finite: fewer epochs than its name's
+    summary = dict(run_name="cnn_w2_d1_D200_e4_s0_0123456789", N=546, D=200, epochs=1, seed=0,
+                   status="diverged")
+    assert records.summary_value_error(summary) is None
+    assert "epochs" in records.summary_value_error({**summary, "epochs": 5})
+    assert "epochs" in records.summary_value_error({**summary, "status": "finished"})

@@ -548,3 +548,18 @@ def test_a_minimum_dataset_size_beyond_the_data_is_refused_naming_the_flag(value
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert "--min_dataset_size" in err and "50,000" in err
+
+
+def test_collect_refuses_a_results_folder_it_cannot_write_before_touching_it(tmp_path,
+                                                                             monkeypatch):
+    # a writable final_data.csv in a folder that is not (chattr +i, a read-only mount): the
+    # backup beside it was a PermissionError traceback
+    final = summaries_folder(tmp_path)
+    before = final.read_bytes()
+    monkeypatch.setattr(records, "unwritable_folder",
+                        lambda folder: folder if folder == str(tmp_path) else None)
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["collect", "--results_dir", str(tmp_path)])
+    says(str(stop.value.code), "--results_dir", str(tmp_path), "not writable", "--dry_run")
+    assert final.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".bak", ".lock"))]

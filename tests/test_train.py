@@ -1,5 +1,6 @@
 """train.py: one configuration end to end, its records, reruns, resumes, divergence, a full disk,
 the other studies' runs (validation split, gradient norms, saved models, trackio)."""
+import errno
 import json
 import os
 import re
@@ -99,6 +100,15 @@ def test_divergence_is_recorded_not_raised(data_dir, tmp_path):
     summary = tiny_run(data_dir, tmp_path, lr=1e30, num_epochs=4)
     assert summary["status"] == "diverged" and summary["epochs"] < 4
     assert read_csv(str(tmp_path / "final_data.csv"))[0]["status"] == "diverged"
+
+
+def test_a_diverged_run_is_skipped_on_a_rerun_and_collected(data_dir, tmp_path, monkeypatch):
+    first = tiny_run(data_dir, tmp_path, lr=1e30, num_epochs=4)
+    assert first["status"] == "diverged" and first["epochs"] < 4
+    forbid_training(monkeypatch)
+    again = tiny_run(data_dir, tmp_path, lr=1e30, num_epochs=4)  # not refused as damaged
+    assert again["timestamp"] == first["timestamp"]
+    assert sweep.collect(str(tmp_path))[0] == 1
 
 
 def test_a_configuration_runs_once_at_a_time(data_dir, tmp_path):
@@ -368,6 +378,40 @@ def test_kill_between_summary_and_cleanup_does_not_cause_a_rerun(data_dir, tmp_p
     tiny_run(data_dir, tmp_path, resume=True)
     assert [r["run_name"] for r in read_csv(str(tmp_path / "final_data.csv"))] == [name]
     assert not (tmp_path / "runs" / f"{name}.ckpt.pt").exists()
+
+
+def test_a_summary_without_its_row_is_left_for_a_sweep_to_launch_again(data_dir, tmp_path,
+                                                                       monkeypatch):
+    # a sweep that skipped it would leave its row out of final_data.csv for good
+    kill_after_summary(data_dir, tmp_path, monkeypatch)
+    name = train.run_name(train.Config(**{**TINY, "data_dir": data_dir}))
+    assert (tmp_path / "runs" / f"{name}.json").exists()
+    assert name not in sweep.finished_names(str(tmp_path))
+    forbid_training(monkeypatch)
+    tiny_run(data_dir, tmp_path, resume=True)  # what the sweep launches: the row, no training
+    assert name in sweep.finished_names(str(tmp_path))
+
+
+def test_a_full_disk_before_the_summary_leaves_the_run_to_resume_whole(data_dir, tmp_path,
+                                                                      monkeypatch):
+    # the summary marks a run finished: files written after it would be missing for good
+    real_write = train.atomic_write
+    def full_at_yaml(path, *args, **kwargs):
+        if path.endswith(".yaml"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real_write(path, *args, **kwargs)
+    monkeypatch.setattr(train, "atomic_write", full_at_yaml)
+    with pytest.raises(OSError):
+        tiny_run(data_dir, tmp_path, save_model=True)
+    name = train.run_name(train.Config(**{**TINY, "data_dir": data_dir}))
+    assert not (tmp_path / "runs" / f"{name}.json").exists()
+    monkeypatch.setattr(train, "atomic_write", real_write)
+    monkeypatch.setattr(records, "save_checkpoint",  # every epoch is in the checkpoint
+                        lambda *a, **k: pytest.fail("trained an epoch again"))
+    tiny_run(data_dir, tmp_path, resume=True, save_model=True)
+    for written in (f"{name}.json", f"{name}.yaml", f"{name}/model.pt"):
+        assert (tmp_path / "runs" / written).exists()
+    assert [r["run_name"] for r in read_csv(str(tmp_path / "final_data.csv"))] == [name]
 
 
 def test_a_force_retrain_killed_after_its_summary_leaves_nothing_set_aside(data_dir, tmp_path,
