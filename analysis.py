@@ -88,6 +88,7 @@ MAX_GROUPS = 12            # slices of one plan fitted and drawn: a grid gives a
 BUDGET_TOLERANCE = 0.1     # sweep.py plans budgets to +-10%
 MAX_LISTED = 5              # budgets named in one warning; the rest are counted
 STEPS_RATIO_MAX = 10       # a budget whose runs' optimiser steps differ more mixes regimes
+LARGE_STUDY = 10_000       # configurations from which the saturating bootstrap is batched
 RANDOM_GUESS_ERROR = 0.9   # 10 classes: the Rosenfeld envelope's default ceiling on error rates
 MAX_BOOT = 100_000          # resamples per fit: far past what a 95% interval needs; more
                             # than memory holds (n_boot x points arrays) ended in a traceback
@@ -997,7 +998,8 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
     fields = [] if table is None else fields
     groups = plan_groups(configs, warnings)
     check_holdout(groups, holdout, ceiling, rosenfeld_ceiling)
-    single = _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, warnings)
+    single = _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, warnings,
+                          batched=len(configs) >= LARGE_STUDY)
     joint, delta_used, delta_source = _joint(configs, n_boot, seed, delta, grid, bootstrap,
                                              warnings)
     optimal, epochs = (compute_optimal(configs, compute=compute, partner=partner, n_boot=n_boot,
@@ -1018,7 +1020,7 @@ def analyse(runs: Runs, *, compute="C", n_boot=200, seed=0, holdout=None, ceilin
                 frame.N, frame.D, frame.L, frame.C, group=joint.group, delta=joint.delta,
                 grid=grid, point_sd=noise.point_sd(), noise=noise, n_boot=n_boot,
                 rng=laws.stream(seed, "joint extrapolation", data_key(frame.N, frame.D, frame.L)),
-                bootstrap=bootstrap))
+                bootstrap=bootstrap, starts=joint.survivors))
         except laws.FitError as e:
             warnings.append(f"joint extrapolation skipped: {e}")
     influence = _single_influence(groups, single) + _joint_influence(joint)
@@ -1055,7 +1057,10 @@ def check_holdout(groups, holdout, ceiling, rosenfeld_ceiling) -> None:
                             f"--holdout each group holds out a quarter of its points")
 
 
-def _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, warnings) -> list:
+def _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, warnings,
+                 batched=False) -> list:
+    """batched: the saturating bootstraps refitted all at once (laws._saturating_batched), for
+    studies of LARGE_STUDY configurations or more."""
     fits = []
     for group in groups:
         x, L = group.configs[group.x].to_numpy(float), group.configs.L.to_numpy(float)
@@ -1065,7 +1070,8 @@ def _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, wa
                 fit = laws.fit_law(x, L, form, ceiling=form_ceiling,
                                    n_boot=n_boot if form in laws.BOOTSTRAPPED else 0,
                                    rng=laws.stream(seed, group.x, group.plan, form, data_key(x, L)),
-                                   noise=noise_of(group.configs), bootstrap=bootstrap)
+                                   noise=noise_of(group.configs), bootstrap=bootstrap,
+                                   batched=batched)
             except (laws.FitError, ValueError, ArithmeticError, np.linalg.LinAlgError) as e:
                 warnings.append(f"{group.x} / {group.label}: {form} not fitted: {e}")
                 continue
@@ -1076,6 +1082,12 @@ def _single_fits(groups, n_boot, seed, ceiling, rosenfeld_ceiling, bootstrap, wa
             if at_bound:
                 warnings.append(f"{group.x} / {group.label}: {form}: {', '.join(at_bound)} on a "
                                 f"bound of the fit (its value is the bound's, not the data's)")
+    if batched and n_boot and any(f.fit.form == "saturating" and len(f.fit.samples)
+                                  for f in fits):
+        warnings.append(f"saturating law: {LARGE_STUDY:,}+ configurations, so its bootstrap "
+                        f"refits are solved all at once (batched Levenberg-Marquardt, not one "
+                        f"scipy least_squares each); intervals of a law the points do not "
+                        f"identify may differ within bootstrap noise")
     return fits
 
 

@@ -24,6 +24,7 @@ import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Optional
 
 import numpy as np
@@ -97,16 +98,31 @@ class Noise:
     def n_seeds(self) -> np.ndarray:
         return np.array([len(s) for s in self.seeds], float)
 
-    @property
+    @cached_property
     def dof(self) -> int:
         return int((self.n_seeds - 1).sum())
 
-    @property
+    @cached_property
     def sigma(self) -> float:
-        """Pooled SD of log L between seeds of one configuration (nan without repeated seeds)."""
+        """Pooled SD of log L between seeds of one configuration (nan without repeated seeds).
+        Computed once per Noise (a Python pass over every point: ~1 s at 10^6 points, which the
+        IsoFLOP bootstrap had paid once per budget); its seeds are not changed after."""
         if self.dof < 1:
             return float("nan")
-        return float(math.sqrt(sum(((s - s.mean()) ** 2).sum() for s in self.seeds) / self.dof))
+        return float(math.sqrt(self._squared_deviations() / self.dof))
+
+    def _squared_deviations(self) -> float:
+        """sum over points of ((s - s.mean())**2).sum(), the points of each seed count stacked
+        (each row reduced as its own array would be) and summed in point order (cumsum adds
+        sequentially, as sum() over the points did): the same float, 10^6 points in ~1 s not
+        ~6 s."""
+        sizes = np.array([len(s) for s in self.seeds], int)
+        per_point = np.zeros(len(sizes))
+        for k in np.unique(sizes[sizes > 0]):
+            at = np.flatnonzero(sizes == k)
+            values = np.array([self.seeds[i] for i in at], float).reshape(len(at), k)
+            per_point[at] = ((values - values.mean(1, keepdims=True)) ** 2).sum(1)
+        return float(np.cumsum(per_point)[-1]) if len(per_point) else 0.0
 
     def point_sd(self) -> np.ndarray:
         """SD of each point's log seed mean."""
@@ -261,6 +277,75 @@ def _fit_saturating(x, L, ceiling=None, start=None):
 
     E, log_A, alpha = _least_squares(residuals, theta0, jacobian, lower, upper)
     return np.array([E, math.exp(log_A), alpha])
+
+
+def _saturating_batched(x, weights, targets, theta, needed, max_iter=500):
+    """All saturating bootstrap refits at once (fit_law's batched=True, which analysis.py asks for
+    in studies of LARGE_STUDY configurations or more: there the ~5,000 scipy least_squares calls
+    of its many small groups cost ~19 s CPU at 10^5 configurations, 20x more): resample k minimises
+    sum_i w_ki (log(E + A x_i^-alpha) - target_ki)^2 over the same bounds as _fit_saturating (E
+    below the resample's smallest loss), by projected Levenberg-Marquardt on (E, log A, alpha)
+    with 3x3 solves for every resample together, started from the full fit and run to the same
+    tolerances (relative step or cost change 1e-12). Where the minimum is well defined the refits
+    agree with the per-resample scipy fit to ~1e-8 relative; where it is flat (a term the points do
+    not identify) the two solvers can stop at different points of the flat valley or one of them
+    not converge, changing interval ends within bootstrap noise. A resample with < needed distinct x, or that does not converge,
+    is not ok. Returns (samples (n_boot, 3) as (E, A, alpha), ok)."""
+    log_x = np.log(x)
+    n_boot = len(weights)
+    codes = np.unique(x, return_inverse=True)[1].ravel()
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    ok = (np.add.reduceat(weights[:, order], starts, axis=1) > 0).sum(1) >= needed
+    L_min = np.where(weights > 0, targets, np.inf).min(1)
+    lower = np.broadcast_to(np.array([0.0, -np.inf, 0.0]), (n_boot, 3)).copy()
+    upper = np.empty((n_boot, 3))
+    upper[:, 0], upper[:, 1], upper[:, 2] = np.exp(L_min) * (1 - 1e-6), np.inf, ALPHA_MAX
+    t = np.clip(np.tile([theta[0], math.log(theta[1]), theta[2]], (n_boot, 1)), lower, upper)
+
+    def evaluate(t, rows=slice(None)):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            power = np.exp(t[:, 1:2] - t[:, 2:3] * log_x)
+            model = t[:, 0:1] + power
+            r = np.log(model) - targets[rows]
+            cost = 0.5 * (weights[rows] * r * r).sum(1)
+        return r, cost, power, model
+
+    r, cost, power, model = evaluate(t)
+    lam = np.full(n_boot, 1e-3)
+    active = ok & np.isfinite(cost)
+    converged = np.zeros(n_boot, bool)
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        a = np.flatnonzero(active)
+        J = np.stack([1 / model[a], power[a] / model[a], -log_x * power[a] / model[a]], 2)
+        wJ = weights[a][:, :, None] * J
+        H = np.einsum("kni,knj->kij", wJ, J)
+        g = np.einsum("kni,kn->ki", wJ, r[a])
+        # a parameter on a bound with its gradient pushing out of the box is held there
+        held = ((t[a] <= lower[a]) & (g > 0)) | ((t[a] >= upper[a]) & (g < 0))
+        free = ~held
+        diag = np.einsum("kii->ki", H)
+        A = H * (free[:, :, None] & free[:, None, :]) + \
+            np.eye(3) * np.where(free, lam[a, None] * np.maximum(diag, 1e-300), 1.0)[:, None, :]
+        with np.errstate(all="ignore"):
+            step = -np.linalg.solve(A, np.where(free, g, 0.0)[:, :, None])[:, :, 0]
+        step = np.where(np.isfinite(step), step, 0.0)
+        trial = np.clip(t[a] + step, lower[a], upper[a])
+        r_t, cost_t, power_t, model_t = evaluate(trial, a)
+        better = np.isfinite(cost_t) & (cost_t <= cost[a])
+        moved = np.abs(trial - t[a]) <= 1e-12 * (np.abs(t[a]) + 1e-12)
+        small = better & (moved.all(1) | (cost[a] - cost_t <= 1e-12 * cost[a]))
+        idx = a[better]
+        t[idx], r[idx], cost[idx] = trial[better], r_t[better], cost_t[better]
+        power[idx], model[idx] = power_t[better], model_t[better]
+        lam[a] = np.where(better, np.maximum(lam[a] / 3, 1e-12), lam[a] * 4)
+        done = a[small | (lam[a] > 1e12)]
+        converged[a[small]] = True
+        active[done] = False
+    ok &= converged & np.isfinite(t).all(1)
+    return np.stack([t[:, 0], np.exp(t[:, 1]), t[:, 2]], 1), ok
 
 
 def _saturating_start(x, L):
@@ -582,11 +667,13 @@ class LawFit:
 
 
 def fit_law(x, L, form: str, *, n_boot=0, rng=None, ceiling=None, noise: Optional[Noise] = None,
-            bootstrap="configs") -> LawFit:
+            bootstrap="configs", batched=False) -> LawFit:
     """Fit one form to (x, L), one point per configuration, with a bootstrap of the kind asked
     (resolved by resolve_bootstrap). Resamples that cannot be fitted (too few distinct x, or a
     refit that does not converge) are dropped and counted. With exactly min_points distinct x
-    there is no residual to resample, so no interval."""
+    there is no residual to resample, so no interval. batched: the saturating law's refits all at
+    once (_saturating_batched; the same resamples, refits equal within the solvers' tolerance
+    where the law is identified)."""
     x, L = np.asarray(x, float), np.asarray(L, float)
     spec = FORMS[form]
     distinct = np.unique(x).size
@@ -603,6 +690,9 @@ def fit_law(x, L, form: str, *, n_boot=0, rng=None, ceiling=None, noise: Optiona
     weights, targets, inflation = resample(mode, n_boot, rng, log_L,
                                            np.log(spec.predict(theta, x, ceiling)), noise,
                                            needed - 1)
+    if form == "saturating" and batched:
+        samples, ok = _saturating_batched(x, weights, targets, theta, needed)
+        return LawFit(form, theta, samples[ok], mode, int((~ok).sum()), inflation, ceiling)
     samples, dropped = [], 0
     for w, target in zip(weights, targets):
         pick = np.repeat(np.arange(len(x)), w.astype(int))
@@ -815,6 +905,7 @@ class JointFit:
     delta_source: str = ""
     term_share: dict = field(default_factory=dict)   # largest share of L_hat of A/N^α, B/D^β
     boot_subsample: Optional[int] = None   # m of an m-out-of-n bootstrap (_joint_bootstrap)
+    survivors: Optional[np.ndarray] = None   # the starts that survived pruning (above PRUNE_SAMPLE)
 
     @property
     def n_boot_converged(self) -> int:
@@ -889,24 +980,27 @@ def check_joint_design(N, D, L):
 
 
 def fit_joint(N, D, L, *, delta=HUBER_DELTA, n_boot=200, rng=None, grid=None,
-              noise: Optional[Noise] = None, bootstrap="configs") -> JointFit:
+              noise: Optional[Noise] = None, bootstrap="configs", starts=None) -> JointFit:
     """Hoffmann et al. 2022's fit, exponents bounded to [0, ALPHA_MAX]: every grid start is run by
     batched BFGS for PRUNE_ITERATIONS steps, the best PRUNE_KEEP are run to convergence, the best
     of those polished by L-BFGS-B. Bootstrap refits (of the kind asked, see resolve_bootstrap)
     start from the full fit; those that do not converge are dropped and counted. delta=inf gives
-    ordinary least squares in log space."""
+    ordinary least squares in log space. starts: above PRUNE_SAMPLE configurations, the survivors
+    of another fit's pruning on (nearly) the same data (its .survivors), run instead of pruning
+    the grid again (see _joint_optimum)."""
     N, D, L = (np.asarray(v, float) for v in (N, D, L))
     check_joint_design(N, D, L)
     n = len(L)
     log_N, log_D, log_L = np.log(N), np.log(D), np.log(L)
-    theta_hat, converged, warnings = _joint_optimum(log_N, log_D, log_L, delta, grid)
+    theta_hat, converged, warnings, survivors = _joint_optimum(log_N, log_D, log_L, delta, grid,
+                                                               starts)
     ones = np.ones((1, n))
     fitted = JointFit(params=dict(zip(JOINT_PARAMS, _to_params(theta_hat)[0].tolist())),
                       samples=np.empty((0, 5)), n=n, n_runs=n,
                       objective=float(joint_objective(theta_hat[None], log_N, log_D, log_L,
                                                       ones, delta)[0][0]),
                       converged=converged, delta=delta, log_rmse=float("nan"), warnings=[],
-                      theta=theta_hat)
+                      theta=theta_hat, survivors=survivors)
     predicted = fitted.predict(N, D)
     fitted.log_rmse = float(np.sqrt(np.mean((np.log(predicted) - log_L) ** 2)))
     fitted.term_share = dict(alpha=float(np.max(fitted.params["A"] * N ** -fitted.params["alpha"]
@@ -977,12 +1071,16 @@ def in_chunks(fun, n):
     return chunked
 
 
-def _joint_optimum(log_N, log_D, log_L, delta, grid):
+def _joint_optimum(log_N, log_D, log_L, delta, grid, survivors=None):
     """Every start pruned, the best PRUNE_KEEP converged, the best of those polished. Above
     PRUNE_SAMPLE configurations the starts are chosen on a fixed random PRUNE_SAMPLE of them
     (choosing where to start needs no more) and the best FULL_KEEP converged on all; above
     BOOT_SUBSAMPLE those are converged on a fixed random BOOT_SUBSAMPLE and the best of them on
-    all (at 10^6 configurations: 5 s, not minutes)."""
+    all (at 10^6 configurations: 5 s, not minutes). Above PRUNE_SAMPLE, survivors (PRUNE_KEEP
+    starts that survived another fit's pruning, e.g. the fit on all configurations when this one
+    leaves some out to extrapolate to them) replace the pruning of the grid's starts, which is
+    most of the cost (5,400 starts x 30 steps on 500 configurations: ~5 s CPU). Returns (theta,
+    converged, warnings, the survivors; None at or below PRUNE_SAMPLE)."""
     n = len(log_L)
     chosen = np.arange(n) if n <= PRUNE_SAMPLE else np.sort(
         np.random.default_rng(0).choice(n, PRUNE_SAMPLE, replace=False))
@@ -995,10 +1093,12 @@ def _joint_optimum(log_N, log_D, log_L, delta, grid):
     def gtol(k, m):
         return np.full(k, float(joint_gtol(np.ones(m), delta)))
 
-    starts, m = joint_grid(grid), len(chosen)
-    theta, f, _ = bfgs_batched(on(chosen), starts, gtol(len(starts), m), PRUNE_ITERATIONS)
-    keep = np.argsort(f)[:PRUNE_KEEP]
-    theta, f, _ = bfgs_batched(on(chosen), theta[keep], gtol(len(keep), m), 5000)
+    m = len(chosen)
+    if survivors is None or m == n:
+        starts = joint_grid(grid)
+        theta, f, _ = bfgs_batched(on(chosen), starts, gtol(len(starts), m), PRUNE_ITERATIONS)
+        survivors = theta[np.argsort(f)[:PRUNE_KEEP]]
+    theta, f, _ = bfgs_batched(on(chosen), survivors, gtol(len(survivors), m), 5000)
     on_all = on(np.arange(n))
     if m < n:
         keep = np.argsort(f)[:FULL_KEEP]
@@ -1009,7 +1109,7 @@ def _joint_optimum(log_N, log_D, log_L, delta, grid):
             keep = np.argsort(f)[:1]   # then only the best of them on all
         theta, f, _ = bfgs_batched(on_all, theta[keep], gtol(len(keep), n), 5000)
     best = int(np.argmin(f))
-    return _polish(on_all, theta[best], n, delta)
+    return (*_polish(on_all, theta[best], n, delta), survivors if m < n else None)
 
 
 def _polish(fun, theta, n, delta):
@@ -1158,7 +1258,8 @@ def _allocation_bootstrap(budgets, n_boot, rng, mode, noise):
     resamples), inflated by one Birge ratio pooled over the budgets."""
     inflation = 1.0
     if mode == "parametric":
-        point_sd = [noise.sigma / np.sqrt(budget.noise.n_seeds) for budget in budgets]
+        sigma = noise.sigma   # pooled over every budget's runs: computed once, not per budget
+        point_sd = [sigma / np.sqrt(budget.noise.n_seeds) for budget in budgets]
         chi2 = dof = 0.0
         for budget, sd in zip(budgets, point_sd):
             fitted = np.polyval(budget.coef, np.log(budget.N))
@@ -1172,22 +1273,17 @@ def _allocation_bootstrap(budgets, n_boot, rng, mode, noise):
         log_L = np.log(budget.L)
         if mode == "parametric":
             fitted = np.log(np.maximum(np.polyval(budget.coef, u), 1e-12))
-            weights, targets = np.ones((n_boot, len(u))), \
+            weights, targets = None, \
                 fitted + inflation * point_sd[j] * rng.standard_normal((n_boot, len(u)))
         else:
             weights, targets, _ = resample(mode, n_boot, rng, log_L, log_L, budget.noise, 3)
-        design = np.stack([u * u, u, np.ones_like(u)], 1)
+            if mode == "configs":
+                targets = targets[:1]   # the same observed losses in every resample
+            else:
+                weights = None   # all ones
         slope, intercept = np.polyfit(u, np.log(budget.partner), 1)
-        for k in range(n_boot):
-            w = weights[k]
-            if np.unique(u[w > 0]).size < 3:
-                continue
-            sw = np.sqrt(w)
-            c0, c1, _ = np.linalg.lstsq(design * sw[:, None], np.exp(targets[k]) * sw,
-                                        rcond=None)[0]
-            if c0 > 0:
-                vertex = -c1 / (2 * c0)
-                vertices[k, j] = vertex, intercept + slope * vertex
+        vertex, ok = _weighted_parabola_vertices(u, weights, np.exp(targets))
+        vertices[ok, j] = np.stack([vertex[ok], intercept + slope * vertex[ok]], 1)
     log_C = np.log([b.compute for b in budgets])
     rows = []
     for k in range(n_boot):
@@ -1196,6 +1292,43 @@ def _allocation_bootstrap(budgets, n_boot, rng, mode, noise):
             rows.append([*line(log_C[ok], vertices[k, ok, 0]),
                          *line(log_C[ok], vertices[k, ok, 1])])
     return np.array(rows).reshape(-1, 4), inflation
+
+
+def _weighted_parabola_vertices(u, weights, y):
+    """Every resample's weighted least-squares parabola y ~ c0 u² + c1 u + c2 at once: row k of
+    weights (n_boot, n; None: all ones) and of y (n_boot, n, or one row shared by all). Solved
+    on u centred and scaled to [-1, 1] through the 3x3 normal equations of all rows together
+    (the same solution as a per-resample lstsq up to rounding: ~1e-12 relative on the vertex);
+    a resample with < 3 distinct u of positive weight, or a parabola without a minimum, is not
+    ok. Returns (vertex in u, ok)."""
+    centre = (u.max() + u.min()) / 2
+    scale = max((u.max() - u.min()) / 2, np.finfo(float).tiny)
+    t = (u - centre) / scale
+    powers = np.stack([t ** 4, t ** 3, t ** 2, t, np.ones_like(t)], 1)     # (n, 5)
+    basis = powers[:, 2:]                                                  # t², t, 1
+    y = np.atleast_2d(y)
+    if weights is None:
+        n_boot = len(y)
+        sums = np.broadcast_to(powers.sum(0), (n_boot, 5))
+        rhs = y @ basis
+        distinct = np.full(n_boot, np.unique(u).size)
+    else:
+        n_boot = len(weights)
+        sums = weights @ powers
+        rhs = (weights * y) @ basis if len(y) > 1 else weights @ (basis * y[0][:, None])
+        codes = np.unique(u, return_inverse=True)[1].ravel()
+        order = np.argsort(codes, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+        distinct = (np.add.reduceat(weights[:, order], starts, axis=1) > 0).sum(1)
+    normal = np.stack([sums[:, 0:3], sums[:, 1:4], sums[:, 2:5]], 1)       # (n_boot, 3, 3)
+    ok = distinct >= 3
+    normal[~ok] = np.eye(3)
+    rhs = np.where(ok[:, None], rhs, 0.0)
+    c = np.linalg.solve(normal, rhs[:, :, None])[:, :, 0]
+    ok &= c[:, 0] > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vertex = centre + scale * (-c[:, 1] / (2 * c[:, 0]))
+    return vertex, ok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1269,18 +1402,19 @@ def _extrapolation(x_name, group, form, n_fit, x, observed, predicted, extra=Non
 
 def extrapolate_joint(N, D, L, C, *, group, delta=HUBER_DELTA, grid=None,
                       point_sd=None, noise: Optional[Noise] = None, n_boot=0, rng=None,
-                      bootstrap="auto") -> Extrapolation:
+                      bootstrap="auto", starts=None) -> Extrapolation:
     """Hold out the configurations of the largest N·D (a fifth, at least one). With n_boot, each
     held-out point gets the 95% interval in which the law fitted without it says its seed mean
     should fall: bootstrap refits of that law (its parameter uncertainty) times the point's own
-    seed noise, so `within_interval` tests the law, not the point's luck."""
+    seed noise, so `within_interval` tests the law, not the point's luck. starts: the full fit's
+    survivors of pruning (JointFit.survivors), used above PRUNE_SAMPLE fitted configurations."""
     N, D, L, C = (np.asarray(v, float) for v in (N, D, L, C))
     size = N * D
     n_holdout = max(1, len(L) // 5)
     held = size >= np.sort(size)[-n_holdout]
     fit_noise = None if noise is None else Noise([s for s, h in zip(noise.seeds, held) if not h])
     fitted = fit_joint(N[~held], D[~held], L[~held], delta=delta, n_boot=n_boot, grid=grid,
-                       rng=rng, noise=fit_noise, bootstrap=bootstrap)
+                       rng=rng, noise=fit_noise, bootstrap=bootstrap, starts=starts)
     extra = [dict(N=float(n), D=float(d)) for n, d in zip(N[held], D[held])]
     if len(fitted.samples):
         sd = np.zeros(held.sum()) if point_sd is None else \
