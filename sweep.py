@@ -371,16 +371,19 @@ def training_flops(cfg: train.Config) -> int:
                                 cfg.dataset_size, cfg.num_epochs)
 
 
-def bench_figures(path: str, on_cpu: bool):
-    """(description, {(model, size, pipeline): {column: value}}) of the latest bench.py measurement in the
-    CSV `path` (bench.py --csv) made on the CPU (on_cpu) or on a GPU, or None when there is none.
-    One measurement is the rows of one bench.py call: one date and command."""
+def bench_figures(path: str, on_cpu: bool, model: str = "cnn"):
+    """(description, {(model, size, pipeline): {column: value}}) of the latest bench.py measurement
+    of `model` (else of the scaling CNN) in the CSV `path` (bench.py --csv) made on the CPU
+    (on_cpu) or on a GPU, or None when there is none. One measurement is the rows of one bench.py
+    call: one date and command, so one machine."""
     if not os.path.exists(path):
         return None
+    rows = [row for row in read_csv(path)
+            if (row.get("device") == "cpu") == on_cpu and row.get("device") != "mps"]
+    own = [row for row in rows if (row.get("model") or "cnn") == model]
     measurements = {}
-    for row in read_csv(path):
-        if (row.get("device") == "cpu") == on_cpu and row.get("device") != "mps":
-            measurements.setdefault((row.get("date", ""), row.get("command", "")), []).append(row)
+    for row in own or [row for row in rows if (row.get("model") or "cnn") == "cnn"]:
+        measurements.setdefault((row.get("date", ""), row.get("command", "")), []).append(row)
     for date, command in sorted(measurements, reverse=True):
         figures = {}
         for row in measurements[date, command]:
@@ -556,7 +559,7 @@ def size_report(plan_name: str, runs: list, bench_csv: str, jobs: int = 1) -> li
     lines.append(f"{sum(r.cfg.dataset_size * r.cfg.num_epochs for r in runs):,} image-epochs, "
                  f"{flops:.3g} training FLOPs (3 x forward_flops_per_image x D x epochs)")
     pipeline = bench_pipeline(runs[0].cfg)
-    figures = bench_figures(bench_csv, on_cpu=False)
+    figures = bench_figures(bench_csv, on_cpu=False, model=runs[0].cfg.model)
     seconds = projected_gpu_s(runs, figures[1], pipeline) if figures else None
     if seconds is None:
         where = f"for the {pipeline} pipeline " if figures else ""
@@ -582,7 +585,7 @@ def size_report(plan_name: str, runs: list, bench_csv: str, jobs: int = 1) -> li
                          f"the measured wall times of finished {threads}-thread CPU runs of "
                          f"{len(speeds)} sizes in {', '.join(os.path.relpath(p) for p in sources)}"
                          f" (between sizes, interpolated by FLOPs per image)")
-        figures = bench_figures(bench_csv, on_cpu=True)
+        figures = bench_figures(bench_csv, on_cpu=True, model=runs[0].cfg.model)
         seconds = projected_cpu_s(runs, figures[1], pipeline, jobs) if figures else None
         if seconds is None:
             lines.append(f"projected CPU time: unknown, no CPU figures with images_per_s and "

@@ -1,5 +1,6 @@
 """Tests for plots.py: every figure drawn for a sweep with several groups stays readable."""
 import pandas as pd
+import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from synthetic_runs import EPOCHS, loaded, make_runs, sweep_points

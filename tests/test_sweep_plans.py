@@ -160,12 +160,16 @@ def test_dry_run_projects_gpu_time_from_measured_figures(tmp_path, capsys):
     notes = tmp_path / "benchmarks.csv"
     h100 = "cuda,NVIDIA H100 80GB HBM3,2,y,python bench.py"
     # The latest measurement of a GPU is the one read: not the older one, not the CPU's later one.
-    notes.write_text("date,device,device_name,torch,code_version,command,size,pipeline,epoch_s,tflops\n"
+    notes.write_text("date,device,device_name,torch,code_version,command,size,pipeline,epoch_s,tflops,"
+                     "model\n"
                      f"2026-11-25 10:00,{h100} --old,32x2,default,9.0,1.0\n"
                      f"2026-11-26 10:00,{h100},32x2,default,1.0,20.0\n"
                      f"2026-11-26 10:00,{h100},128x4,default,2.0,80.0\n"
                      f"2026-11-26 10:00,{h100},32x2,fast,0.2,100.0\n"
-                     "2026-11-27 10:00,cpu,cpu,2,y,python bench.py,32x2,default,50.0,0.1\n")
+                     "2026-11-27 10:00,cpu,cpu,2,y,python bench.py,32x2,default,50.0,0.1\n"
+                     # a later measurement of another network is not the CNN's
+                     "2026-11-28 10:00,cuda,NVIDIA H100 80GB HBM3,2,y,python bench.py --model "
+                     "resnet8,16x1,default,1.0,1.0,resnet8\n")
     out = dry_run(["grid", "--widths", "32", "--dataset_sizes", "1000", "--num_epochs", "3"],
                   tmp_path, capsys, notes)
     seconds = 3 * sweep.flops_per_image("cnn", 32, 2, False) * 1000 * 3 / 20e12
@@ -192,9 +196,13 @@ def test_projections_take_the_figures_of_the_runs_own_model_where_bench_measured
 
 def test_study_resumes_skipping_finished_runs(tmp_path, capsys, monkeypatch):
     runs, _ = study_runs(tmp_path)
+    # Finished: a row in final_data.csv. A summary without its row is launched again (train.py
+    # then appends the row without training), so it is not skipped.
+    records.write_csv(str(tmp_path / "final_data.csv"),
+                      [dict(run_name=r.name, status="finished") for r in runs[:3]],
+                      ["run_name", "status"])
     os.makedirs(tmp_path / "runs")
-    for r in runs[:3]:
-        (tmp_path / "runs" / (r.name + ".json")).write_text(json.dumps(dict(status="finished")))
+    (tmp_path / "runs" / (runs[3].name + ".json")).write_text(json.dumps(dict(status="finished")))
     launched = []
     monkeypatch.setattr(sweep, "launch_local", lambda todo, *a, **kw: launched.extend(todo) or {})
     # --engine process: the patched launcher; the default worker engine would start the study.
