@@ -100,7 +100,7 @@ def test_bf16_on_a_cpu_that_emulates_it_is_flagged_before_training(monkeypatch, 
                                                                     tmp_path, slowdown, warned):
     """An AVX2-only CPU multiplies bf16 ~75x slower than fp32: --precision bf16 there would make a
     CPU speedrun hours long. The measurement is replaced by the slowdown under test."""
-    monkeypatch.setattr(train, "cpu_bf16_slowdown", lambda: slowdown)
+    monkeypatch.setattr(speed, "cpu_bf16_slowdown", lambda: slowdown)
     train.train(train.Config(**{**TINY, "num_epochs": 1}, precision="bf16", data_dir=data_dir,
                              results_dir=str(tmp_path)))
     err = capsys.readouterr().err
