@@ -550,14 +550,14 @@ def main():
             parser.error(f"--{flag} must be >= {least}, got {value}")
     if args.sweep_jobs is not None and any(k < 1 for k in args.sweep_jobs):
         parser.error(f"--sweep_jobs must be >= 1 each, got {args.sweep_jobs}")
-    for flag in ("notes", "csv"):
-        check = records.text_file_error if flag == "notes" else records.writable_file_error
-        path_error = getattr(args, flag) and check(getattr(args, flag), f"--{flag}")
-        if path_error:
-            parser.error(path_error)
+    # found out now, not after the measurement
+    path_error = args.notes and records.text_file_error(args.notes, "--notes") or \
+        args.csv and records.writable_file_error(args.csv, "--csv")
+    if path_error:
+        parser.error(path_error)
     rows_error = args.csv and records.csv_append_error(
         args.csv, fix="give another --csv, or move the file aside, then run again")
-    if rows_error:  # found out now, not after the measurement
+    if rows_error:
         parser.error(f"--csv: {rows_error}")
     if args.threads is not None:
         most = 4 * (os.cpu_count() or 1)  # OpenMP crashes (a segfault) at tens of thousands

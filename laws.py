@@ -461,20 +461,10 @@ def _m4_ceiling_at_bound(L0: float, L_max: float) -> bool:
 
 
 def _m4_design(log_x, L, ceiling):
-    """The columns of M4's linear form (below): they do not depend on E, only the target does."""
+    """The columns of M4's linear form: for fixed E and L0 the law is linear in (log B, c, alpha),
+    log(L - E) = log B - c·log x + alpha·log(L0 - L), with c and alpha in [0, ALPHA_MAX] (their
+    signs keep L decreasing in x). The columns do not depend on E, only the target does."""
     return np.stack([np.ones_like(log_x), -log_x, np.log(ceiling - L)], 1)
-
-
-def _m4_linear(log_x, L, E, ceiling):
-    """For fixed E and L0 the M4 law is linear in (log B, c, alpha):
-    log(L - E) = log B - c·log x + alpha·log(L0 - L). Least squares with c and alpha in
-    [0, ALPHA_MAX] (their signs keep L decreasing in x); theta (E, log B, c, alpha) and its sum of
-    squares. _fit_m4_at solves many E at once with a _BoxSolver instead."""
-    design = _m4_design(log_x, L, ceiling)
-    target = np.log(L - E)
-    coef = _box_lstsq(design, target, ALPHA_MAX)
-    residual = design @ coef - target
-    return np.array([E, coef[0], coef[1], coef[2]]), float(residual @ residual)
 
 
 def _pinv(matrix):

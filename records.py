@@ -291,10 +291,10 @@ def append_rows(path: str, rows: list) -> None:
     """Append rows to a CSV, all of them or none (a full disk leaves the file as it was), with the
     union of the file's columns and theirs; a torn last row is refused (ResultsFileError)."""
     with file_lock(path):
-        columns = _checked_header(path) or []
-        old = read_csv(path) if columns else []
-        columns += [k for row in rows for k in row if k not in columns]
-        write_csv(path, old + rows, list(dict.fromkeys(columns)))
+        header = _checked_header(path) or []
+        old = read_csv(path) if header else []
+        columns = dict.fromkeys([*header, *(k for row in rows for k in row)])
+        write_csv(path, old + rows, list(columns))
 
 
 def remove_rows(path: str, key: str, value: str) -> None:

@@ -149,28 +149,21 @@ def test_bench_refuses_a_thread_count_out_of_range(threads):
         f"here), got {threads}" in proc.stderr
 
 
-def test_bench_refuses_a_csv_it_could_not_append_to_before_measuring(tmp_path, monkeypatch, capsys):
-    garbage = tmp_path / "bench.csv"
-    garbage.write_bytes(bytes(range(128, 256)) * 8)
-    monkeypatch.setattr(sys, "argv", ["bench.py", "--csv", str(garbage), "--notes", ""])
+@pytest.mark.parametrize("flag, other, content, named", [
+    ("--csv", "--notes", bytes(range(128, 256)) * 8, ["not a CSV", "another --csv"]),
+    ("--notes", "--csv", b"\xff\xfe| old table |\n", ["UTF-8", "another --notes"]),
+])
+def test_bench_refuses_a_file_it_could_not_append_to_before_measuring(tmp_path, monkeypatch, capsys,
+                                                                       flag, other, content, named):
+    path = tmp_path / "bench.out"
+    path.write_bytes(content)
+    monkeypatch.setattr(sys, "argv", ["bench.py", flag, str(path), other, ""])
     monkeypatch.setattr(bench, "measured", lambda *a: pytest.fail("measured before refusing"))
     with pytest.raises(SystemExit) as exit_:
         bench.main()
     assert exit_.value.code == 2
-    says(capsys.readouterr().err, "--csv", str(garbage), "not a CSV", "another --csv")
-    assert garbage.read_bytes() == bytes(range(128, 256)) * 8
-
-
-def test_bench_refuses_notes_that_are_not_text_before_measuring(tmp_path, monkeypatch, capsys):
-    notes = tmp_path / "bench.md"
-    notes.write_bytes(b"\xff\xfe| old table |\n")
-    monkeypatch.setattr(sys, "argv", ["bench.py", "--notes", str(notes), "--csv", ""])
-    monkeypatch.setattr(bench, "measured", lambda *a: pytest.fail("measured before refusing"))
-    with pytest.raises(SystemExit) as exit_:
-        bench.main()
-    assert exit_.value.code == 2
-    says(capsys.readouterr().err, "--notes", str(notes), "UTF-8", "another --notes")
-    assert notes.read_bytes() == b"\xff\xfe| old table |\n"
+    says(capsys.readouterr().err, flag, str(path), *named)
+    assert path.read_bytes() == content
 
 
 @pytest.mark.slow

@@ -415,7 +415,7 @@ def test_joint_fit_of_thousands_of_configurations_chooses_starts_on_a_sample(mon
     """Above PRUNE_SAMPLE configurations the starts are chosen on a sample and the best converged
     on all; memory stays bounded by CHUNK_ELEMENTS (was: starts x configurations at once, 29 GB
     for 10^5 configurations)."""
-    monkeypatch.setattr(laws, "CHUNK_ELEMENTS", 2 ** 16)  # forces the chunked path here too
+    monkeypatch.setattr(laws, "CHUNK_ELEMENTS", 2 ** 13)  # below 8 starts x 2,000: chunked here too
     rng = np.random.default_rng(0)
     n = 4 * laws.PRUNE_SAMPLE
     N, D = np.exp(rng.uniform(np.log(1e3), np.log(1e6), n)), np.exp(rng.uniform(7, 11, n))
