@@ -1678,6 +1678,9 @@ def figures(result: Analysis, *, runs_dir=None, curves=None):
             if all({"train_acc", "test_acc"} <= set(log.columns) for log in found.values()):
                 wanted.append(("accuracy_curves.png",
                                lambda: plots.learning_curves(found, labels, panels, "acc")))
+                if len({seen.get(name) for name in found}) == 1:   # one D: epochs say it all
+                    wanted.append(("loss_and_accuracy.png",
+                                   lambda: plots.loss_and_accuracy(found, labels)))
     return wanted
 
 
@@ -1704,7 +1707,8 @@ def curve_labels(rows, names) -> tuple:
     drawn = known.loc[[n for n in names if n in known.index]]
     differ = [c for c in CONTEXT if c in drawn.columns and drawn[c].nunique(dropna=False) > 1]
     for name in drawn.index:   # runs alike in size (SGD and AdamW) are told apart by the recipe
-        labels[name] += "".join(f" {c}={plots.plain(drawn.loc[name, c])}" for c in differ)
+        labels[name] += "".join(f" {c}={plots.plain(drawn.loc[name, c])}" for c in differ
+                                if pd.notna(drawn.loc[name, c]))   # AdamW has no momentum
     return labels, panels, seen
 
 

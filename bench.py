@@ -131,9 +131,7 @@ def time_epochs(cfg, warmup, epochs):
 
 
 def projected_run_s(epoch_s, eval_s, num_epochs=RECIPE_EPOCHS, test_freq=RECIPE_TEST_FREQ):
-    evals = sum(train.is_eval_epoch(e, train.Config(num_epochs=num_epochs, test_freq=test_freq))
-                for e in range(1, num_epochs + 1))
-    return num_epochs * epoch_s + evals * eval_s
+    return num_epochs * epoch_s + train.evaluation_count(num_epochs, test_freq) * eval_s
 
 
 def timed_table(args, device, device_name):

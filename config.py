@@ -29,6 +29,9 @@ from utils import ConfigError
 
 DESCRIPTION = "Train one configuration of the scaling study and log it under results/."
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (set_seed seeds numpy too)
+# A million epochs of even 1,000 images outlast any study; more is a typo or a plan's overflow
+# (a compute budget of 1e300), which would otherwise start a run that never ends.
+MAX_EPOCHS = 1_000_000
 # An experiment name becomes a folder name under runs/: no separators, no hidden or parent folders.
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 # A plan tag is a CSV field analysis.py splits on ':' and '+': names of plans, nothing else.
@@ -69,7 +72,8 @@ class Config:
     normalize: bool = hp(False, "per-channel (x - mean) / std of CIFAR-10 (ResNet-8 study); the "
                                 "scaling recipe uses pixels in [0, 1]")
     # --- how it is trained: SGD + cosine, the scaling recipe ---
-    num_epochs: int = hp(100, "epochs; a cosine schedule reaches 0 at the end", min=1)
+    num_epochs: int = hp(100, "epochs; a cosine schedule reaches 0 at the end", min=1,
+                         max=MAX_EPOCHS)
     batch_size: int = hp(256, "images per step", min=1)
     optimizer: str = hp("sgd", "sgd (the scaling recipe's) or adamw", choices=["sgd", "adamw"])
     lr: float = hp(0.1, "peak learning rate (epoch 0)", min=0.0)

@@ -283,40 +283,84 @@ def learning_curves(curves: dict, labels=None, panels=None, metric="loss"):
     against images seen, one panel per group of runs (panels: name -> panel title; default one
     panel), one scale in every panel. curves: name -> per-epoch table; labels: name -> what the
     legend calls the run (width, D, epochs, seed)."""
-    from matplotlib.ticker import LogLocator
     panels = panels or {name: "" for name in curves}
     titles = list(dict.fromkeys(panels[name] for name in curves))
     fig, axes = figure(ncols=min(3, len(titles)), width=5.2 if len(titles) > 1 else 7.5,
                        height=4.8) if len(titles) <= 3 else _grid(len(titles))
-    values = {name: log[[f"train_{metric}", f"test_{metric}"]].apply(pd.to_numeric, errors="coerce")
-              for name, log in curves.items()}
-    low = min(float(np.nanmin(v.to_numpy())) for v in values.values())
-    high = max(float(np.nanmax(v.to_numpy())) for v in values.values())
-    loss = metric == "loss"
+    values = _curve_values(curves, metric)
+    seen_x = "images_per_epoch" in next(iter(curves.values()))
     for ax, panel in zip(axes, titles):
         names = [name for name in curves if panels[name] == panel]
-        for colour, name in zip(colours(len(names)), names):
-            log, v = curves[name], values[name]
-            seen = log.epoch * log.get("images_per_epoch", 1)
-            test = v[f"test_{metric}"].notna()
-            ax.plot(seen[test], v[f"test_{metric}"][test], "-o", ms=2, color=colour,
-                    label=(labels or {}).get(name, name))
-            ax.plot(seen, v[f"train_{metric}"], "--", color=colour, lw=0.8)
-        ax.plot([], [], "k-", label=f"test {'loss' if loss else 'accuracy'}")
-        ax.plot([], [], "k--", label=f"train {'loss' if loss else 'accuracy'} (augmented)")
-        log_axes(ax, y=loss)
-        if np.isfinite(low) and np.isfinite(high) and (low > 0 or not loss):
-            ax.set_ylim(low / 1.05, high * 1.05) if loss else ax.set_ylim(low - 0.02, high + 0.02)
-        if loss:
-            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
-        ax.set(xlabel="images seen (epoch × D)" if "images_per_epoch" in next(
-            iter(curves.values())) else "epoch",
-            ylabel="cross-entropy loss (nats)" if loss else "accuracy")
+        _draw_curves(ax, {name: curves[name] for name in names}, values, metric, labels,
+                     x=lambda log: log.epoch * log.get("images_per_epoch", 1))
+        log_axes(ax, y=metric == "loss")
+        _curve_scale(ax, values, metric)
+        ax.set_xlabel("images seen (epoch × D)" if seen_x else "epoch")
         title(ax, f"learning curves{': ' + panel if panel else ''}", width_in=5.2)
         legend(ax, len(names) + 2)
     for ax in axes[len(titles):]:
         ax.set_visible(False)
     return fig
+
+
+def loss_and_accuracy(curves: dict, labels=None):
+    """Runs trained on the same images (an optimiser comparison): test loss (left) and test
+    accuracy (right) per evaluated epoch (solid), the training value dashed, against epoch on a
+    linear axis, so a long run's late epochs are not squeezed into a decade. curves and labels as
+    in learning_curves."""
+    from matplotlib.ticker import MaxNLocator
+    names = list(curves)
+    words = [(labels or {}).get(name, name).split(" ") for name in names]
+    same = 0   # the labels' shared leading words (size, D, seed) go under the titles
+    while all(len(w) > same + 1 and w[same] == words[0][same] for w in words):
+        same += 1
+    shared = " ".join(words[0][:same])
+    short = {name: " ".join(w[same:]) for name, w in zip(names, words)}
+    fig, axes = figure(ncols=2, width=5.6)
+    for ax, metric in zip(axes, ("loss", "acc")):
+        values = _curve_values(curves, metric)
+        _draw_curves(ax, curves, values, metric, short, x=lambda log: log.epoch)
+        if metric == "loss":
+            log_axes(ax, x=False)
+        _curve_scale(ax, values, metric)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        title(ax, "loss" if metric == "loss" else "accuracy", shared, width_in=5.6)
+        legend(ax, len(curves) + 2)
+    return fig
+
+
+def _curve_values(curves, metric) -> dict:
+    return {name: log[[f"train_{metric}", f"test_{metric}"]].apply(pd.to_numeric, errors="coerce")
+            for name, log in curves.items()}
+
+
+def _draw_curves(ax, curves, values, metric, labels, x):
+    """Each run's test value at its evaluated epochs (solid) and training value (dashed), in one
+    colour per run, against x(per-epoch table)."""
+    for colour, (name, log) in zip(colours(len(curves)), curves.items()):
+        v, at = values[name], x(log)
+        test = v[f"test_{metric}"].notna()
+        ax.plot(at[test], v[f"test_{metric}"][test], "-o", ms=2, color=colour,
+                label=(labels or {}).get(name, name))
+        ax.plot(at, v[f"train_{metric}"], "--", color=colour, lw=0.8)
+    word = "loss" if metric == "loss" else "accuracy"
+    ax.plot([], [], "k-", label=f"test {word}")
+    ax.plot([], [], "k--", label=f"train {word} (augmented)")
+
+
+def _curve_scale(ax, values, metric):
+    """One y range for every panel of a figure (all its runs' values), with loss ticks that label
+    more than the decades."""
+    from matplotlib.ticker import LogLocator
+    loss = metric == "loss"
+    low = min(float(np.nanmin(v.to_numpy())) for v in values.values())
+    high = max(float(np.nanmax(v.to_numpy())) for v in values.values())
+    if np.isfinite(low) and np.isfinite(high) and (low > 0 or not loss):
+        ax.set_ylim(low / 1.05, high * 1.05) if loss else ax.set_ylim(low - 0.02, high + 0.02)
+    if loss:
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax.set_ylabel("cross-entropy loss (nats)" if loss else "accuracy")
 
 
 def _grid(count, width=4.2, height=3.8):

@@ -291,10 +291,13 @@ def compute_points(args) -> tuple:
                     D, E = fixed_D, round(budget / (N * fixed_D))
                 where = f"budget {budget:.3g}, width {width}, depth {depth} (N={N:,})"
                 if not args.min_dataset_size <= D <= NUM_TRAIN:
-                    dropped.append(f"{where}: needs D={D:,}, outside "
+                    dropped.append(f"{where}: needs D={count(D)}, outside "
                                    f"{args.min_dataset_size:,}..{NUM_TRAIN:,}")
                 elif E < 1:
                     dropped.append(f"{where}: needs {budget / (N * D):.2f} epochs, below one")
+                elif E > config.MAX_EPOCHS:
+                    dropped.append(f"{where}: needs {count(E)} epochs, above train.py's "
+                                   f"{config.MAX_EPOCHS:,}")
                 elif abs(N * D * E - budget) > args.tolerance * budget:
                     dropped.append(f"{where}: closest C={N * D * E:.3g} is off the budget by more "
                                    f"than {args.tolerance:.0%}")
@@ -302,6 +305,11 @@ def compute_points(args) -> tuple:
                     points.append(dict(width=width, depth=depth, dataset_size=D, num_epochs=E,
                                        budget=budget))
     return points, dropped
+
+
+def count(n: int) -> str:
+    """A whole number as people read it: 203,666, but 2.04e+294 rather than 295 digits."""
+    return f"{n:,}" if n < 10 ** 15 else f"{n:.3g}"
 
 
 def plan(args) -> tuple:
@@ -461,11 +469,6 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:,.0f} min" if seconds < 3 * 3600 else f"{seconds / 3600:,.1f} h"
 
 
-def evaluations(num_epochs: int, test_freq: int) -> int:
-    return sum(train.is_eval_epoch(e, train.Config(num_epochs=num_epochs, test_freq=test_freq))
-               for e in range(1, num_epochs + 1))
-
-
 def measured_speeds(paths, threads: int) -> dict:
     """{forward FLOPs per image: (seconds per training image, seconds per test evaluation)},
     medians over the finished CPU runs in these final_data.csv files that trained on `threads`
@@ -484,7 +487,8 @@ def measured_speeds(paths, threads: int) -> dict:
                     continue
                 flops, images = float(row["flops_per_image"]), float(row["D"]) * float(row["epochs"])
                 train_s, wall_s = float(row["train_time_s"]), float(row["wall_time_s"])
-                evals = evaluations(int(float(row["epochs"])), int(float(row["test_freq"])))
+                evals = train.evaluation_count(int(float(row["epochs"])),
+                                               int(float(row["test_freq"])))
             except (KeyError, TypeError, ValueError):
                 continue
             if images > 0 and train_s > 0 and math.isfinite(wall_s):
@@ -533,7 +537,7 @@ def projected_from_runs(runs, speeds: dict, jobs: int, threads: int) -> float:
         c = run.cfg
         f = flops_per_image(c.model, c.width, c.depth, c.bn)
         total += c.dataset_size * c.num_epochs * loglog(f, sizes, per_image) + \
-            evaluations(c.num_epochs, c.test_freq) * loglog(f, sizes, per_eval)
+            train.evaluation_count(c.num_epochs, c.test_freq) * loglog(f, sizes, per_eval)
     cores = os.cpu_count() or 1
     return total / max(1, min(jobs, cores // threads))
 

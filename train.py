@@ -277,6 +277,13 @@ def is_eval_epoch(epoch: int, cfg: Config) -> bool:
     return epoch % cfg.test_freq == 0 or epoch > cfg.num_epochs - LAST_K
 
 
+def evaluation_count(num_epochs: int, test_freq: int) -> int:
+    """How many epochs is_eval_epoch picks, counted without visiting each (a plan may ask for
+    10^11 epochs): the multiples of test_freq before the last LAST_K epochs, then all of those."""
+    first_of_last = max(1, num_epochs - LAST_K + 1)
+    return (first_of_last - 1) // test_freq + num_epochs - first_of_last + 1
+
+
 def is_diverged(losses, params_finite: bool) -> bool:
     """The divergence rule: the epoch's training loss, an evaluation loss ("" when not evaluated)
     or a parameter is non-finite."""

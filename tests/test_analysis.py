@@ -653,6 +653,35 @@ def test_a_swept_name_is_drawn_as_categories(tmp_path):
 
 
 
+def test_an_optimiser_comparison_is_drawn_against_epoch_and_labelled_by_its_recipe(tmp_path):
+    """Two runs of one size and D (SGD against AdamW): one figure of loss and accuracy against
+    epoch, and legends that name each recipe without the settings it does not have."""
+    rows = [dict(run_name=o, config_id=o, status="finished", model="resnet8", width=16, depth=1,
+                 seed=42, N=75290, D=45000, epochs=20, C=6.8e10, optimizer=o, lr=lr,
+                 momentum=0.9 if o == "sgd" else np.nan, final_test_loss_avg_last5=1.0)
+            for o, lr in (("sgd", 0.1), ("adamw", 0.001))]
+    csv = write(tmp_path, pd.DataFrame(rows))
+    os.makedirs(tmp_path / "runs")
+    epoch = np.arange(1, 21)
+    for name in ("sgd", "adamw"):
+        pd.DataFrame(dict(epoch=epoch, train_loss=2 / epoch, train_acc=1 - 1 / epoch,
+                          test_loss=np.where(epoch % 10 == 0, 2.2 / epoch, np.nan),
+                          test_acc=np.where(epoch % 10 == 0, 1 - 1.1 / epoch, np.nan))
+                     ).to_csv(tmp_path / "runs" / f"{name}.csv", index=False)
+    runs = analysis.load([csv])
+    labels, _, _ = analysis.curve_labels(runs.rows, ["sgd", "adamw"])
+    assert "optimizer=sgd" in labels["sgd"] and "momentum=0.9" in labels["sgd"]
+    assert "optimizer=adamw" in labels["adamw"] and "nan" not in labels["adamw"]
+    curves, _, _ = analysis.read_curves(str(tmp_path / "runs"), ["sgd", "adamw"])
+    for ax in plots.loss_and_accuracy(curves, labels).axes:   # what they share, said once
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert legend[0].startswith("optimizer=sgd") and "w16" in ax.get_title()
+    out = tmp_path / "out"
+    assert analysis.main([csv, "--out", str(out), "--n-boot", "0", "--curves", "sgd", "adamw"]) == 0
+    assert (out / "loss_and_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "loss_and_accuracy.png" in json.loads((out / "fits.json").read_text())["figures"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Notebook
 

@@ -62,6 +62,12 @@ def test_compute_plan_points_are_within_tolerance_of_their_budget(tradeoff, tmp_
 
 @pytest.mark.parametrize("argv,message", [
     (["compute", "--budgets", "10"], "no feasible configuration"),
+    # was: 300-digit D, and with --tradeoff epochs a run of 10^291 epochs planned (a dry run that
+    # never ended)
+    (["compute", "--budgets", "1e300", "--widths", "4"], "needs D=2.04e+294, outside 1..50,000"),
+    (["compute", "--budgets", "1e300", "--widths", "4", "--tradeoff", "epochs"],
+     "needs 4.07e+291 epochs, above train.py's 1,000,000"),
+    (["width", "--", "--num_epochs", "1000001"], "--num_epochs must be in 1..1000000"),
     (["width", "--widths", "0"], "--width must be >= 1"),
     (["width", "--widths", f"4,{2 ** 63 - 1}"], f"width {2 ** 63 - 1:,} depth 2 has N="),  # exact
     (["depth", "--depths", "100000000"], "more than this machine's"),

@@ -46,6 +46,17 @@ def test_eval_epochs_cover_every_test_freq_and_the_last_five():
     assert [e for e in range(1, 13) if train.is_eval_epoch(e, cfg)] == [5, 8, 9, 10, 11, 12]
 
 
+def test_evaluation_count_is_the_eval_epochs_counted_without_visiting_them():
+    """The count sweep.py and bench.py project evaluation time from; a plan of 10^11 epochs
+    once made the dry run visit every epoch (minutes, not a line)."""
+    for num_epochs in range(1, 30):
+        for test_freq in (1, 2, 3, 5, 7, 10, 40):
+            cfg = train.Config(num_epochs=num_epochs, test_freq=test_freq)
+            visited = sum(train.is_eval_epoch(e, cfg) for e in range(1, num_epochs + 1))
+            assert train.evaluation_count(num_epochs, test_freq) == visited, (num_epochs, test_freq)
+    assert train.evaluation_count(10**11, 10) == 10**10 - 1 + 5   # 10^11 - 10 is the last multiple
+
+
 def test_end_to_end_schema_and_last5_average(real_data_dir, tmp_path):
     summary = tiny_run(real_data_dir, tmp_path, num_epochs=7, test_freq=3)
     rows = pd.read_csv(tmp_path / "runs" / (summary["run_name"] + ".csv"))
