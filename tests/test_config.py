@@ -99,7 +99,7 @@ BAD_FLAGS = [
     (["--width", "0"], ["--width", ">= 1", "0"]),
     (["--depth", "-1"], ["--depth", ">= 1", "-1"]),
     (["--batch_size", "0"], ["--batch_size", ">= 1", "0"]),
-    (["--num_epochs", "0"], ["--num_epochs", ">= 1", "0"]),
+    (["--num_epochs", "0"], ["--num_epochs", "1..1000000", "0"]),
     (["--test_freq", "0"], ["--test_freq", ">= 1", "0"]),
     (["--dataset_size", "0"], ["--dataset_size", "1..50000", "0"]),
     (["--dataset_size", "50001"], ["--dataset_size", "1..50000", "50001"]),
