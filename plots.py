@@ -288,13 +288,14 @@ def learning_curves(curves: dict, labels=None, panels=None, metric="loss"):
     fig, axes = figure(ncols=min(3, len(titles)), width=5.2 if len(titles) > 1 else 7.5,
                        height=4.8) if len(titles) <= 3 else _grid(len(titles))
     values = _curve_values(curves, metric)
+    low, high = _value_range(values)
     seen_x = "images_per_epoch" in next(iter(curves.values()))
     for ax, panel in zip(axes, titles):
         names = [name for name in curves if panels[name] == panel]
         _draw_curves(ax, {name: curves[name] for name in names}, values, metric, labels,
                      x=lambda log: log.epoch * log.get("images_per_epoch", 1))
         log_axes(ax, y=metric == "loss")
-        _curve_scale(ax, values, metric)
+        _curve_scale(ax, low, high, metric)
         ax.set_xlabel("images seen (epoch × D)" if seen_x else "epoch")
         title(ax, f"learning curves{': ' + panel if panel else ''}", width_in=5.2)
         legend(ax, len(names) + 2)
@@ -322,7 +323,7 @@ def loss_and_accuracy(curves: dict, labels=None):
         _draw_curves(ax, curves, values, metric, short, x=lambda log: log.epoch)
         if metric == "loss":
             log_axes(ax, x=False)
-        _curve_scale(ax, values, metric)
+        _curve_scale(ax, *_value_range(values), metric)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         title(ax, "loss" if metric == "loss" else "accuracy", shared, width_in=5.6)
@@ -349,13 +350,16 @@ def _draw_curves(ax, curves, values, metric, labels, x):
     ax.plot([], [], "k--", label=f"train {word} (augmented)")
 
 
-def _curve_scale(ax, values, metric):
-    """One y range for every panel of a figure (all its runs' values), with loss ticks that label
-    more than the decades."""
+def _value_range(values) -> tuple:
+    """(lowest, highest) value of every run, so every panel of a figure shares one y range."""
+    return (min(float(np.nanmin(v.to_numpy())) for v in values.values()),
+            max(float(np.nanmax(v.to_numpy())) for v in values.values()))
+
+
+def _curve_scale(ax, low, high, metric):
+    """The y range (low, high) with loss ticks that label more than the decades."""
     from matplotlib.ticker import LogLocator
     loss = metric == "loss"
-    low = min(float(np.nanmin(v.to_numpy())) for v in values.values())
-    high = max(float(np.nanmax(v.to_numpy())) for v in values.values())
     if np.isfinite(low) and np.isfinite(high) and (low > 0 or not loss):
         ax.set_ylim(low / 1.05, high * 1.05) if loss else ax.set_ylim(low - 0.02, high + 0.02)
     if loss:
