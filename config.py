@@ -77,8 +77,13 @@ class Config:
     batch_size: int = hp(256, "images per step", min=1)
     optimizer: str = hp("sgd", "sgd (the scaling recipe's) or adamw", choices=["sgd", "adamw"])
     lr: float = hp(0.1, "peak learning rate (epoch 0)", min=0.0)
+    # cosine steps once per epoch (the scaling recipe's), so a 2-epoch run trains its 2nd epoch at
+    # lr/2 and never anneals; cosine_step reaches ~0 by the last step of any schedule, so runs of
+    # different lengths are the same recipe cut to length (Hoffmann et al. 2022 match the cosine
+    # to each run's length for the same reason).
     scheduler: str = hp("cosine", "cosine: annealed to 0 over num_epochs, stepped per epoch; "
-                                  "none: constant", choices=["cosine", "none"])
+                                  "cosine_step: annealed over every optimiser step of the run; "
+                                  "none: constant", choices=["cosine", "cosine_step", "none"])
     momentum: float = hp(0.9, "SGD momentum (sgd only)", min=0.0, max=1.0)
     betas: tuple = hp((0.9, 0.999), "AdamW's beta1 beta2 (adamw only)", min=0.0, max=0.999999)
     weight_decay: float = hp(5e-4, "weight decay: SGD's coupled L2, AdamW's decoupled", min=0.0)

@@ -89,11 +89,9 @@ def train_epochs(net, splits, device) -> None:
                total=cfg.num_epochs, disable=cfg.quiet or not sys.stderr.isatty(), leave=False)
     with trackers(runs) as log:
         for epoch in bar:
-            lrs = [epoch_lr(epoch - 1, run.cfg) for run in runs]
-            for group, lr in zip(net.optimizer.param_groups, lrs):  # one group per run
-                group["lr"] = lr
+            lrs = set_lrs(net, epoch - 1)  # the lr the epoch starts at, for its row
             trained, train_s = speed.timed(device, train_epoch, net,
-                                           net.train_batches(splits, epoch), cfg, device)
+                                           net.train_batches(splits, epoch), cfg, device, epoch - 1)
             (tested, validated), eval_s = speed.timed(device, evaluations, net, epoch, cfg,
                                                       device, splits)
             finite, grad_norms = net.params_finite(), net.grad_norms.epoch_means()
@@ -126,13 +124,15 @@ def train_epochs(net, splits, device) -> None:
         finish_run(run, net, splits, device)
 
 
-def train_epoch(net, batches, cfg, device) -> list:
-    """One pass over the data; [(mean loss, accuracy)] per run of the network. Sums stay on the
-    device so that no step waits for the host."""
+def train_epoch(net, batches, cfg, device, epoch: int = 0) -> list:
+    """One pass over the data (0-based `epoch`); [(mean loss, accuracy)] per run of the network.
+    Sums stay on the device so that no step waits for the host."""
     net.module.train()
     loss_sum = correct = 0  # on the device after the first batch: [] or, fused, [K]
     seen = 0
-    for x, y in batches:
+    for batch, (x, y) in enumerate(batches):
+        if cfg.scheduler == "cosine_step":
+            set_lrs(net, epoch, batch)
         x, y = speed.on_device(x, y, cfg, device)
         with speed.training_step(cfg, device):
             logits = net.module(x)
@@ -260,15 +260,35 @@ def make_optimizer(model, cfg: Config, device: torch.device):
                            weight_decay=cfg.weight_decay, fused=fused)
 
 
-def epoch_lr(epoch: int, cfg: Config) -> float:
-    """Learning rate of 0-based epoch `epoch`."""
-    return cosine_lr(epoch, cfg.num_epochs, cfg.lr) if cfg.scheduler == "cosine" else cfg.lr
+def set_lrs(net, epoch: int, batch: int = 0) -> list:
+    """Set each run's learning rate for batch `batch` of 0-based epoch `epoch` (one param group
+    per run) and return them."""
+    lrs = [learning_rate(run.cfg, epoch, batch) for run in net.runs]
+    for group, lr in zip(net.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    return lrs
 
 
-def cosine_lr(epoch: int, num_epochs: int, base_lr: float) -> float:
-    """CosineAnnealingLR(T_max=num_epochs, eta_min=0) stepped once per epoch, in closed form so a
-    resumed run needs no scheduler state."""
-    return base_lr * (1 + math.cos(math.pi * epoch / num_epochs)) / 2
+def learning_rate(cfg: Config, epoch: int, batch: int = 0) -> float:
+    """The lr of batch `batch` of 0-based epoch `epoch`, in closed form so that a resumed run
+    needs no scheduler state."""
+    if cfg.scheduler == "cosine":
+        return cosine_lr(epoch, cfg.num_epochs, cfg.lr)
+    if cfg.scheduler == "cosine_step":
+        per_epoch = steps_per_epoch(cfg)
+        return cosine_lr(epoch * per_epoch + batch, cfg.num_epochs * per_epoch, cfg.lr)
+    return cfg.lr
+
+
+def cosine_lr(step: int, num_steps: int, base_lr: float) -> float:
+    """CosineAnnealingLR(T_max=num_steps, eta_min=0) after `step` steps of the scheduler (an epoch
+    or an optimiser step)."""
+    return base_lr * (1 + math.cos(math.pi * step / num_steps)) / 2
+
+
+def steps_per_epoch(cfg: Config) -> int:
+    """Optimiser steps of one epoch: the last batch may be partial."""
+    return math.ceil(cfg.dataset_size / cfg.batch_size)
 
 
 def is_eval_epoch(epoch: int, cfg: Config) -> bool:
@@ -462,7 +482,7 @@ def summarize(cfg: Config, rows: list, status: str, N: int, flops_per_image: int
         run_name=run_name(cfg), config_id=config_id(cfg), status=status, model=cfg.model,
         width=cfg.width, depth=cfg.depth, seed=cfg.seed, N=N, D=D, epochs=epochs,
         C=N * D * epochs,  # the scaling study's compute proxy
-        steps=epochs * math.ceil(D / cfg.batch_size),  # optimiser steps (last batch partial)
+        steps=epochs * steps_per_epoch(cfg),
         flops_per_image=flops_per_image,
         total_flops=training_flops(flops_per_image, D, epochs),
         **last5_and_best(rows, "test"),

@@ -120,7 +120,7 @@ BAD_FLAGS = [
     (["--bn"], ["--bn", "--model simplecnn"]),
     (["--model", "resnet8", "--optimizer", "adamw", "--betas", "0.9", "1.5"], ["--betas", "1.5"]),
     (["--preset", "resnet9"], ["--preset", "resnet9", "resnet8_adamw", "resnet8_sgd"]),
-    (["--scheduler", "step"], ["--scheduler", "step", "cosine", "none"]),
+    (["--scheduler", "step"], ["--scheduler", "step", "cosine", "cosine_step", "none"]),
 ]
 
 

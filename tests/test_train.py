@@ -41,6 +41,45 @@ def test_cosine_lr_matches_torch_scheduler():
         sched.step()
 
 
+def test_cosine_step_anneals_over_every_optimiser_step_and_the_optimiser_gets_each_lr(
+        data_dir, tmp_path, monkeypatch):
+    D, batch_size, epochs = 300, 64, 3       # 5 steps an epoch, the last one partial
+    cfg = train.Config(dataset_size=D, batch_size=batch_size, num_epochs=epochs, lr=0.1,
+                       scheduler="cosine_step")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=15)
+    expected = []
+    for step in range(15):
+        expected.append(opt.param_groups[0]["lr"])
+        assert train.learning_rate(cfg, step // 5, step % 5) == pytest.approx(expected[-1],
+                                                                            rel=1e-12, abs=1e-15)
+        opt.step()
+        sched.step()
+    assert expected[-1] < 0.02 * 0.1   # annealed by the last step (per epoch: still lr/4 here)
+    used = []
+    real_step = torch.optim.SGD.step
+    def step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    summary = tiny_run(data_dir, tmp_path, scheduler="cosine_step")
+    assert used == pytest.approx(expected, rel=1e-12)
+    assert summary["steps"] == 15
+    assert list(epoch_rows(tmp_path, summary).lr) == pytest.approx(expected[::5])  # each epoch's first
+    per_epoch = train.Config(num_epochs=epochs, lr=0.1)   # the recipe's default: one lr an epoch
+    assert [train.learning_rate(per_epoch, e, b) for e in range(3) for b in (0, 4)] == \
+        pytest.approx([0.1, 0.1, 0.075, 0.075, 0.025, 0.025])
+
+
+def test_a_killed_cosine_step_run_resumes_to_the_uninterrupted_rows(data_dir, tmp_path,
+                                                                   monkeypatch):
+    whole = tiny_run(data_dir, tmp_path / "whole", scheduler="cosine_step")
+    resumed = killed_then_resumed(data_dir, tmp_path / "resumed", monkeypatch,
+                                  scheduler="cosine_step")
+    pd.testing.assert_frame_equal(epoch_rows(tmp_path / "resumed", resumed),
+                                  epoch_rows(tmp_path / "whole", whole))
+
+
 def test_eval_epochs_cover_every_test_freq_and_the_last_five():
     cfg = train.Config(num_epochs=12, test_freq=5)
     assert [e for e in range(1, 13) if train.is_eval_epoch(e, cfg)] == [5, 8, 9, 10, 11, 12]
@@ -607,7 +646,7 @@ def test_a_full_disk_before_the_first_checkpoint_does_not_promise_one(data_dir, 
     with pytest.raises(SystemExit):
         train.main(flags)
     message = capsys.readouterr().err  # was: "the epochs it finished are in its checkpoint"
-    assert "stopped, before its first checkpoint: free some space" in message
+    says(message, "before its first checkpoint", "free some space")
 
 
 def test_a_stop_before_the_first_checkpoint_promises_no_resume(tmp_path, monkeypatch, capsys):
@@ -652,7 +691,7 @@ def test_a_killed_run_rerun_without_resume_continues_and_says_so(data_dir, tmp_p
     capsys.readouterr()
     again = tiny_run(data_dir, tmp_path / "killed", quiet=False)   # no --resume
     assert epochs == [1, 2, 3]   # only epoch 3 trained again
-    assert "continuing from its checkpoint after epoch 2 of 3" in capsys.readouterr().err
+    says(capsys.readouterr().err, "continuing from its checkpoint", "epoch 2 of 3")
     pd.testing.assert_frame_equal(epoch_rows(tmp_path / "killed", again),
                                   epoch_rows(tmp_path / "whole", whole))
     epochs.clear()

@@ -124,12 +124,13 @@ def test_one_fused_module_serves_every_bundle_of_its_shape(data_dir, tmp_path):
         assert_same_rows(a, b)
 
 
-def test_per_copy_hyperparameters_reach_their_slices(data_dir, tmp_path):
+@pytest.mark.parametrize("scheduler", ["cosine", "cosine_step"])
+def test_per_copy_hyperparameters_reach_their_slices(data_dir, tmp_path, scheduler):
     copies = [dict(seed=0, lr=0.1, momentum=0.9, weight_decay=5e-4),
               dict(seed=0, lr=0.02, momentum=0.5, weight_decay=0.0),
               dict(seed=1, lr=0.3, momentum=0.0, weight_decay=1e-2)]
     alone, bundle = separate_and_fused(data_dir, tmp_path, copies, num_epochs=3,
-                                       scheduler="cosine")
+                                       scheduler=scheduler)
     for a, b in zip(alone, bundle):
         assert_same_rows(a, b)
     losses = [rows(b).train_loss.iloc[-1] for b in bundle]
