@@ -105,6 +105,18 @@ def data_dir_error(data_dir: str):
 def load_cifar10(data_dir: str = "data", download: bool = True) -> CIFAR10:
     """All of CIFAR-10 from data_dir/cifar-10-batches-py (the official python layout), fetched
     first if absent."""
+    paths = ensure_cifar10(data_dir, download)
+    train = [_read_batch(p) for p in paths[:-1]]
+    test_images, test_labels = _read_batch(paths[-1])
+    return CIFAR10(torch.from_numpy(np.concatenate([x for x, _ in train])),
+                   torch.from_numpy(np.concatenate([y for _, y in train])),
+                   torch.from_numpy(test_images), torch.from_numpy(test_labels))
+
+
+def ensure_cifar10(data_dir: str, download: bool = True) -> list:
+    """The batch files' paths (training batches, then the test batch), fetched first if absent;
+    a DataError says what is missing and how to put it there. sweep.py asks once before it
+    launches, so that its runs neither each fail alone nor race each other's downloads."""
     error = data_dir_error(data_dir)
     if error:
         raise DataError(error)
@@ -125,11 +137,7 @@ def load_cifar10(data_dir: str = "data", download: bool = True) -> CIFAR10:
         missing = [p for p in paths if not os.path.exists(p)]
         if missing:
             raise DataError(f"The downloaded archive did not contain {missing}.")
-    train = [_read_batch(p) for p in paths[:-1]]
-    test_images, test_labels = _read_batch(paths[-1])
-    return CIFAR10(torch.from_numpy(np.concatenate([x for x, _ in train])),
-                   torch.from_numpy(np.concatenate([y for _, y in train])),
-                   torch.from_numpy(test_images), torch.from_numpy(test_labels))
+    return paths
 
 
 def subset_indices(num_available: int, dataset_size: int, subset_seed: int = 0) -> np.ndarray:

@@ -56,6 +56,7 @@ import config
 import records
 import train
 import worker
+import data
 from data import NUM_TRAIN
 from model import build_model, forward_flops_per_image, num_params
 from records import ResultsFileError, file_lock, read_csv, read_summary, write_csv
@@ -1305,6 +1306,11 @@ def launch(args, runs) -> dict:
           f"row), {len(todo)} to run", file=sys.stderr)
     if args.launcher == "local":
         stop_on_signals()
+    for data_dir in sorted({run.cfg.data_dir for run in todo}):
+        try:
+            data.ensure_cifar10(data_dir)
+        except data.DataError as e:   # before any run is launched to fail alone
+            sys.exit(f"sweep.py: error: {e} Nothing was launched.")
     if not todo:
         codes = {}
     elif args.engine == "process" and args.launcher == "local":

@@ -12,6 +12,7 @@ import time
 import pandas as pd
 import pytest
 
+import data
 import records
 import sweep
 import train
@@ -178,14 +179,33 @@ def test_submitit_array_runs_through_the_local_executor(data_dir, tmp_path):
     assert sorted(r["width"] for r in rows) == ["2", "3"]
 
 
-def test_a_sweep_not_waiting_for_its_array_counts_nothing_as_done(tmp_path, monkeypatch, capsys):
+def test_a_sweep_not_waiting_for_its_array_counts_nothing_as_done(data_dir, tmp_path, monkeypatch,
+                                                                  capsys):
     submitted = []
     monkeypatch.setattr(sweep, "launch_submitit", lambda *args: submitted.append(args) or None)
     sweep.main(["width", "--widths", "2,3", "--launcher", "submitit-local",
-                "--results_dir", str(tmp_path), "--", *TINY_FLAGS])
+                "--results_dir", str(tmp_path), "--", *TINY_FLAGS, f"--data_dir={data_dir}"])
     err = capsys.readouterr().err
     assert len(submitted) == 1 and "not waiting for the tasks (--wait waits and reports)" in err
     assert "done:" not in err  # was: "done: 0 finished (0 diverged), 0 failed" while they trained
+
+
+@pytest.mark.parametrize("engine", ["process", "worker"])
+def test_a_sweep_without_the_data_launches_nothing_and_says_where_to_put_it(engine, tmp_path,
+                                                                           monkeypatch, capsys):
+    """Was: every run launched, each failing alone with a traceback in its log (and, online,
+    racing the others' downloads into one folder)."""
+    def offline(data_dir):
+        raise OSError("Name or service not known")
+    monkeypatch.setattr(data, "download_cifar10", offline)
+    monkeypatch.setattr(sweep, "run_one", lambda *a: pytest.fail("a run was launched"))
+    empty = tmp_path / "nodata"
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["width", "--widths", "2,3", "--engine", engine, "--results_dir",
+                    str(tmp_path / "results"), "--", *TINY_FLAGS, f"--data_dir={empty}"])
+    says(str(exit_.value.code), "sweep.py: error", str(empty), "cifar-10-batches-py",
+         "Nothing was launched")
+    assert not (tmp_path / "results" / "runs").exists()
 
 
 @pytest.mark.slow
@@ -385,10 +405,12 @@ def test_a_summary_holding_another_runs_summary_is_refused(data_dir, tmp_path, c
 
 
 @pytest.mark.parametrize("engine", ["process", "worker"])
-def test_a_full_disk_stops_a_sweep_with_one_line_and_launches_nothing_more(engine, tmp_path,
-                                                                           monkeypatch, capsys):
+def test_a_full_disk_stops_a_sweep_with_one_line_and_launches_nothing_more(engine, data_dir,
+                                                                           tmp_path, monkeypatch,
+                                                                           capsys):
     argv = ["width", "--widths", "4,8,16", "--seeds", "0", "--num_epochs", "1", "--jobs", "1",
-            "--engine", engine, "--results_dir", str(tmp_path), "--", "--dataset_size=64"]
+            "--engine", engine, "--results_dir", str(tmp_path), "--", "--dataset_size=64",
+            f"--data_dir={data_dir}"]
     launched = []
 
     def full(command, log, env):  # the first training finds the disk full

@@ -194,7 +194,7 @@ def test_projections_take_the_figures_of_the_runs_own_model_where_bench_measured
     assert sweep.nearest_figures(resnet, figures, "default") == figures["cnn", nearest, "default"]
 
 
-def test_study_resumes_skipping_finished_runs(tmp_path, capsys, monkeypatch):
+def test_study_resumes_skipping_finished_runs(data_dir, tmp_path, capsys, monkeypatch):
     runs, _ = study_runs(tmp_path)
     # Finished: a row in final_data.csv. A summary without its row is launched again (train.py
     # then appends the row without training), so it is not skipped.
@@ -206,7 +206,8 @@ def test_study_resumes_skipping_finished_runs(tmp_path, capsys, monkeypatch):
     launched = []
     monkeypatch.setattr(sweep, "launch_local", lambda todo, *a, **kw: launched.extend(todo) or {})
     # --engine process: the patched launcher; the default worker engine would start the study.
-    sweep.main(["study", "--engine", "process", "--results_dir", str(tmp_path)])
+    sweep.main(["study", "--engine", "process", "--results_dir", str(tmp_path), "--",
+                f"--data_dir={data_dir}"])
     assert [r.name for r in launched] == [r.name for r in runs[3:]]
     assert f"study plan: {len(runs)} runs, 3 skipped" in capsys.readouterr().err
 
