@@ -518,7 +518,9 @@ def tagged_groups(configs, context, varying) -> Optional[list]:
     candidates = configs[~target_mask(configs) & ~budgeted]
     groups, seen = [], set()
     for tag in tags:
-        own = candidates[candidates.plans.fillna("").map(lambda p: tag in p.split("+"))]
+        # a mask, never an empty Series: indexing by one (all runs budgeted) selects no columns
+        own = candidates[np.array([tag in p.split("+") for p in candidates.plans.fillna("")],
+                                  dtype=bool)]
         for x, _, held in plans_for(configs):
             keys = context + list(held)
             for part in slices(own, keys):
@@ -1185,7 +1187,9 @@ def _budget_warnings(result) -> list:
                 warnings.append(f"{result.group}: budget {result.compute}={b.compute:.3g} mixes "
                                 f"runs whose optimiser steps differ {ratio:.0f}x "
                                 f"({b.configs.steps.min():.0f} to {b.configs.steps.max():.0f}): "
-                                f"small-D runs may be undertrained, not data-limited")
+                                + ("small-D runs may be undertrained, not data-limited"
+                                   if result.partner == "D" else
+                                   "few-epoch (large-N) runs may be undertrained, not too large"))
     if result.a is None:
         warnings.append(f"{result.group}: fewer than 2 budgets with an interior minimum; no "
                         f"allocation exponents")

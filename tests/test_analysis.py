@@ -330,6 +330,27 @@ def test_n_versus_epochs_trade_off(tmp_path):
     assert result.a is not None and "epochs_opt" in result.to_json()["budgets"][0]
 
 
+def test_a_csv_of_one_n_versus_epochs_compute_plan_is_analysed(tmp_path, capsys):
+    """What `sweep.py compute --tradeoff epochs` writes: every run names the plan and its budget
+    (was: KeyError 'model', every run being budgeted left the plan no runs, and an empty mask
+    selected no columns)."""
+    points = []
+    for budget in (1e8, 1e9):
+        centre = epochs_optimum(budget, 10000)
+        for N in np.geomspace(centre / 4, centre * 4, 5):
+            width = width_for(N)
+            points.append((width, 2, 10000, int(round(budget / cnn_params(width, 2)))))
+    frame = make_runs(points, noise=0.01)
+    frame["plan"], frame["budget"] = "compute", np.where(frame.C < 3e12, 1e12, 1e13)
+    frame.to_csv(tmp_path / "final_data.csv", index=False)
+    assert analysis.main([str(tmp_path / "final_data.csv"), "--out", str(tmp_path / "out"),
+                          "--n-boot", "20"]) == 0
+    printed = capsys.readouterr().out
+    assert "N vs epochs at constant compute" in printed
+    says(printed, "optimiser steps differ", "few-epoch")   # not "small-D": D is fixed here
+    assert "small-D" not in printed
+
+
 # ---------------------------------------------------------------------------------------------
 # Outputs
 
