@@ -29,15 +29,16 @@ def figure(ncols=1, width=6.4, height=4.8):
 
 
 def log_axes(ax, x=True, y=True, loss_x=False):
-    """Log scales with plain numbers on the loss axis (losses span about a decade) and no minor
-    labels on the x axis (which spans several); loss_x: x is a loss too (observed vs predicted)."""
+    """Log scales with plain numbers on the loss axis (losses span about a decade; within a
+    factor 2, evenly spaced ones) and no minor labels on an x axis that spans decades; loss_x: x
+    is a loss too (observed vs predicted)."""
     from matplotlib.ticker import NullFormatter
     if x:
         ax.set_xscale("log")
         if loss_x:
             _loss_ticks(ax, ax.xaxis, ax.get_xlim)
-        else:
-            ax.xaxis.set_minor_formatter(NullFormatter())
+        elif ax.get_xlim()[1] > 10 * ax.get_xlim()[0]:   # within a decade: matplotlib's own
+            ax.xaxis.set_minor_formatter(NullFormatter())    # minor labels (2x10^5, 3x10^5...)
     if y:
         ax.set_yscale("log")
         lo, hi = ax.get_ylim()
@@ -59,6 +60,11 @@ def _loss_ticks(ax, axis, limits):
 
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_formatter(FuncFormatter(minor))
+    low, high = limits()
+    if 0 < low and high < 2 * low:   # within a factor 2 (0.85..1.3) log ticks would label 0.9 and 1
+        from matplotlib.ticker import MaxNLocator, NullFormatter
+        axis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        axis.set_minor_formatter(NullFormatter())
 
 
 def colours(n):

@@ -88,6 +88,27 @@ def test_a_flat_loss_keeps_a_readable_loss_axis():
     assert hi / lo >= 1.1, (lo, hi)
 
 
+def test_axes_that_span_little_label_more_than_their_decades():
+    """Losses 0.85..1.25 against 1e5..5e5 images were labelled 0.9, 1 and 10^5 alone."""
+    import numpy as np
+    fig, (ax,) = plots.figure()
+    ax.plot([1e5, 2.5e5, 5e5], [1.2, 1.0, 0.85], "o")
+    plots.log_axes(ax)
+    FigureCanvasAgg(fig).draw()
+    def labelled(axis, limits):
+        ticks = axis.get_majorticklocs().tolist() + axis.get_minorticklocs().tolist()
+        texts = [t.get_text() for t in axis.get_majorticklabels() + axis.get_minorticklabels()]
+        lo, hi = limits
+        return {v for v, text in zip(ticks, texts) if text and lo <= v <= hi}
+    assert len(labelled(ax.yaxis, ax.get_ylim())) >= 4
+    assert len(labelled(ax.xaxis, ax.get_xlim())) >= 3
+    wide = plots.figure()[1][0]   # a decade or more keeps its sparse labels
+    wide.plot([1e3, 1e6], [2.0, 0.5], "o")
+    plots.log_axes(wide)
+    FigureCanvasAgg(wide.figure).draw()
+    assert not any(t.get_text() for t in wide.xaxis.get_minorticklabels())
+
+
 def test_figures_draw_a_fixed_subsample_of_many_points_and_say_so():
     frames = [pd.DataFrame({"N": range(n)}) for n in (9000, 3000)]
     cut, note = plots.drawn(frames, limit=5000)
