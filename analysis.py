@@ -1682,13 +1682,21 @@ def figures(result: Analysis, *, runs_dir=None, curves=None):
             if all({"train_acc", "test_acc"} <= set(log.columns) for log in found.values()):
                 wanted.append(("accuracy_curves.png",
                                lambda: plots.learning_curves(found, labels, panels, "acc")))
-                if len({seen.get(name) for name in found}) == 1:   # one D: epochs say it all
+                if one_network_and_data(result.runs.rows, found, seen):
                     wanted.append(("loss_and_accuracy.png",
                                    lambda: plots.loss_and_accuracy(found, labels)))
     return wanted
 
 
 CURVE_LABEL = (("width", "w"), ("depth", "d"), ("D", "D"), ("epochs", "e"), ("seed", "s"))
+
+
+def one_network_and_data(rows, names, seen) -> bool:
+    """Whether the drawn runs train one network (N) on one D: recipes compared (SGD against
+    AdamW), whose curves read best against epoch; not an IsoFLOP set of many sizes."""
+    sizes = rows.drop_duplicates("run_name").set_index("run_name").reindex(list(names)).get("N")
+    return len({seen.get(name) for name in names}) == 1 and \
+        (sizes is None or sizes.nunique(dropna=False) == 1)
 
 
 def curve_labels(rows, names) -> tuple:
@@ -1721,8 +1729,9 @@ def steps_note(optimal) -> str:
     ratios = [b.configs.steps.max() / b.configs.steps.min() for b in optimal.budgets
               if "steps" in b.configs.columns and b.configs.steps.notna().all()]
     worst = max(ratios, default=1.0)
-    return (f"; within a budget the runs' optimiser steps differ up to {worst:.0f}x (small-D or "
-            f"few-epoch runs are short of steps, not only of data)"
+    short = "small-D runs are short of steps, not only of data" if optimal.partner == "D" else \
+        "few-epoch runs are short of steps"
+    return (f"; within a budget the runs' optimiser steps differ up to {worst:.0f}x ({short})"
             if worst > STEPS_RATIO_MAX else "")
 
 

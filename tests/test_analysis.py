@@ -701,6 +701,10 @@ def test_an_optimiser_comparison_is_drawn_against_epoch_and_labelled_by_its_reci
     assert analysis.main([csv, "--out", str(out), "--n-boot", "0", "--curves", "sgd", "adamw"]) == 0
     assert (out / "loss_and_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "loss_and_accuracy.png" in json.loads((out / "fits.json").read_text())["figures"]
+    seen = {"sgd": 45000.0, "adamw": 45000.0}
+    assert analysis.one_network_and_data(runs.rows, ["sgd", "adamw"], seen)
+    rows[1].update(width=32, N=290000)   # two sizes on one D (an IsoFLOP set): not a comparison
+    assert not analysis.one_network_and_data(pd.DataFrame(rows), ["sgd", "adamw"], seen)
 
 
 # ---------------------------------------------------------------------------------------------
