@@ -53,10 +53,10 @@ from tqdm import tqdm
 
 import bench
 import config
+import data
 import records
 import train
 import worker
-import data
 from data import NUM_TRAIN
 from model import build_model, forward_flops_per_image, num_params
 from records import ResultsFileError, file_lock, read_csv, read_summary, write_csv

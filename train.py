@@ -124,7 +124,7 @@ def train_epochs(net, splits, device) -> None:
         finish_run(run, net, splits, device)
 
 
-def train_epoch(net, batches, cfg, device, epoch: int = 0) -> list:
+def train_epoch(net, batches, cfg, device, epoch: int) -> list:
     """One pass over the data (0-based `epoch`); [(mean loss, accuracy)] per run of the network.
     Sums stay on the device so that no step waits for the host."""
     net.module.train()
