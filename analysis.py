@@ -88,6 +88,9 @@ MAX_GROUPS = 12            # slices of one plan fitted and drawn: a grid gives a
 BUDGET_TOLERANCE = 0.1     # sweep.py plans budgets to +-10%
 MAX_LISTED = 5              # budgets named in one warning; the rest are counted
 STEPS_RATIO_MAX = 10       # a budget whose runs' optimiser steps differ more mixes regimes
+# why such a budget misleads, by what N is traded against (the warning and the figure say it)
+SHORT_OF_STEPS = {"D": "small-D runs may be undertrained, not data-limited",
+                  "epochs": "few-epoch (large-N) runs may be undertrained, not too large"}
 LARGE_STUDY = 10_000       # configurations from which the saturating bootstrap is batched
 RANDOM_GUESS_ERROR = 0.9   # 10 classes: the Rosenfeld envelope's default ceiling on error rates
 MAX_BOOT = 100_000          # resamples per fit: far past what a 95% interval needs; more
@@ -1187,9 +1190,7 @@ def _budget_warnings(result) -> list:
                 warnings.append(f"{result.group}: budget {result.compute}={b.compute:.3g} mixes "
                                 f"runs whose optimiser steps differ {ratio:.0f}x "
                                 f"({b.configs.steps.min():.0f} to {b.configs.steps.max():.0f}): "
-                                + ("small-D runs may be undertrained, not data-limited"
-                                   if result.partner == "D" else
-                                   "few-epoch (large-N) runs may be undertrained, not too large"))
+                                f"{SHORT_OF_STEPS[result.partner]}")
     if result.a is None:
         warnings.append(f"{result.group}: fewer than 2 budgets with an interior minimum; no "
                         f"allocation exponents")
@@ -1729,10 +1730,8 @@ def steps_note(optimal) -> str:
     ratios = [b.configs.steps.max() / b.configs.steps.min() for b in optimal.budgets
               if "steps" in b.configs.columns and b.configs.steps.notna().all()]
     worst = max(ratios, default=1.0)
-    short = "small-D runs are short of steps, not only of data" if optimal.partner == "D" else \
-        "few-epoch runs are short of steps"
-    return (f"; within a budget the runs' optimiser steps differ up to {worst:.0f}x ({short})"
-            if worst > STEPS_RATIO_MAX else "")
+    return (f"; within a budget the runs' optimiser steps differ up to {worst:.0f}x "
+            f"({SHORT_OF_STEPS[optimal.partner]})" if worst > STEPS_RATIO_MAX else "")
 
 
 def law_line(law, optimal) -> tuple:
